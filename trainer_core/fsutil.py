@@ -1,0 +1,101 @@
+"""Safe paths and atomic writes.
+
+Everything the pack writes lands under one of ComfyUI's folders; names typed into a node
+must not escape them. Writes that matter go to a temporary file in the same folder, are
+flushed to disk, then renamed over the target, so a crash leaves the old file or the new
+one, never half of one.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+_BAD_NAME = re.compile(r"[\x00-\x1f<>:\"|?*]")
+
+
+class UnsafePathError(ValueError):
+    pass
+
+
+def safe_join(base: str | os.PathLike, name: str, *, allow_subdirs: bool = True) -> Path:
+    """Join ``name`` under ``base`` and refuse anything that would land outside it.
+
+    Refuses absolute names, drive letters, ``..`` components, control characters, and
+    symlinks that resolve outside ``base``.
+    """
+    if name is None:
+        raise UnsafePathError("empty name")
+    name = str(name).strip().replace("\\", "/")
+    if not name:
+        raise UnsafePathError("empty name")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise UnsafePathError(f"{name!r} is an absolute path; give a name relative to the folder")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise UnsafePathError(f"{name!r} contains '..'; names may not leave their folder")
+    if not allow_subdirs and len(parts) > 1:
+        raise UnsafePathError(f"{name!r} contains a folder separator; give a plain name")
+    for p in parts:
+        if _BAD_NAME.search(p):
+            raise UnsafePathError(f"{name!r} contains characters not allowed in file names")
+    base_r = Path(base).resolve()
+    target = base_r.joinpath(*parts)
+    resolved = target.resolve()
+    if resolved != base_r and base_r not in resolved.parents:
+        raise UnsafePathError(f"{name!r} resolves outside {base_r}")
+    return target
+
+
+def is_within(path: str | os.PathLike, base: str | os.PathLike) -> bool:
+    p = Path(path).resolve()
+    b = Path(base).resolve()
+    return p == b or b in p.parents
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success rename it over ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_p = Path(tmp)
+    try:
+        yield tmp_p
+        with open(tmp_p, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_p, target)
+    finally:
+        if tmp_p.exists():
+            tmp_p.unlink()
+
+
+def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(target: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def atomic_save_safetensors(tensors: dict, target: str | os.PathLike, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(target) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def next_numbered(folder: str | os.PathLike, prefix: str, ext: str, digits: int = 5) -> Path:
+    """``<prefix>_00001<ext>``, the first number not taken in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pat = re.compile(re.escape(Path(prefix).name) + r"_(\d+)" + re.escape(ext) + r"$")
+    sub = folder / Path(prefix).parent
+    taken = [int(m.group(1)) for f in (sub.iterdir() if sub.exists() else []) if (m := pat.match(f.name))]
+    n = max(taken, default=0) + 1
+    return folder / f"{prefix}_{n:0{digits}d}{ext}"
