@@ -1,21 +1,21 @@
 """LTX-2 LoRA Trainer — ComfyUI custom-node pack (V3 API).
 
-ComfyUI calls ``comfy_entrypoint()`` and registers the nodes it lists. Node modules import
-only light things at import time; heavy libraries load inside ``execute``.
+ComfyUI calls ``comfy_entrypoint()`` and registers the nodes it lists. Nothing from ComfyUI
+is imported at module level, so the package imports cleanly outside ComfyUI (tests, headless
+runs through ``trainer_core``), and node modules load only when ComfyUI asks for them.
 """
 from __future__ import annotations
-
-from comfy_api.latest import ComfyExtension, io
 
 WEB_DIRECTORY = "./web"
 
 
-class LTX2TrainerExtension(ComfyExtension):
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        from .nodes import all_nodes
+async def comfy_entrypoint():
+    from comfy_api.latest import ComfyExtension
 
-        return all_nodes()
+    class LTX2TrainerExtension(ComfyExtension):
+        async def get_node_list(self):
+            from .nodes import all_nodes
 
+            return all_nodes()
 
-async def comfy_entrypoint() -> LTX2TrainerExtension:
     return LTX2TrainerExtension()

@@ -1,0 +1,210 @@
+"""Load Clips, Split Scenes and Bucket: thin V3 nodes over trainer_core's dataset pipeline."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+from comfy_api.latest import io
+
+from ._common import (
+    CAT_DATASET, TYPED_PATH_HINT, Clips, DatasetT, dataset_folder_options, image_batch,
+    make_progress, preview_ui, resolve_dataset_folder,
+)
+
+
+class LoadClips(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LTX2TrainLoadClips",
+            display_name="Load Clips (LTX-2 Trainer)",
+            category=CAT_DATASET,
+            description=(
+                "Reads a folder of training media: videos (mp4, mov, mkv, webm, gif, animated webp) "
+                "and stills (png, jpg, webp). Probes frame rate (variable rate handled), duration, size, "
+                "rotation and the audio track; keeps captions already there (same-name .txt, or a "
+                "dataset.json/.jsonl as Lightricks' trainer writes). Unreadable files are skipped "
+                "with their reason in the summary."),
+            inputs=[
+                io.Combo.Input("folder", options=dataset_folder_options(), default=TYPED_PATH_HINT,
+                               tooltip="A sub-folder of ComfyUI's input folder holding the clips."),
+                io.String.Input("path", default="", optional=True,
+                                tooltip="Or type a dataset folder path (absolute, or relative to the input "
+                                        "folder). When set it wins over the list. '..' is not allowed."),
+                io.Boolean.Input("recursive", default=True, advanced=True,
+                                 tooltip="Also read media in sub-folders."),
+            ],
+            outputs=[
+                Clips.Output(display_name="clips", tooltip="The clip list, for Split Scenes, Caption or Bucket."),
+                io.Image.Output(display_name="contact_sheet",
+                                tooltip="First frame of every clip with its duration, size and audio."),
+                io.String.Output(display_name="summary", tooltip="What was read and what was skipped, and why."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, folder, path="", recursive=True):
+        """Re-run when files in the folder change (names, sizes, times)."""
+        try:
+            root = resolve_dataset_folder(folder, path)
+        except Exception as e:  # let execute report the error
+            return f"error:{e}"
+        h = hashlib.sha1()
+        for dirpath, dirs, files in os.walk(root):
+            dirs.sort()
+            if not recursive:
+                dirs[:] = []
+            for f in sorted(files):
+                try:
+                    st = os.stat(os.path.join(dirpath, f))
+                except OSError:
+                    continue
+                h.update(f"{dirpath}/{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()
+
+    @classmethod
+    def execute(cls, folder, path="", recursive=True) -> io.NodeOutput:
+        from ..trainer_core import media, preview
+
+        root = resolve_dataset_folder(folder, path)
+        progress = make_progress(1, cls)
+        clipset = media.load_clips(str(root), recursive=recursive, progress=progress)
+        if not clipset.clips:
+            why = "; ".join(f"{os.path.basename(s.path)}: {s.reason}" for s in clipset.skipped[:5])
+            raise ValueError(f"no readable clips or images in {root}" + (f" ({why})" if why else "")
+                             + " — supported: mp4, mov, mkv, webm, gif, webp, png, jpg")
+        sheet = preview.clips_contact_sheet(clipset)
+        text = preview.clips_summary(clipset)
+        img = image_batch(sheet)
+        return io.NodeOutput(clipset, img, text, ui=preview_ui(img, text, cls))
+
+
+class SplitScenes(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LTX2TrainSplitScenes",
+            display_name="Split Scenes (LTX-2 Trainer)",
+            category=CAT_DATASET,
+            description=(
+                "Cuts clips at scene changes with PySceneDetect, drops scenes shorter than the minimum "
+                "and chops long ones into chunks, keeping each segment's audio aligned with its time "
+                "range. Turn it off for motion datasets that must stay continuous."),
+            inputs=[
+                Clips.Input("clips", tooltip="From Load Clips."),
+                io.Boolean.Input("enabled", default=True,
+                                 tooltip="Off: each clip stays one continuous segment (only the length limits apply)."),
+                io.Combo.Input("detector", options=["content", "adaptive"], default="content",
+                               tooltip="content: cuts on large frame changes (hard cuts). adaptive: compares "
+                                       "against a rolling average, fewer false cuts in fast motion."),
+                io.Float.Input("threshold", default=0.0, min=0.0, max=100.0, step=0.5,
+                               tooltip="Detector sensitivity; 0 uses the detector's default "
+                                       "(content 27, adaptive 3). Lower finds more cuts."),
+                io.Float.Input("min_seconds", default=1.0, min=0.0, max=600.0, step=0.1,
+                               tooltip="Scenes shorter than this are dropped."),
+                io.Float.Input("max_seconds", default=10.0, min=0.0, max=3600.0, step=0.5,
+                               tooltip="Longer scenes are cut into even chunks no longer than this (0: no limit)."),
+            ],
+            outputs=[
+                Clips.Output(display_name="clips", tooltip="The clip list with segments."),
+                io.Image.Output(display_name="scene_sheet", tooltip="First frame of each segment."),
+                io.String.Output(display_name="summary", tooltip="Segments found per clip."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, clips, enabled=True, detector="content", threshold=0.0, min_seconds=1.0,
+                max_seconds=10.0) -> io.NodeOutput:
+        from ..trainer_core import preview, scenes
+
+        progress = make_progress(len(clips.clips), cls)
+        out = scenes.split_scenes(clips, detector=detector, threshold=threshold or None,
+                                  min_len=min_seconds, max_len=max_seconds, enabled=enabled,
+                                  progress=progress)
+        if not out.segments:
+            raise ValueError(f"no segment is at least {min_seconds:g} s long; lower min_seconds "
+                             "or turn scene splitting off")
+        sheet = preview.segments_contact_sheet(out)
+        text = preview.segments_summary(out)
+        img = image_batch(sheet)
+        return io.NodeOutput(out, img, text, ui=preview_ui(img, text, cls))
+
+
+class Bucket(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        from ..trainer_core.buckets import DEFAULT_PRESET, PRESETS
+
+        return io.Schema(
+            node_id="LTX2TrainBucket",
+            display_name="Bucket (LTX-2 Trainer)",
+            category=CAT_DATASET,
+            description=(
+                "Places every segment in a resolution/length bucket LTX-2 can train on (W, H multiples "
+                "of 32; F = 8n+1 frames): closest aspect ratio, then the most frames that fit, then the "
+                "largest area. Frames are resampled to the target frame rate, resized to cover and "
+                "centre-cropped; the audio span matches the chosen frames exactly. Reports clips that "
+                "are too short, silent, static, low resolution or uncaptioned."),
+            inputs=[
+                Clips.Input("clips", tooltip="From Load Clips, Split Scenes or Caption."),
+                io.Combo.Input("preset", options=[*PRESETS, "custom"], default=DEFAULT_PRESET,
+                               tooltip="Bucket set. 'custom' uses the list below."),
+                io.String.Input("buckets", default="768x512x121;512x768x121", optional=True,
+                                tooltip="Custom buckets as WxHxF separated by ';' (used when preset is 'custom')."),
+                io.Float.Input("target_fps", default=24.0, min=0.0, max=120.0, step=1.0,
+                               tooltip="Frame rate of training samples, so durations are consistent "
+                                       "(LTX-2 is trained at 24-25 fps). 0 keeps each clip's own rate."),
+                io.Boolean.Input("audio", default=True,
+                                 tooltip="Audio-video training planned: flag clips without an audio track."),
+                io.Float.Input("static_threshold", default=1.0, min=0.0, max=50.0, step=0.1, advanced=True,
+                               tooltip="Segments whose mean frame-to-frame change (0-255) is below this are "
+                                       "flagged as nearly static."),
+            ],
+            outputs=[
+                DatasetT.Output(display_name="dataset", tooltip="The bucketed dataset, for Encode Latents."),
+                io.String.Output(display_name="report",
+                                 tooltip="Inspection report: counts per bucket and flagged clips."),
+                io.Image.Output(display_name="gallery",
+                                tooltip="What training will see: each sample's first frame, cropped to its bucket."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, preset=None, buckets=None, **kw):
+        from ..trainer_core.buckets import BucketError, parse_buckets
+
+        if preset == "custom" and buckets is not None:
+            try:
+                parse_buckets(buckets)
+            except BucketError as e:
+                return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, clips, preset, buckets="", target_fps=24.0, audio=True,
+                static_threshold=1.0) -> io.NodeOutput:
+        from ..trainer_core import buckets as bk
+        from ..trainer_core import preview
+
+        spec = buckets if preset == "custom" else bk.PRESETS[preset]
+        blist = bk.parse_buckets(spec)
+        progress = make_progress(1, cls)
+        progress(0, 1, "measuring motion and assigning buckets")
+        ds, report = bk.build_dataset(clips, blist, target_fps=target_fps, audio_planned=audio,
+                                      static_threshold=static_threshold,
+                                      measure_motion=bk.motion_measurer(clips))
+        progress(1, 1)
+        text = report.summary()
+        if not ds.samples:
+            raise ValueError("no segment fits any bucket: " + text.replace("\n", "; ")
+                             + " — add shorter buckets (e.g. 768x512x49) or longer clips")
+        ds.settings["report"] = report.to_dict()
+        sheet = preview.dataset_gallery(ds, report)
+        img = image_batch(sheet)
+        return io.NodeOutput(ds, text, img, ui=preview_ui(img, text, cls))
+
+
+DATASET_NODES = [LoadClips, SplitScenes, Bucket]

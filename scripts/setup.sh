@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets up a Python environment for this pack in ./.venv: ComfyUI's matched torch set
+# (torch 2.11.0, torchvision 0.26.0, torchaudio 2.11.0), this pack's requirements, the test
+# requirements, and ComfyUI's own requirements when a ComfyUI checkout is found
+# ($COMFYUI_PATH, else /opt/ComfyUI).
+#   --deps-only   install only (CI uses this)
+# Inside an existing ComfyUI environment you only need: pip install -r requirements.txt
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+COMFY=${COMFYUI_PATH:-/opt/ComfyUI}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+PIP=".venv/bin/python -m pip"
+$PIP install -q --upgrade pip >/dev/null 2>&1 || true
+if ! .venv/bin/python -c "import torch, torchaudio, torchvision; assert torch.__version__.startswith('2.11.0')" 2>/dev/null; then
+  echo "installing torch 2.11.0 / torchvision 0.26.0 / torchaudio 2.11.0 (matched set ComfyUI imports with)"
+  $PIP install -q torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0 2> >(grep -v "^WARNING: Location" >&2)
+fi
+REQS=(-r requirements.txt -r requirements-dev.txt)
+if [ -f "$COMFY/comfy/model_management.py" ]; then
+  echo "ComfyUI found at $COMFY: installing its requirements too"
+  REQS+=(-r "$COMFY/requirements.txt")
+else
+  echo "no ComfyUI at $COMFY (set COMFYUI_PATH): the ComfyUI test layers will be skipped"
+fi
+$PIP install -q "${REQS[@]}" 2> >(grep -v "^WARNING: Location" >&2)
+.venv/bin/python -c "import torch, av, scenedetect, safetensors; print('environment ready: torch', torch.__version__, '| av', av.__version__)"

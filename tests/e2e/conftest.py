@@ -1,0 +1,113 @@
+"""Layer 3: ComfyUI started as a server (``main.py --cpu``) with this pack in a custom_nodes path.
+
+One server per test session, on a free loopback port, with its own base directory (models,
+input, output, temp, user, custom_nodes -> this repo). Skipped with the reason when no
+ComfyUI is found.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import COMFYUI, COMFYUI_WHY, REPO
+
+PACK_DIR_NAME = "comfyui-ltx2-lora-trainer"
+
+
+def pytest_collection_modifyitems(config, items):
+    if COMFYUI is not None:
+        return
+    skip = pytest.mark.skip(reason=f"ComfyUI e2e layer skipped: {COMFYUI_WHY}")
+    for item in items:
+        if "tests/e2e/" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(skip)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, base: Path, port: int, proc: subprocess.Popen, log: Path):
+        self.base, self.port, self.proc, self.log = base, port, proc, log
+        self.url = f"http://127.0.0.1:{port}"
+
+    def get(self, path: str, timeout: float = 30):
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+            data = r.read()
+        return json.loads(data) if data else None
+
+    def post(self, path: str, payload: dict, timeout: float = 30):
+        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"POST {path} -> {e.code}: {e.read().decode(errors='replace')}") from e
+
+    def run_prompt(self, prompt: dict, timeout: float = 600) -> dict:
+        """Queue an API-format prompt and wait for its history entry."""
+        r = self.post("/prompt", {"prompt": prompt, "client_id": "e2e"})
+        pid = r["prompt_id"]
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            h = self.get(f"/history/{pid}")
+            if h and pid in h and h[pid].get("status", {}).get("completed") is not None:
+                entry = h[pid]
+                if entry["status"].get("status_str") == "error" or not entry["status"]["completed"]:
+                    raise AssertionError(f"prompt failed: {json.dumps(entry['status'], indent=1)[:4000]}")
+                return entry
+            if self.proc.poll() is not None:
+                raise AssertionError("server died:\n" + self.log.read_text()[-4000:])
+            time.sleep(0.5)
+        raise AssertionError(f"prompt {pid} did not finish in {timeout}s")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    if COMFYUI is None:
+        pytest.skip(f"ComfyUI e2e layer skipped: {COMFYUI_WHY}")
+    base = tmp_path_factory.mktemp("comfy_server")
+    for sub in ("input", "output", "temp", "user", "models/checkpoints", "models/loras",
+                "models/text_encoders", "custom_nodes"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(REPO, target_is_directory=True)
+    port = _free_port()
+    log = base / "server.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, str(COMFYUI / "main.py"), "--cpu", "--base-directory", str(base),
+           "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+           "--database-url", f"sqlite:///{base / 'user' / 'comfyui.db'}"]
+    proc = subprocess.Popen(cmd, cwd=str(COMFYUI), stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env)
+    srv = Server(base, port, proc, log)
+    t0 = time.time()
+    while True:
+        try:
+            srv.get("/system_stats", timeout=2)
+            break
+        except Exception:
+            if proc.poll() is not None or time.time() - t0 > 180:
+                proc.kill()
+                raise AssertionError("ComfyUI server did not start:\n" + log.read_text()[-4000:])
+            time.sleep(0.5)
+    yield srv
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
