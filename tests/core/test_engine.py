@@ -1,0 +1,213 @@
+"""The training loop on a small stand-in transformer with LTX-2's module names.
+
+The real LTX-2 training forward is exercised in test_train_ltx2.py; here the loop's own
+behaviour is pinned down: learning, repeatability, resume, cancel, NaN, divergence,
+checkpoint rotation, schedules, optimizers.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from trainer_core import engine as en
+
+
+class ToyRoot(nn.Module):
+    """Video and audio 'attention' projections named as in LTX-2."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        blk = nn.Module()
+        a1, aa1 = nn.Module(), nn.Module()
+        a1.to_q, a1.to_k = nn.Linear(128, 128), nn.Linear(128, 128)
+        aa1.to_q, aa1.to_k = nn.Linear(128, 128), nn.Linear(128, 128)
+        blk.attn1, blk.audio_attn1 = a1, aa1
+        self.transformer_blocks = nn.ModuleList([blk])
+        self.text = nn.Linear(16, 128)
+
+
+def toy_predict(root, inputs: en.StepInputs):
+    b = root.transformer_blocks[0]
+    t = root.text(inputs.text["ctx"])[:, None, :]
+    v = a = None
+    if inputs.video is not None:
+        x = inputs.video.tokens
+        v = b.attn1.to_k(torch.tanh(b.attn1.to_q(x) + t)) * (1 + inputs.video.sigma[..., None])
+    if inputs.audio is not None:
+        x = inputs.audio.tokens
+        a = b.audio_attn1.to_k(torch.tanh(b.audio_attn1.to_q(x) + t))
+    return v, a
+
+
+class ToySource:
+    def __init__(self, n=4, audio=True, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.items = [en.LatentItem(key=f"s{i}", video=torch.randn(128, 2, 2, 3, generator=g),
+                                    audio=torch.randn(8, 5, 16, generator=g) if audio else None,
+                                    text={"ctx": torch.randn(16, generator=g)}, bucket="96x64x9")
+                      for i in range(n)]
+        self.empty = {"ctx": torch.zeros(16)}
+        self.gets = []
+
+    def __len__(self):
+        return len(self.items)
+
+    def get(self, i):
+        self.gets.append(i)
+        return self.items[i]
+
+    def bucket_of(self, i):
+        return self.items[i].bucket
+
+    def empty_text(self):
+        return self.empty
+
+
+def cfg(**kw):
+    base = dict(steps=12, learning_rate=3e-3, rank=4, alpha=4, targets="all attention", seed=3,
+                mixed_precision="fp32", checkpoint_every=0, sigma_sampler="uniform", max_grad_norm=1.0,
+                first_frame_prob=0.0)
+    base.update(kw)
+    return en.TrainConfig(**base)
+
+
+def lora_tensors(res):
+    return {k: v.detach().clone() for k, v in res.lora.state_dict().items()}
+
+
+def test_loss_falls_when_overfitting(tmp_path):
+    res = en.Trainer(ToyRoot(), toy_predict, ToySource(n=2), cfg(steps=120, learning_rate=1e-2), tmp_path).train()
+    first = sum(h["loss"] for h in res.history[:10]) / 10
+    last = sum(h["loss"] for h in res.history[-10:]) / 10
+    assert last < 0.9 * first, (first, last)
+    assert all({"loss_video", "loss_audio", "lr", "s_per_step", "grad_norm"} <= set(h) for h in res.history)
+
+
+def test_same_seed_same_lora_other_seed_differs(tmp_path):
+    a = lora_tensors(en.Trainer(ToyRoot(), toy_predict, ToySource(), cfg(), tmp_path / "a").train())
+    b = lora_tensors(en.Trainer(ToyRoot(), toy_predict, ToySource(), cfg(), tmp_path / "b").train())
+    c = lora_tensors(en.Trainer(ToyRoot(), toy_predict, ToySource(), cfg(seed=4), tmp_path / "c").train())
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("opt", ["adamw", "adamw8bit"])
+def test_resume_is_bit_exact(tmp_path, opt):
+    kw = dict(steps=10, checkpoint_every=4, grad_accum=2, optimizer=opt, caption_dropout=0.3, dropout=0.1,
+              scheduler="cosine", warmup_steps=2, mode="image_to_video", first_frame_prob=0.5)
+    full = en.Trainer(ToyRoot(), toy_predict, ToySource(n=3), cfg(**kw), tmp_path / "full").train()
+
+    # stop after 4 steps (cancel), then resume from that checkpoint in a fresh process state
+    calls = {"n": 0}
+
+    def stop_after_4():
+        calls["n"] += 1
+        return calls["n"] > 4
+
+    run = tmp_path / "split"
+    with pytest.raises(en.TrainingStopped) as e:
+        en.Trainer(ToyRoot(), toy_predict, ToySource(n=3), cfg(**kw), run,
+                   callbacks=en.Callbacks(should_stop=stop_after_4)).train()
+    assert e.value.reason == "cancelled" and e.value.step == 4
+    ck = en.list_checkpoints(run)[-1]
+    assert ck.name == "step_000004.safetensors"
+    torch.manual_seed(999)  # disturb global RNG: resume must not depend on it
+    resumed = en.Trainer(ToyRoot(), toy_predict, ToySource(n=3), cfg(**kw), run).train(resume_from=ck)
+    a, b = lora_tensors(full), lora_tensors(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+
+
+def test_resume_refuses_a_different_lora_shape(tmp_path):
+    en.Trainer(ToyRoot(), toy_predict, ToySource(), cfg(steps=4, checkpoint_every=2), tmp_path).train()
+    ck = en.list_checkpoints(tmp_path)[-1]
+    with pytest.raises(ValueError, match="rank"):
+        en.Trainer(ToyRoot(), toy_predict, ToySource(), cfg(steps=4, rank=8), tmp_path).train(resume_from=ck)
+
+
+def test_checkpoint_rotation_keeps_last_k(tmp_path):
+    events = []
+    en.Trainer(ToyRoot(), toy_predict, ToySource(), cfg(steps=11, checkpoint_every=2, keep_checkpoints=2),
+               tmp_path, callbacks=en.Callbacks(on_event=lambda n, p: events.append((n, p["step"])))).train()
+    names = [p.name for p in en.list_checkpoints(tmp_path)]
+    assert names == ["step_000008.safetensors", "step_000010.safetensors"]
+    assert [s for n, s in events if n == "checkpoint"] == [2, 4, 6, 8, 10]
+    assert not list((tmp_path / "checkpoints").glob(".*"))  # no temp files left
+
+
+def test_nan_stops_with_step_and_cause(tmp_path):
+    calls = {"n": 0}
+
+    def bad_predict(root, inputs):
+        calls["n"] += 1
+        v, a = toy_predict(root, inputs)
+        if calls["n"] >= 3:
+            v = v * float("nan")
+        return v, a
+
+    with pytest.raises(en.TrainingStopped) as e:
+        en.Trainer(ToyRoot(), bad_predict, ToySource(), cfg(), tmp_path).train()
+    assert e.value.reason == "nan" and "step 3" in str(e.value) and "learning rate" in str(e.value)
+
+
+def test_divergence_stops(tmp_path):
+    calls = {"n": 0}
+
+    def blowup(root, inputs):
+        calls["n"] += 1
+        v, a = toy_predict(root, inputs)
+        return v * (1 + (calls["n"] > 25) * 100.0), a
+
+    with pytest.raises(en.TrainingStopped) as e:
+        en.Trainer(ToyRoot(), blowup, ToySource(), cfg(steps=60, learning_rate=1e-4), tmp_path).train()
+    assert e.value.reason == "diverged" and "lower it" in str(e.value)
+
+
+def test_modes_use_the_right_streams(tmp_path):
+    seen = []
+
+    def spy(root, inputs):
+        seen.append((inputs.video is not None, inputs.audio is not None,
+                     inputs.video.noised.target is not None if inputs.video else None,
+                     inputs.audio.noised.target is not None if inputs.audio else None))
+        return toy_predict(root, inputs)
+
+    for mode, want in [("video_only", (True, False, True, None)), ("audio_only", (False, True, None, True)),
+                       ("video_to_audio", (True, True, False, True)), ("audio_to_video", (True, True, True, False))]:
+        seen.clear()
+        en.Trainer(ToyRoot(), spy, ToySource(), cfg(steps=1, mode=mode), tmp_path / mode).train()
+        assert seen[0] == want, mode
+
+
+def test_audio_mode_on_silent_clip_says_what_to_do(tmp_path):
+    with pytest.raises(ValueError, match="no audio latents"):
+        en.Trainer(ToyRoot(), toy_predict, ToySource(audio=False), cfg(steps=1), tmp_path).train()
+
+
+def test_lr_schedules():
+    c = cfg(steps=110, warmup_steps=10, scheduler="cosine")
+    assert en.lr_factor(0, c) == pytest.approx(0.1)
+    assert en.lr_factor(9, c) == pytest.approx(1.0)
+    assert en.lr_factor(60, c) == pytest.approx(0.5)
+    assert en.lr_factor(110, c) == pytest.approx(0.0, abs=1e-9)
+    lin = cfg(steps=100, scheduler="linear")
+    assert en.lr_factor(50, lin) == pytest.approx(0.5)
+    assert en.lr_factor(77, cfg(scheduler="constant")) == 1.0
+
+
+def test_plateau_note():
+    flat = [{"loss": 1.0 + 0.001 * math.sin(i)} for i in range(100)]
+    falling = [{"loss": 1.0 / (1 + i)} for i in range(100)]
+    assert "plateau" in en.plateau(flat)
+    assert en.plateau(falling) is None
+
+
+def test_config_round_trip_and_recipes():
+    c = en.TrainConfig(**en.RECIPES["Audio"])
+    assert en.TrainConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError, match="unknown training settings"):
+        en.TrainConfig.from_dict({"stepz": 3})
