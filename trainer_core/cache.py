@@ -1,0 +1,200 @@
+"""The latent cache: what Encode Latents writes and training reads.
+
+Layout of a cache folder::
+
+    manifest.json                 entries, samples, the models that made them
+    video/<key>.safetensors       "latents" [128, F', H', W'] (+ "first_frame" [128, 1, H', W'])
+    audio/<key>.safetensors       "latents" [8, T, 16]
+    text/<key>.safetensors        the text encoder's conditioning for one caption
+
+Each entry's key is a hash of everything that determines it — the source file's content,
+the segment's time span, the bucket, the frame rate, the model's identity and the encode
+settings — so a re-run skips what is cached and a change re-encodes only what it touches.
+Every file is written atomically and its byte size and tensor shapes are recorded, so a
+damaged or truncated entry is detected and re-encoded. Only safetensors and JSON are read.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import torch
+
+from .fsutil import atomic_save_safetensors, atomic_write_text
+
+KINDS = ("video", "audio", "text")
+MANIFEST = "manifest.json"
+VERSION = 1
+
+
+def key_for(**parts: Any) -> str:
+    """Stable hash of the named parts (JSON-canonical), 24 hex chars."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def file_digest(path: str | os.PathLike, memo: Optional[dict] = None, chunk: int = 1 << 20) -> str:
+    """Content hash of a file (blake2b), memoised by (path, size, mtime) in ``memo``."""
+    st = os.stat(path)
+    stamp = f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
+    if memo is not None and stamp in memo:
+        return memo[stamp]
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    d = h.hexdigest()
+    if memo is not None:
+        memo[stamp] = d
+    return d
+
+
+@dataclass
+class CacheSample:
+    """One training sample in the manifest: which entries make it up."""
+
+    key: str
+    video: Optional[str]
+    audio: Optional[str]
+    text: str
+    bucket: str
+    fps: float
+    caption: str = ""
+    source: str = ""
+    start: float = 0.0
+    has_audio: bool = False
+
+
+@dataclass
+class Manifest:
+    version: int = VERSION
+    models: dict[str, str] = field(default_factory=dict)
+    entries: dict[str, dict] = field(default_factory=dict)  # "<kind>/<key>" -> {"bytes", "shapes", ...}
+    samples: list[dict] = field(default_factory=list)
+    empty_text: Optional[str] = None
+    digests: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+class LatentCache:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        for k in KINDS:
+            (self.root / k).mkdir(exist_ok=True)
+        self.manifest = self._load()
+
+    # -- manifest ---------------------------------------------------------------------
+    def _load(self) -> Manifest:
+        p = self.root / MANIFEST
+        if not p.exists():
+            return Manifest()
+        try:
+            d = json.loads(p.read_text())
+        except (json.JSONDecodeError, OSError):
+            return Manifest()  # a damaged manifest: entries are re-verified from scratch
+        if d.get("version") != VERSION:
+            return Manifest()
+        return Manifest(**{k: v for k, v in d.items() if k in Manifest.__dataclass_fields__})
+
+    def save_manifest(self) -> None:
+        m = self.manifest
+        atomic_write_text(self.root / MANIFEST, json.dumps(m.__dict__, indent=1, sort_keys=True))
+
+    # -- entries ----------------------------------------------------------------------
+    def path(self, kind: str, key: str) -> Path:
+        if kind not in KINDS:
+            raise ValueError(kind)
+        return self.root / kind / f"{key}.safetensors"
+
+    def valid(self, kind: str, key: str) -> bool:
+        """True when the entry exists, has the recorded size and opens with the recorded shapes."""
+        rec = self.manifest.entries.get(f"{kind}/{key}")
+        p = self.path(kind, key)
+        if rec is None or not p.exists() or p.stat().st_size != rec.get("bytes"):
+            return False
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="pt") as f:
+                shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception:
+            return False
+        return shapes == rec.get("shapes")
+
+    def put(self, kind: str, key: str, tensors: dict[str, torch.Tensor], meta: Optional[dict] = None) -> None:
+        p = self.path(kind, key)
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        atomic_save_safetensors(tensors, p, metadata={k: str(v) for k, v in (meta or {}).items()})
+        self.manifest.entries[f"{kind}/{key}"] = {
+            "bytes": p.stat().st_size, "shapes": {k: list(v.shape) for k, v in tensors.items()},
+            **({"meta": meta} if meta else {})}
+
+    def get(self, kind: str, key: str) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.path(kind, key)))
+
+    def prune(self, keep: Iterable[str]) -> int:
+        """Delete entry files not in ``keep`` ("<kind>/<key>"); returns how many went."""
+        keep = set(keep)
+        n = 0
+        for kind in KINDS:
+            for f in (self.root / kind).glob("*.safetensors"):
+                if f"{kind}/{f.stem}" not in keep:
+                    f.unlink(missing_ok=True)
+                    self.manifest.entries.pop(f"{kind}/{f.stem}", None)
+                    n += 1
+        return n
+
+
+class CachedLatents:
+    """The engine's ``LatentSource`` over a cache folder (loads entries on demand)."""
+
+    def __init__(self, root: str | os.PathLike, require_audio: bool = False):
+        self.cache = LatentCache(root)
+        m = self.cache.manifest
+        self.samples = [CacheSample(**s) for s in m.samples]
+        if not self.samples:
+            raise ValueError(f"the latent cache at {root} has no samples; run Encode Latents first")
+        if require_audio:
+            silent = [s.key for s in self.samples if s.audio is None]
+            if silent:
+                raise ValueError(f"{len(silent)} cached samples have no audio (e.g. {silent[0]}); "
+                                 "audio training needs audio — use a video-only mode or drop those clips")
+        if m.empty_text is None:
+            raise ValueError("the cache has no empty-caption entry; re-run Encode Latents")
+        self._empty: Optional[dict] = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def bucket_of(self, i: int) -> str:
+        return self.samples[i].bucket
+
+    def get(self, i: int):
+        from .engine import LatentItem
+
+        s = self.samples[i]
+        video = self.cache.get("video", s.video)["latents"] if s.video else None
+        audio = self.cache.get("audio", s.audio)["latents"] if s.audio else None
+        return LatentItem(key=s.key, video=video, audio=audio, text=self.cache.get("text", s.text),
+                          fps=s.fps, bucket=s.bucket)
+
+    def first_frame(self, i: int) -> Optional[torch.Tensor]:
+        s = self.samples[i]
+        if not s.video:
+            return None
+        return self.cache.get("video", s.video).get("first_frame")
+
+    def empty_text(self) -> dict:
+        if self._empty is None:
+            self._empty = self.cache.get("text", self.cache.manifest.empty_text)
+        return self._empty
