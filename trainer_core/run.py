@@ -1,0 +1,105 @@
+"""One training run, start to finish: the part shared by the Train node and the headless CLI.
+
+A run folder holds ``settings.yaml`` (everything needed to repeat the run headless from the
+cache), ``checkpoints/``, ``history.json`` and ``loss.png``. The final LoRA goes where the
+caller says (the node: ComfyUI's ``loras`` folder, numbered) with the same settings as YAML
+beside it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .cache import CachedLatents
+from .engine import Callbacks, TrainConfig, Trainer, TrainResult, list_checkpoints
+from .fsutil import atomic_write_text
+from .lora import save_lora
+
+
+def settings_document(cfg: TrainConfig, cache_dir: str, base: dict, lora_path: Optional[str], run_dir: str) -> dict:
+    return {"ltx2_lora_trainer": 1, "train": cfg.to_dict(), "cache": str(cache_dir), "base_model": base,
+            "lora": str(lora_path) if lora_path else None, "run_dir": str(run_dir)}
+
+
+def write_yaml(path: Path, doc: dict) -> None:
+    import yaml
+
+    atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
+
+
+def read_settings(path: str | Path) -> dict:
+    import yaml
+
+    doc = yaml.safe_load(Path(path).read_text())
+    if not isinstance(doc, dict) or "train" not in doc or "cache" not in doc:
+        raise ValueError(f"{path} is not a run settings file of this pack (needs 'train' and 'cache')")
+    return doc
+
+
+@dataclass
+class RunOutcome:
+    result: TrainResult
+    lora_path: Optional[str]
+    settings_path: str
+    loss_image: "object"
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_resume(run_dir: Path, resume: Optional[str]) -> Optional[Path]:
+    """``None``/"none" -> no resume; "latest" -> newest checkpoint in the run (or none);
+    a file name -> that checkpoint inside the run's checkpoints folder."""
+    if not resume or resume == "none":
+        return None
+    cks = list_checkpoints(run_dir)
+    if resume == "latest":
+        return cks[-1] if cks else None
+    for c in cks:
+        if c.name == resume or c.stem == resume:
+            return c
+    raise FileNotFoundError(f"no checkpoint {resume!r} in {run_dir / 'checkpoints'}; "
+                            f"available: {', '.join(c.name for c in cks) or 'none'}")
+
+
+def run_training(root: torch.nn.Module, predict: Callable, cache_dir: str, cfg: TrainConfig, run_dir: str | Path,
+                 lora_path: Optional[str | Path], *, device="cpu", callbacks: Optional[Callbacks] = None,
+                 resume: Optional[str] = None, base: Optional[dict] = None, batch_size: int = 1) -> RunOutcome:
+    from .plots import loss_curve
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    base = base or {}
+    doc = settings_document(cfg, cache_dir, base, lora_path, run_dir)
+    write_yaml(run_dir / "settings.yaml", doc)
+    from .objective import get_mode
+
+    mode = get_mode(cfg.mode)
+    data = CachedLatents(cache_dir, require_audio=mode.needs_audio)
+    ck = resolve_resume(run_dir, resume)
+    trainer = Trainer(root, predict, data, cfg, run_dir, device=device, callbacks=callbacks, batch_size=batch_size)
+    t0 = time.time()
+    result = trainer.train(resume_from=ck)
+    elapsed = time.time() - t0
+    (run_dir / "history.json").write_text(json.dumps(result.history))
+    img = loss_curve(result.history, title=f"{Path(lora_path).stem if lora_path else run_dir.name}")
+    try:
+        from PIL import Image
+
+        Image.fromarray(img).save(run_dir / "loss.png")
+    except Exception:
+        pass
+    out_path = None
+    if lora_path:
+        meta = {"base_model": base.get("variant", "unknown"), "base_checkpoint": base.get("checkpoint", ""),
+                "rank": cfg.rank, "alpha": cfg.alpha, "targets": cfg.targets, "target_patterns": cfg.target_patterns,
+                "steps": result.steps_done, "trigger_word": cfg.trigger_word, "mode": cfg.mode,
+                "settings": cfg.to_dict(), "train_seconds": round(elapsed, 1),
+                "final_loss": result.history[-1]["loss"] if result.history else None}
+        save_lora(lora_path, result.lora, meta)
+        write_yaml(Path(lora_path).with_suffix(".yaml"), doc)
+        out_path = str(lora_path)
+    return RunOutcome(result, out_path, str(run_dir / "settings.yaml"), img, list(result.notes))
