@@ -15,7 +15,9 @@ async def comfy_entrypoint():
     class LTX2TrainerExtension(ComfyExtension):
         async def get_node_list(self):
             from .nodes import all_nodes
+            from .nodes.live import add_routes
 
+            add_routes()
             return all_nodes()
 
     return LTX2TrainerExtension()

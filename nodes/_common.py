@@ -17,6 +17,8 @@ from . import CATEGORY
 # Typed values passed along the graph. The ids are permanent (workflows store them).
 Clips = io.Custom("LTX2_CLIPS")
 DatasetT = io.Custom("LTX2_DATASET")
+LatentsT = io.Custom("LTX2_LATENTS")
+LossT = io.Custom("LTX2_LOSS")
 
 CAT_DATASET = f"{CATEGORY}/dataset"
 CAT_TRAIN = f"{CATEGORY}/train"
