@@ -1,0 +1,68 @@
+"""Hand ComfyUI's LTX-2 MODEL to trainer_core, and give the trained LoRA back to ComfyUI.
+
+ComfyUI owns the GPU: we ask its model management to free what the graph no longer needs,
+load the transformer the way ComfyUI loads it (its dtype, fp8 checkpoints included), and
+run trainer_core's own training forward over ``model.model.diffusion_model`` — the same
+modules and weights ComfyUI samples with. Afterwards the LoRA file goes back in through
+ComfyUI's stock LoRA path, exactly as LoraLoaderModelOnly would apply it.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+
+def model_variant(model) -> dict:
+    """Base-model identity for metadata: variant and sizes from the loaded diffusion model."""
+    dm = model.model.diffusion_model
+    blocks = len(getattr(dm, "transformer_blocks", []))
+    gated = any(getattr(getattr(b, "attn1", None), "to_gate_logits", None) is not None
+                for b in list(getattr(dm, "transformer_blocks", []))[:1])
+    name = type(dm).__name__
+    if name != "LTXAVModel":
+        raise ValueError(f"this is a {name} model; the trainer needs an LTX-2 audio-video model (LTXAVModel) "
+                         "loaded with Load Checkpoint from ltx-2-19b-dev or ltx-2.3-22b-dev")
+    return {"variant": "2.3" if gated else "2.0", "blocks": blocks,
+            "checkpoint": getattr(model, "cached_patcher_init", [None, [""]])[1][0]
+            if isinstance(getattr(model, "cached_patcher_init", None), tuple) else ""}
+
+
+def prepare_training_model(model, cfg) -> tuple:
+    """Load ``model`` for training. Returns (root, predict, device, base, release)."""
+    import torch
+
+    import comfy.model_management as mm
+
+    from ..trainer_core.ltx2 import ensure_trainable_weights, make_predict
+
+    base = model_variant(model)
+    mm.unload_all_models()  # text encoder, VAEs, captioner: training needs the memory
+    mm.soft_empty_cache()
+    mp = model.clone()
+    with torch.inference_mode(False):
+        mm.load_models_gpu([mp], memory_required=0, force_full_load=True)
+        root = mp.model.diffusion_model
+        root.requires_grad_(False)
+        ensure_trainable_weights(root)
+    device = mm.get_torch_device()
+    predict = make_predict(checkpointing=cfg.grad_checkpointing)
+
+    def release() -> None:
+        try:
+            mm.unload_all_models()
+        finally:
+            mm.soft_empty_cache()
+
+    return root, predict, device, base, release
+
+
+def apply_lora_file(model, path: str, strength: float = 1.0):
+    """The MODEL with the saved LoRA applied through ComfyUI's own LoRA loader path."""
+    import comfy.sd
+    import comfy.utils
+
+    sd = comfy.utils.load_torch_file(path, safe_load=True)
+    patched, _ = comfy.sd.load_lora_for_models(model, None, sd, strength, 0)
+    return patched
+
+
+ReleaseFn = Callable[[], None]
