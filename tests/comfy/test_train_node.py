@@ -1,0 +1,171 @@
+"""Train LTX-2 LoRA in real ComfyUI on CPU with tiny LTX-2 checkpoints.
+
+The latent cache is written directly (Encode Latents has its own tests); the text
+conditioning stands in for Gemma 3 12B at its own boundary, with the true layout
+([L, caption width] as the LTX-AV text encoder outputs it).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer_core.cache import LatentCache
+from trainer_core.lora import LoRASet, load_lora
+from trainer_core.tiny_checkpoint import make_tiny_checkpoint, text_context_width
+
+
+def _cache(root: Path, variant: str, n: int = 2, seed: int = 0) -> str:
+    g = torch.Generator().manual_seed(seed)
+    c = LatentCache(root)
+    w = text_context_width(variant, processed=False)
+    for i in range(n):
+        c.put("video", f"v{i}", {"latents": torch.randn(128, 2, 2, 2, generator=g),
+                                 "first_frame": torch.randn(128, 1, 2, 2, generator=g)})
+        c.put("audio", f"a{i}", {"latents": torch.randn(8, 9, 16, generator=g)})
+        c.put("text", f"t{i}", {"context": torch.randn(7, w, generator=g)})
+    c.put("text", "empty", {"context": torch.zeros(3, w)})
+    c.manifest.samples = [dict(key=f"clip{i}#0", video=f"v{i}", audio=f"a{i}", text=f"t{i}", bucket="64x64x9",
+                               fps=24.0, has_audio=True) for i in range(n)]
+    c.manifest.empty_text = "empty"
+    c.save_manifest()
+    return str(root)
+
+
+@pytest.fixture(scope="module", params=["ltx-2.0", "ltx-2.3"])
+def tiny_model(request, comfy):
+    variant = request.param
+    name = f"tiny_{variant}.safetensors"
+    make_tiny_checkpoint(comfy.base / "models" / "checkpoints" / name, variant=variant, seed=1)
+    loader = comfy.nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]()
+    with torch.inference_mode():
+        model = loader.load_checkpoint(name)[0]
+    return variant, model
+
+
+def _fixed_loss(root, cache, lora=None) -> float:
+    """Mean loss over a few fixed (seeded) noise/σ draws, for before/after comparisons."""
+    from trainer_core import objective as ob
+    from trainer_core.cache import CachedLatents
+    from trainer_core.engine import TrainConfig, build_step_inputs
+    from trainer_core.ltx2 import make_predict
+
+    src = CachedLatents(cache)
+    items = [src.get(i) for i in range(len(src))]
+    predict = make_predict(checkpointing=False)
+    mode = ob.get_mode("text_to_audio_video")
+    total = 0.0
+    if lora is not None:
+        lora.attach(root)
+    try:
+        for seed in range(6):
+            g = torch.Generator().manual_seed(seed)
+            inp = build_step_inputs(items, mode, TrainConfig(sigma_sampler="uniform"), g, src.empty_text(), "cpu",
+                                    torch.float32)
+            with torch.no_grad():
+                v, a = predict(root, inp)
+            total += float(ob.masked_mse(v, inp.video.noised.target, inp.video.noised.loss_mask).mean()
+                           + ob.masked_mse(a, inp.audio.noised.target, inp.audio.noised.loss_mask).mean())
+    finally:
+        if lora is not None:
+            lora.detach()
+    return total / 6
+
+
+def _train(comfy, model, cache, name, **kw):
+    node = comfy.pack["LTX2TrainLoRA"]
+    args = dict(model=model, latents={"path": cache}, recipe="Character", lora_name=name, steps=24,
+                learning_rate=2e-3, rank=4, mode="text_to_audio_video", seed=7, resume="none",
+                caption_dropout=0.0, precision="fp32", checkpoint_every=8, targets="all attention")
+    args.update(kw)
+    with torch.inference_mode():  # as ComfyUI runs every node
+        return node.execute(**args)
+
+
+def test_train_saves_a_lora_stock_loader_applies_exactly(comfy, tiny_model, tmp_path):
+    variant, model = tiny_model
+    cache = _cache(tmp_path / "cache", variant)
+    tag = variant.replace(".", "")
+    out = _train(comfy, model, cache, f"t{tag}", steps=30, learning_rate=3e-3)
+    patched, lora_name, history, curve = out.result
+    assert lora_name == f"ltx2/t{tag}_00001.safetensors"
+    path = Path(comfy.folder_paths.get_full_path("loras", lora_name))
+    assert path.exists() and path.with_suffix(".yaml").exists()
+    assert len(history) == 30 and curve.shape[-1] == 3
+    sd, meta = load_lora(path)
+    # overfitting two samples: on fixed noise draws, the trained LoRA lowers the loss
+    root = model.model.diffusion_model
+    before = _fixed_loss(root, cache)
+    after = _fixed_loss(root, cache, LoRASet.from_comfy_state_dict(sd))
+    assert after < 0.99 * before, (before, after)
+
+    assert meta["base_model"] == variant.replace("ltx-", "") and meta["rank"] == "4" and meta["steps"] == "30"
+    assert all(k.startswith("diffusion_model.") for k in sd)
+
+    # the stock LoraLoaderModelOnly: every key used ...
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: lines.append(r.getMessage())
+    logging.getLogger().addHandler(handler)
+    try:
+        loaded = comfy.nodes.NODE_CLASS_MAPPINGS["LoraLoaderModelOnly"]().load_lora_model_only(model, lora_name, 1.0)[0]
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert not [m for m in lines if "lora key not loaded" in m.lower()], lines[:5]
+    # ... and the patched weights equal base + B·A·alpha/rank for every target (= the in-memory LoRA)
+    n_targets = sum(k.endswith(".lora_A.weight") for k in sd)
+    assert len(loaded.patches) == n_targets
+    base_sd = model.model.diffusion_model.state_dict()
+    for key in list(loaded.patches)[:6]:
+        w = loaded.patch_weight_to_device(key, return_weight=True) if hasattr(loaded, "patch_weight_to_device") else None
+        mod = key[len("diffusion_model."):-len(".weight")]
+        a = sd[f"diffusion_model.{mod}.lora_A.weight"].float()
+        b = sd[f"diffusion_model.{mod}.lora_B.weight"].float()
+        alpha = float(sd[f"diffusion_model.{mod}.alpha"])
+        want = base_sd[mod + ".weight"].float() + (b @ a) * (alpha / a.shape[0])
+        import comfy.lora
+
+        got = comfy.lora.calculate_weight(loaded.patches[key], base_sd[mod + ".weight"].float().clone(), key)
+        assert torch.allclose(got, want, atol=1e-5), mod
+        assert w is None or torch.allclose(w.float(), want, atol=1e-4)
+    # the node's own MODEL output carries the same patches
+    assert set(patched.patches) == set(loaded.patches)
+
+
+def test_cancel_saves_checkpoint_and_resume_finishes(comfy, tiny_model, tmp_path):
+    import comfy.model_management as mm
+
+    variant, model = tiny_model
+    cache = _cache(tmp_path / "cache", variant, seed=3)
+    tag = variant.replace(".", "")
+    run = Path(comfy.folder_paths.get_output_directory()) / "ltx2_lora_runs" / f"c{tag}"
+    stop = threading.Event()
+
+    def interrupt_after_first_checkpoint():
+        t0 = time.time()
+        while not stop.is_set() and time.time() - t0 < 120:
+            if (run / "checkpoints" / "step_000008.safetensors").exists():
+                mm.interrupt_current_processing(True)
+                return
+            time.sleep(0.01)
+
+    th = threading.Thread(target=interrupt_after_first_checkpoint)
+    th.start()
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            _train(comfy, model, cache, f"c{tag}", steps=200)
+    finally:
+        stop.set()
+        th.join()
+        mm.interrupt_current_processing(False)
+    cks = sorted(p.name for p in (run / "checkpoints").glob("step_*.safetensors"))
+    assert cks and cks[-1] != "step_000200.safetensors"
+    stopped_at = int(cks[-1][5:11])
+    assert 8 <= stopped_at < 200
+    out = _train(comfy, model, cache, f"c{tag}", steps=stopped_at + 4, resume="latest")
+    history = out.result[2]
+    assert history[-1]["step"] == stopped_at + 4 and len(history) == stopped_at + 4
