@@ -1,0 +1,103 @@
+"""Load Clips → Split Scenes → Bucket in real ComfyUI, on real media the tests write."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.core import mediagen as mg
+
+
+@pytest.fixture(scope="module")
+def dataset(comfy):
+    root = comfy.base / "input" / "ds"
+    truth = mg.make_dataset(root)
+    return truth
+
+
+def _run(comfy, node_id, **kw):
+    with torch.inference_mode():
+        return comfy.pack[node_id].execute(**kw)
+
+
+def test_load_clips_reads_everything_and_skips_with_reasons(comfy, dataset):
+    out = _run(comfy, "LTX2TrainLoadClips", folder="ds", path="", recursive=True)
+    clips, sheet, summary = out.result
+    names = {c.name for c in clips.clips}
+    assert names == set(dataset.files), names ^ set(dataset.files)
+    skipped = {s.path.rsplit("/", 1)[-1]: s.reason for s in clips.skipped}
+    for bad in dataset.bad:
+        assert bad in skipped and skipped[bad], bad
+        assert bad in summary
+    by = {c.name: c for c in clips.clips}
+    assert by["scenes.mp4"].caption == dataset.captions["scenes.mp4"]
+    assert by["silent.mov"].caption == "a silent clip" and by["silent.mov"].caption_source.startswith("dataset")
+    assert by["still.png"].caption == "a png still from txt"
+    assert by["silent.mov"].audio is None and by["scenes.mp4"].audio is not None
+    assert by["vfr.mkv"].vfr and not by["scenes.mp4"].vfr
+    assert (by["rotated.mp4"].width, by["rotated.mp4"].height) == (dataset.files["rotated.mp4"].width,
+                                                                 dataset.files["rotated.mp4"].height)
+    assert by["portrait.mp4"].height > by["portrait.mp4"].width
+    assert sheet.ndim == 4 and sheet.shape[0] == 1 and sheet.shape[-1] == 3 and float(sheet.std()) > 0.01
+    assert "ui" not in summary and len(summary) > 20
+    assert out.ui and "images" in out.ui
+
+
+def test_typed_paths_cannot_escape(comfy, dataset):
+    # (the pack is loaded by ComfyUI under its own module name: match the message, not the class)
+    with pytest.raises(ValueError, match=r"'\.\.'"):
+        _run(comfy, "LTX2TrainLoadClips", folder="ds", path="../ds", recursive=True)
+    with pytest.raises(ValueError, match=r"'\.\.'"):
+        _run(comfy, "LTX2TrainLoadClips", folder="../../etc", path="", recursive=True)
+    # an absolute typed path is read in place
+    out = _run(comfy, "LTX2TrainLoadClips", folder="(type a path below)", path=str(comfy.base / "input" / "ds"),
+               recursive=False)
+    assert "sub/nested.mp4" not in {c.name for c in out.result[0].clips}
+
+
+def test_split_scenes_finds_cuts_and_keeps_audio_aligned(comfy, dataset):
+    from trainer_core import media
+
+    clips = _run(comfy, "LTX2TrainLoadClips", folder="ds", path="").result[0]
+    out = _run(comfy, "LTX2TrainSplitScenes", clips=clips, enabled=True, detector="content", threshold=0.0,
+               min_seconds=0.5, max_seconds=10.0)
+    split, sheet, summary = out.result
+    idx = next(i for i, c in enumerate(split.clips) if c.name == "scenes.mp4")
+    segs = [s for s in split.segments if s.clip == idx]
+    truth = dataset.files["scenes.mp4"]
+    assert len(segs) == len(truth.scenes)
+    for s, cut in zip(segs[1:], truth.cuts):
+        assert abs(s.start - cut) <= 2 / truth.fps, (s.start, cut)
+    for s, tone in zip(segs, truth.tones):
+        pcm, rate = media.read_audio(split.clips[idx].path, s.start + 0.1, s.duration - 0.2, 16000, 1)
+        assert abs(mg.dominant_frequency(pcm, rate) - tone) < 30, (s, tone)
+    assert all(s.caption == dataset.captions["scenes.mp4"] for s in segs)
+    assert sheet.shape[0] == 1 and sheet.shape[-1] == 3
+    # off switch: one continuous segment per clip
+    whole = _run(comfy, "LTX2TrainSplitScenes", clips=clips, enabled=False, detector="content", threshold=0.0,
+                 min_seconds=0.0, max_seconds=0.0).result[0]
+    assert sum(s.clip == idx for s in whole.segments) == 1
+
+
+def test_bucket_assignment_spans_and_report(comfy, dataset):
+    clips = _run(comfy, "LTX2TrainLoadClips", folder="ds", path="").result[0]
+    split = _run(comfy, "LTX2TrainSplitScenes", clips=clips, enabled=True, detector="content", threshold=0.0,
+                 min_seconds=0.5, max_seconds=10.0).result[0]
+    assert comfy.pack["LTX2TrainBucket"].validate_inputs(preset="custom", buckets="65x64x9") != True  # noqa: E712
+    out = _run(comfy, "LTX2TrainBucket", clips=split, preset="custom", buckets="96x64x17;64x96x17;64x64x9",
+               target_fps=24.0, audio=True, static_threshold=1.0)
+    ds, report, gallery = out.result
+    by_clip = {}
+    for s in ds.samples:
+        by_clip.setdefault(ds.clipset.clips[s.clip].name, []).append(s)
+    assert all(str(s.bucket) == "64x96x17" for s in by_clip["portrait.mp4"])
+    assert all(str(s.bucket) == "96x64x17" for s in by_clip["scenes.mp4"])
+    for s in ds.samples:
+        if s.bucket.frames > 1:
+            a, b = s.audio_span
+            assert b - a == pytest.approx(s.bucket.frames / 24.0)
+            seg = ds.segments[s.segment]
+            assert seg.start - 1e-6 <= a and b <= seg.end + 1e-6
+    assert any(s.bucket.frames == 1 for s in ds.samples)  # stills become one-frame samples
+    assert "no audio" in report and "silent.mov" in report
+    assert gallery.shape[-1] == 3 and gallery.shape[0] == 1

@@ -1,0 +1,419 @@
+"""The training forward against ComfyUI's own LTX-2 model, in-process on CPU, fp32.
+
+ComfyUI's ``LTXAVModel`` is built through its own model config (``supported_models.LTXAV``
+-> ``model_base.LTXAV``) from the tiny LTX-2.0 and LTX-2.3 configs of
+``trainer_core.tiny_checkpoint`` (and a config leaving the RoPE switches to ComfyUI's
+defaults), and the tiny checkpoints themselves are loaded by ComfyUI's Load Checkpoint code.
+
+(a) outputs equal ComfyUI's forward (relative error < 1e-5): video+audio, video only,
+    audio only; the engine's token layouts equal ComfyUI's patchifiers; ComfyUI's sampler
+    path (``apply_model``: σ -> timestep, per-token timesteps from a denoise mask) gives
+    denoised = x − σ·v of our forward;
+(b) with per-block checkpointing, LoRA gradients equal the un-checkpointed reference;
+(c) the trap: ComfyUI's own blocks under autograd raise, and under per-block checkpointing
+    either raise or give wrong LoRA gradients (the measured error is recorded);
+(d) called inside ``torch.inference_mode`` on a model loaded inside it, our forward trains
+    and never saves an inference tensor for backward.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from trainer_core import objective as ob
+from trainer_core import tiny_checkpoint
+from trainer_core.engine import ModalityInput, StepInputs, audio_to_tokens, video_to_tokens
+from trainer_core.lora import LoRASet, LoRASpec
+from trainer_core.ltx2 import LTX2Config, build_tree, forward_av, init_weights, make_predict
+from trainer_core.ltx2.forward import find_inference_tensors
+
+# The project's tiny checkpoints' configs (2 blocks, small widths, every switch of the
+# variant), plus ComfyUI's defaults for the switches a config may leave out.
+TINY = {v: tiny_checkpoint.tiny_config(v)["transformer"] for v in ("2.0", "2.3")}
+TINY["2.0-defaults"] = {k: v for k, v in TINY["2.0"].items()  # interleaved RoPE, float32 grid, start positions
+                        if k not in ("rope_type", "frequencies_precision", "use_middle_indices_grid",
+                                     "causal_temporal_positioning", "av_ca_timestep_scale_multiplier")}
+VARIANTS = ["2.0", "2.3", "2.0-defaults"]
+MODES = ["text_to_audio_video", "video_only", "audio_only"]
+TOL = 1e-5
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def comfy_model(comfy, c: LTX2Config, sd=None, seed=0):
+    """ComfyUI's model (model_base.LTXAV with its LTXAVModel) built the way its loader does."""
+    sm = importlib.import_module("comfy.supported_models")
+    mc = sm.LTXAV({"image_model": "ltxav", **c.transformer_config()})
+    mc.set_inference_dtype(torch.float32, None)
+    bm = mc.get_model({}, device=torch.device("cpu"))
+    dm = bm.diffusion_model
+    if sd is None:
+        init_weights(dm, seed)  # same names, so our initialiser applies to ComfyUI's tree
+    else:
+        dm.load_state_dict(sd, strict=True)
+    for p in dm.parameters():
+        p.requires_grad_(False)
+    return bm
+
+
+def context_width(c: LTX2Config) -> int:
+    return c.cross_attention_dim + c.audio_cross_attention_dim if c.caption_proj_before_connector else c.caption_channels
+
+
+def step_inputs(c: LTX2Config, mode: str, B=2, F=2, H=2, W=3, T=5, L=7, seed=0, fps=24.0) -> StepInputs:
+    g = torch.Generator().manual_seed(seed)
+    m = ob.get_mode(mode)
+    vid = aud = None
+    if m.needs_video:
+        x0 = video_to_tokens(torch.randn(B, 128, F, H, W, generator=g))
+        cond = torch.zeros(B, F * H * W, dtype=torch.bool)
+        cond[0, :H * W] = True  # sample 0: first-frame conditioning (σ = 0 on those tokens)
+        n = ob.noise_modality(x0, m.video, g, "uniform", cond_tokens=cond)
+        vid = ModalityInput(n.x_t, n.sigma, n, (F, H, W))
+    if m.needs_audio:
+        a0 = audio_to_tokens(torch.randn(B, 8, T, 16, generator=g))
+        n = ob.noise_modality(a0, m.audio, g, "uniform")
+        aud = ModalityInput(n.x_t, n.sigma, n, (T,))
+    return StepInputs(vid, aud, {"context": torch.randn(B, L, context_width(c), generator=g)}, fps, m)
+
+
+def tokens_to_video(t, grid):
+    b, n, ch = t.shape
+    return t.transpose(1, 2).reshape(b, ch, *grid)
+
+
+def tokens_to_audio(t):
+    b, n, _ = t.shape
+    return t.reshape(b, n, 8, 16).permute(0, 2, 1, 3)
+
+
+def comfy_forward(dm, inp: StepInputs, transformer_options=None):
+    """ComfyUI's LTXAVModel.forward, one sample at a time (it takes the cross-modal AdaLN's σ
+    maxima over the whole batch; ours per sample), in token layout."""
+    B = (inp.video or inp.audio).tokens.shape[0]
+    vs, as_ = [], []
+    for i in range(B):
+        sl = slice(i, i + 1)
+        ctx = dm.preprocess_text_embeds(inp.text["context"][sl], unprocessed=True)
+        to = dict(transformer_options or {})
+        if inp.video is not None and inp.audio is not None:
+            x = [tokens_to_video(inp.video.tokens[sl], inp.video.grid), tokens_to_audio(inp.audio.tokens[sl])]
+            ts = (inp.video.sigma[sl], inp.audio.sigma[sl])
+        elif inp.video is not None:  # ComfyUI with no audio latent: an empty audio stream
+            x = [tokens_to_video(inp.video.tokens[sl], inp.video.grid)]
+            ts = (inp.video.sigma[sl], inp.video.sigma[sl].amax(dim=1))
+        else:  # audio alone: the video stream switched off, no video->audio attention
+            x = [torch.zeros(1, 128, 1, 1, 1), tokens_to_audio(inp.audio.tokens[sl])]
+            ts = (inp.audio.sigma[sl].amax(dim=1), inp.audio.sigma[sl])
+            to.update(run_vx=False, v2a_cross_attn=False)
+        out = dm(x, ts, ctx, frame_rate=inp.fps, transformer_options=to)
+        if inp.video is not None:
+            vs.append(video_to_tokens(out[0] if isinstance(out, (list, tuple)) else out))
+        if inp.audio is not None:
+            as_.append(audio_to_tokens(out[1]))
+    return (torch.cat(vs) if vs else None), (torch.cat(as_) if as_ else None)
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def pair(request, comfy):
+    """(variant, config, ComfyUI BaseModel, our tree with the same weights)."""
+    c = LTX2Config.from_transformer_config(TINY[request.param])
+    bm = comfy_model(comfy, c, seed=11)
+    tree = build_tree(c, init="empty")
+    tree.load_state_dict(bm.diffusion_model.state_dict(), strict=True)
+    for p in tree.parameters():
+        p.requires_grad_(False)
+    return request.param, c, bm, tree
+
+
+# ------------------------------------------------------------------------- (a) parity
+
+def test_tree_and_config_match_comfyui(pair):
+    variant, c, bm, tree = pair
+    dm = bm.diffusion_model
+    theirs = {k: tuple(v.shape) for k, v in dm.state_dict().items()}
+    mine = {k: tuple(v.shape) for k, v in tree.state_dict().items()}
+    assert mine == theirs
+    got = LTX2Config.from_module(dm)
+    assert got == c, (got, c)
+
+
+def test_token_layouts_match_comfyui_patchifiers(pair):
+    _, _, bm, _ = pair
+    dm = bm.diffusion_model
+    v = torch.randn(2, 128, 3, 2, 4)
+    a = torch.randn(2, 8, 6, 16)
+    assert torch.equal(dm.patchifier.patchify(v)[0], video_to_tokens(v))
+    assert torch.equal(dm.a_patchifier.patchify(a)[0], audio_to_tokens(a))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_outputs_equal_comfyui(pair, mode):
+    variant, c, bm, tree = pair
+    dm = bm.diffusion_model
+    inp = step_inputs(c, mode, seed=1)
+    with torch.no_grad():
+        rv, ra = comfy_forward(dm, inp)
+        predict = make_predict(checkpointing=False)
+        for root in (dm, tree):  # over ComfyUI's module tree and over ours
+            v, a = predict(root, inp)
+            if inp.video is not None:
+                assert _rel(v, rv) < TOL, (variant, mode, "video", _rel(v, rv))
+            else:
+                assert v is None
+            if inp.audio is not None:
+                assert _rel(a, ra) < TOL, (variant, mode, "audio", _rel(a, ra))
+            else:
+                assert a is None
+
+
+def test_batched_call_equals_comfyui_batch_when_sigma_is_shared(pair):
+    """Same σ for every sample (as in ComfyUI sampling): one batched ComfyUI call."""
+    variant, c, bm, tree = pair
+    dm = bm.diffusion_model
+    inp = step_inputs(c, "text_to_audio_video", seed=2)
+    B, N = inp.video.sigma.shape
+    vs = torch.full((B, N), 0.6)
+    as_ = torch.full(inp.audio.sigma.shape, 0.4)
+    inp = StepInputs(ModalityInput(inp.video.tokens, vs, inp.video.noised, inp.video.grid),
+                     ModalityInput(inp.audio.tokens, as_, inp.audio.noised, inp.audio.grid), inp.text, inp.fps, inp.mode)
+    with torch.no_grad():
+        # ComfyUI prepares each prompt alone (extra_conds) and batches the results; its
+        # connectors' split RoPE assumes a batch of one
+        ctx = torch.cat([dm.preprocess_text_embeds(inp.text["context"][i:i + 1], unprocessed=True) for i in range(B)])
+        out = dm([tokens_to_video(inp.video.tokens, inp.video.grid), tokens_to_audio(inp.audio.tokens)],
+                 (torch.full((B,), 0.6), torch.full((B,), 0.4)), ctx, frame_rate=inp.fps)
+        v, a = make_predict(checkpointing=False)(dm, inp)
+    assert _rel(v, video_to_tokens(out[0])) < TOL and _rel(a, audio_to_tokens(out[1])) < TOL
+
+
+def test_comfyui_sampler_path_sigma_mapping(pair, comfy):
+    """ComfyUI's BaseModel.apply_model (CONST flow sampling: timestep(σ) = σ, per-token
+    timesteps from a denoise mask, denoised = x − σ·v) agrees with our forward fed the
+    per-token σ: σ on generated tokens, 0 on the clean first frame."""
+    variant, c, bm, tree = pair
+    utils = importlib.import_module("comfy.utils")
+    g = torch.Generator().manual_seed(5)
+    F, H, W, T, sigma = 3, 2, 2, 6, 0.55
+    vlat, alat = torch.randn(1, 128, F, H, W, generator=g), torch.randn(1, 8, T, 16, generator=g)
+    ctx = torch.randn(1, 9, context_width(c), generator=g)
+    vmask = torch.ones(1, 128, F, H, W)
+    vmask[:, :, 0] = 0.0  # first latent frame kept (image-to-video)
+    amask = torch.ones(1, 8, T, 16)
+    x, shapes = utils.pack_latents([vlat, alat])
+    mask, _ = utils.pack_latents([vmask, amask])
+    conds = bm.extra_conds(cross_attn=ctx, unprocessed_ltxav_embeds=True, frame_rate=25, latent_shapes=shapes,
+                           denoise_mask=mask, device=torch.device("cpu"))
+    kw = {k: v.cond for k, v in conds.items()}
+    with torch.no_grad():
+        den = bm.apply_model(x, torch.tensor([sigma]), **kw)
+        dv, da = utils.unpack_latents(den, shapes)
+        vsig = torch.full((1, F * H * W), sigma)
+        vsig[:, :H * W] = 0.0
+        v, a = forward_av(tree, (video_to_tokens(vlat), vsig, (F, H, W)),
+                          (audio_to_tokens(alat), torch.full((1, T), sigma), (T,)), context=ctx, fps=25.0)
+    assert _rel(video_to_tokens(vlat) - sigma * v, video_to_tokens(dv)) < TOL
+    assert _rel(audio_to_tokens(alat) - sigma * a, audio_to_tokens(da)) < TOL
+
+
+# ------------------------------------------------------------------ (b) gradients
+
+def _random_lora(root, preset="all attention", dropout=0.0, seed=0):
+    lora = LoRASet.for_model(root, LoRASpec(rank=4, alpha=4, dropout=dropout, preset=preset), seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for n in lora.names:  # B ≠ 0 so that every A receives a gradient too
+            lora.adapter(n).lora_B.copy_(torch.randn(lora.adapter(n).lora_B.shape, generator=g) * 0.1)
+    return lora
+
+
+def _weights(v, a, seed=123):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(v.shape, generator=g) if v is not None else None,
+            torch.randn(a.shape, generator=g) if a is not None else None)
+
+
+def _objective(v, a, w):
+    tot = 0.0
+    if v is not None:
+        tot = tot + (v * w[0]).sum()
+    if a is not None:
+        tot = tot + (a * w[1]).sum()
+    return tot
+
+
+def _grads(lora):
+    out = {n: torch.cat([lora.adapter(n).lora_A.grad.flatten(), lora.adapter(n).lora_B.grad.flatten()])
+           for n in lora.names if lora.adapter(n).lora_A.grad is not None}
+    lora.zero_grad(set_to_none=True)
+    return out
+
+
+def _our_grads(root, lora, inp, checkpointing, seed=7):
+    torch.manual_seed(seed)
+    v, a = make_predict(checkpointing=checkpointing)(root, inp)
+    _objective(v, a, _weights(v, a)).backward()
+    return _grads(lora)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_checkpointed_lora_gradients_equal_reference(pair, mode):
+    variant, c, bm, tree = pair
+    dm = bm.diffusion_model
+    inp = step_inputs(c, mode, seed=3)
+    for root, preset, dropout in ((dm, "all attention", 0.0), (dm, "all attention + feed-forward", 0.1)):
+        lora = _random_lora(root, preset, dropout).attach(root)
+        try:
+            ref = _our_grads(root, lora, inp, checkpointing=False)
+            got = _our_grads(root, lora, inp, checkpointing=True)
+        finally:
+            lora.detach()
+        assert ref and set(got) == set(ref)
+        worst = max(_rel(got[n], ref[n]) for n in ref)
+        assert worst < TOL, (variant, mode, preset, worst)
+
+
+# ------------------------------------------------------------------------ (c) the trap
+
+def _comfy_grads(dm, lora, inp, transformer_options):
+    """LoRA gradients through ComfyUI's own forward (one sample)."""
+    v, a = comfy_forward(dm, inp, transformer_options)
+    _objective(v, a, _weights(v, a)).backward()
+    return _grads(lora)
+
+
+def _checkpoint_blocks(clone_inputs: bool):
+    """ComfyUI's block-replacement hook running each original block under
+    torch.utils.checkpoint (non-reentrant) — what a trainer would naturally write."""
+    def patch(args, extra):
+        orig = extra["original_block"]
+
+        def run(vx, ax):
+            if clone_inputs:
+                vx, ax = vx.clone(), ax.clone()
+            return orig({**args, "img": (vx, ax)})["img"]
+
+        return {"img": checkpoint(run, *args["img"], use_reentrant=False)}
+
+    return patch
+
+
+def test_comfyui_blocks_give_wrong_gradients_under_checkpointing(pair, artifacts_dir):
+    variant, c, bm, tree = pair
+    dm = bm.diffusion_model
+    inp = step_inputs(c, "text_to_audio_video", B=1, seed=4)
+    lora = _random_lora(dm).attach(dm)
+    record = {"variant": variant}
+    try:
+        ref = _our_grads(dm, lora, inp, checkpointing=False)
+        # without checkpointing: autograd notices the in-place updates
+        with pytest.raises(RuntimeError, match="inplace operation"):
+            _comfy_grads(dm, lora, inp, None)
+        lora.zero_grad(set_to_none=True)
+        n = len(dm.transformer_blocks)
+        results = {}
+        for clone in (False, True):
+            opts = {"patches_replace": {"dit": {("double_block", i): _checkpoint_blocks(clone) for i in range(n)}}}
+            key = "checkpoint(clone inputs)" if clone else "checkpoint"
+            try:
+                got = _comfy_grads(dm, lora, inp, opts)
+            except RuntimeError as e:
+                lora.zero_grad(set_to_none=True)
+                results[key] = {"raised": str(e).splitlines()[0][:200]}
+                continue
+            errs = {k: _rel(got[k], ref[k]) for k in ref}
+            results[key] = {"max_rel_error": max(errs.values()),
+                            "median_rel_error": sorted(errs.values())[len(errs) // 2],
+                            "block0_attn1_to_q_rel_error": errs["transformer_blocks.0.attn1.to_q"]}
+        record.update(results)
+    finally:
+        lora.detach()
+    print(json.dumps(record, indent=1))
+    out = artifacts_dir / "ltx2_inplace_trap.json"
+    prev = json.loads(out.read_text()) if out.exists() else {}
+    prev[variant] = record
+    out.write_text(json.dumps(prev, indent=1, sort_keys=True))
+    # every checkpointed variant either raised or was wrong by far more than float error
+    for key, r in results.items():
+        assert "raised" in r or r["max_rel_error"] > 1e-2, (key, r)
+    assert any("max_rel_error" in r and r["max_rel_error"] > 1e-2 for r in results.values()), results
+
+
+# -------------------------------------------------------------------- (d) inference mode
+
+def test_inside_inference_mode_on_a_model_loaded_in_inference_mode(pair, comfy):
+    variant, c, bm, tree = pair
+    sd = bm.diffusion_model.state_dict()
+    inp = step_inputs(c, "text_to_audio_video", seed=6)
+    ref_lora = _random_lora(bm.diffusion_model).attach(bm.diffusion_model)
+    try:
+        ref = _our_grads(bm.diffusion_model, ref_lora, inp, checkpointing=False)
+    finally:
+        ref_lora.detach()
+
+    with torch.inference_mode():  # as ComfyUI loads and runs nodes
+        inf_bm = comfy_model(comfy, c, sd=sd)
+        inf_inp = step_inputs(c, "text_to_audio_video", seed=6)
+    dm = inf_bm.diffusion_model
+    assert find_inference_tensors(dm) and inf_inp.video.tokens.is_inference()
+    lora = _random_lora(dm).attach(dm)
+    saved = []
+
+    def pack(t):
+        saved.append(bool(t.is_inference()))
+        return t
+
+    try:
+        for checkpointing in (False, True):
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                with torch.inference_mode():
+                    torch.manual_seed(7)
+                    v, a = make_predict(checkpointing=checkpointing)(dm, inf_inp)
+                assert v.requires_grad and not v.is_inference()
+                _objective(v, a, _weights(v, a)).backward()
+            got = _grads(lora)
+            assert max(_rel(got[n], ref[n]) for n in ref) < TOL
+    finally:
+        lora.detach()
+    assert saved and not any(saved), f"{sum(saved)} inference tensors saved for backward"
+    assert not find_inference_tensors(dm)
+
+
+# --------------------------------------------------- tiny checkpoints via ComfyUI's loader
+
+@pytest.mark.parametrize("variant", ["2.0", "2.3"])
+def test_tiny_checkpoint_loaded_by_comfyui(comfy, tmp_path, variant):
+    """The project's tiny checkpoints, loaded by ComfyUI's Load Checkpoint code and by our
+    loader: same module tree, same config, same outputs in every mode."""
+    from trainer_core import tiny_checkpoint
+    from trainer_core.ltx2 import load_tree_from_checkpoint
+
+    sd_mod = importlib.import_module("comfy.sd")
+    path = tiny_checkpoint.make_tiny_checkpoint(tmp_path / f"tiny_{variant}.safetensors", variant, seed=0)
+    patcher = sd_mod.load_checkpoint_guess_config(str(path), output_vae=False, output_clip=False)[0]
+    dm = patcher.model.diffusion_model
+    dtype = dm.patchify_proj.weight.dtype
+    assert dtype == torch.float32, dtype
+    tree = load_tree_from_checkpoint(path, dtype=dtype)
+    c = tree.ltx2_config
+    assert c.variant == variant
+    assert LTX2Config.from_module(dm) == c
+    assert {k: tuple(v.shape) for k, v in tree.state_dict().items()} == \
+           {k: tuple(v.shape) for k, v in dm.state_dict().items()}
+    for mode in MODES:
+        inp = step_inputs(c, mode, seed=8)
+        assert inp.text["context"].shape[-1] == tiny_checkpoint.text_context_width(variant, processed=False)
+        with torch.no_grad():
+            rv, ra = comfy_forward(dm, inp)
+            for root in (dm, tree):
+                v, a = make_predict(checkpointing=False)(root, inp)
+                if rv is not None:
+                    assert _rel(v, rv) < TOL, (variant, mode, _rel(v, rv))
+                if ra is not None:
+                    assert _rel(a, ra) < TOL, (variant, mode, _rel(a, ra))

@@ -1,0 +1,327 @@
+"""The training forward on trainer_core's plain-torch LTX-2 tree (no ComfyUI).
+
+Tiny LTX-2.0 and LTX-2.3 trees built from a config: output shapes in every mode,
+checkpointed LoRA gradients equal to the un-checkpointed ones, the inference-mode
+guarantees, config parsing, and state-dict keys equal to a tiny checkpoint's
+``model.diffusion_model.*`` keys (trainer_core.tiny_checkpoint).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from trainer_core import objective as ob
+from trainer_core import tiny_checkpoint
+from trainer_core.engine import ModalityInput, StepInputs, audio_to_tokens, video_to_tokens
+from trainer_core.lora import LoRASet, LoRASpec
+from trainer_core.ltx2 import (
+    ConfigError, InferenceWeightsError, LTX2Config, build_tree, ensure_trainable_weights, find_inference_tensors,
+    load_tree_from_checkpoint, make_predict,
+)
+
+# The project's tiny checkpoints' configs: 2 blocks, small widths, every switch of the
+# variant. LTX-2.0: caption projection after the connectors (connector width = caption
+# channels). LTX-2.3: projection in the text encoder (context = video ‖ audio widths),
+# gated attention, cross-attention AdaLN.
+TINY = {v: tiny_checkpoint.tiny_config(v)["transformer"] for v in ("2.0", "2.3")}
+
+
+def tiny_config(variant: str) -> LTX2Config:
+    return LTX2Config.from_transformer_config(TINY[variant])
+
+
+def context_width(c: LTX2Config) -> int:
+    return c.cross_attention_dim + c.audio_cross_attention_dim if c.caption_proj_before_connector else c.caption_channels
+
+
+def step_inputs(c: LTX2Config, mode: str, B=2, F=2, H=2, W=3, T=5, L=7, seed=0, first_frame=True) -> StepInputs:
+    """Engine inputs as build_step_inputs makes them (noised tokens, per-token σ)."""
+    g = torch.Generator().manual_seed(seed)
+    m = ob.get_mode(mode)
+    vid = aud = None
+    if m.needs_video:
+        x0 = video_to_tokens(torch.randn(B, 128, F, H, W, generator=g))
+        cond = None
+        if first_frame and m.video == ob.GENERATED:
+            cond = torch.zeros(B, F * H * W, dtype=torch.bool)
+            cond[0, :H * W] = True  # sample 0 has first-frame conditioning (σ = 0 there)
+        n = ob.noise_modality(x0, m.video, g, "uniform", cond_tokens=cond)
+        vid = ModalityInput(n.x_t, n.sigma, n, (F, H, W))
+    if m.needs_audio:
+        a0 = audio_to_tokens(torch.randn(B, 8, T, 16, generator=g))
+        n = ob.noise_modality(a0, m.audio, g, "uniform")
+        aud = ModalityInput(n.x_t, n.sigma, n, (T,))
+    text = {"context": torch.randn(B, L, context_width(c), generator=g)}
+    return StepInputs(vid, aud, text, 24.0, m)
+
+
+MODES = ["text_to_audio_video", "video_only", "audio_only", "video_to_audio"]
+
+
+@pytest.mark.parametrize("variant", ["2.0", "2.3"])
+@pytest.mark.parametrize("mode", MODES)
+def test_output_shapes(variant, mode):
+    c = tiny_config(variant)
+    root = build_tree(c, seed=1)
+    inp = step_inputs(c, mode)
+    v, a = make_predict(checkpointing=False)(root, inp)
+    if inp.video is not None:
+        assert v.shape == inp.video.tokens.shape and torch.isfinite(v).all()
+    else:
+        assert v is None
+    if inp.audio is not None:
+        assert a.shape == inp.audio.tokens.shape and torch.isfinite(a).all()
+    else:
+        assert a is None
+
+
+def _loss(inp, v, a):
+    g = torch.Generator().manual_seed(123)
+    total = 0.0
+    if v is not None:
+        total = total + (v * torch.randn(v.shape, generator=g)).sum()
+    if a is not None:
+        total = total + (a * torch.randn(a.shape, generator=g)).sum()
+    return total
+
+
+def _lora_grads(root, lora, predict, inp, seed=7):
+    torch.manual_seed(seed)  # LoRA dropout
+    lora.zero_grad(set_to_none=True)
+    v, a = predict(root, inp)
+    _loss(inp, v, a).backward()
+    out = {}
+    for n in lora.names:
+        ad = lora.adapter(n)
+        if ad.lora_A.grad is not None:
+            out[n] = torch.cat([ad.lora_A.grad.flatten(), ad.lora_B.grad.flatten()])
+    return out
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _random_lora(root, preset, dropout=0.0, seed=0):
+    for p in root.parameters():
+        p.requires_grad_(False)
+    lora = LoRASet.for_model(root, LoRASpec(rank=4, alpha=4, dropout=dropout, preset=preset), seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for n in lora.names:  # B ≠ 0 so that every A receives a gradient too
+            lora.adapter(n).lora_B.copy_(torch.randn(lora.adapter(n).lora_B.shape, generator=g) * 0.1)
+    return lora.attach(root)
+
+
+@pytest.mark.parametrize("variant", ["2.0", "2.3"])
+@pytest.mark.parametrize("mode", ["text_to_audio_video", "video_only", "audio_only"])
+def test_checkpointing_gives_the_same_lora_gradients(variant, mode):
+    c = tiny_config(variant)
+    root = build_tree(c, seed=2)
+    lora = _random_lora(root, "all attention + feed-forward", dropout=0.1)
+    inp = step_inputs(c, mode, seed=3)
+    ref = _lora_grads(root, lora, make_predict(checkpointing=False), inp)
+    got = _lora_grads(root, lora, make_predict(checkpointing=True), inp)
+    assert set(got) == set(ref) and len(ref) > 0
+    worst = max(_rel(got[n], ref[n]) for n in ref)
+    assert worst < 1e-5, worst
+    # gradients reached every adapter of the streams this mode runs
+    assert all(ref[n].abs().sum() > 0 for n in ref)
+
+
+def test_compiled_blocks_trace_the_same_computation():
+    """compile_blocks: the block function traced by torch.compile (LoRA hooks, dataclass
+    arguments, checkpointing) gives the eager gradients (aot_eager: no code generation)."""
+    c = tiny_config("2.3")
+    root = build_tree(c, seed=2)
+    lora = _random_lora(root, "all attention")
+    inp = step_inputs(c, "text_to_audio_video", seed=3)
+    ref = _lora_grads(root, lora, make_predict(checkpointing=True), inp)
+    got = _lora_grads(root, lora, make_predict(checkpointing=True, compile_blocks="aot_eager"), inp)
+    assert max(_rel(got[n], ref[n]) for n in ref) < 1e-5
+
+
+def test_gradients_match_finite_differences():
+    """The forward's own autograd is right (not just self-consistent): a LoRA-B direction
+    derivative agrees with central differences in float64."""
+    c = tiny_config("2.3")
+    root = build_tree(c, seed=4).double()
+    lora = _random_lora(root, "all attention").double()
+    inp = step_inputs(c, "text_to_audio_video", seed=5)
+    inp = StepInputs(*(ModalityInput(m.tokens.double(), m.sigma.double(), m.noised, m.grid) for m in (inp.video, inp.audio)),
+                     {"context": inp.text["context"].double()}, inp.fps, inp.mode)
+    predict = make_predict(checkpointing=True)
+    name = "transformer_blocks.1.audio_to_video_attn.to_q"
+    ad = lora.adapter(name)
+    lora.zero_grad(set_to_none=True)
+    _loss(inp, *predict(root, inp)).backward()
+    d = torch.randn(ad.lora_B.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    analytic = (ad.lora_B.grad * d).sum().item()
+    eps = 1e-6
+    with torch.no_grad():
+        base = ad.lora_B.clone()
+        ad.lora_B.copy_(base + eps * d)
+        up = _loss(inp, *predict(root, inp)).item()
+        ad.lora_B.copy_(base - eps * d)
+        down = _loss(inp, *predict(root, inp)).item()
+        ad.lora_B.copy_(base)
+    numeric = (up - down) / (2 * eps)
+    assert abs(analytic - numeric) <= 1e-6 * max(1.0, abs(numeric)), (analytic, numeric)
+
+
+def test_inference_mode_weights_and_inputs():
+    """Called inside torch.inference_mode with a tree loaded inside it: trains, saves no
+    inference tensor for backward, and equals the normal tree's gradients."""
+    c = tiny_config("2.0")
+    ref_root = build_tree(c, seed=6)
+    sd = ref_root.state_dict()
+    with torch.inference_mode():
+        inf_root = build_tree(c, init="empty")
+        inf_root.load_state_dict(sd)
+        inp_inf = step_inputs(c, "text_to_audio_video", seed=8)
+    assert find_inference_tensors(inf_root)
+    inp = step_inputs(c, "text_to_audio_video", seed=8)
+    ref_lora = _random_lora(ref_root, "all attention")
+    ref = _lora_grads(ref_root, ref_lora, make_predict(checkpointing=False), inp)
+
+    with pytest.raises(InferenceWeightsError, match="inference tensors"):
+        with torch.inference_mode():
+            make_predict(fix_inference_weights=False)(inf_root, inp_inf)
+
+    lora = _random_lora(inf_root, "all attention")
+    saved = []
+
+    def pack(t):
+        saved.append(t.is_inference())
+        return t
+
+    predict = make_predict(checkpointing=False)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.inference_mode():
+            v, a = predict(inf_root, inp_inf)
+    assert not v.is_inference() and v.requires_grad
+    _loss(inp_inf, v, a).backward()
+    assert saved and not any(saved)
+    assert not find_inference_tensors(inf_root)
+    got = {n: torch.cat([lora.adapter(n).lora_A.grad.flatten(), lora.adapter(n).lora_B.grad.flatten()])
+           for n in lora.names}
+    assert max(_rel(got[n], ref[n]) for n in ref) < 1e-6
+
+
+def test_ensure_trainable_weights_keeps_requires_grad_and_values():
+    c = tiny_config("2.3")
+    with torch.inference_mode():
+        root = build_tree(c, seed=1)
+        root.proj_out.weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in root.state_dict().items()}
+    n = ensure_trainable_weights(root)
+    assert n == len(before)
+    assert not find_inference_tensors(root)
+    for k, v in root.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert not root.proj_out.weight.requires_grad and root.proj_out.bias.requires_grad
+    assert ensure_trainable_weights(root) == 0
+
+
+def test_rope_cache_reused_and_keyed_by_fps():
+    c = tiny_config("2.0")
+    root = build_tree(c, seed=1)
+    predict = make_predict(checkpointing=False)
+    inp = step_inputs(c, "text_to_audio_video")
+    with torch.no_grad():
+        v1, _ = predict(root, inp)
+        n = len(predict.rope_cache._d)
+        predict(root, inp)
+        assert len(predict.rope_cache._d) == n  # same shapes: reused
+        inp2 = StepInputs(inp.video, inp.audio, inp.text, 12.0, inp.mode)
+        v2, _ = predict(root, inp2)
+    assert len(predict.rope_cache._d) > n  # another fps: new video tables
+    assert not torch.allclose(v1, v2)  # time positions depend on fps
+
+
+def test_per_sample_semantics():
+    """A batch equals its samples run one by one (σ differs per sample and per token)."""
+    c = tiny_config("2.3")
+    root = build_tree(c, seed=3)
+    inp = step_inputs(c, "text_to_audio_video", B=2, seed=4)
+    predict = make_predict(checkpointing=False)
+    with torch.no_grad():
+        v, a = predict(root, inp)
+        for i in range(2):
+            sl = slice(i, i + 1)
+            one = StepInputs(ModalityInput(inp.video.tokens[sl], inp.video.sigma[sl], inp.video.noised, inp.video.grid),
+                             ModalityInput(inp.audio.tokens[sl], inp.audio.sigma[sl], inp.audio.noised, inp.audio.grid),
+                             {"context": inp.text["context"][sl]}, inp.fps, inp.mode)
+            vi, ai = predict(root, one)
+            assert _rel(vi, v[sl]) < 1e-5 and _rel(ai, a[sl]) < 1e-5
+
+
+def test_config_parsing():
+    c = tiny_config("2.3")
+    assert c.variant == "2.3" and c.apply_gated_attention and c.cross_attention_adaln
+    assert tiny_config("2.0").variant == "2.0"
+    # the variant is what the checkpoint declares
+    meta = {"config": json.dumps({"transformer": TINY["2.0"]}), "model_version": "2.3.0"}
+    assert LTX2Config.from_metadata(meta).variant == "2.3"
+    # a state dict's shapes give back the dimensions and switches (RoPE switches from the config)
+    for v in ("2.0", "2.3"):
+        cfg = tiny_config(v)
+        shapes = {f"model.diffusion_model.{k}": tuple(t.shape) for k, t in build_tree(cfg, init="meta").state_dict().items()}
+        got = LTX2Config.from_state_dict_shapes(shapes, TINY[v])
+        assert got == cfg, (got, cfg)
+        got2 = LTX2Config.from_metadata({"config": {"transformer": TINY[v]}}, shapes)
+        assert got2 == cfg
+    with pytest.raises(ConfigError, match="no 'config' metadata"):
+        LTX2Config.from_metadata({})
+    with pytest.raises(ConfigError, match="rope_type"):
+        LTX2Config.from_transformer_config({"rope_type": "spiral"})
+
+
+def test_context_width_mismatch_is_explained():
+    c = tiny_config("2.3")
+    root = build_tree(c, seed=1)
+    inp = step_inputs(tiny_config("2.0"), "video_only")  # 2.0-width conditioning on a 2.3 model
+    with pytest.raises(ValueError, match="another LTX-2 variant|width"):
+        make_predict(checkpointing=False)(root, inp)
+
+
+def test_full_size_layout_on_meta():
+    """The full 19B / 22B layouts build (no storage) with the documented widths."""
+    for variant, tc in (("2.0", {}), ("2.3", dict(caption_proj_before_connector=True, caption_projection_first_linear=False,
+                                                    apply_gated_attention=True, connector_num_attention_heads=32,
+                                                    audio_connector_num_attention_heads=32,
+                                                    audio_connector_attention_head_dim=64))):
+        c = LTX2Config.from_transformer_config(dict(tc, rope_type="split"))
+        root = build_tree(c, init="meta")
+        assert len(root.transformer_blocks) == 48
+        b0 = root.transformer_blocks[0]
+        assert b0.attn1.to_q.weight.shape == (4096, 4096) and b0.audio_attn1.to_q.weight.shape == (2048, 2048)
+        assert b0.audio_to_video_attn.to_k.weight.shape == (2048, 2048)
+        assert (b0.attn1.to_gate_logits is not None) == (variant == "2.3")
+        n = sum(p.numel() for p in root.parameters())
+        assert 18e9 < n < 23e9, n
+
+
+# ----------------------------------------------------------------- tiny checkpoints
+
+
+@pytest.mark.parametrize("variant", ["2.0", "2.3"])
+def test_tree_keys_equal_tiny_checkpoint(tmp_path, variant):
+    tc = tiny_checkpoint
+    from safetensors import safe_open
+
+    path = tmp_path / f"tiny_{variant}.safetensors"
+    tc.make_tiny_checkpoint(path, variant, seed=0)
+    with safe_open(str(path), framework="pt") as f:
+        keys = {k[len("model.diffusion_model."):]: tuple(f.get_slice(k).get_shape())
+                for k in f.keys() if k.startswith("model.diffusion_model.")}
+    root = load_tree_from_checkpoint(path)
+    assert root.ltx2_config.variant == variant
+    mine = {k: tuple(v.shape) for k, v in root.state_dict().items()}
+    assert mine == keys
+    c = root.ltx2_config
+    inp = step_inputs(c, "text_to_audio_video")
+    v, a = make_predict(checkpointing=True)(root, inp)
+    assert torch.isfinite(v).all() and torch.isfinite(a).all()

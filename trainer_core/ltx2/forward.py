@@ -1,0 +1,726 @@
+"""The training forward of LTX-2's audio-video transformer: out of place, checkpoint-safe.
+
+It runs over any module tree with the checkpoint's structure and names — ComfyUI's own
+``LTXAVModel`` (``model.diffusion_model``) or :mod:`trainer_core.ltx2.tree` — using the
+tree's modules and weights, and reproduces ComfyUI's forward (``LTXAVModel.forward`` with
+``unprocessed_ltxav_embeds`` text) to float rounding. It differs from ComfyUI's code in
+what matters for training:
+
+- **No in-place update of any activation.** ComfyUI's blocks do ``vx.addcmul_(...)`` /
+  ``vx.add_(...)`` on the residual stream after a norm saved it; under autograd that either
+  raises, or — with per-block activation checkpointing, whose recomputation re-reads the
+  mutated block input — silently gives wrong gradients. Here every residual update makes a
+  new tensor.
+- **Every linear layer is called as a module** (``mod(x)``), never ``F.linear`` on its
+  weight, so LoRA forward hooks (``trainer_core.lora``) and ComfyUI's weight casting and
+  patching see every call. RMS norms with weights (q/k norms) are called as modules too.
+- **Per-block activation checkpointing** (``torch.utils.checkpoint``, ``use_reentrant=False``,
+  RNG state preserved so LoRA dropout repeats in the recomputation).
+- **Runs under** ``torch.inference_mode(False)`` + ``enable_grad`` even when called inside
+  ComfyUI's inference mode, and never saves an inference tensor for backward: inputs that
+  are inference tensors are cloned, and the tree's weights are checked (see
+  :func:`ensure_trainable_weights`).
+- **Timestep modulation is kept compact**: AdaLN embeddings are computed once per distinct
+  σ (a batch has a handful: one per sample, plus 0 for conditioning tokens) and gathered
+  per token inside each block, instead of materialising ``[B, N, 9·4096]`` tensors.
+- **RoPE tables** are computed once per (grid, fps, device, dtype) and cached.
+
+σ and the model's timestep
+--------------------------
+ComfyUI's LTX-2 uses flow ("CONST") sampling whose ``timestep(σ) = σ``; the transformer
+multiplies by ``timestep_scale_multiplier`` (1000) before the sinusoidal embedding. So the
+per-token σ ∈ [0, 1] of the training objective is exactly the model's per-token timestep
+input: AdaLN sees 1000·σ, conditioning tokens (σ = 0) see 0. The model predicts the flow
+velocity ε − x₀ (ComfyUI's denoised = x − σ·v). The audio–video cross-attention AdaLN
+follows ComfyUI's formulation: the audio side's scale/shift from the video σ (its max, raw),
+the video side's from the audio σ, the gates from the other stream's max σ scaled by
+``av_ca_timestep_scale_multiplier / timestep_scale_multiplier``. ComfyUI takes these maxima
+over the whole batch; this forward takes them per sample, which is the same whenever the
+samples of a batch share their σ (always, in ComfyUI sampling).
+
+Modes
+-----
+- video + audio: both streams, text cross-attention, and both cross-modal attentions.
+- video only (``audio=None``): ComfyUI's behaviour with an empty audio latent: the video
+  stream alone, no cross-modal attention.
+- audio only (``video=None``): the audio stream alone, no cross-modal attention — ComfyUI's
+  ``LTXAVModel`` with ``transformer_options={"run_vx": False, "v2a_cross_attn": False}``
+  (whose audio output does not depend on the video latent), and Lightricks' audio-only
+  model.
+- video → audio / audio → video: the video + audio forward with σ = 0 on every token of the
+  given modality (the engine then takes no loss on it).
+
+Not supported (yet): ComfyUI's keyframe / guide tokens (``keyframe_idxs``, guide attention
+masks), reference audio (``ref_audio``), text attention masks (ComfyUI's LTX-2 text encoder
+gives none: the connectors replace padding with their learnable registers).
+
+This module never imports ComfyUI.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import LTX2Config
+
+AUDIO_SAMPLE_RATE = 16000
+AUDIO_HOP_LENGTH = 160
+AUDIO_LATENT_DOWNSAMPLE = 4
+CONNECTOR_MAX_POS = 4096
+CONNECTOR_MIN_TOKENS = 1024
+ROPE_THETA = 10000.0  # ComfyUI's LTX-2 blocks always use 10000 (the config's theta is not read)
+
+
+class InferenceWeightsError(RuntimeError):
+    pass
+
+
+# ============================================================================ weights
+
+def find_inference_tensors(root: nn.Module) -> list[str]:
+    """Names of parameters and buffers under ``root`` that are inference tensors."""
+    out = [n for n, p in root.named_parameters() if p.is_inference()]
+    out += [n for n, b in root.named_buffers() if b is not None and b.is_inference()]
+    return out
+
+
+def ensure_trainable_weights(root: nn.Module) -> int:
+    """Replace every parameter and buffer of ``root`` that is an inference tensor (ComfyUI
+    loads models inside ``torch.inference_mode``) by a normal copy, in place on its module
+    (``module._parameters[name]``), keeping ``requires_grad``. Returns how many were
+    replaced. Inference tensors cannot be saved for backward, and a frozen layer's weight
+    is saved whenever its input needs a gradient (every layer a LoRA sits above).
+
+    Each tensor is cloned and swapped one at a time, so the extra memory is one tensor.
+    Safe to call every step: when nothing is an inference tensor it only scans.
+    """
+    n = 0
+    with torch.inference_mode(False), torch.no_grad():
+        for mod in root.modules():
+            for name, p in list(mod._parameters.items()):
+                if p is not None and p.is_inference():
+                    mod._parameters[name] = nn.Parameter(p.clone(), requires_grad=p.requires_grad)
+                    n += 1
+            for name, b in list(mod._buffers.items()):
+                if b is not None and b.is_inference():
+                    mod._buffers[name] = b.clone()
+                    n += 1
+    return n
+
+
+def _normal(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A tensor autograd may save: clone inference tensors (called outside inference mode)."""
+    if t is None or not torch.is_tensor(t) or not t.is_inference():
+        return t
+    return t.clone()
+
+
+# ============================================================================ small ops
+
+def rms(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return F.rms_norm(x, (x.shape[-1],), eps=eps)
+
+
+def timestep_sinusoid(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
+    """[U] -> [U, dim]: cos then sin (flip_sin_to_cos, no frequency shift), float32."""
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    args = t[:, None].float() * torch.exp(exponent)[None, :]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def adaln(mod: nn.Module, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """AdaLayerNormSingle over timesteps ``t`` [U] -> (modulation [U, k·D], embedding [U, D])."""
+    te = mod.emb.timestep_embedder
+    e = te.linear_2(F.silu(te.linear_1(timestep_sinusoid(t).to(dtype))))
+    return mod.linear(F.silu(e)), e
+
+
+def feed_forward(ff: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return ff.net[2](F.gelu(ff.net[0].proj(x), approximate="tanh"))
+
+
+# ---------------------------------------------------------------------------- RoPE
+
+@dataclass(frozen=True)
+class Rope:
+    cos: torch.Tensor
+    sin: torch.Tensor
+    split: bool  # split: [B|1, H, T, D/2]; interleaved: [B|1, T, H·D]
+
+
+def apply_rope(x: torch.Tensor, pe: Rope, heads: int) -> torch.Tensor:
+    b, t, c = x.shape
+    if pe.split:
+        xh = x.view(b, t, heads, c // heads).transpose(1, 2)  # [B, H, T, D]
+        x1, x2 = xh.chunk(2, dim=-1)
+        o1 = x1 * pe.cos - x2 * pe.sin
+        o2 = x2 * pe.cos + x1 * pe.sin
+        return torch.cat([o1, o2], dim=-1).transpose(1, 2).reshape(b, t, c)
+    xp = x.view(b, t, c // 2, 2)
+    rot = torch.stack([-xp[..., 1], xp[..., 0]], dim=-1).view(b, t, c)
+    return x * pe.cos + rot * pe.sin
+
+
+def _freq_grid(n_pos_dims: int, dim: int, float64: bool, device) -> torch.Tensor:
+    """The RoPE frequency grid, computed as ComfyUI does (float64 via numpy, or float32)."""
+    count = dim // (2 * n_pos_dims)
+    if float64:
+        try:
+            import numpy as np
+
+            g = np.power(ROPE_THETA, np.linspace(0.0, 1.0, count, dtype=np.float64))
+            return torch.tensor(g * math.pi / 2, dtype=torch.float32, device=device)
+        except ImportError:  # pragma: no cover - numpy ships with torch installs in practice
+            g = torch.pow(torch.tensor(ROPE_THETA, dtype=torch.float64), torch.linspace(0.0, 1.0, count, dtype=torch.float64))
+            return (g * math.pi / 2).to(device=device, dtype=torch.float32)
+    e = torch.linspace(math.log(1, ROPE_THETA), math.log(ROPE_THETA, ROPE_THETA), count, device=device,
+                       dtype=torch.float32)
+    return (ROPE_THETA ** e).to(torch.float32) * math.pi / 2
+
+
+def rope_tables(positions: torch.Tensor, dim: int, heads: int, max_pos: Sequence[float], use_middle: bool,
+                split: bool, float64: bool, out_dtype: torch.dtype, freq_grid: Optional[torch.Tensor] = None) -> Rope:
+    """positions [B, n, T, 2] (start, end) or [B, n, T] -> cos/sin tables for ``dim`` channels."""
+    n = positions.shape[1]
+    if positions.ndim == 4:
+        grid = (positions[..., 0] + positions[..., 1]) / 2.0 if use_middle else positions[..., 0]
+    else:
+        grid = positions
+    frac = torch.stack([grid[:, i] / max_pos[i] for i in range(n)], dim=-1)  # [B, T, n]
+    ind = freq_grid if freq_grid is not None else _freq_grid(n, dim, float64, positions.device)
+    ind = ind.to(frac.device)
+    freqs = (ind * (frac.unsqueeze(-1) * 2 - 1)).transpose(-1, -2).flatten(2)  # [B, T, K·n]
+    cos, sin = freqs.cos(), freqs.sin()
+    if split:
+        pad = dim // 2 - freqs.shape[-1]
+        if pad:
+            cos = torch.cat([torch.ones_like(cos[..., :pad]), cos], dim=-1)
+            sin = torch.cat([torch.zeros_like(sin[..., :pad]), sin], dim=-1)
+        b, t, h2 = cos.shape
+        cos = cos.reshape(b, t, heads, h2 // heads).transpose(1, 2)
+        sin = sin.reshape(b, t, heads, h2 // heads).transpose(1, 2)
+    else:
+        cos, sin = cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
+        pad = dim % (2 * n)
+        if pad:
+            cos = torch.cat([torch.ones_like(cos[..., :pad]), cos], dim=-1)
+            sin = torch.cat([torch.zeros_like(sin[..., :pad]), sin], dim=-1)
+    return Rope(cos.to(out_dtype).contiguous(), sin.to(out_dtype).contiguous(), split)
+
+
+def video_positions(grid: tuple, c: LTX2Config, fps: float, device) -> torch.Tensor:
+    """[1, 3, F·H·W, 2] float32: (start, end) in seconds (time) and pixels (space), token order
+    f-major then h then w — ComfyUI's patchifier order and the engine's ``video_to_tokens``."""
+    f, h, w = grid
+    ff, hh, ww = torch.meshgrid(torch.arange(f, device=device), torch.arange(h, device=device),
+                                torch.arange(w, device=device), indexing="ij")
+    start = torch.stack([ff, hh, ww]).reshape(3, -1)  # int64 latent coordinates
+    coords = torch.stack([start, start + 1], dim=-1).unsqueeze(0)  # [1, 3, N, 2]
+    scale = torch.tensor(c.vae_scale_factors, device=device).view(1, 3, 1, 1)
+    pix = coords * scale
+    if c.causal_temporal_positioning:
+        t = (pix[:, 0] + 1 - c.vae_scale_factors[0]).clamp(min=0)
+        pix = torch.cat([t.unsqueeze(1), pix[:, 1:]], dim=1)
+    pix = pix.to(torch.float32)
+    return torch.cat([(pix[:, 0] * (1.0 / fps)).unsqueeze(1), pix[:, 1:]], dim=1)
+
+
+def audio_positions(t: int, device) -> torch.Tensor:
+    """[1, 1, T, 2] float32: (start, end) of each audio latent in seconds (causal mel frames)."""
+    def secs(a, b):
+        frame = torch.arange(a, b, dtype=torch.float32, device=device)
+        mel = (frame * AUDIO_LATENT_DOWNSAMPLE + 1 - AUDIO_LATENT_DOWNSAMPLE).clip(min=0)
+        return mel * AUDIO_HOP_LENGTH / AUDIO_SAMPLE_RATE
+
+    return torch.stack([secs(0, t), secs(1, t + 1)], dim=-1).view(1, 1, t, 2)
+
+
+# ---------------------------------------------------------------------------- attention
+
+def attention(attn: nn.Module, x: torch.Tensor, context: Optional[torch.Tensor] = None,
+              pe: Optional[Rope] = None, k_pe: Optional[Rope] = None,
+              mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """One LTX-2 attention over ``attn``'s modules: q/k RMS norms, RoPE, SDPA, per-head gates."""
+    heads = attn.heads
+    ctx = x if context is None else context
+    q = attn.q_norm(attn.to_q(x))
+    k = attn.k_norm(attn.to_k(ctx))
+    v = attn.to_v(ctx)
+    if pe is not None:
+        q = apply_rope(q, pe, heads)
+        k = apply_rope(k, pe if k_pe is None else k_pe, heads)
+    b, tq, c = q.shape
+    tk = k.shape[1]
+    d = c // heads
+    o = F.scaled_dot_product_attention(q.view(b, tq, heads, d).transpose(1, 2), k.view(b, tk, heads, d).transpose(1, 2),
+                                       v.view(b, tk, heads, d).transpose(1, 2), attn_mask=mask)
+    o = o.transpose(1, 2).reshape(b, tq, c)
+    gl = getattr(attn, "to_gate_logits", None)
+    if gl is not None:
+        g = 2.0 * torch.sigmoid(gl(x))  # [B, T, H]; zero-initialised logits -> identity
+        o = (o.view(b, tq, heads, d) * g.unsqueeze(-1)).view(b, tq, c)
+    return attn.to_out[0](o)
+
+
+# ---------------------------------------------------------------------------- modulation
+
+class Mod:
+    """AdaLN modulation kept per distinct timestep: ``values`` [U, P·D] and ``index`` [B, N]
+    (per-token σ), or ``values`` [B, 1, P·D] with ``index`` None (one value per sample)."""
+
+    def __init__(self, values: torch.Tensor, index: Optional[torch.Tensor], params: int):
+        self.values, self.index, self.params = values, index, params
+
+    def get(self, table: torch.Tensor, sl: slice = slice(None)) -> tuple[torch.Tensor, ...]:
+        """(table[sl] + values[:, sl]) gathered to tokens: a tuple of [B, N|1, D] tensors."""
+        v = self.values
+        tab = table[sl].to(device=v.device, dtype=v.dtype)
+        if self.index is None:
+            b = v.shape[0]
+            m = tab.unsqueeze(0).unsqueeze(0) + v.view(b, 1, self.params, -1)[:, :, sl]
+            return m.unbind(dim=2)
+        u = v.shape[0]
+        m = tab.unsqueeze(0) + v.view(u, self.params, -1)[:, sl]  # [U, k, D]
+        return m[self.index].unbind(dim=2)  # [B, N, k, D] -> k × [B, N, D]
+
+
+def _per_token_mod(mod: nn.Module, sigma_scaled: torch.Tensor, dtype, params: int):
+    """(Mod of the block modulation, Mod-like (values, index) of the embedding) for σ [B, N]."""
+    u, inv = torch.unique(sigma_scaled.reshape(-1), return_inverse=True)
+    values, emb = adaln(mod, u, dtype)
+    index = inv.view(sigma_scaled.shape)
+    return Mod(values, index, params), Mod(emb, index, 1)
+
+
+def _per_sample_mod(mod: nn.Module, t: torch.Tensor, dtype, params: int) -> Mod:
+    values, _ = adaln(mod, t, dtype)
+    return Mod(values.view(t.shape[0], 1, -1), None, params)
+
+
+# ============================================================================ text
+
+def prepare_text(root: nn.Module, c: LTX2Config, context: torch.Tensor, dtype: torch.dtype,
+                 unprocessed: bool = True, connectors_grad: Optional[bool] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text encoder's cached output [B, L, D] -> (video context, audio context) as the
+    blocks' text cross-attention sees them (ComfyUI's ``preprocess_text_embeds`` followed by
+    the model's context preparation). The connectors are frozen: they run under no_grad
+    unless a forward hook (a LoRA) sits on one of their modules."""
+    context = context.to(dtype)
+    if connectors_grad is None:
+        connectors_grad = _has_hooks(root.video_embeddings_connector) or _has_hooks(root.audio_embeddings_connector)
+    both = c.cross_attention_dim + c.audio_cross_attention_dim
+    processed = (not unprocessed) and context.shape[-1] in (both, c.caption_channels * 2)
+    if not processed:
+        w = context.shape[-1]
+        if c.caption_proj_before_connector and c.caption_projection_first_linear:
+            ok = w in (both, c.caption_channels)
+        else:
+            ok = w == both or (w == c.video_connector_dim == c.audio_connector_dim)
+        if not ok:
+            raise ValueError(f"text context has width {w}; this LTX-2 {c.variant} model takes "
+                             f"{both if c.caption_proj_before_connector else c.video_connector_dim}: the cached "
+                             "conditioning was made for another LTX-2 variant — re-encode the captions with this "
+                             "model's text encoder")
+        if context.shape[-1] == both:
+            cv, ca = context[..., :c.cross_attention_dim], context[..., c.cross_attention_dim:]
+        else:
+            cv = ca = context
+        with torch.set_grad_enabled(connectors_grad and torch.is_grad_enabled()):
+            if c.caption_proj_before_connector and c.caption_projection_first_linear:
+                cv = _norm_linear_projection(root.caption_projection, cv)
+                ca = _norm_linear_projection(root.audio_caption_projection, ca)
+            cv = connector(root.video_embeddings_connector, c, cv)
+            ca = connector(root.audio_embeddings_connector, c, ca)
+        context = torch.cat([cv, ca], dim=-1)
+    vdim = c.caption_channels if not c.caption_proj_before_connector else c.inner_dim
+    adim = c.caption_channels if not c.caption_proj_before_connector else c.audio_inner_dim
+    if context.shape[-1] != vdim + adim:
+        raise ValueError(f"text context has width {context.shape[-1]}, the model expects {vdim + adim} after its "
+                         f"connectors: the cached conditioning was made for another LTX-2 variant")
+    v_ctx, a_ctx = context[..., :vdim], context[..., vdim:]
+    if not c.caption_proj_before_connector:
+        v_ctx = _pixart_projection(root.caption_projection, v_ctx)
+        a_ctx = _pixart_projection(root.audio_caption_projection, a_ctx)
+    return v_ctx, a_ctx
+
+
+def _pixart_projection(p: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return p.linear_2(F.gelu(p.linear_1(x), approximate="tanh"))
+
+
+def _norm_linear_projection(p: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = p.in_norm(x) * (p.hidden_size / p.in_features) ** 0.5
+    return p.linear_1(x)
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    return any(sub._forward_hooks or sub._forward_pre_hooks for sub in m.modules())
+
+
+_CONNECTOR_PE: "OrderedDict[tuple, Rope]" = OrderedDict()
+
+
+def connector(conn: nn.Module, c: LTX2Config, h: torch.Tensor) -> torch.Tensor:
+    """Embeddings1DConnector: pad with learnable registers, 1-D RoPE self-attention blocks,
+    final RMS norm."""
+    b, l, dim = h.shape
+    regs = getattr(conn, "learnable_registers", None) if getattr(conn, "num_learnable_registers", 0) else None
+    if regs is not None:
+        r = regs.shape[0]
+        reps = math.ceil(max(CONNECTOR_MIN_TOKENS, l) / r)
+        tiled = torch.tile(regs.to(h), (reps, 1))
+        h = torch.cat([h, tiled[l:].unsqueeze(0).expand(b, -1, -1)], dim=1)
+    t = h.shape[1]
+    heads = conn.num_attention_heads
+    split = bool(getattr(conn, "split_rope", True))
+    key = (t, dim, heads, split, h.device, h.dtype)
+    pe = _CONNECTOR_PE.get(key)
+    if pe is None:
+        pos = torch.arange(t, dtype=torch.float32, device=h.device)[None, None, :]
+        pe = rope_tables(pos, dim, heads, [CONNECTOR_MAX_POS], False, split, True, h.dtype)
+        _CONNECTOR_PE[key] = pe
+        while len(_CONNECTOR_PE) > 8:
+            _CONNECTOR_PE.popitem(last=False)
+    for blk in conn.transformer_1d_blocks:
+        h = h + attention(blk.attn1, rms(h), pe=pe)
+        h = h + feed_forward(blk.ff, rms(h))
+    return rms(h)
+
+
+# ============================================================================ blocks
+
+@dataclass
+class StreamArgs:
+    context: torch.Tensor
+    mod: Mod
+    prompt: Optional[torch.Tensor]  # [B, 1, 2·D] (cross-attention AdaLN) or None
+    pe: Rope
+    cross_pe: Optional[Rope] = None
+    cross_ss: Optional[Mod] = None  # scale/shift of the cross-modal attentions (4 params)
+    cross_gate: Optional[Mod] = None  # gate of the attention into this stream (1 param)
+
+
+def _text_cross(x, args: StreamArgs, attn, table, prompt_table, cross_adaln: bool):
+    if cross_adaln:
+        shift_q, scale_q, gate = args.mod.get(table, slice(6, 9))
+        b = x.shape[0]
+        shift_kv, scale_kv = (prompt_table.to(device=x.device, dtype=x.dtype)[None, None]
+                              + args.prompt.reshape(b, args.prompt.shape[1], 2, -1)).unbind(dim=2)
+        q_in = rms(x) * (1 + scale_q) + shift_q
+        ctx = args.context * (1 + scale_kv) + shift_kv
+        return attention(attn, q_in, ctx) * gate
+    return attention(attn, rms(x), args.context)
+
+
+def block_forward(block: nn.Module, c: LTX2Config, vx: Optional[torch.Tensor], ax: Optional[torch.Tensor],
+                  v: Optional[StreamArgs], a: Optional[StreamArgs]):
+    """One BasicAVTransformerBlock, out of place. Returns (vx, ax)."""
+    cross_adaln = c.cross_attention_adaln
+    if vx is not None:
+        t = block.scale_shift_table
+        shift, scale = v.mod.get(t, slice(0, 2))
+        h = attention(block.attn1, rms(vx) * (1 + scale) + shift, pe=v.pe)
+        (gate,) = v.mod.get(t, slice(2, 3))
+        vx = vx + h * gate
+        vx = vx + _text_cross(vx, v, block.attn2, t, getattr(block, "prompt_scale_shift_table", None), cross_adaln)
+    if ax is not None:
+        t = block.audio_scale_shift_table
+        shift, scale = a.mod.get(t, slice(0, 2))
+        h = attention(block.audio_attn1, rms(ax) * (1 + scale) + shift, pe=a.pe)
+        (gate,) = a.mod.get(t, slice(2, 3))
+        ax = ax + h * gate
+        ax = ax + _text_cross(ax, a, block.audio_attn2, t, getattr(block, "audio_prompt_scale_shift_table", None),
+                              cross_adaln)
+    if vx is not None and ax is not None:
+        vn, an = rms(vx), rms(ax)  # both directions read the streams before either update
+        ta, tv = block.scale_shift_table_a2v_ca_audio, block.scale_shift_table_a2v_ca_video
+        a_ss = a.cross_ss.get(ta[:4])  # (scale a2v, shift a2v, scale v2a, shift v2a)
+        v_ss = v.cross_ss.get(tv[:4])
+        # audio -> video
+        q_in = vn * (1 + v_ss[0]) + v_ss[1]
+        kv_in = an * (1 + a_ss[0]) + a_ss[1]
+        (g_v,) = v.cross_gate.get(tv[4:])
+        a2v = attention(block.audio_to_video_attn, q_in, kv_in, pe=v.cross_pe, k_pe=a.cross_pe) * g_v
+        # video -> audio
+        q_in = an * (1 + a_ss[2]) + a_ss[3]
+        kv_in = vn * (1 + v_ss[2]) + v_ss[3]
+        (g_a,) = a.cross_gate.get(ta[4:])
+        v2a = attention(block.video_to_audio_attn, q_in, kv_in, pe=a.cross_pe, k_pe=v.cross_pe) * g_a
+        vx, ax = vx + a2v, ax + v2a
+    if vx is not None:
+        t = block.scale_shift_table
+        shift, scale = v.mod.get(t, slice(3, 5))
+        h = feed_forward(block.ff, rms(vx) * (1 + scale) + shift)
+        (gate,) = v.mod.get(t, slice(5, 6))
+        vx = vx + h * gate
+    if ax is not None:
+        t = block.audio_scale_shift_table
+        shift, scale = a.mod.get(t, slice(3, 5))
+        h = feed_forward(block.audio_ff, rms(ax) * (1 + scale) + shift)
+        (gate,) = a.mod.get(t, slice(5, 6))
+        ax = ax + h * gate
+    return vx, ax
+
+
+# ============================================================================ the model
+
+class RopeCache:
+    """RoPE tables per (stream, grid, fps, device, dtype), least recently used dropped."""
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._d: "OrderedDict[tuple, Any]" = OrderedDict()
+
+    def get(self, key, make: Callable[[], Any]):
+        if key in self._d:
+            self._d.move_to_end(key)
+            return self._d[key]
+        val = make()
+        if self.size > 0:
+            self._d[key] = val
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+        return val
+
+    def clear(self):
+        self._d.clear()
+
+
+_DEFAULT_ROPE_CACHE = RopeCache()
+
+
+def _sigma_bn(sigma: torch.Tensor, b: int, n: int) -> torch.Tensor:
+    sigma = sigma.to(torch.float32)
+    if sigma.ndim == 0:
+        sigma = sigma.expand(b)
+    if sigma.ndim == 1:
+        sigma = sigma.view(b, 1).expand(b, n)
+    if tuple(sigma.shape) != (b, n):
+        raise ValueError(f"σ has shape {tuple(sigma.shape)}; expected [{b}, {n}] (per token), [{b}] or a scalar")
+    return sigma
+
+
+def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[tuple] = None, *,
+               context: torch.Tensor, fps: float = 25.0, checkpointing: bool = False,
+               dtype: Optional[torch.dtype] = None, config: Optional[LTX2Config] = None,
+               unprocessed_text: bool = True, rope_cache: Optional[RopeCache] = None,
+               text: Optional[tuple] = None, block_fn: Optional[Callable] = None
+               ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The LTX-2 audio-video transformer forward, out of place.
+
+    video: (tokens [B, F·H·W, 128], σ [B, N] | [B] | scalar, (F, H, W)) or None
+    audio: (tokens [B, T, 128], σ [B, T] | [B] | scalar, (T,)) or None
+    context: the text encoder's output [B, L, D] (ComfyUI's ``cross_attn`` with
+        ``unprocessed_ltxav_embeds``); or pass ``text=(video_ctx, audio_ctx)`` already prepared
+        by :func:`prepare_text`.
+    fps: frame rate of the video latents' clip (RoPE time positions).
+    checkpointing: recompute each block in backward (``use_reentrant=False``).
+    dtype: compute dtype (defaults to the video/audio tokens' dtype).
+    block_fn: the per-block function (default :func:`block_forward`; e.g. a compiled one).
+
+    Returns (video velocity [B, N, 128] or None, audio velocity [B, T, 128] or None).
+    Must run with gradients enabled and outside inference mode to be trainable (use
+    :func:`make_predict`, which takes care of that).
+    """
+    if video is None and audio is None:
+        raise ValueError("the LTX-2 forward needs video tokens, audio tokens or both")
+    c = config or LTX2Config.from_module(root)
+    cache = rope_cache or _DEFAULT_ROPE_CACHE
+    ref = (video or audio)[0]
+    device = ref.device
+    dtype = dtype or ref.dtype
+    b = ref.shape[0]
+    tsm = c.timestep_scale_multiplier
+
+    if text is None:
+        v_ctx, a_ctx = prepare_text(root, c, context, dtype, unprocessed_text)
+    else:
+        v_ctx, a_ctx = text
+    if v_ctx.shape[0] != b:
+        raise ValueError(f"text context batch {v_ctx.shape[0]} != latent batch {b}")
+
+    vx = ax = None
+    v = a = None
+    v_out_mod = a_out_mod = None
+    if video is not None:
+        tokens, sigma, grid = video
+        grid = tuple(int(g) for g in grid)
+        n = tokens.shape[1]
+        if math.prod(grid) != n:
+            raise ValueError(f"video grid {grid} has {math.prod(grid)} tokens, the input has {n}")
+        vsig = _sigma_bn(sigma, b, n)
+        vx = root.patchify_proj(tokens.to(dtype))
+        mod, v_out_mod = _per_token_mod(root.adaln_single, vsig * tsm, dtype, c.adaln_params)
+        prompt = None
+        if c.cross_attention_adaln:
+            prompt = _per_sample_mod(root.prompt_adaln_single, (vsig * tsm).amax(dim=1), dtype, 2).values
+        pe = cache.get(("v", grid, float(fps), device, dtype, _ckey(c)),
+                       lambda: rope_tables(video_positions(grid, c, fps, device), c.inner_dim, c.num_attention_heads,
+                                           c.positional_embedding_max_pos, c.use_middle_indices_grid,
+                                           c.rope_type == "split", c.frequencies_precision == "float64", dtype))
+        v = StreamArgs(v_ctx.to(dtype), mod, prompt, pe)
+    if audio is not None:
+        tokens, sigma, grid = audio
+        t = tokens.shape[1]
+        if tuple(int(g) for g in grid) != (t,):
+            raise ValueError(f"audio grid {tuple(grid)} does not match {t} audio tokens")
+        asig = _sigma_bn(sigma, b, t)
+        ax = root.audio_patchify_proj(tokens.to(dtype))
+        mod, a_out_mod = _per_token_mod(root.audio_adaln_single, asig * tsm, dtype, c.adaln_params)
+        prompt = None
+        if c.cross_attention_adaln:
+            prompt = _per_sample_mod(root.audio_prompt_adaln_single, (asig * tsm).amax(dim=1), dtype, 2).values
+        pe = cache.get(("a", t, device, dtype, _ckey(c)),
+                       lambda: rope_tables(audio_positions(t, device), c.audio_inner_dim, c.audio_num_attention_heads,
+                                           c.audio_positional_embedding_max_pos, c.use_middle_indices_grid,
+                                           c.rope_type == "split", c.frequencies_precision == "float64", dtype))
+        a = StreamArgs(a_ctx.to(dtype), mod, prompt, pe)
+    if v is not None and a is not None:
+        vmax, amax = vsig.amax(dim=1), asig.amax(dim=1)  # per sample, raw σ (ComfyUI's formulation)
+        factor = c.av_ca_timestep_scale_multiplier / tsm
+        a.cross_ss = _per_sample_mod(root.av_ca_audio_scale_shift_adaln_single, vmax, dtype, 4)
+        v.cross_ss = _per_sample_mod(root.av_ca_video_scale_shift_adaln_single, amax, dtype, 4)
+        v.cross_gate = _per_sample_mod(root.av_ca_a2v_gate_adaln_single, amax * factor, dtype, 1)
+        a.cross_gate = _per_sample_mod(root.av_ca_v2a_gate_adaln_single, vmax * factor, dtype, 1)
+        max_pos = [max(c.positional_embedding_max_pos[0], c.audio_positional_embedding_max_pos[0])]
+        split, f64 = c.rope_type == "split", c.frequencies_precision == "float64"
+        grid_v = tuple(int(g) for g in video[2])
+        v.cross_pe = cache.get(("vx", grid_v, float(fps), device, dtype, _ckey(c)),
+                               lambda: rope_tables(video_positions(grid_v, c, fps, device)[:, 0:1], c.audio_cross_attention_dim,
+                                                   c.audio_num_attention_heads, max_pos, True, split, f64, dtype))
+        a.cross_pe = cache.get(("ax", ax.shape[1], device, dtype, _ckey(c)),
+                               lambda: rope_tables(audio_positions(ax.shape[1], device)[:, 0:1], c.audio_cross_attention_dim,
+                                                   c.audio_num_attention_heads, max_pos, True, split, f64, dtype))
+
+    fn = block_fn or block_forward
+    for block in root.transformer_blocks:
+        if checkpointing and torch.is_grad_enabled():
+            vx, ax = checkpoint(fn, block, c, vx, ax, v, a, use_reentrant=False)
+        else:
+            vx, ax = fn(block, c, vx, ax, v, a)
+
+    v_pred = a_pred = None
+    if vx is not None:
+        shift, scale = _output_modulation(v_out_mod, root.scale_shift_table)
+        v_pred = root.proj_out(root.norm_out(vx) * (1 + scale) + shift)
+    if ax is not None:
+        shift, scale = _output_modulation(a_out_mod, root.audio_scale_shift_table)
+        a_pred = root.audio_proj_out(root.audio_norm_out(ax) * (1 + scale) + shift)
+    return v_pred, a_pred
+
+
+def _output_modulation(emb: Mod, table: torch.Tensor):
+    """Output modulation: (table[0] + e, table[1] + e) per token (shift, scale)."""
+    e = emb.values  # [U, D]
+    m = table.to(device=e.device, dtype=e.dtype).unsqueeze(0) + e.unsqueeze(1)  # [U, 2, D]
+    m = m[emb.index]
+    return m[:, :, 0], m[:, :, 1]
+
+
+def _ckey(c: LTX2Config) -> tuple:
+    return (c.inner_dim, c.audio_inner_dim, c.num_attention_heads, c.audio_num_attention_heads,
+            c.audio_cross_attention_dim, c.positional_embedding_max_pos, c.audio_positional_embedding_max_pos,
+            c.vae_scale_factors, c.causal_temporal_positioning, c.use_middle_indices_grid, c.rope_type,
+            c.frequencies_precision)
+
+
+# ============================================================================ predict
+
+def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = None,
+                 fix_inference_weights: bool = True, rope_cache_size: int = 8,
+                 config: Optional[LTX2Config] = None, compile_blocks: Any = False) -> Callable:
+    """The engine's ``predict(root, inputs) -> (video_pred, audio_pred)``.
+
+    checkpointing: per-block activation checkpointing (recompute each block in backward).
+    dtype: compute dtype. Default: under autocast, the autocast dtype — and when the weights
+        are already in it (a bf16 model in a bf16 run) the forward runs with autocast off,
+        every op in bf16 as ComfyUI runs the model; without autocast, the weights' dtype
+        (bfloat16 for fp8 weights, which ComfyUI's layers cast).
+    fix_inference_weights: weights that are inference tensors (ComfyUI loads models inside
+        ``torch.inference_mode``) are replaced by normal copies on first sight
+        (:func:`ensure_trainable_weights`); with False, such weights raise
+        :class:`InferenceWeightsError` instead.
+    compile_blocks: False (eager), True (``torch.compile`` of the block function, inductor) or
+        a torch.compile backend name. The eager block forward is launch-bound at full size
+        (measured on an H100, 8 full-width blocks, 6144 video + 126 audio tokens, rank-32
+        LoRA on all attention, checkpointing: 0.41 s eager, 0.26 s compiled, after a ~1 min
+        first compile; one compile per shape bucket).
+
+    ``inputs`` is ``trainer_core.engine.StepInputs``: ``video``/``audio`` carry ``tokens``,
+    ``sigma`` (per token) and ``grid``; ``text["context"]`` is the text encoder's output
+    [B, L, D] (optionally ``text["unprocessed_ltxav_embeds"]``, default True); ``fps``.
+    """
+    cache = RopeCache(rope_cache_size)
+    block_fn = None
+    if compile_blocks:
+        kw = {} if compile_blocks is True else {"backend": str(compile_blocks)}
+        block_fn = torch.compile(block_forward, dynamic=False, **kw)
+
+    def predict(root: nn.Module, inputs) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        with torch.inference_mode(False), torch.enable_grad():
+            # ComfyUI may (re)load weights inside inference mode at any time: check every call
+            # (a scan of the parameter list; nothing is copied unless something must be).
+            bad = find_inference_tensors(root)
+            if bad:
+                if not fix_inference_weights:
+                    raise InferenceWeightsError(
+                        f"{len(bad)} weights of the transformer are inference tensors (e.g. {bad[0]}): "
+                        "ComfyUI loaded the model inside torch.inference_mode. Call "
+                        "trainer_core.ltx2.forward.ensure_trainable_weights(model) before training, or "
+                        "use make_predict(fix_inference_weights=True)")
+                ensure_trainable_weights(root)
+            c = config or LTX2Config.from_module(root)
+            text = inputs.text
+            if "context" not in text:
+                raise ValueError(f"the cached text conditioning has no 'context' tensor (keys: {sorted(text)}); "
+                                 "re-encode the captions with the LTX-2 text encoder")
+            ctx = _normal(text["context"])
+            unproc = text.get("unprocessed_ltxav_embeds", True)
+            unproc = bool(unproc.flatten()[0]) if torch.is_tensor(unproc) else bool(unproc)
+            ref = (inputs.video or inputs.audio).tokens
+            cd, plain = _compute_dtype(root, ref, dtype)
+            vid = aud = None
+            if inputs.video is not None:
+                vid = (_normal(inputs.video.tokens), _normal(inputs.video.sigma), tuple(inputs.video.grid))
+            if inputs.audio is not None:
+                aud = (_normal(inputs.audio.tokens), _normal(inputs.audio.sigma), tuple(inputs.audio.grid))
+            with torch.autocast(ref.device.type, enabled=False) if plain else contextlib.nullcontext():
+                return forward_av(root, vid, aud, context=ctx, fps=float(inputs.fps), checkpointing=checkpointing,
+                                  dtype=cd, config=c, unprocessed_text=unproc, rope_cache=cache,
+                                  block_fn=block_fn)
+
+    predict.checkpointing = checkpointing  # type: ignore[attr-defined]
+    predict.rope_cache = cache  # type: ignore[attr-defined]
+    return predict
+
+
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _compute_dtype(root: nn.Module, tokens: torch.Tensor, dtype: Optional[torch.dtype]) -> tuple[torch.dtype, bool]:
+    """(compute dtype, run without autocast).
+
+    Under autocast with weights already in the autocast dtype (a bf16 model in a bf16 run),
+    the forward runs in that dtype with autocast off — every op in bf16, as ComfyUI runs the
+    model (norms and modulations included), LoRA weights staying fp32 masters. Otherwise
+    autocast (if on) decides per op, the activations starting in the autocast dtype.
+    """
+    w = root.patchify_proj.weight.dtype
+    if torch.is_autocast_enabled(tokens.device.type):
+        ac = torch.get_autocast_dtype(tokens.device.type)
+        cd = dtype or ac
+        return cd, (w == cd)
+    return (dtype or (w if w in _FLOATS else torch.bfloat16)), False
+
+
+__all__ = ["make_predict", "forward_av", "prepare_text", "ensure_trainable_weights", "find_inference_tensors",
+           "InferenceWeightsError", "block_forward", "RopeCache"]

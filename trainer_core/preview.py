@@ -1,0 +1,164 @@
+"""Preview images for the dataset nodes: contact sheets with labels, drawn with Pillow.
+
+Every function returns an HxWx3 uint8 array (what ComfyUI's IMAGE type is made from). Sheets
+are capped in size: past ``max_items`` thumbnails a "+N more" tile says what was left out.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+BG = (22, 22, 26)
+FG = (230, 230, 230)
+DIM = (150, 150, 160)
+WARN = (255, 170, 60)
+
+
+def _font(size: int = 12):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # older Pillow
+        return ImageFont.load_default()
+
+
+def _thumb(img, height: int):
+    from PIL import Image
+
+    im = img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img, dtype=np.uint8))
+    w = max(1, round(im.width * height / max(1, im.height)))
+    return im.convert("RGB").resize((min(w, 3 * height), height), Image.BILINEAR)
+
+
+def contact_sheet(items: Sequence[tuple[object, str]], cols: Optional[int] = None, thumb_height: int = 96,
+                  max_items: int = 48, title: Optional[str] = None) -> np.ndarray:
+    """Thumbnails in a grid, each with its (multi-line) label underneath. ``items`` are
+    (image or None, label); a None image draws a grey placeholder (e.g. an unreadable frame)."""
+    from PIL import Image, ImageDraw
+
+    font = _font(11)
+    shown = list(items[:max_items])
+    more = len(items) - len(shown)
+    if more > 0:
+        shown.append((None, f"+{more} more"))
+    if not shown:
+        shown = [(None, "nothing to show")]
+    thumbs = [(_thumb(im, thumb_height) if im is not None else None, label) for im, label in shown]
+    cell_w = max(thumb_height * 16 // 9, max((t.width for t, _ in thumbs if t is not None), default=thumb_height))
+    lines = max(len(label.splitlines()) for _, label in thumbs)
+    cell_h = thumb_height + 6 + 13 * lines + 6
+    n = len(thumbs)
+    cols = cols or min(n, 6)
+    rows = (n + cols - 1) // cols
+    top = 22 if title else 0
+    sheet = Image.new("RGB", (cols * (cell_w + 8) + 8, top + rows * (cell_h + 8) + 8), BG)
+    d = ImageDraw.Draw(sheet)
+    if title:
+        d.text((8, 5), title, fill=FG, font=font)
+    for i, (t, label) in enumerate(thumbs):
+        x = 8 + (i % cols) * (cell_w + 8)
+        y = top + 8 + (i // cols) * (cell_h + 8)
+        if t is None:
+            d.rectangle([x, y, x + cell_w - 1, y + thumb_height - 1], fill=(55, 55, 62))
+        else:
+            sheet.paste(t, (x + (cell_w - t.width) // 2, y))
+        for j, line in enumerate(label.splitlines()):
+            colour = WARN if line.startswith("!") else (FG if j == 0 else DIM)
+            d.text((x + 2, y + thumb_height + 4 + 13 * j), line.lstrip("!"), fill=colour, font=font)
+    return np.asarray(sheet)
+
+
+def _first_frame(path: str, t: float = 0.0, height: int = 96):
+    from . import media
+
+    try:
+        return media.frames_at(path, [max(0.0, t)])[0]
+    except Exception:
+        return None
+
+
+def _short(name: str, n: int = 28) -> str:
+    return name if len(name) <= n else "…" + name[-(n - 1):]
+
+
+def clips_contact_sheet(clipset) -> np.ndarray:
+    items = []
+    for c in clipset.clips:
+        if c.kind == "image":
+            info = f"still  {c.width}x{c.height}"
+        else:
+            info = f"{c.duration:.1f}s {c.fps:.3g}fps {c.width}x{c.height}"
+        sound = "audio" if c.has_audio else "!no audio" if c.kind == "video" else ""
+        label = f"{_short(c.name)}\n{info}" + (f"\n{sound}" if sound else "") + ("\ncaptioned" if c.caption else "")
+        items.append((_first_frame(c.path), label))
+    return contact_sheet(items, title=f"{len(clipset.clips)} clips from {_short(clipset.root, 60)}")
+
+
+def clips_summary(clipset) -> str:
+    vids = [c for c in clipset.clips if c.kind == "video"]
+    stills = [c for c in clipset.clips if c.kind == "image"]
+    lines = [f"{len(vids)} videos ({sum(c.duration for c in vids):.1f} s), {len(stills)} stills, "
+             f"{sum(c.has_audio for c in vids)} with audio, {sum(bool(c.caption) for c in clipset.clips)} captioned"]
+    vfr = [c.name for c in vids if c.vfr]
+    if vfr:
+        lines.append(f"variable frame rate (read by timestamp): {', '.join(vfr[:6])}")
+    for s in clipset.skipped:
+        lines.append(f"skipped {s.path.rsplit('/', 1)[-1]}: {s.reason}")
+    return "\n".join(lines)
+
+
+def segments_contact_sheet(clipset) -> np.ndarray:
+    items = []
+    for s in clipset.all_segments():
+        c = clipset.clips[s.clip]
+        label = f"{_short(c.name)}#{s.index}\n{s.start:.2f}-{s.end:.2f}s ({s.duration:.1f}s)"
+        items.append((_first_frame(c.path, s.start + 1e-3), label))
+    return contact_sheet(items, title=f"{len(items)} segments")
+
+
+def segments_summary(clipset) -> str:
+    segs = clipset.all_segments()
+    per: dict[int, list] = {}
+    for s in segs:
+        per.setdefault(s.clip, []).append(s)
+    lines = [f"{len(segs)} segments from {len(per)} clips, {sum(s.duration for s in segs):.1f} s in all"]
+    for ci, ss in per.items():
+        spans = ", ".join(f"{s.start:.2f}-{s.end:.2f}" for s in ss[:8]) + (" …" if len(ss) > 8 else "")
+        lines.append(f"{clipset.clips[ci].name}: {len(ss)} ({spans})")
+    dropped = [c.name for i, c in enumerate(clipset.clips) if i not in per]
+    if dropped:
+        lines.append(f"no segment kept (all shorter than the minimum): {', '.join(dropped[:8])}")
+    return "\n".join(lines)
+
+
+def dataset_gallery(dataset, report=None, thumb_height: int = 96) -> np.ndarray:
+    """Each sample's first frame cropped exactly as training will see it."""
+    from .buckets import FLAG_TEXT, crop_to_bucket
+
+    items = []
+    for s in dataset.samples:
+        c = dataset.clipset.clips[s.clip]
+        fr = _first_frame(c.path, s.start + 1e-3)
+        img = crop_to_bucket(fr, s.bucket, height=thumb_height) if fr is not None else None
+        seg = dataset.segments[s.segment]
+        label = f"{_short(seg.key(dataset.clipset.clips))}\n{s.bucket} @ {s.fps:g}fps"
+        for f in s.flags:
+            label += f"\n!{FLAG_TEXT.get(f, f)}"
+        items.append((img, label))
+    title = f"{len(dataset.samples)} samples"
+    if report is not None:
+        title += "  |  " + "  ".join(f"{b}: {n}" for b, n in sorted(report.counts.items()))
+    return contact_sheet(items, title=title, thumb_height=thumb_height)
+
+
+def caption_sheet(entries: Iterable[tuple[object, str, str]], width_chars: int = 48) -> np.ndarray:
+    """Thumbnail + wrapped caption per entry: (image, name, caption)."""
+    import textwrap
+
+    items = []
+    for img, name, cap in entries:
+        body = "\n".join(textwrap.wrap(cap or "!(no caption)", width_chars)[:6])
+        items.append((img, f"{_short(name)}\n{body}"))
+    return contact_sheet(items, cols=3)
