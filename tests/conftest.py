@@ -33,6 +33,17 @@ def find_comfyui() -> tuple[Path | None, str]:
 COMFYUI, COMFYUI_WHY = find_comfyui()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Without ComfyUI, mark every test of the ComfyUI layers as skipped, with the reason."""
+    if COMFYUI is not None:
+        return
+    skip = pytest.mark.skip(reason=f"ComfyUI layer skipped: {COMFYUI_WHY}")
+    for item in items:
+        where = str(item.fspath).replace(os.sep, "/")
+        if "/tests/comfy/" in where or "/tests/e2e/" in where:
+            item.add_marker(skip)
+
+
 def pytest_report_header(config):
     return [f"ComfyUI layers: {'will run — ' if COMFYUI else 'SKIPPED — '}{COMFYUI_WHY}"]
 

@@ -19,13 +19,6 @@ from tests.conftest import COMFYUI, COMFYUI_WHY, REPO
 PACK_DIR_NAME = "comfyui-ltx2-lora-trainer"
 
 
-def pytest_collection_modifyitems(config, items):
-    if COMFYUI is not None:
-        return
-    skip = pytest.mark.skip(reason=f"ComfyUI layer skipped: {COMFYUI_WHY}")
-    for item in items:
-        if "tests/comfy/" in str(item.fspath).replace(os.sep, "/"):
-            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
