@@ -1,7 +1,7 @@
 """The pack as ComfyUI loads it: registration through the V3 entry point, schema hygiene."""
 from __future__ import annotations
 
-EXPECTED = {"LTX2TrainLoadClips", "LTX2TrainSplitScenes", "LTX2TrainBucket", "LTX2TrainLoRA"}
+EXPECTED = {"LTX2TrainLoadClips", "LTX2TrainSplitScenes", "LTX2TrainBucket", "LTX2TrainEncodeLatents", "LTX2TrainLoRA"}
 
 
 def test_pack_registers_its_nodes(comfy):

@@ -1,0 +1,125 @@
+"""Encode Latents: the dataset through ComfyUI's own LTX-2 VAEs and text encoder into the cache."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ._common import CAT_TRAIN, DatasetT, LatentsT, image_batch, make_progress, preview_ui
+
+
+class EncodeLatents(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LTX2TrainEncodeLatents",
+            display_name="Encode Latents (LTX-2 Trainer)",
+            category=CAT_TRAIN,
+            description=(
+                "Encodes every sample of the bucketed dataset with the LTX-2 video VAE, audio VAE and text "
+                "encoder you loaded, into a cache on disk (safetensors + manifest) that training reads. "
+                "Re-running skips what is cached; a changed caption re-encodes only its text; damaged "
+                "entries are re-encoded; an interrupted run resumes."),
+            inputs=[
+                DatasetT.Input("dataset", tooltip="From Bucket."),
+                io.Vae.Input("vae", tooltip="The LTX-2 video VAE (Load Checkpoint's VAE output)."),
+                io.Clip.Input("clip", tooltip="The LTX-2 text encoder (Gemma 3 12B via the LTX text encoder loader)."),
+                io.Vae.Input("audio_vae", optional=True,
+                             tooltip="The LTX-2 audio VAE (LTXV Audio VAE Loader). Leave empty for video-only training."),
+                io.String.Input("trigger_word", default="", optional=True,
+                                tooltip="Prepended to every caption (unless already there), e.g. 'sks person'."),
+                io.String.Input("cache_name", default="my_dataset",
+                                tooltip="Cache folder name under output/ltx2_cache/ (plain name, no folders)."),
+            ],
+            outputs=[
+                LatentsT.Output(display_name="latents", tooltip="The latent cache, for Train LTX-2 LoRA."),
+                io.Image.Output(display_name="preview",
+                                tooltip="First frame of each bucket decoded back from its latent: what training sees."),
+                io.String.Output(display_name="summary", tooltip="Encoded, reused and failed entries."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, dataset, vae, clip, audio_vae=None, trigger_word="", cache_name="my_dataset") -> io.NodeOutput:
+        import torch
+
+        import comfy.model_management as mm
+        import folder_paths
+
+        from ..trainer_core.encode import Encoders, encode_dataset
+        from ..trainer_core.fsutil import safe_join
+
+        name = safe_join(folder_paths.get_output_directory(), cache_name, allow_subdirs=False).name
+        root = safe_join(folder_paths.get_output_directory(), f"ltx2_cache/{name}")
+
+        def encode_video(frames):
+            px = torch.from_numpy(frames).float().div_(255.0)
+            return vae.encode(px)[0]
+
+        def encode_text(caption: str):
+            tokens = clip.tokenize(caption)
+            out = clip.encode_from_tokens(tokens, return_dict=True)
+            return {"context": out["cond"][0]}
+
+        encode_audio, rate = None, 16000
+        if audio_vae is not None:
+            rate = int(getattr(audio_vae, "audio_sample_rate", 44100))
+
+            def encode_audio(pcm, r):
+                wav = torch.from_numpy(pcm)[None]  # [1, C, N]
+                return audio_vae.encode(wav.movedim(1, -1))[0]
+
+        identity = {"vae": _identity(vae), "audio_vae": _identity(audio_vae) if audio_vae is not None else "",
+                    "text": _identity(clip)}
+        enc = Encoders(encode_video=encode_video, encode_text=encode_text, encode_audio=encode_audio,
+                       audio_rate=rate, identity=identity)
+        progress = make_progress(len(dataset.samples), cls)
+        rep = encode_dataset(dataset, root, enc, trigger_word=trigger_word or "", progress=progress)
+        if rep.samples == 0:
+            raise ValueError("no sample could be encoded: " + rep.summary().replace("\n", "; "))
+        img = image_batch(_bucket_preview(root, vae))
+        mm.soft_empty_cache()
+        text = rep.summary()
+        value = {"path": str(root), "trigger_word": trigger_word or "", "samples": rep.samples, "summary": text}
+        return io.NodeOutput(value, img, text, ui=preview_ui(img, text, cls))
+
+
+def _identity(obj) -> str:
+    """A stable name for a loaded model: its class and a fingerprint of a few weights."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha1(type(obj).__name__.encode())
+    model = getattr(obj, "first_stage_model", None) or getattr(obj, "cond_stage_model", None) or obj
+    try:
+        for i, (k, v) in enumerate(model.state_dict().items()):
+            if i >= 8:
+                break
+            h.update(k.encode())
+            h.update(v.flatten()[:64].to(torch.float32).cpu().numpy().tobytes())
+    except Exception:
+        pass
+    return h.hexdigest()[:16]
+
+
+def _bucket_preview(root, vae):
+    """First frame per bucket decoded from the cached first-frame latent, side by side."""
+    import numpy as np
+
+    from ..trainer_core.cache import LatentCache
+    from ..trainer_core.preview import contact_sheet
+
+    cache = LatentCache(root)
+    seen, items = set(), []
+    for s in cache.manifest.samples:
+        if s["bucket"] in seen or not s.get("video"):
+            continue
+        seen.add(s["bucket"])
+        lat = cache.get("video", s["video"])["first_frame"][None]
+        img = vae.decode(lat.to(vae.vae_dtype if hasattr(vae, "vae_dtype") else lat.dtype))
+        img = img.reshape(-1, *img.shape[-3:])[0].clamp(0, 1).mul(255).byte().cpu().numpy()
+        items.append((np.ascontiguousarray(img), f"{s['bucket']}\n{s['key']}"))
+    return contact_sheet(items, title="decoded from the cache")
+
+
+ENCODE_NODES = [EncodeLatents]
