@@ -169,3 +169,10 @@ def test_cancel_saves_checkpoint_and_resume_finishes(comfy, tiny_model, tmp_path
     out = _train(comfy, model, cache, f"c{tag}", steps=stopped_at + 4, resume="latest")
     history = out.result[2]
     assert history[-1]["step"] == stopped_at + 4 and len(history) == stopped_at + 4
+    # the resumed LoRA equals, bit for bit, a run of the same length that never stopped
+    ref = _train(comfy, model, cache, f"u{tag}", steps=stopped_at + 4)
+    resumed_sd, _ = load_lora(comfy.folder_paths.get_full_path("loras", out.result[1]))
+    ref_sd, _ = load_lora(comfy.folder_paths.get_full_path("loras", ref.result[1]))
+    assert resumed_sd.keys() == ref_sd.keys()
+    assert all(torch.equal(resumed_sd[k], ref_sd[k]) for k in ref_sd)
+    assert [h["loss"] for h in history] == [h["loss"] for h in ref.result[2]]
