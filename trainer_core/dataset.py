@@ -46,7 +46,7 @@ class ClipInfo:
     fps: float = 0.0
     duration: float = 0.0  # seconds; 0 for still images
     num_frames: int = 1
-    rotation: int = 0  # display rotation, degrees counter-clockwise (applied to every frame read)
+    rotation: int = 0  # degrees clockwise the stored frames must turn to be shown upright (media applies it)
     vfr: bool = False
     audio: Optional[AudioInfo] = None
     caption: Optional[str] = None

@@ -83,17 +83,85 @@ def _short(name: str, n: int = 28) -> str:
     return name if len(name) <= n else "…" + name[-(n - 1):]
 
 
-def clips_contact_sheet(clipset) -> np.ndarray:
-    items = []
-    for c in clipset.clips:
-        if c.kind == "image":
-            info = f"still  {c.width}x{c.height}"
-        else:
-            info = f"{c.duration:.1f}s {c.fps:.3g}fps {c.width}x{c.height}"
-        sound = "audio" if c.has_audio else "!no audio" if c.kind == "video" else ""
-        label = f"{_short(c.name)}\n{info}" + (f"\n{sound}" if sound else "") + ("\ncaptioned" if c.caption else "")
-        items.append((_first_frame(c.path), label))
-    return contact_sheet(items, title=f"{len(clipset.clips)} clips from {_short(clipset.root, 60)}")
+def thumbnail_size(width: int, height: int, thumb_height: int = 96) -> tuple[int, int]:
+    """(w, h) of a thumbnail ``thumb_height`` tall with the source aspect (width capped at 3x)."""
+    w = max(1, round(width * thumb_height / max(1, height)))
+    return min(w, 3 * thumb_height), thumb_height
+
+
+def frame_thumbnails(clip, times: Sequence[float], thumb_height: int = 96) -> list:
+    """Thumbnails (HxWx3 uint8, or None when unreadable) of ``clip`` at ``times``: one decode
+    pass, shrunk inside the decoder's converter."""
+    from . import media
+
+    if not times:
+        return []
+    try:
+        size = thumbnail_size(clip.width, clip.height, thumb_height) if clip.width and clip.height else None
+        frames = media.frames_at(clip.path, [max(0.0, t) for t in times], size=size)
+        return list(frames)
+    except Exception:
+        return [None] * len(times)
+
+
+def fmt_duration(seconds: float) -> str:
+    """``4.4s``, ``1:05``, ``1:02:03``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def clip_label(clip) -> str:
+    """Multi-line label: name; duration, fps, size (or 'still WxH'); audio yes/no; caption.
+    Lines starting with '!' are drawn as warnings by :func:`contact_sheet`."""
+    if clip.kind == "image":
+        info = f"still {clip.width}x{clip.height}"
+    else:
+        info = f"{fmt_duration(clip.duration)} {clip.fps:.3g}fps{' VFR' if clip.vfr else ''} {clip.width}x{clip.height}"
+    lines = [_short(clip.name), info]
+    if clip.kind == "video":
+        lines.append(f"audio {clip.audio.sample_rate // 1000}kHz" if clip.has_audio else "!no audio")
+    if clip.caption:
+        lines.append("captioned")
+    return "\n".join(lines)
+
+
+def segment_label(clipset, seg) -> str:
+    """Label of one segment: ``name#i``; time range and length; motion when measured."""
+    c = clipset.clips[seg.clip]
+    lines = [f"{_short(c.name, 24)}#{seg.index}"]
+    if c.kind == "image":
+        lines.append("still")
+    else:
+        lines.append(f"{seg.start:.2f}-{seg.end:.2f}s ({seg.duration:.1f}s)")
+    if seg.motion is not None:
+        lines.append(f"motion {seg.motion:.1f}")
+    return "\n".join(lines)
+
+
+def segment_thumbnails(clipset, segments=None, thumb_height: int = 96) -> list:
+    """First frame of each segment (one decode pass per clip), in the order of ``segments``."""
+    segs = clipset.all_segments() if segments is None else list(segments)
+    out: list = [None] * len(segs)
+    by_clip: dict[int, list[int]] = {}
+    for i, sg in enumerate(segs):
+        by_clip.setdefault(sg.clip, []).append(i)
+    for ci, idx in by_clip.items():
+        thumbs = frame_thumbnails(clipset.clips[ci], [segs[i].start + 1e-3 for i in idx], thumb_height)
+        for i, t in zip(idx, thumbs):
+            out[i] = t
+    return out
+
+
+def clips_contact_sheet(clipset, thumb_height: int = 96, max_items: int = 48) -> np.ndarray:
+    """First frame of every clip with :func:`clip_label` under it."""
+    clips = clipset.clips[:max_items]
+    items = [(frame_thumbnails(c, [0.0], thumb_height)[0], clip_label(c)) for c in clips]
+    items += [(None, "")] * (len(clipset.clips) - len(clips))  # counted into "+N more"
+    return contact_sheet(items, title=f"{len(clipset.clips)} clips from {_short(clipset.root, 60)}",
+                         thumb_height=thumb_height, max_items=max_items)
 
 
 def clips_summary(clipset) -> str:
@@ -109,13 +177,14 @@ def clips_summary(clipset) -> str:
     return "\n".join(lines)
 
 
-def segments_contact_sheet(clipset) -> np.ndarray:
-    items = []
-    for s in clipset.all_segments():
-        c = clipset.clips[s.clip]
-        label = f"{_short(c.name)}#{s.index}\n{s.start:.2f}-{s.end:.2f}s ({s.duration:.1f}s)"
-        items.append((_first_frame(c.path, s.start + 1e-3), label))
-    return contact_sheet(items, title=f"{len(items)} segments")
+def segments_contact_sheet(clipset, thumb_height: int = 96, max_items: int = 48) -> np.ndarray:
+    """First frame of every segment (scene thumbnails) with :func:`segment_label`."""
+    segs = clipset.all_segments()
+    shown = segs[:max_items]
+    thumbs = segment_thumbnails(clipset, shown, thumb_height)
+    items = [(t, segment_label(clipset, sg)) for t, sg in zip(thumbs, shown)]
+    items += [(None, "")] * (len(segs) - len(shown))
+    return contact_sheet(items, title=f"{len(segs)} segments", thumb_height=thumb_height, max_items=max_items)
 
 
 def segments_summary(clipset) -> str:

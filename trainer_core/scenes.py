@@ -114,7 +114,8 @@ def analyze_scenes(
     size = (0, 0)
     tc = None
     span_end = end if end is not None else clip_end
-    for k, (t, frame) in enumerate(iter_frames(path, start=start, end=end, max_side=max_side, fmt="bgr24")):
+    for k, (t, frame) in enumerate(iter_frames(path, start=start, end=end, max_side=max_side, fmt="bgr24",
+                                                 fast=True)):
         if prev is None:
             size = (frame.shape[1], frame.shape[0])
             diffs.append(0.0)

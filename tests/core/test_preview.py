@@ -1,0 +1,124 @@
+"""trainer_core.preview: contact sheets, labels and scene thumbnails (Pillow; no ComfyUI)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.core import mediagen as mg
+from trainer_core import media, preview, scenes
+from trainer_core.dataset import ClipSet
+
+RED, GREEN, BLUE = (220, 30, 30), (30, 200, 40), (30, 50, 220)
+
+
+def _solid(colour, w=64, h=48):
+    return np.full((h, w, 3), colour, np.uint8)
+
+
+def _centroid(sheet: np.ndarray, colour, tol=40):
+    m = (np.abs(sheet.astype(int) - np.asarray(colour)).max(axis=2) < tol)
+    ys, xs = np.nonzero(m)
+    return (ys.mean(), xs.mean(), len(ys)) if len(ys) else None
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return mg.make_dataset(tmp_path_factory.mktemp("preview_ds"))
+
+
+@pytest.fixture(scope="module")
+def clips(ds):
+    return media.load_clips(ds.root)
+
+
+def test_contact_sheet_grid_order_and_inputs():
+    items = [(_solid(RED), "red"), (Image.fromarray(_solid(GREEN)), "green"), (_solid(BLUE, 48, 64), "blue\nportrait")]
+    sheet = preview.contact_sheet(items, cols=2, thumb_height=48)
+    assert sheet.dtype == np.uint8 and sheet.ndim == 3 and sheet.shape[2] == 3
+    r, g, b = (_centroid(sheet, c) for c in (RED, GREEN, BLUE))
+    assert r and g and b
+    assert r[2] == pytest.approx(64 * 48, rel=0.05) and b[2] == pytest.approx(48 * 48 * 0.75, rel=0.1)  # scaled to 48 tall
+    assert abs(r[0] - g[0]) < 2 and g[1] > r[1] + 40  # same row, green to the right
+    assert b[0] > r[0] + 40 and abs(b[1] - r[1]) < 40  # next row, first column
+    one_row = preview.contact_sheet(items, cols=3, thumb_height=48)
+    assert one_row.shape[1] > sheet.shape[1] and one_row.shape[0] < sheet.shape[0]
+
+
+def test_labels_are_drawn_and_readable():
+    base = preview.contact_sheet([(_solid(RED), "clip_a.mp4\n4.4s 25fps")], thumb_height=48)
+    same = preview.contact_sheet([(_solid(RED), "clip_a.mp4\n4.4s 25fps")], thumb_height=48)
+    other = preview.contact_sheet([(_solid(RED), "clip_b.mp4\n4.4s 25fps")], thumb_height=48)
+    assert np.array_equal(base, same) and not np.array_equal(base, other)
+    r = _centroid(base, RED)
+    below = base[int(r[0]) + 26:]  # the label area under the thumbnail
+    bright = (below.min(axis=2) > 120).sum()
+    assert bright > 30  # text pixels in the label colour
+    # a line starting with '!' is drawn as a warning (orange), without the '!'
+    warn = preview.contact_sheet([(_solid(RED), "clip\n!no audio")], thumb_height=48)
+    orange = ((warn[..., 0] > 180) & (warn[..., 1] > 100) & (warn[..., 1] < 200) & (warn[..., 2] < 110)).sum()
+    assert orange > 10
+    assert ((base[..., 0] > 180) & (base[..., 1] > 100) & (base[..., 1] < 200) & (base[..., 2] < 110)).sum() == 0
+
+
+def test_placeholder_and_more_tile():
+    items = [(_solid(RED), f"c{i}") for i in range(10)]
+    sheet = preview.contact_sheet(items, cols=5, max_items=4, thumb_height=32)
+    grey = (np.abs(sheet.astype(int) - np.array([55, 55, 62])).max(axis=2) == 0).sum()
+    assert grey > 32 * 32  # the "+6 more" tile
+    reds = _centroid(sheet, RED)[2]
+    assert reds == pytest.approx(4 * 32 * 43, rel=0.1)  # only 4 thumbnails drawn (64x48 -> 43x32)
+    empty = preview.contact_sheet([], thumb_height=32)
+    assert empty.ndim == 3 and empty.shape[2] == 3
+    none = preview.contact_sheet([(None, "unreadable")], thumb_height=32)
+    assert (np.abs(none.astype(int) - np.array([55, 55, 62])).max(axis=2) == 0).sum() > 500
+
+
+def test_clip_labels(clips):
+    by = {c.name: c for c in clips.clips}
+    s = preview.clip_label(by["scenes.mp4"])
+    assert s.splitlines()[0] == "scenes.mp4" and "4.4s" in s and "25fps" in s and "192x108" in s
+    assert "audio 48kHz" in s and "captioned" in s
+    assert "!no audio" in preview.clip_label(by["silent.mov"])
+    assert "VFR" in preview.clip_label(by["vfr.mkv"])
+    st = preview.clip_label(by["still.png"])
+    assert "still 200x150" in st and "audio" not in st
+    assert preview.fmt_duration(4.44) == "4.4s" and preview.fmt_duration(65) == "1:05"
+    assert preview.fmt_duration(3723) == "1:02:03"
+
+
+def test_scene_thumbnails_are_first_frames_of_segments(ds):
+    t = ds.files["scenes.mp4"]
+    cs = scenes.split_scenes(ClipSet(root=ds.root, clips=[media.probe(t.path, ds.root)]), min_len=0.5)
+    thumbs = preview.segment_thumbnails(cs, thumb_height=54)
+    assert len(thumbs) == 3 and all(x.shape == (54, 96, 3) for x in thumbs)
+    for x, colour in zip(thumbs, mg.SCENE_COLOURS[:3]):  # red, green, blue scenes
+        assert np.abs(x[20:].reshape(-1, 3).mean(axis=0) - np.asarray(colour)).max() < 40
+    sheet = preview.segments_contact_sheet(cs, thumb_height=54)
+    cents = [_centroid(sheet, c, tol=60) for c in mg.SCENE_COLOURS[:3]]
+    assert all(cents) and cents[0][1] < cents[1][1] < cents[2][1]  # in time order, left to right
+    text = preview.segments_summary(cs)
+    assert text.startswith("3 segments from 1 clips") and "scenes.mp4: 3 (0.00-1.60, 1.60-2.80, 2.80-4.40)" in text
+    assert "motion" in preview.segment_label(cs, cs.segments[0])
+
+
+def test_clip_sheet_and_summary(clips, ds):
+    sheet = preview.clips_contact_sheet(clips)
+    assert sheet.dtype == np.uint8 and sheet.shape[2] == 3 and sheet.shape[0] > 96
+    capped = preview.clips_contact_sheet(clips, max_items=4)
+    assert capped.shape[0] * capped.shape[1] < sheet.shape[0] * sheet.shape[1]
+    text = preview.clips_summary(clips)
+    assert text.splitlines()[0].startswith(f"{len(clips.clips) - 3} videos")
+    for name in ds.bad:
+        assert f"skipped {name}:" in text
+    assert "vfr.mkv" in text
+
+
+def test_dataset_gallery(clips):
+    from trainer_core.buckets import build_dataset, parse_buckets
+
+    split = scenes.split_scenes(clips, min_len=0.3)
+    dset, report = build_dataset(split, parse_buckets("128x96x9;96x128x9;64x64x1"), target_fps=24.0)
+    assert dset.samples
+    g = preview.dataset_gallery(dset, report)
+    assert g.dtype == np.uint8 and g.shape[2] == 3 and g.shape[0] > 96
