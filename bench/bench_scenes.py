@@ -93,6 +93,7 @@ def run_profile(name: str, args, w: int, h: int, plan: list[float]) -> dict:
     t = time.perf_counter()
     info = media.probe(clip_path)
     probe_s = time.perf_counter() - t
+    load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     runs, analysis = [], None
     for _ in range(max(1, args.repeat)):
         t = time.perf_counter()
@@ -115,6 +116,7 @@ def run_profile(name: str, args, w: int, h: int, plan: list[float]) -> dict:
         "false_cuts": false,
         "worst_cut_error_frames": round(worst * args.fps, 2),
         "probe_seconds": round(probe_s, 3),
+        "load_average_1min_before_timing": load_before,
         "analysis_size": list(analysis.size),
     }
     if args.compare:
@@ -154,20 +156,23 @@ def main() -> None:
     result = {
         "benchmark": "scene detection throughput (trainer_core.scenes.analyze_scenes)",
         "footage_seconds_per_wall_second": worst["footage_seconds_per_wall_second"],
-        "footage_seconds_per_wall_second_is": "the slowest profile below",
+        "footage_seconds_per_wall_second_is": "the slowest profile below (its cuts are the top-level ones)",
         "footage_seconds": args.seconds,
         "resolution": f"{w}x{h}",
         "fps": args.fps,
         "detector": args.detector,
         "threshold": scenes.DEFAULT_THRESHOLDS[args.detector],
-        "downscale_max_side": args.max_side,
+        "max_side": args.max_side,
+        "true_cuts": worst["true_cuts"],
+        "detected_cuts": worst["detected_cuts"],
+        "cuts_matched": worst["cuts_matched"],
         "cuts_matched_within_frames": args.tolerance,
         "decode": ("PyAV, FFmpeg threads (thread_type AUTO), skip_loop_filter=all, frames shrunk to max_side "
                    "by swscale (fast bilinear, one reused context), plus a fade (threshold) detector and "
                    "per-frame motion"),
         "profiles": profiles,
-        "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores_in_machine": os.cpu_count(),
         "load_average_1min_after": load1,
         "machine": platform.processor() or platform.machine(),
         "python": platform.python_version(),

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import re
-from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -187,6 +186,31 @@ def _timestamps_from_index(vs) -> Optional[list[int]]:
     return [e.timestamp for e in entries if not e.is_discard]
 
 
+def _presentation_span_from_tail(c, vs) -> Optional[int]:
+    """End of the last frame minus the first frame's time, in stream ticks, from the packets
+    after the last keyframe (no decoding). The container's stream duration is counted in
+    decode timestamps and, with B-frames and variable frame rate, can end before the last
+    frame is even shown (an mp4 measured 1.82 s for frames up to 1.9 s)."""
+    try:
+        keys = [e.timestamp for e in vs.index_entries if e.is_keyframe]
+        first = vs.start_time
+        if not keys or first is None:
+            return None
+        c.seek(keys[-1], stream=vs, backward=True, any_frame=False)
+        end = None
+        for pkt in c.demux(vs):
+            if pkt.size == 0 or pkt.pts is None:
+                continue
+            e = pkt.pts + max(0, pkt.duration or 0)
+            end = e if end is None else max(end, e)
+        c.seek(0, stream=vs, backward=True)
+    except Exception:
+        return None
+    if end is None or end <= first:
+        return None
+    return int(end - first)
+
+
 def _is_vfr(ts: Sequence[int]) -> bool:
     """Uneven spacing between consecutive timestamps (ticks of one time base)."""
     if len(ts) < 3:
@@ -214,6 +238,7 @@ def _probe_av(p: Path) -> ClipInfo:
         ts = _timestamps_from_index(vs)
         last_dur = 0
         a_end = None
+        index_span = _presentation_span_from_tail(c, vs) if ts is not None else None
         if ts is None:
             pts, durs = [], []
             a_first, a_last = None, None
@@ -246,7 +271,9 @@ def _probe_av(p: Path) -> ClipInfo:
         vfr = _is_vfr(ts)
         diffs = np.diff(ts) if n > 1 else np.array([0])
         med = float(np.median(diffs)) if n > 1 else 0.0
-        if vs.duration and vs.duration > 0 and _timestamps_from_index(vs) is not None:
+        if index_span is not None:
+            duration = float(index_span * tb)
+        elif vs.duration and vs.duration > 0 and _timestamps_from_index(vs) is not None:
             duration = float(vs.duration * tb)
         else:
             step = last_dur if last_dur and last_dur > 0 else med

@@ -70,15 +70,6 @@ def contact_sheet(items: Sequence[tuple[object, str]], cols: Optional[int] = Non
     return np.asarray(sheet)
 
 
-def _first_frame(path: str, t: float = 0.0, height: int = 96):
-    from . import media
-
-    try:
-        return media.frames_at(path, [max(0.0, t)])[0]
-    except Exception:
-        return None
-
-
 def _short(name: str, n: int = 28) -> str:
     return name if len(name) <= n else "…" + name[-(n - 1):]
 
@@ -202,24 +193,54 @@ def segments_summary(clipset) -> str:
     return "\n".join(lines)
 
 
-def dataset_gallery(dataset, report=None, thumb_height: int = 96) -> np.ndarray:
-    """Each sample's first frame cropped exactly as training will see it."""
+def dataset_gallery(dataset, report=None, thumb_height: int = 96, max_items: int = 48) -> np.ndarray:
+    """Each sample's first frame cropped exactly as training will see it (resize to cover the
+    bucket, centre crop), labelled with its segment, bucket, frame rate and flags. Only the
+    first ``max_items`` samples are decoded (one pass per clip, at the size the thumbnail
+    needs); the rest are counted in a "+N more" tile."""
     from .buckets import FLAG_TEXT, crop_to_bucket
 
+    samples = list(dataset.samples)
+    shown = samples[:max_items]
+    # one decode per clip, at a size that covers every bucket thumbnail of that clip
+    by_clip: dict[int, list[int]] = {}
+    for i, s in enumerate(shown):
+        by_clip.setdefault(s.clip, []).append(i)
+    frames: list = [None] * len(shown)
+    for ci, idx in by_clip.items():
+        c = dataset.clipset.clips[ci]
+        size = None
+        if c.width and c.height:
+            scale = max(max(thumb_height * shown[i].bucket.width / shown[i].bucket.height / c.width,
+                            thumb_height / c.height) for i in idx)
+            if scale < 1.0:
+                size = (max(2, int(np.ceil(c.width * scale))), max(2, int(np.ceil(c.height * scale))))
+        try:
+            got = media_frames(c.path, [shown[i].start + 1e-3 for i in idx], size)
+        except Exception:
+            continue
+        for i, fr in zip(idx, got):
+            frames[i] = fr
     items = []
-    for s in dataset.samples:
-        c = dataset.clipset.clips[s.clip]
-        fr = _first_frame(c.path, s.start + 1e-3)
+    for s, fr in zip(shown, frames):
         img = crop_to_bucket(fr, s.bucket, height=thumb_height) if fr is not None else None
         seg = dataset.segments[s.segment]
         label = f"{_short(seg.key(dataset.clipset.clips))}\n{s.bucket} @ {s.fps:g}fps"
         for f in s.flags:
             label += f"\n!{FLAG_TEXT.get(f, f)}"
         items.append((img, label))
-    title = f"{len(dataset.samples)} samples"
+    items += [(None, "")] * (len(samples) - len(shown))  # counted into "+N more"
+    title = f"{len(samples)} samples"
     if report is not None:
         title += "  |  " + "  ".join(f"{b}: {n}" for b, n in sorted(report.counts.items()))
-    return contact_sheet(items, title=title, thumb_height=thumb_height)
+    return contact_sheet(items, title=title, thumb_height=thumb_height, max_items=max_items)
+
+
+def media_frames(path: str, times: Sequence[float], size: Optional[tuple[int, int]] = None) -> list:
+    """``media.frames_at`` as a list (one decode pass)."""
+    from . import media
+
+    return list(media.frames_at(path, [max(0.0, t) for t in times], size=size))
 
 
 def caption_sheet(entries: Iterable[tuple[object, str, str]], width_chars: int = 48) -> np.ndarray:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Optional, Union
 
@@ -162,15 +162,19 @@ def detect_scenes(
     min_scene_len: float = 0.25,
     max_side: int = DETECT_MAX_SIDE,
     fades: bool = True,
-) -> list[tuple[float, float]]:
-    """Scenes of a clip as contiguous ``(start, end)`` seconds (one scene if no cut).
+) -> tuple[list[tuple[float, float]], list[Optional[float]]]:
+    """Scenes of a clip and how much each one moves: ``(scenes, motion)``.
 
+    ``scenes``: contiguous ``(start, end)`` seconds covering the clip (one scene if no cut).
+    ``motion[i]``: mean absolute difference (0..255) between consecutive downscaled frames
+    inside scene i, the cut itself excluded (None for a one-frame scene).
     ``detector``: "content" (hard cuts; threshold default 27) or "adaptive" (rolling
     average, calmer in fast motion; threshold default 3). ``min_scene_len``: seconds that
     must pass before another cut is accepted. Frames are analysed at most ``max_side``
-    pixels on their longer side.
+    pixels on their longer side, shrunk inside the decoder.
     """
-    return analyze_scenes(clip, detector, threshold, min_scene_len, max_side, fades=fades).scenes
+    a = analyze_scenes(clip, detector, threshold, min_scene_len, max_side, fades=fades)
+    return a.scenes, [a.motion(s, e) for s, e in a.scenes]
 
 
 def chunk_scene(start: float, end: float, min_len: float, max_len: float) -> list[tuple[float, float]]:

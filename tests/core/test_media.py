@@ -268,6 +268,22 @@ def test_frames_at_picks_the_frame_on_screen(ds, name):
     assert want[shuffled.index(-1.0)] == 0 and want[shuffled.index(t.duration + 5.0)] == t.num_frames - 1
 
 
+@pytest.mark.parametrize("ext", ["mp4", "mov", "webm"])
+def test_vfr_in_other_containers(tmp_path, ext):
+    """mp4/mov: VFR read from the index and the end from the last packets (the stream duration
+    there counts decode times and ended before the last frame); webm: from demuxed packets."""
+    ft = [round(k / 30, 3) for k in range(30)] + [round(1.0 + k / 10, 3) for k in range(10)]
+    t = mg.write_clip(tmp_path / f"v.{ext}", [1.2, 0.8], size=(96, 64), frame_times=ft, seed=4)
+    c = media.probe(t.path)
+    assert c.vfr and c.num_frames == 40
+    assert t.frame_times[-1] < c.duration <= t.duration + 1e-6
+    assert c.duration == pytest.approx(t.duration, abs=0.1)
+    cfr = media.probe(mg.write_clip(tmp_path / f"c.{ext}", [1.0], fps=25, size=(96, 64), seed=5).path)
+    assert not cfr.vfr and cfr.duration == pytest.approx(1.0, abs=1e-3) and cfr.fps == pytest.approx(25.0)
+    times = [0.5, 0.99, 1.0, 1.55, 1.95]
+    assert [mg.read_counter(x) for x in media.frames_at(t.path, times)] == [t.frame_at(x) for x in times]
+
+
 def test_frames_at_vfr_uses_timestamps_not_indices(ds):
     t = ds.files["vfr.mkv"]
     # 30 fps for a second, then 10 fps: at 1.55 s the frame index is 35, not round(1.55 * 20.5)

@@ -68,7 +68,7 @@ def test_audio_span_follows_the_scene(ds):
 
 def test_scene_cuts_within_two_frames(ds, clips):
     t = ds.files["scenes.mp4"]
-    spans = scenes.detect_scenes(t.path)
+    spans, _ = scenes.detect_scenes(t.path)
     assert len(spans) == len(t.scenes)
     for (s, _), cut in zip(spans[1:], t.cuts):
         assert abs(s - cut) <= 2 / t.fps

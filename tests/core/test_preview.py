@@ -102,11 +102,34 @@ def test_scene_thumbnails_are_first_frames_of_segments(ds):
     assert "motion" in preview.segment_label(cs, cs.segments[0])
 
 
+def _colour_mask(sheet: np.ndarray, colour) -> np.ndarray:
+    """Pixels whose hue matches a saturated scene colour despite the texture's brightness swings."""
+    x = sheet.astype(int)
+    c = np.asarray(colour)
+    main = int(np.argmax(c))
+    others = [k for k in range(3) if k != main]
+    gap = c[main] - c[others].max()
+    return (x[..., main] - x[..., others].max(axis=2)) > 0.6 * gap
+
+
+def _bbox(mask: np.ndarray):
+    ys, xs = np.nonzero(mask)
+    return ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+
+
 def test_clip_sheet_and_summary(clips, ds):
     sheet = preview.clips_contact_sheet(clips)
-    assert sheet.dtype == np.uint8 and sheet.shape[2] == 3 and sheet.shape[0] > 96
+    assert sheet.dtype == np.uint8 and sheet.ndim == 3 and sheet.shape[2] == 3
+    # 12 clips in 6 columns -> 2 rows of 96-pixel thumbnails plus labels and a title
+    assert 2 * 96 < sheet.shape[0] < 2 * 96 + 2 * 80 + 40 and 6 * 96 < sheet.shape[1] < 6 * 3 * 96
+    # real first frames, not placeholders: every generated video starts with a red scene
+    n_red_videos = sum(t.kind == "video" and t.frame_times and t.counter for t in ds.files.values())
+    assert _colour_mask(sheet, mg.SCENE_COLOURS[0]).sum() > n_red_videos * 96 * 40
+    assert (np.abs(sheet.astype(int) - np.array([55, 55, 62])).max(axis=2) == 0).sum() == 0
+    assert sheet.std() > 20
     capped = preview.clips_contact_sheet(clips, max_items=4)
     assert capped.shape[0] * capped.shape[1] < sheet.shape[0] * sheet.shape[1]
+    assert (np.abs(capped.astype(int) - np.array([55, 55, 62])).max(axis=2) == 0).sum() > 96 * 96  # "+8 more"
     text = preview.clips_summary(clips)
     assert text.splitlines()[0].startswith(f"{len(clips.clips) - 3} videos")
     for name in ds.bad:
@@ -114,11 +137,43 @@ def test_clip_sheet_and_summary(clips, ds):
     assert "vfr.mkv" in text
 
 
+def test_segments_sheet_non_blank_and_capped(clips):
+    split = scenes.split_scenes(clips, min_len=0.3)
+    sheet = preview.segments_contact_sheet(split)
+    assert sheet.dtype == np.uint8 and sheet.shape[2] == 3 and sheet.std() > 20
+    n = len(split.segments)
+    rows = (n + 5) // 6
+    assert rows * 96 < sheet.shape[0] < rows * (96 + 80) + 40
+    capped = preview.segments_contact_sheet(split, max_items=3)
+    assert capped.shape[0] < sheet.shape[0]
+    assert preview.segments_summary(split).startswith(f"{n} segments from {len(clips.clips)} clips")
+
+
 def test_dataset_gallery(clips):
     from trainer_core.buckets import build_dataset, parse_buckets
 
     split = scenes.split_scenes(clips, min_len=0.3)
     dset, report = build_dataset(split, parse_buckets("128x96x9;96x128x9;64x64x1"), target_fps=24.0)
-    assert dset.samples
+    assert len(dset.samples) > 12
     g = preview.dataset_gallery(dset, report)
-    assert g.dtype == np.uint8 and g.shape[2] == 3 and g.shape[0] > 96
+    assert g.dtype == np.uint8 and g.shape[2] == 3 and g.shape[0] > 96 and g.std() > 20
+    assert (np.abs(g.astype(int) - np.array([55, 55, 62])).max(axis=2) == 0).sum() == 0  # every frame read
+    capped = preview.dataset_gallery(dset, report, max_items=4)
+    assert (np.abs(capped.astype(int) - np.array([55, 55, 62])).max(axis=2) == 0).sum() > 96 * 96  # "+N more"
+    assert capped.shape[0] < g.shape[0]
+
+
+def test_dataset_gallery_crops_to_the_bucket(ds):
+    """A landscape clip in a portrait bucket: thumbnails are the bucket's shape, centre of the frame."""
+    from trainer_core.buckets import build_dataset, parse_buckets
+
+    t = ds.files["scenes.mp4"]
+    cs = scenes.split_scenes(ClipSet(root=ds.root, clips=[media.probe(t.path, ds.root)]), min_len=0.5)
+    dset, report = build_dataset(cs, parse_buckets("64x128x9"), target_fps=24.0, audio_planned=True)
+    assert [str(s.bucket) for s in dset.samples] == ["64x128x9"] * 3
+    g = preview.dataset_gallery(dset, report, thumb_height=96)
+    boxes = [_bbox(_colour_mask(g, c)) for c in mg.SCENE_COLOURS[:3]]
+    for y0, y1, x0, x1 in boxes:
+        assert 46 <= x1 - x0 <= 49  # 64:128 bucket at 96 tall -> 48 wide
+        assert 80 <= y1 - y0 <= 96  # (the frame counter covers the top rows of the crop)
+    assert boxes[0][2] < boxes[1][2] < boxes[2][2]  # scenes in order, left to right

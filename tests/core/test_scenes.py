@@ -46,7 +46,8 @@ def _within_frames(found, truth, fps, frames=2):
 
 @pytest.mark.parametrize("detector", ["content", "adaptive"])
 def test_cuts_found_within_two_frames(multi, detector):
-    spans = scenes.detect_scenes(media.probe(multi.path), detector=detector)
+    spans, motion = scenes.detect_scenes(media.probe(multi.path), detector=detector)
+    assert len(motion) == len(spans) and all(2.0 < m < 60.0 for m in motion)  # textures scroll 2 px/frame
     _within_frames([s for s, _ in spans[1:]], multi.cuts, multi.fps)
     assert spans[0][0] == 0.0 and spans[-1][1] == pytest.approx(multi.duration)
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # contiguous
@@ -54,10 +55,10 @@ def test_cuts_found_within_two_frames(multi, detector):
 
 def test_cuts_on_vfr_and_gif_use_timestamps(ds):
     v = ds.files["vfr.mkv"]
-    spans = scenes.detect_scenes(media.probe(v.path))
+    spans, _ = scenes.detect_scenes(media.probe(v.path))
     assert [s for s, _ in spans[1:]] == [pytest.approx(v.cuts[0], abs=0.101)]  # 10 fps part: one frame
     g = ds.files["anim.gif"]
-    assert [s for s, _ in scenes.detect_scenes(g.path)[1:]] == [pytest.approx(0.5)]
+    assert [s for s, _ in scenes.detect_scenes(g.path)[0][1:]] == [pytest.approx(0.5)]
 
 
 def test_downscale_keeps_accuracy_and_threshold_matters(multi):
@@ -66,8 +67,8 @@ def test_downscale_keeps_accuracy_and_threshold_matters(multi):
     assert max(a.size) == 96
     _within_frames(a.cuts, multi.cuts, multi.fps)
     # an absurd threshold finds nothing: one scene spanning the clip
-    none = scenes.detect_scenes(info, threshold=250.0)
-    assert none == [(0.0, pytest.approx(multi.duration))]
+    none, motion = scenes.detect_scenes(info, threshold=250.0)
+    assert none == [(0.0, pytest.approx(multi.duration))] and len(motion) == 1
 
 
 def test_min_len_drops_short_scenes(multi):
@@ -149,6 +150,8 @@ def test_motion_separates_static_from_moving(static):
     assert len(a.scenes) == 2
     still, moving = (a.motion(s, e) for s, e in a.scenes)
     assert still < 1.0 < 3.0 < moving
+    spans, motion = scenes.detect_scenes(static.path)
+    assert spans == a.scenes and motion == [pytest.approx(still), pytest.approx(moving)]
     seg = scenes.split_scenes(ClipSet(root="/", clips=[media.probe(static.path)]), min_len=1.0).segments
     assert seg[0].motion == pytest.approx(still) and seg[1].motion == pytest.approx(moving)
 
@@ -197,3 +200,23 @@ def test_progress_cancel_and_undecodable_clip(clips, tmp_path):
     assert len(res.skipped) == 1 and res.skipped[0].path == str(bad) and "scene detection" in res.skipped[0].reason
     assert not any(s.clip == len(cs.clips) - 1 for s in res.segments)
     assert len(res.segments) == len(out.segments)
+
+
+def test_progress_that_raises_interrupts(clips):
+    """The nodes pass a progress callable that raises ComfyUI's interrupt: it must escape untouched
+    (not be turned into a skipped clip) and stop the loop."""
+    class Interrupted(Exception):
+        pass
+
+    seen = []
+
+    def progress(i, n, text=None):
+        seen.append(i)
+        if i >= 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        scenes.split_scenes(clips, progress=progress)
+    assert max(seen) == 2
+    with pytest.raises(Interrupted):
+        media.load_clips(clips.root, progress=progress)
