@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trainer_core import objective as ob  # noqa: E402
 from trainer_core.engine import ModalityInput, StepInputs  # noqa: E402
 from trainer_core.lora import LoRASet, LoRASpec  # noqa: E402
-from trainer_core.ltx2 import LTX2Config, build_tree, make_predict  # noqa: E402
+from trainer_core.ltx2 import LTX2Config, build_tree, make_predict, plan_memory  # noqa: E402
 from trainer_core.tiny_checkpoint import full_config, text_context_width  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -58,7 +58,75 @@ def step_inputs(c_width: int, W: int, H: int, F: int, fps: float, device, gen) -
                       {"context": ctx}, fps, mode)
 
 
-def bench(variant: str, shapes: list[str], steps: int, warmup: int) -> list[dict]:
+def _free_gib(dev) -> float:
+    free, total = torch.cuda.mem_get_info(dev)
+    return total / 2**30
+
+
+def _lora_and_opt(root, dev, seed=0):
+    lora = LoRASet.for_model(root, LoRASpec(rank=32, alpha=32, preset="all attention"), seed=seed).to(dev)
+    lora.attach(root)
+    opt = torch.optim.AdamW(list(lora.parameters()), lr=1e-4, fused=True)
+    return lora, opt
+
+
+def _step(predict, root, inp, lora, opt):
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        v, a = predict(root, inp)
+    loss = ob.masked_mse(v, inp.video.noised.target, inp.video.noised.loss_mask).mean() + \
+        ob.masked_mse(a, inp.audio.noised.target, inp.audio.noised.loss_mask).mean()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(list(lora.parameters()), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def calibrate(root, inp, dev, k: int = 8) -> dict:
+    """Measure what a compiled "keep" block costs at this shape (peak with k keep blocks minus
+    peak with none), and set the plan's per-token constant from it."""
+    from trainer_core.ltx2 import memory
+    from trainer_core.ltx2.memory import MemoryPlan
+
+    n = len(root.transformer_blocks)
+    peaks = []
+    for keep in (0, k):
+        lora, opt = _lora_and_opt(root, dev)
+        modes = ["keep" if i < keep else "full" for i in range(n)]
+        predict = make_predict(memory_plan=MemoryPlan(modes), compile_blocks=True)
+        _step(predict, root, inp, lora, opt)  # compile + warm
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        _step(predict, root, inp, lora, opt)
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated())
+        lora.detach()
+        del lora, opt, predict
+        torch.cuda.empty_cache()
+    tokens = inp.video.tokens.shape[1] + inp.audio.tokens.shape[1]
+    per_block = (peaks[1] - peaks[0]) / k + memory.FULL_B_PER_TOKEN * tokens
+    memory.KEEP_COMPILED_B_PER_TOKEN = int(per_block / tokens * 1.05)
+    rec = {"keep_block_gib": round(per_block / 2**30, 3), "keep_b_per_token": memory.KEEP_COMPILED_B_PER_TOKEN,
+           "peak_all_full_gib": round(peaks[0] / 2**30, 2)}
+    print(json.dumps({"calibration": rec}), flush=True)
+    return rec
+
+
+def make_plan(root, inp, budget_gib, compiled: bool, lora):
+    """The plan the Train node would pick: ``budget_gib`` None = the whole card (less 2 GiB)."""
+    from trainer_core.ltx2.memory import module_bytes
+
+    blocks = root.transformer_blocks
+    other = module_bytes(root) - sum(module_bytes(b) for b in blocks)
+    trainable = sum(p.numel() for p in lora.parameters()) * 4 * 4  # weights, grads, 2 Adam moments (fp32)
+    budget = budget_gib if budget_gib is not None else _free_gib(root.patchify_proj.weight.device) - 2.0
+    return plan_memory(blocks, other, inp.video.tokens.shape[1], inp.audio.tokens.shape[1], budget_gib=budget,
+                       trainable_bytes=trainable, compiled=compiled)
+
+
+def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: bool) -> list[dict]:
+    """runs: [{"shape": "768x512x121", "budget": None | GiB, "compile": bool}, ...]"""
     dev = torch.device("cuda")
     cfg = full_config(variant)
     c = LTX2Config.from_metadata({"config": cfg})
@@ -71,75 +139,136 @@ def bench(variant: str, shapes: list[str], steps: int, warmup: int) -> list[dict
         torch.set_default_dtype(prev)
     root.requires_grad_(False)
     n_params = sum(p.numel() for p in root.parameters())
-    lora = LoRASet.for_model(root, LoRASpec(rank=32, alpha=32, preset="all attention"), seed=0).to(dev)
-    lora.attach(root)
-    opt = torch.optim.AdamW(list(lora.parameters()), lr=1e-4, fused=True)
-    predict = make_predict(checkpointing=True)
     width = text_context_width(cfg, processed=False)
-    gen = torch.Generator(device=dev).manual_seed(0)
+    name = torch.cuda.get_device_name()
+    model = "ltx-2.0-19b" if variant == "ltx-2.0" else "ltx-2.3-22b"
     out = []
-    for shape in shapes:
-        W, H, F = (int(v) for v in shape.split("x"))
-        inp = step_inputs(width, W, H, F, 24.0, dev, gen)
-        # useful FLOPs: one forward, counted
-        from torch.utils.flop_counter import FlopCounterMode
+    inputs: dict[str, object] = {}
+    flops: dict[str, float] = {}
+    calibrated: dict[str, dict] = {}
+    for run in runs:
+        shape, budget, compiled = run["shape"], run.get("budget"), bool(run.get("compile", True))
+        if shape not in inputs:
+            W, H, F = (int(v) for v in shape.split("x"))
+            gen = torch.Generator(device=dev).manual_seed(0)
+            inputs[shape] = step_inputs(width, W, H, F, 24.0, dev, gen)
+            from torch.utils.flop_counter import FlopCounterMode
 
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            fc = FlopCounterMode(display=False)
-            with fc:
-                predict(root, inp)
-        fwd_flops = fc.get_total_flops()
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                fc = FlopCounterMode(display=False)
+                with fc:
+                    make_predict(checkpointing=False)(root, inputs[shape])
+            flops[shape] = fc.get_total_flops()
+        inp = inputs[shape]
+        if compiled and shape not in calibrated:
+            calibrated[shape] = calibrate(root, inp, dev)
+        lora, opt = _lora_and_opt(root, dev)
+        plan = make_plan(root, inp, budget, compiled, lora)
+        predict = make_predict(memory_plan=plan, compile_blocks=compiled)
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         times = []
-        for i in range(warmup + steps):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                v, a = predict(root, inp)
-            loss = ob.masked_mse(v, inp.video.noised.target, inp.video.noised.loss_mask).mean() + \
-                ob.masked_mse(a, inp.audio.noised.target, inp.audio.noised.loss_mask).mean()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(lora.parameters()), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-        s = sorted(times)[len(times) // 2]
-        name = torch.cuda.get_device_name()
-        rec = {"stack": "ours", "model": "ltx-2.0-19b" if variant == "ltx-2.0" else "ltx-2.3-22b", "shape": shape,
-               "audio": True, "budget_gib": None, "s_per_step": round(s, 4),
-               "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-               "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
-               "mfu": round(2 * fwd_flops / s / gpu_peak(name), 4) if not math.isnan(gpu_peak(name)) else None,
-               "fwd_tflop": round(fwd_flops / 1e12, 2), "gpu": name, "params_b": round(n_params / 1e9, 2),
-               "video_tokens": inp.video.tokens.shape[1], "audio_tokens": inp.audio.tokens.shape[1],
-               "lora": "rank 32, all attention", "checkpointing": True, "steps_timed": steps,
-               "torch": torch.__version__}
+        t_first = time.perf_counter()
+        try:
+            for i in range(warmup + steps):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                _step(predict, root, inp, lora, opt)
+                torch.cuda.synchronize()
+                if i == 0:
+                    t_first = time.perf_counter() - t_first
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+                if i == warmup - 1:  # setup (streamer, compile) is not the steady state
+                    torch.cuda.reset_peak_memory_stats()
+            err = None
+        except torch.OutOfMemoryError as e:
+            err = f"out of memory: {str(e)[:160]}"
+        except Exception as e:  # record and go on with the next run
+            import traceback
+
+            traceback.print_exc()
+            err = f"{type(e).__name__}: {str(e)[:300]}"
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        predict.release()
+        lora.detach()
+        del lora, opt, predict
+        torch.cuda.empty_cache()
+        s = sorted(times)[len(times) // 2] if times else float("nan")
+        rec = {"stack": "ours", "model": model, "shape": shape, "audio": True, "budget_gib": budget,
+               "s_per_step": round(s, 4), "peak_vram_gib": round(peak, 2),
+               "mfu": round(2 * flops[shape] / s / gpu_peak(name), 4) if times and not math.isnan(gpu_peak(name)) else None,
+               "gpu": name, "compiled": compiled, "plan": plan.summary(), "plan_keep": plan.modes.count("keep"),
+               "plan_streamed": len(plan.streamed), "expected_peak_gib": round(plan.expected_peak_gib, 2),
+               "first_step_s": round(t_first, 1), "fwd_tflop": round(flops[shape] / 1e12, 2),
+               "params_b": round(n_params / 1e9, 2), "video_tokens": inp.video.tokens.shape[1],
+               "audio_tokens": inp.audio.tokens.shape[1], "lora": "rank 32, all attention", "batch": 1,
+               "steps_timed": len(times), "torch": torch.__version__,
+               "calibration": calibrated.get(shape)}
+        if err:
+            rec["error"] = err
         print(json.dumps(rec), flush=True)
         out.append(rec)
-    lora.detach()
-    del root, lora, opt
+    if equality:
+        out.append(stream_equality(root, inputs, dev, model, name))
+    del root
     torch.cuda.empty_cache()
     return out
+
+
+def stream_equality(root, inputs, dev, model, gpu, steps=3, budget=24.0) -> dict:
+    """Train ``steps`` steps from the same LoRA init with the resident plan and with the
+    ``budget`` plan (streaming); compare the LoRA weights."""
+    shape = next(iter(inputs))
+    inp = inputs[shape]
+    finals = []
+    plans = []
+    for b in (None, budget):
+        lora, opt = _lora_and_opt(root, dev, seed=1)
+        plan = make_plan(root, inp, b, True, lora)
+        # the same kernels either way: compare the resident plan's modes with streaming added
+        plans.append(plan)
+        predict = make_predict(memory_plan=plan, compile_blocks=True)
+        losses = [float(_step(predict, root, inp, lora, opt)) for _ in range(steps)]
+        finals.append(({k: v.detach().float().clone() for k, v in lora.state_dict().items()}, losses))
+        predict.release()
+        lora.detach()
+        del lora, opt, predict
+        torch.cuda.empty_cache()
+    (wa, la), (wb, lb) = finals
+    num = sum(float((wa[k] - wb[k]).norm() ** 2) for k in wa) ** 0.5
+    den = sum(float((wa[k] - finals[0][0][k]).norm() ** 2) + float(wa[k].norm() ** 2) for k in wa) ** 0.5
+    rec = {"check": "streamed equals resident", "model": model, "shape": shape, "gpu": gpu, "steps": steps,
+           "budget_gib": budget, "streamed_blocks": len(plans[1].streamed), "losses_resident": la,
+           "losses_streamed": lb, "lora_rel_diff": num / max(den, 1e-30),
+           "max_abs_diff": max(float((wa[k] - wb[k]).abs().max()) for k in wa)}
+    print(json.dumps(rec), flush=True)
+    return rec
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default="ltx-2.0,ltx-2.3")
-    ap.add_argument("--shapes", default="768x512x121,512x512x33")
+    ap.add_argument("--runs", default="768x512x121:none,512x512x33:none,768x512x121:24,768x512x121:16",
+                    help="shape:budget[:eager] for LTX-2.0; LTX-2.3 runs its first entry only")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--no-equality", action="store_true")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: this benchmark runs on a GPU")
         return 0
+    runs = []
+    for r in a.runs.split(","):
+        parts = r.split(":")
+        runs.append({"shape": parts[0], "budget": None if parts[1] == "none" else float(parts[1]),
+                     "compile": not (len(parts) > 2 and parts[2] == "eager")})
     recs = []
     for v in a.variants.split(","):
-        shapes = a.shapes.split(",") if v == "ltx-2.0" else a.shapes.split(",")[:1]
-        recs += bench(v, shapes, a.steps, a.warmup)
+        recs += bench(v, runs if v == "ltx-2.0" else runs[:1], a.steps, a.warmup,
+                      equality=(v == "ltx-2.0" and not a.no_equality))
     gpu = torch.cuda.get_device_name().replace(" ", "_")
     out = Path(a.out) if a.out else Path(__file__).parent / "results" / f"train_step_{gpu}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

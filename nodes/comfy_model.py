@@ -26,28 +26,70 @@ def model_variant(model) -> dict:
             if isinstance(getattr(model, "cached_patcher_init", None), tuple) else ""}
 
 
-def prepare_training_model(model, cfg) -> tuple:
-    """Load ``model`` for training. Returns (root, predict, device, base, release)."""
+def prepare_training_model(model, cfg, cache_dir=None) -> tuple:
+    """Load ``model`` for training. Returns (root, predict, device, base, release).
+
+    With a latent cache, a memory plan is made for the budget (``cfg.vram_budget_gb``, or
+    what ComfyUI reports free once everything else is unloaded): per block keep or recompute
+    activations, and which blocks stream their weights from host memory. Without streaming
+    the transformer is loaded by ComfyUI's model management as for sampling; with streaming,
+    the resident part goes to the GPU and the streamed blocks stay in (pinned) host memory,
+    and ``release()`` returns every weight to ComfyUI's offload device. ``base["memory_plan"]``
+    says what was chosen.
+    """
     import torch
 
     import comfy.model_management as mm
 
     from ..trainer_core.ltx2 import ensure_trainable_weights, make_predict
+    from ..trainer_core.ltx2.memory import GIB, MemoryPlan
 
     base = model_variant(model)
     mm.unload_all_models()  # text encoder, VAEs, captioner: training needs the memory
     mm.soft_empty_cache()
+    device = mm.get_torch_device()
+    compiled = cfg.compile_blocks == "on" or (cfg.compile_blocks == "auto" and device.type == "cuda")
     mp = model.clone()
+    root = mp.model.diffusion_model
+    plan = None
+    if cache_dir is not None:
+        from ..trainer_core.run import plan_for_training
+
+        if not cfg.grad_checkpointing:
+            plan = MemoryPlan(["keep"] * len(root.transformer_blocks))
+        else:
+            budget = float(cfg.vram_budget_gb or 0.0)
+            if budget <= 0:
+                budget = max(1.0, mm.get_free_memory(device) / GIB - 1.0)
+            plan = plan_for_training(root, cache_dir, cfg, budget, compiled=compiled)
+        base["memory_plan"] = plan.summary() + ("; " + "; ".join(plan.notes) if plan.notes else "")
+    streamed = set(plan.streamed) if plan is not None else set()
     with torch.inference_mode(False):
-        mm.load_models_gpu([mp], memory_required=0, force_full_load=True)
-        root = mp.model.diffusion_model
+        if not streamed:
+            mm.load_models_gpu([mp], memory_required=0, force_full_load=True)
+            root = mp.model.diffusion_model
         root.requires_grad_(False)
         ensure_trainable_weights(root)
-    device = mm.get_torch_device()
-    predict = make_predict(checkpointing=cfg.grad_checkpointing)
+        if streamed:
+            # the resident part onto the GPU; streamed blocks stay on the host for the streamer
+            for name, child in root.named_children():
+                if name != "transformer_blocks":
+                    child.to(device)
+            for i, blk in enumerate(root.transformer_blocks):
+                if i not in streamed:
+                    blk.to(device)
+            for name, p in root.named_parameters(recurse=False):
+                p.data = p.data.to(device)
+    if plan is not None:
+        predict = make_predict(memory_plan=plan, compile_blocks=compiled)
+    else:
+        predict = make_predict(checkpointing=cfg.grad_checkpointing, compile_blocks=compiled)
 
     def release() -> None:
         try:
+            predict.release()
+            if streamed:
+                root.to(mm.unet_offload_device())
             mm.unload_all_models()
         finally:
             mm.soft_empty_cache()

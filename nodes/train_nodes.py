@@ -99,7 +99,13 @@ class TrainLoRA(io.ComfyNode):
                 io.Combo.Input("precision", options=["bf16", "fp32"], default="bf16", advanced=True,
                                tooltip="bf16 autocast with fp32 LoRA weights (bf16), or full fp32."),
                 io.Boolean.Input("gradient_checkpointing", default=True, advanced=True,
-                                 tooltip="Recompute each block in backward: far less memory, ~30% slower."),
+                                 tooltip="On: a memory plan recomputes blocks in backward only where the VRAM "
+                                         "budget needs it (and streams weights when they don't fit). Off: keep "
+                                         "every block's activations (fastest, most memory)."),
+                io.Float.Input("vram_budget_gb", default=0.0, min=0.0, max=1024.0, step=0.5, advanced=True,
+                               tooltip="GPU memory training may use, in GB. 0 = automatic: what ComfyUI reports "
+                                       "free once the other models are unloaded. When the 19B/22B weights don't "
+                                       "fit, blocks stream from host memory (RAM ≥ 64 GB recommended)."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The input model with the trained LoRA applied."),
@@ -118,7 +124,8 @@ class TrainLoRA(io.ComfyNode):
                 targets=RECIPE_DEFAULT, seed=42, resume="latest", alpha=0.0, dropout=0.0, target_patterns="",
                 audio_weight=-1.0, first_frame_prob=0.5, caption_dropout=0.05, optimizer="adamw",
                 scheduler="constant", warmup_steps=0, grad_accum=1, max_grad_norm=1.0, checkpoint_every=250,
-                keep_checkpoints=3, precision="bf16", gradient_checkpointing=True) -> io.NodeOutput:
+                keep_checkpoints=3, precision="bf16", gradient_checkpointing=True,
+                vram_budget_gb=0.0) -> io.NodeOutput:
         import torch
 
         import comfy.model_management as mm
@@ -137,7 +144,7 @@ class TrainLoRA(io.ComfyNode):
             audio_weight=audio_weight, first_frame_prob=first_frame_prob, caption_dropout=caption_dropout,
             optimizer=optimizer, scheduler=scheduler, warmup_steps=warmup_steps, grad_accum=grad_accum,
             max_grad_norm=max_grad_norm, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-            mixed_precision=precision, grad_checkpointing=gradient_checkpointing,
+            mixed_precision=precision, grad_checkpointing=gradient_checkpointing, vram_budget_gb=vram_budget_gb,
             trigger_word=latents.get("trigger_word", "") if isinstance(latents, dict) else ""))
         safe_name = safe_join(folder_paths.get_output_directory(), lora_name, allow_subdirs=False).name
         run_dir = safe_join(folder_paths.get_output_directory(), f"ltx2_lora_runs/{safe_name}")
@@ -164,7 +171,9 @@ class TrainLoRA(io.ComfyNode):
                 send_text(f"resumed from step {payload['step']}", node_id)
 
         callbacks = en.Callbacks(on_step=on_step, should_stop=mm.processing_interrupted, on_event=on_event)
-        root, predict, device, base, release = prepare_training_model(model, cfg)
+        root, predict, device, base, release = prepare_training_model(model, cfg, cache_dir=cache_dir)
+        if base.get("memory_plan"):
+            send_text(base["memory_plan"], node_id)
         try:
             with torch.inference_mode(False):
                 mm.in_training = True
@@ -184,7 +193,7 @@ class TrainLoRA(io.ComfyNode):
         patched = apply_lora_file(model, outcome.lora_path)
         img = image_batch(outcome.loss_image)
         name = f"ltx2/{lora_path.name}"
-        notes = "\n".join(outcome.notes)
+        notes = "\n".join(outcome.notes + ([base["memory_plan"]] if base.get("memory_plan") else []))
         text = (f"saved {name} after {outcome.result.steps_done} steps; final loss "
                 f"{outcome.result.history[-1]['loss']:.4f}" if outcome.result.history else f"saved {name}")
         from ._common import preview_ui

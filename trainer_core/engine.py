@@ -62,6 +62,8 @@ class TrainConfig:
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
     grad_checkpointing: bool = True
+    vram_budget_gb: float = 0.0  # 0 = automatic (the free memory the host reports); see ltx2.memory
+    compile_blocks: str = "auto"  # auto (on for CUDA) | on | off
     divergence_factor: float = 10.0
     trigger_word: str = ""
 

@@ -103,3 +103,41 @@ def run_training(root: torch.nn.Module, predict: Callable, cache_dir: str, cfg: 
         write_yaml(Path(lora_path).with_suffix(".yaml"), doc)
         out_path = str(lora_path)
     return RunOutcome(result, out_path, str(run_dir / "settings.yaml"), img, list(result.notes))
+
+
+def bucket_tokens(bucket: str, fps: float = 24.0) -> tuple[int, int]:
+    """(video tokens, audio tokens) of one sample of a ``WxHxF`` bucket."""
+    w, h, f = (int(v) for v in bucket.lower().split("x"))
+    return (w // 32) * (h // 32) * (1 + (f - 1) // 8), int(round(f / max(fps, 1e-6) * 25))
+
+
+def plan_for_training(root: torch.nn.Module, cache_dir: str, cfg: TrainConfig, budget_gib: Optional[float],
+                      batch_size: int = 1, compiled: bool = False):
+    """The memory plan for training ``root`` on the cache's largest bucket within
+    ``budget_gib`` (None: no limit). LoRA weights, gradients and optimizer state are counted
+    (fp32 weights + grads, two moments: fp32 for AdamW, 8-bit for AdamW 8-bit)."""
+    from .cache import LatentCache
+    from .lora import resolve_targets
+    from .ltx2.memory import module_bytes, plan_memory
+    from .objective import get_mode
+
+    mode = get_mode(cfg.mode)
+    samples = LatentCache(cache_dir).manifest.samples
+    if not samples:
+        raise ValueError(f"the latent cache at {cache_dir} has no samples; run Encode Latents first")
+    worst = (0, 0)
+    for s in samples:
+        v, a = bucket_tokens(s["bucket"], float(s.get("fps") or 24.0))
+        v = v if mode.needs_video else 0
+        a = a if mode.needs_audio else 0
+        worst = max(worst, (v, a), key=sum)
+    spec = cfg.lora_spec()
+    mods = dict(root.named_modules())
+    names = resolve_targets(root, spec.preset, spec.patterns)
+    n_lora = sum(cfg.rank * (mods[n].in_features + mods[n].out_features) for n in names)
+    per_param = 4 + 4 + (2 if cfg.optimizer == "adamw8bit" else 8)
+    blocks = root.transformer_blocks
+    other = module_bytes(root) - sum(module_bytes(b) for b in blocks)
+    return plan_memory(blocks, other, worst[0] * batch_size, worst[1] * batch_size, budget_gib=budget_gib,
+                       trainable_bytes=n_lora * per_param, compiled=compiled,
+                       allow_keep=True)

@@ -176,3 +176,28 @@ def test_cancel_saves_checkpoint_and_resume_finishes(comfy, tiny_model, tmp_path
     assert resumed_sd.keys() == ref_sd.keys()
     assert all(torch.equal(resumed_sd[k], ref_sd[k]) for k in ref_sd)
     assert [h["loss"] for h in history] == [h["loss"] for h in ref.result[2]]
+
+
+def test_vram_budget_streams_and_gives_the_same_lora(comfy, tiny_model, tmp_path):
+    """A budget smaller than the weights makes the node plan streamed blocks (reported to
+    the user); the LoRA equals the one trained with every weight resident, and the model's
+    weights are back on ComfyUI's offload device, unchanged, afterwards."""
+    variant, model = tiny_model
+    cache = _cache(tmp_path / "cache", variant)
+    tag = variant.replace(".", "")
+    root = model.model.diffusion_model
+    before = {k: v.detach().clone() for k, v in root.state_dict().items()}
+    a = _train(comfy, model, cache, f"res{tag}", steps=6, checkpoint_every=0)
+    b = _train(comfy, model, cache, f"str{tag}", steps=6, checkpoint_every=0, vram_budget_gb=0.001)
+    text_a = a.ui["text"][0]
+    text_b = b.ui["text"][0]
+    assert "memory plan" in text_a and "stream" not in text_a.split("memory plan")[1].split(";")[1]
+    assert "blocks stream their weights" in text_b
+    sa, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", a.result[1])))
+    sb, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", b.result[1])))
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    after = root.state_dict()
+    for k, v in before.items():
+        assert after[k].device == v.device and torch.equal(after[k], v), k

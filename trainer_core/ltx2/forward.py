@@ -513,7 +513,8 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
                context: torch.Tensor, fps: float = 25.0, checkpointing: bool = False,
                dtype: Optional[torch.dtype] = None, config: Optional[LTX2Config] = None,
                unprocessed_text: bool = True, rope_cache: Optional[RopeCache] = None,
-               text: Optional[tuple] = None, block_fn: Optional[Callable] = None
+               text: Optional[tuple] = None, block_fn: Optional[Callable] = None,
+               modes: Optional[Sequence[str]] = None, streamer: Any = None,
                ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """The LTX-2 audio-video transformer forward, out of place.
 
@@ -526,6 +527,10 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
     checkpointing: recompute each block in backward (``use_reentrant=False``).
     dtype: compute dtype (defaults to the video/audio tokens' dtype).
     block_fn: the per-block function (default :func:`block_forward`; e.g. a compiled one).
+    modes: per block "keep" (activations resident) or "full" (recomputed in backward);
+        overrides ``checkpointing`` (see :mod:`trainer_core.ltx2.memory`).
+    streamer: a :class:`~trainer_core.ltx2.memory.BlockStreamer` whose ``enter(i)`` runs at
+        the start of block ``i`` (forward and recomputation) to bring its weights in.
 
     Returns (video velocity [B, N, 128] or None, audio velocity [B, T, 128] or None).
     Must run with gradients enabled and outside inference mode to be trainable (use
@@ -602,11 +607,20 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
                                                    c.audio_num_attention_heads, max_pos, True, split, f64, dtype))
 
     fn = block_fn or block_forward
-    for block in root.transformer_blocks:
-        if checkpointing and torch.is_grad_enabled():
-            vx, ax = checkpoint(fn, block, c, vx, ax, v, a, use_reentrant=False)
+    blocks = root.transformer_blocks
+    if modes is not None and len(modes) != len(blocks):
+        raise ValueError(f"memory plan has {len(modes)} block modes for {len(blocks)} blocks")
+    grad = torch.is_grad_enabled()
+    for i, block in enumerate(blocks):
+        recompute = (modes[i] == "full") if modes is not None else checkpointing
+        if streamer is not None:
+            run = _StreamedBlock(fn, streamer, i)
         else:
-            vx, ax = fn(block, c, vx, ax, v, a)
+            run = fn
+        if recompute and grad:
+            vx, ax = checkpoint(run, block, c, vx, ax, v, a, use_reentrant=False)
+        else:
+            vx, ax = run(block, c, vx, ax, v, a)
 
     v_pred = a_pred = None
     if vx is not None:
@@ -616,6 +630,18 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
         shift, scale = _output_modulation(a_out_mod, root.audio_scale_shift_table)
         a_pred = root.audio_proj_out(root.audio_norm_out(ax) * (1 + scale) + shift)
     return v_pred, a_pred
+
+
+class _StreamedBlock:
+    """The block function with the streamer's ``enter(i)`` in front (runs in the forward and
+    again in the recomputation, so the weights are brought in both times)."""
+
+    def __init__(self, fn: Callable, streamer: Any, index: int):
+        self.fn, self.streamer, self.index = fn, streamer, index
+
+    def __call__(self, *args):
+        self.streamer.enter(self.index)
+        return self.fn(*args)
 
 
 def _output_modulation(emb: Mod, table: torch.Tensor):
@@ -637,7 +663,8 @@ def _ckey(c: LTX2Config) -> tuple:
 
 def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = None,
                  fix_inference_weights: bool = True, rope_cache_size: int = 8,
-                 config: Optional[LTX2Config] = None, compile_blocks: Any = False) -> Callable:
+                 config: Optional[LTX2Config] = None, compile_blocks: Any = False,
+                 memory_plan: Any = None) -> Callable:
     """The engine's ``predict(root, inputs) -> (video_pred, audio_pred)``.
 
     checkpointing: per-block activation checkpointing (recompute each block in backward).
@@ -655,6 +682,12 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
         LoRA on all attention, checkpointing: 0.41 s eager, 0.26 s compiled, after a ~1 min
         first compile; one compile per shape bucket).
 
+    memory_plan: a :class:`~trainer_core.ltx2.memory.MemoryPlan`: per-block keep/recompute
+        (overrides ``checkpointing``) and the blocks whose weights stream from host memory
+        (the streamer is set up on the first call, on the inputs' device, and exposed as
+        ``predict.streamer``; call ``predict.release()`` after training to put the weights
+        back).
+
     ``inputs`` is ``trainer_core.engine.StepInputs``: ``video``/``audio`` carry ``tokens``,
     ``sigma`` (per token) and ``grid``; ``text["context"]`` is the text encoder's output
     [B, L, D] (optionally ``text["unprocessed_ltxav_embeds"]``, default True); ``fps``.
@@ -663,6 +696,12 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
     block_fn = None
     if compile_blocks:
         kw = {} if compile_blocks is True else {"backend": str(compile_blocks)}
+        import torch._dynamo as dynamo
+
+        # one graph serves every block, but each (shape bucket, keep/recompute, first block)
+        # is a variant: leave room so no bucket silently falls back to eager
+        dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 64)
+        dynamo.config.accumulated_recompile_limit = max(dynamo.config.accumulated_recompile_limit, 512)
         block_fn = torch.compile(block_forward, dynamic=False, **kw)
 
     def predict(root: nn.Module, inputs) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -693,13 +732,32 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
                 vid = (_normal(inputs.video.tokens), _normal(inputs.video.sigma), tuple(inputs.video.grid))
             if inputs.audio is not None:
                 aud = (_normal(inputs.audio.tokens), _normal(inputs.audio.sigma), tuple(inputs.audio.grid))
+            modes = None
+            if memory_plan is not None:
+                modes = memory_plan.modes
+                if memory_plan.streamed and state["streamer"] is None:
+                    from .memory import BlockStreamer
+
+                    state["streamer"] = BlockStreamer(root.transformer_blocks, memory_plan.streamed, ref.device)
+                    predict.streamer = state["streamer"]  # type: ignore[attr-defined]
             with torch.autocast(ref.device.type, enabled=False) if plain else contextlib.nullcontext():
                 return forward_av(root, vid, aud, context=ctx, fps=float(inputs.fps), checkpointing=checkpointing,
                                   dtype=cd, config=c, unprocessed_text=unproc, rope_cache=cache,
-                                  block_fn=block_fn)
+                                  block_fn=block_fn, modes=modes, streamer=state["streamer"])
+
+    state: dict[str, Any] = {"streamer": None}
+
+    def release() -> None:
+        if state["streamer"] is not None:
+            state["streamer"].restore()
+            state["streamer"] = None
+            predict.streamer = None  # type: ignore[attr-defined]
 
     predict.checkpointing = checkpointing  # type: ignore[attr-defined]
     predict.rope_cache = cache  # type: ignore[attr-defined]
+    predict.memory_plan = memory_plan  # type: ignore[attr-defined]
+    predict.streamer = None  # type: ignore[attr-defined]
+    predict.release = release  # type: ignore[attr-defined]
     return predict
 
 

@@ -1,0 +1,127 @@
+"""GPU profile of the training step on a slice of the full-size LTX-2 layout.
+
+Builds the 19B layout with ``--layers`` blocks (random bf16 weights), a rank-32
+all-attention LoRA, and times one training step per (shape, variant); for the eager
+checkpointed variant it also records a torch.profiler trace summary (top CUDA kernels, top
+CPU ops, GPU busy share). Writes ``profile.json`` and ``profile_<shape>.txt`` to ``--out``.
+
+    python bench/profile_step.py --layers 8 --out /tmp/prof
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_train_step import step_inputs  # noqa: E402
+from trainer_core import objective as ob  # noqa: E402
+from trainer_core.lora import LoRASet, LoRASpec  # noqa: E402
+from trainer_core.ltx2 import LTX2Config, build_tree, make_predict  # noqa: E402
+from trainer_core.tiny_checkpoint import full_config, text_context_width  # noqa: E402
+
+
+def one_step(predict, root, inp, params, opt):
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        v, a = predict(root, inp)
+    loss = ob.masked_mse(v, inp.video.noised.target, inp.video.noised.loss_mask).mean() + \
+        ob.masked_mse(a, inp.audio.noised.target, inp.audio.noised.loss_mask).mean()
+    loss.backward()
+    if params:
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def timed(fn, n=4, warmup=2):
+    ts = []
+    for i in range(n + warmup):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        if i >= warmup:
+            ts.append(time.perf_counter() - t0)
+    return sorted(ts)[len(ts) // 2]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--variant", default="ltx-2.0")
+    ap.add_argument("--shapes", default="768x512x121,512x512x33")
+    ap.add_argument("--variants", default="eager_ckpt,eager_nockpt,eager_ckpt_nolora,compiled_ckpt")
+    ap.add_argument("--out", default="/tmp/prof")
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device("cuda")
+    cfg = full_config(a.variant)
+    cfg["transformer"]["num_layers"] = a.layers
+    c = LTX2Config.from_metadata({"config": cfg})
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        root = build_tree(c, device=dev, dtype=torch.bfloat16, init="random", seed=0)
+    finally:
+        torch.set_default_dtype(prev)
+    root.requires_grad_(False)
+    lora = LoRASet.for_model(root, LoRASpec(rank=32, alpha=32, preset="all attention"), seed=0).to(dev)
+    params = list(lora.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    width = text_context_width(cfg, processed=False)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    results = []
+    for shape in a.shapes.split(","):
+        W, H, F = (int(v) for v in shape.split("x"))
+        inp = step_inputs(width, W, H, F, 24.0, dev, gen)
+        for var in a.variants.split(","):
+            use_lora = "nolora" not in var
+            if use_lora:
+                lora.attach(root)
+            else:
+                lora.detach()
+            pred = make_predict(checkpointing="nockpt" not in var, compile_blocks=var.startswith("compiled"))
+            if not use_lora:
+                root.patchify_proj.weight.requires_grad_(False)
+                inp.video.tokens.requires_grad_(True)  # something must need a gradient
+            torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            try:
+                s = timed(lambda: one_step(pred, root, inp, params if use_lora else [], opt))
+            except torch.OutOfMemoryError as e:
+                results.append({"shape": shape, "variant": var, "error": f"OOM {e}"[:200]})
+                torch.cuda.empty_cache()
+                continue
+            finally:
+                inp.video.tokens.requires_grad_(False)
+            rec = {"shape": shape, "variant": var, "layers": a.layers, "s_per_step": round(s, 4),
+                   "s_per_step_per_block": round(s / a.layers, 5), "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                   "wall_incl_warmup": round(time.perf_counter() - t0, 1)}
+            if var == "eager_ckpt":
+                from torch.profiler import ProfilerActivity, profile
+
+                with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                    one_step(pred, root, inp, params, opt)
+                    torch.cuda.synchronize()
+                ka = prof.key_averages()
+                txt = ka.table(sort_by="cuda_time_total", row_limit=45)
+                txt += "\n\n" + ka.table(sort_by="self_cpu_time_total", row_limit=30)
+                (out / f"profile_{shape}.txt").write_text(txt)
+                gpu_us = sum(e.self_device_time_total for e in ka)
+                rec["gpu_busy_ms"] = round(gpu_us / 1000, 1)
+                rec["n_kernels"] = sum(e.count for e in ka if e.device_type == torch.autograd.DeviceType.CUDA)
+            print(json.dumps(rec), flush=True)
+            results.append(rec)
+    (out / "profile.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

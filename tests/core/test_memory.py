@@ -1,0 +1,130 @@
+"""Memory plan and weight streaming (trainer_core.ltx2.memory) on a tiny LTX-2 tree on CPU.
+
+Streaming moves where the frozen weights live, never what is computed: a few LoRA steps
+with blocks streamed through two slots must give the very same losses and LoRA weights as
+the resident run, and the weights must be back in place afterwards.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from trainer_core import objective as ob
+from trainer_core import tiny_checkpoint
+from trainer_core.lora import LoRASet, LoRASpec
+from trainer_core.ltx2 import LTX2Config, build_tree, make_predict
+from trainer_core.ltx2.memory import GIB, BlockStreamer, MemoryPlan, module_bytes, plan_memory
+
+from tests.core.test_ltx2_forward import step_inputs  # noqa: E402
+
+
+def _tree(variant: str, layers: int = 6):
+    cfg = tiny_checkpoint.tiny_config(variant)["transformer"]
+    cfg = dict(cfg, num_layers=layers)
+    c = LTX2Config.from_transformer_config(cfg)
+    root = build_tree(c, init="random", seed=3)
+    root.requires_grad_(False)
+    return c, root
+
+
+def _train(root, c, plan, steps=3, variant_inputs=None):
+    lora = LoRASet.for_model(root, LoRASpec(rank=4, alpha=4, preset="all attention"), seed=1)
+    with torch.no_grad():  # non-zero B so every adapter changes the output from step 0
+        for p in lora.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    lora.attach(root)
+    opt = torch.optim.AdamW(list(lora.parameters()), lr=1e-2)
+    predict = make_predict(memory_plan=plan)
+    losses = []
+    for s in range(steps):
+        inp = step_inputs(c, "text_to_audio_video", seed=10 + s)
+        v, a = predict(root, inp)
+        loss = ob.masked_mse(v, inp.video.noised.target, inp.video.noised.loss_mask).mean() + \
+            ob.masked_mse(a, inp.audio.noised.target, inp.audio.noised.loss_mask).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    streamer = predict.streamer
+    copies = streamer.copies if streamer is not None else 0
+    predict.release()
+    lora.detach()
+    return losses, {k: v.detach().clone() for k, v in lora.state_dict().items()}, copies
+
+
+@pytest.mark.parametrize("variant", ["2.0", "2.3"])
+def test_streamed_training_equals_resident(variant):
+    c, root = _tree(variant)
+    ref_state = copy.deepcopy(root.state_dict())
+    n = len(root.transformer_blocks)
+    resident = MemoryPlan(["keep", "full", "keep", "full", "full", "keep"])
+    streamed = MemoryPlan(["keep", "full", "full", "full", "full", "full"], streamed=[1, 2, 4, 5])
+    l1, w1, c1 = _train(root, c, resident)
+    l2, w2, c2 = _train(root, c, streamed)
+    assert c1 == 0
+    # each step: 4 blocks come in for the forward and again for their recomputation; the
+    # turn at the end of the forward reuses what is already there
+    assert 3 * 4 <= c2 <= 3 * 8
+    assert l1 == l2
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        assert torch.equal(w1[k], w2[k]), k
+    assert l1[-1] != l1[0]  # training moved
+    # weights back where they were, unchanged
+    for k, v in root.state_dict().items():
+        assert v.device == ref_state[k].device
+        assert torch.equal(v, ref_state[k]), k
+    assert n == 6
+
+
+def test_streamer_uses_the_right_block_weights():
+    """A streamed block computes with its own weights: swapping two streamed blocks' weights
+    in the host copies changes the output exactly as swapping them in the resident tree."""
+    c, root = _tree("2.0", layers=4)
+    inp = step_inputs(c, "text_to_audio_video", seed=5)
+    swapped = copy.deepcopy(root)
+    sd1, sd2 = swapped.transformer_blocks[1].state_dict(), swapped.transformer_blocks[2].state_dict()
+    swapped.transformer_blocks[1].load_state_dict(sd2)
+    swapped.transformer_blocks[2].load_state_dict(sd1)
+    with torch.no_grad():
+        ref = make_predict(checkpointing=False)(swapped, inp)
+        plain = make_predict(checkpointing=False)(root, inp)
+        pred = make_predict(memory_plan=MemoryPlan(["full"] * 4, streamed=[1, 2, 3]))
+        out = pred(swapped, inp)
+        pred.release()
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+    assert not torch.equal(out[0], plain[0])
+
+
+def test_streaming_refuses_trainable_weights():
+    c, root = _tree("2.0", layers=2)
+    root.transformer_blocks[0].attn1.to_q.weight.requires_grad_(True)
+    with pytest.raises(ValueError, match="trainable"):
+        BlockStreamer(root.transformer_blocks, [0], "cpu")
+
+
+def test_plan_memory_budgets():
+    c, root = _tree("2.0", layers=8)
+    blocks = root.transformer_blocks
+    wb = sum(module_bytes(b) for b in blocks)
+    # pretend each block is 0.8 GiB (full-size-like) through block_bytes
+    sizes = [int(0.8 * GIB)] * 8
+    tokens = 6144
+    free = plan_memory(blocks, other_bytes=GIB, video_tokens=tokens, budget_gib=None, block_bytes=sizes)
+    assert free.modes == ["keep"] * 8 and free.streamed == []
+    plans = [plan_memory(blocks, other_bytes=GIB, video_tokens=tokens, budget_gib=b, block_bytes=sizes)
+             for b in (80, 12, 9, 7, 5.5)]
+    streamed = [len(p.streamed) for p in plans]
+    keeps = [p.modes.count("keep") for p in plans]
+    assert streamed == sorted(streamed) and streamed[0] == 0 and streamed[-1] > 0
+    assert keeps == sorted(keeps, reverse=True)
+    for p, b in zip(plans, (80, 12, 9, 7, 5.5)):
+        assert all(p.modes[i] == "full" for i in p.streamed)
+        if not p.notes:
+            assert p.expected_peak_gib <= b + 1e-6
+        assert "expected peak" in p.summary()
+    impossible = plan_memory(blocks, other_bytes=GIB, video_tokens=tokens, budget_gib=1.0, block_bytes=sizes)
+    assert impossible.notes and len(impossible.streamed) == 8
+    assert wb > 0
