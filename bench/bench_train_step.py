@@ -34,6 +34,19 @@ from trainer_core.lora import LoRASet, LoRASpec  # noqa: E402
 from trainer_core.ltx2 import LTX2Config, build_tree, make_predict, plan_memory  # noqa: E402
 from trainer_core.tiny_checkpoint import full_config, text_context_width  # noqa: E402
 
+_SINK: dict = {"path": None, "records": []}
+
+
+def emit(rec: dict) -> None:
+    """Print a record and rewrite the output file with every record so far (a run cut short
+    by a time limit keeps what it measured)."""
+    print(json.dumps(rec), flush=True)
+    _SINK["records"].append(rec)
+    if _SINK["path"] is not None:
+        Path(_SINK["path"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(_SINK["path"]).write_text(json.dumps(_SINK["records"], indent=1))
+
+
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
@@ -147,6 +160,12 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
     flops: dict[str, float] = {}
     calibrated: dict[str, dict] = {}
     for run in runs:
+        if run.get("equality"):
+            if run["shape"] not in inputs:
+                W, H, F = (int(v) for v in run["shape"].split("x"))
+                inputs[run["shape"]] = step_inputs(width, W, H, F, 24.0, dev, torch.Generator(device=dev).manual_seed(0))
+            stream_equality(root, {run["shape"]: inputs[run["shape"]]}, dev, model, name)
+            continue
         shape, budget, compiled = run["shape"], run.get("budget"), bool(run.get("compile", True))
         if shape not in inputs:
             W, H, F = (int(v) for v in shape.split("x"))
@@ -160,7 +179,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                     make_predict(checkpointing=False)(root, inputs[shape])
             flops[shape] = fc.get_total_flops()
         inp = inputs[shape]
-        if compiled and shape not in calibrated:
+        if compiled and shape not in calibrated and run.get("calibrate", True):
             calibrated[shape] = calibrate(root, inp, dev)
         lora, opt = _lora_and_opt(root, dev)
         plan = make_plan(root, inp, budget, compiled, lora)
@@ -194,6 +213,9 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         predict.release()
         lora.detach()
         del lora, opt, predict
+        import torch._dynamo as dynamo
+
+        dynamo.reset()  # frees CUDA-graph pools before the next run
         torch.cuda.empty_cache()
         s = sorted(times)[len(times) // 2] if times else float("nan")
         rec = {"stack": "ours", "model": model, "shape": shape, "audio": True, "budget_gib": budget,
@@ -208,10 +230,10 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                "calibration": calibrated.get(shape)}
         if err:
             rec["error"] = err
-        print(json.dumps(rec), flush=True)
+        emit(rec)
         out.append(rec)
     if equality:
-        out.append(stream_equality(root, inputs, dev, model, name))
+        stream_equality(root, inputs, dev, model, name)
     del root
     torch.cuda.empty_cache()
     return out
@@ -243,7 +265,7 @@ def stream_equality(root, inputs, dev, model, gpu, steps=3, budget=24.0) -> dict
            "budget_gib": budget, "streamed_blocks": len(plans[1].streamed), "losses_resident": la,
            "losses_streamed": lb, "lora_rel_diff": num / max(den, 1e-30),
            "max_abs_diff": max(float((wa[k] - wb[k]).abs().max()) for k in wa)}
-    print(json.dumps(rec), flush=True)
+    emit(rec)
     return rec
 
 
@@ -251,9 +273,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default="ltx-2.0,ltx-2.3")
     ap.add_argument("--runs", default="768x512x121:none,512x512x33:none,768x512x121:24,768x512x121:16",
-                    help="shape:budget[:eager] for LTX-2.0; LTX-2.3 runs its first entry only")
+                    help="shape:budget[:eager][:nocal] for LTX-2.0; LTX-2.3 runs its first entry only")
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-equality", action="store_true")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -263,17 +285,19 @@ def main() -> int:
     runs = []
     for r in a.runs.split(","):
         parts = r.split(":")
+        if parts[0] == "equality":
+            runs.append({"equality": True, "shape": parts[1] if len(parts) > 1 else "768x512x121"})
+            continue
         runs.append({"shape": parts[0], "budget": None if parts[1] == "none" else float(parts[1]),
-                     "compile": not (len(parts) > 2 and parts[2] == "eager")})
+                     "compile": "eager" not in parts[2:], "calibrate": "nocal" not in parts[2:]})
+    gpu = torch.cuda.get_device_name().replace(" ", "_")
+    out = Path(a.out) if a.out else Path(__file__).parent / "results" / f"train_step_{gpu}.json"
+    _SINK["path"] = str(out)
     recs = []
     for v in a.variants.split(","):
         recs += bench(v, runs if v == "ltx-2.0" else runs[:1], a.steps, a.warmup,
                       equality=(v == "ltx-2.0" and not a.no_equality))
-    gpu = torch.cuda.get_device_name().replace(" ", "_")
-    out = Path(a.out) if a.out else Path(__file__).parent / "results" / f"train_step_{gpu}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(recs, indent=1))
-    print(f"wrote {out}")
+    print(f"wrote {out} ({len(_SINK['records'])} records)")
     return 0
 
 

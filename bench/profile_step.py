@@ -58,6 +58,7 @@ def main() -> int:
     ap.add_argument("--shapes", default="768x512x121,512x512x33")
     ap.add_argument("--variants", default="eager_ckpt,eager_nockpt,eager_ckpt_nolora,compiled_ckpt")
     ap.add_argument("--out", default="/tmp/prof")
+    ap.add_argument("--profile", default="eager_ckpt")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,6 +79,7 @@ def main() -> int:
     width = text_context_width(cfg, processed=False)
     gen = torch.Generator(device=dev).manual_seed(0)
     results = []
+    profiled = set(a.profile.split(","))
     for shape in a.shapes.split(","):
         W, H, F = (int(v) for v in shape.split("x"))
         inp = step_inputs(width, W, H, F, 24.0, dev, gen)
@@ -87,7 +89,20 @@ def main() -> int:
                 lora.attach(root)
             else:
                 lora.detach()
-            pred = make_predict(checkpointing="nockpt" not in var, compile_blocks=var.startswith("compiled"))
+            import torch._dynamo as dynamo
+            import torch._inductor.config as icfg
+
+            dynamo.reset()
+            icfg.cpp_wrapper = "cppwrap" in var
+            import torch._functorch.config as fcfg
+
+            fcfg.activation_memory_budget = 1.0
+            if "_amb" in var:
+                fcfg.activation_memory_budget = int(var.split("_amb")[1][:2]) / 100
+            comp = var.startswith("compiled")
+            if "cudagraph" in var:
+                comp = {"mode": "reduce-overhead"}
+            pred = make_predict(checkpointing=("nockpt" not in var and "keep" not in var), compile_blocks=comp)
             if not use_lora:
                 root.patchify_proj.weight.requires_grad_(False)
                 inp.video.tokens.requires_grad_(True)  # something must need a gradient
@@ -104,7 +119,7 @@ def main() -> int:
             rec = {"shape": shape, "variant": var, "layers": a.layers, "s_per_step": round(s, 4),
                    "s_per_step_per_block": round(s / a.layers, 5), "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                    "wall_incl_warmup": round(time.perf_counter() - t0, 1)}
-            if var == "eager_ckpt":
+            if var in profiled:
                 from torch.profiler import ProfilerActivity, profile
 
                 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -113,7 +128,8 @@ def main() -> int:
                 ka = prof.key_averages()
                 txt = ka.table(sort_by="cuda_time_total", row_limit=45)
                 txt += "\n\n" + ka.table(sort_by="self_cpu_time_total", row_limit=30)
-                (out / f"profile_{shape}.txt").write_text(txt)
+                (out / f"profile_{shape}_{var}.txt").write_text(txt)
+                prof.export_chrome_trace(str(out / f"trace_{shape}_{var}.json"))
                 gpu_us = sum(e.self_device_time_total for e in ka)
                 rec["gpu_busy_ms"] = round(gpu_us / 1000, 1)
                 rec["n_kernels"] = sum(e.count for e in ka if e.device_type == torch.autograd.DeviceType.CUDA)

@@ -664,7 +664,8 @@ def _ckey(c: LTX2Config) -> tuple:
 def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = None,
                  fix_inference_weights: bool = True, rope_cache_size: int = 8,
                  config: Optional[LTX2Config] = None, compile_blocks: Any = False,
-                 memory_plan: Any = None) -> Callable:
+                 memory_plan: Any = None, cudagraphs: Optional[bool] = None,
+                 activation_budget: float = 0.7, cudagraph_max_tokens: int = 4096) -> Callable:
     """The engine's ``predict(root, inputs) -> (video_pred, audio_pred)``.
 
     checkpointing: per-block activation checkpointing (recompute each block in backward).
@@ -682,6 +683,15 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
         LoRA on all attention, checkpointing: 0.41 s eager, 0.26 s compiled, after a ~1 min
         first compile; one compile per shape bucket).
 
+    cudagraphs: with compiled blocks, replay each block as a CUDA graph (``torch.compile``'s
+        "reduce-overhead"): removes the launch overhead that dominates small buckets
+        (measured on an H100, 19B, 512×512×33: 5.2 ms/block with graphs, 15.7 without).
+        None = automatic: on CUDA when every block keeps its activations, nothing streams
+        and the bucket has at most ``cudagraph_max_tokens`` video tokens.
+    activation_budget: for compiled blocks, AOTAutograd's activation memory budget (share of
+        the save-everything memory a kept block may use; the partitioner recomputes the
+        cheapest ops, elementwise work first). 0.7 halves a kept block's memory at full size
+        for ~the same speed (H100: 0.60 vs 1.35 GiB/block at 768×512×121, 21.8 vs 20.5 ms).
     memory_plan: a :class:`~trainer_core.ltx2.memory.MemoryPlan`: per-block keep/recompute
         (overrides ``checkpointing``) and the blocks whose weights stream from host memory
         (the streamer is set up on the first call, on the inputs' device, and exposed as
@@ -693,9 +703,12 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
     [B, L, D] (optionally ``text["unprocessed_ltxav_embeds"]``, default True); ``fps``.
     """
     cache = RopeCache(rope_cache_size)
-    block_fn = None
+    block_fn = cg_fn = None
     if compile_blocks:
-        kw = {} if compile_blocks is True else {"backend": str(compile_blocks)}
+        if isinstance(compile_blocks, dict):
+            kw = dict(compile_blocks)
+        else:
+            kw = {} if compile_blocks is True else {"backend": str(compile_blocks)}
         import torch._dynamo as dynamo
 
         # one graph serves every block, but each (shape bucket, keep/recompute, first block)
@@ -703,6 +716,9 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
         dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 64)
         dynamo.config.accumulated_recompile_limit = max(dynamo.config.accumulated_recompile_limit, 512)
         block_fn = torch.compile(block_forward, dynamic=False, **kw)
+        if cudagraphs is not False and "mode" not in kw:
+            cg_fn = torch.compile(block_forward, dynamic=False, mode="reduce-overhead",
+                                  **{k: v for k, v in kw.items() if k != "mode"})
 
     def predict(root: nn.Module, inputs) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         with torch.inference_mode(False), torch.enable_grad():
@@ -740,10 +756,22 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
 
                     state["streamer"] = BlockStreamer(root.transformer_blocks, memory_plan.streamed, ref.device)
                     predict.streamer = state["streamer"]  # type: ignore[attr-defined]
-            with torch.autocast(ref.device.type, enabled=False) if plain else contextlib.nullcontext():
+            fn = block_fn
+            if cg_fn is not None and ref.is_cuda and state["streamer"] is None:
+                all_keep = (all(m == "keep" for m in modes) if modes is not None else not checkpointing)
+                small = inputs.video is None or inputs.video.tokens.shape[1] <= cudagraph_max_tokens
+                if cudagraphs or (cudagraphs is None and all_keep and small):
+                    fn = cg_fn
+                    torch.compiler.cudagraph_mark_step_begin()
+            budget = contextlib.nullcontext()
+            if fn is not None:
+                import torch._functorch.config as fcfg
+
+                budget = fcfg.patch(activation_memory_budget=float(activation_budget))
+            with torch.autocast(ref.device.type, enabled=False) if plain else contextlib.nullcontext(), budget:
                 return forward_av(root, vid, aud, context=ctx, fps=float(inputs.fps), checkpointing=checkpointing,
                                   dtype=cd, config=c, unprocessed_text=unproc, rope_cache=cache,
-                                  block_fn=block_fn, modes=modes, streamer=state["streamer"])
+                                  block_fn=fn, modes=modes, streamer=state["streamer"])
 
     state: dict[str, Any] = {"streamer": None}
 
