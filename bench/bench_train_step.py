@@ -178,6 +178,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                 with fc:
                     make_predict(checkpointing=False)(root, inputs[shape])
             flops[shape] = fc.get_total_flops()
+            _SINK.setdefault("flops", {})[(variant, shape)] = flops[shape]
         inp = inputs[shape]
         if compiled and shape not in calibrated and run.get("calibrate", True):
             calibrated[shape] = calibrate(root, inp, dev)
@@ -269,6 +270,53 @@ def stream_equality(root, inputs, dev, model, gpu, steps=3, budget=24.0) -> dict
     return rec
 
 
+def bench_official(variant: str, shapes: list[str], steps: int, warmup: int) -> list[dict]:
+    """The official stack (ltx-core + PEFT, see official_stack.py) at the same shapes."""
+    from official_stack import build_official, lora_param_count, official_inputs, official_step_fn
+
+    dev = torch.device("cuda")
+    tcfg = full_config(variant)["transformer"]
+    model = build_official(tcfg, dev, seed=0, rank=32)
+    name = torch.cuda.get_device_name()
+    out = []
+    for shape in shapes:
+        W, H, F = (int(v) for v in shape.split("x"))
+        video, audio, vt, at = official_inputs(tcfg, W, H, F, 24.0, dev)
+        step = official_step_fn(model, video, audio, vt, at)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        times, err = [], None
+        try:
+            for i in range(warmup + steps):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                step()
+                torch.cuda.synchronize()
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+                if i == warmup - 1:
+                    torch.cuda.reset_peak_memory_stats()
+        except torch.OutOfMemoryError as e:
+            err = f"out of memory: {str(e)[:160]}"
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        s = sorted(times)[len(times) // 2] if times else float("nan")
+        fl = _SINK.get("flops", {}).get((variant, shape))
+        rec = {"stack": "official", "model": "ltx-2.0-19b" if variant == "ltx-2.0" else "ltx-2.3-22b", "shape": shape,
+               "audio": True, "budget_gib": None, "s_per_step": round(s, 4), "peak_vram_gib": round(peak, 2),
+               "mfu": round(2 * fl / s / gpu_peak(name), 4) if (fl and times) else None, "gpu": name,
+               "what": "ltx-core 1.0.0 LTXModel, PEFT LoRA r32 on to_q/to_k/to_v/to_out.0, per-block checkpointing, "
+                       "bf16 autocast, fused AdamW", "lora_params": lora_param_count(model), "steps_timed": len(times),
+               "torch": torch.__version__}
+        if err:
+            rec["error"] = err
+        emit(rec)
+        out.append(rec)
+        del step
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default="ltx-2.0,ltx-2.3")
@@ -277,6 +325,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-equality", action="store_true")
+    ap.add_argument("--official", default="", help="shapes for the official stack (comma list; empty = none)")
+    ap.add_argument("--skip-ours", action="store_true")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     if not torch.cuda.is_available():
@@ -295,8 +345,11 @@ def main() -> int:
     _SINK["path"] = str(out)
     recs = []
     for v in a.variants.split(","):
-        recs += bench(v, runs if v == "ltx-2.0" else runs[:1], a.steps, a.warmup,
-                      equality=(v == "ltx-2.0" and not a.no_equality))
+        if not a.skip_ours:
+            recs += bench(v, runs if v == "ltx-2.0" else runs[:1], a.steps, a.warmup,
+                          equality=(v == "ltx-2.0" and not a.no_equality))
+        if a.official:
+            recs += bench_official(v, a.official.split(","), a.steps, a.warmup)
     print(f"wrote {out} ({len(_SINK['records'])} records)")
     return 0
 
