@@ -48,7 +48,10 @@ def prepare_training_model(model, cfg, cache_dir=None) -> tuple:
     mm.unload_all_models()  # text encoder, VAEs, captioner: training needs the memory
     mm.soft_empty_cache()
     device = mm.get_torch_device()
-    compiled = cfg.compile_blocks == "on" or (cfg.compile_blocks == "auto" and device.type == "cuda")
+    import os
+
+    choice = os.environ.get("LTX2_TRAINER_COMPILE", cfg.compile_blocks or "auto").strip().lower()
+    compiled = choice == "on" or (choice == "auto" and device.type == "cuda")
     mp = model.clone()
     root = mp.model.diffusion_model
     plan = None

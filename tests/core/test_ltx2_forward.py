@@ -210,6 +210,31 @@ def test_inference_mode_weights_and_inputs():
     assert max(_rel(got[n], ref[n]) for n in ref) < 1e-6
 
 
+def test_weights_moved_out_of_inference_mode_are_repaired():
+    """A tree built inside inference mode and moved with ``Module.to()`` outside it (what
+    ComfyUI's loader does for plain torch layers): the parameters report is_inference() ==
+    False yet have no version counter, so any view of them (``weight.t()`` in a 3-D linear on
+    CUDA) fails. They are found, replaced, and the forward runs and equals the normal tree."""
+    c = tiny_config("2.0")
+    ref_root = build_tree(c, seed=6)
+    with torch.inference_mode():
+        root = build_tree(c, init="empty")
+        root.load_state_dict(ref_root.state_dict())
+    root.to(torch.float64).to(torch.float32)  # .data replaced outside inference mode
+    w = root.transformer_blocks[0].attn1.to_q.weight
+    assert not w.is_inference()
+    with pytest.raises(RuntimeError, match="version counter"):
+        w.t()
+    assert "transformer_blocks.0.attn1.to_q.weight" in find_inference_tensors(root)
+    inp = step_inputs(c, "text_to_audio_video", seed=8)
+    with torch.no_grad():
+        want = make_predict(checkpointing=False)(ref_root, inp)
+        got = make_predict(checkpointing=False)(root, inp)
+    assert not find_inference_tensors(root)
+    root.transformer_blocks[0].attn1.to_q.weight.t()
+    assert torch.allclose(got[0], want[0], atol=1e-6) and torch.allclose(got[1], want[1], atol=1e-6)
+
+
 def test_ensure_trainable_weights_keeps_requires_grad_and_values():
     c = tiny_config("2.3")
     with torch.inference_mode():

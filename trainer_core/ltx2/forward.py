@@ -85,10 +85,27 @@ class InferenceWeightsError(RuntimeError):
 
 # ============================================================================ weights
 
+def _unusable(t: Optional[torch.Tensor]) -> bool:
+    """True for an inference tensor, and for a tensor that lost its version counter to
+    inference mode: a parameter created inside ``torch.inference_mode`` whose ``.data`` was
+    later replaced outside it (``Module.to()`` does that) reports ``is_inference() == False``
+    but cannot be viewed (``weight.t()`` in a 3-D ``F.linear`` on CUDA) or saved for backward."""
+    if t is None:
+        return False
+    if t.is_inference():
+        return True
+    try:
+        t._version
+    except RuntimeError:
+        return True
+    return False
+
+
 def find_inference_tensors(root: nn.Module) -> list[str]:
-    """Names of parameters and buffers under ``root`` that are inference tensors."""
-    out = [n for n, p in root.named_parameters() if p.is_inference()]
-    out += [n for n, b in root.named_buffers() if b is not None and b.is_inference()]
+    """Names of parameters and buffers under ``root`` that are inference tensors (or lost
+    their version counter to inference mode)."""
+    out = [n for n, p in root.named_parameters() if _unusable(p)]
+    out += [n for n, b in root.named_buffers() if _unusable(b)]
     return out
 
 
@@ -106,11 +123,11 @@ def ensure_trainable_weights(root: nn.Module) -> int:
     with torch.inference_mode(False), torch.no_grad():
         for mod in root.modules():
             for name, p in list(mod._parameters.items()):
-                if p is not None and p.is_inference():
+                if _unusable(p):
                     mod._parameters[name] = nn.Parameter(p.clone(), requires_grad=p.requires_grad)
                     n += 1
             for name, b in list(mod._buffers.items()):
-                if b is not None and b.is_inference():
+                if _unusable(b):
                     mod._buffers[name] = b.clone()
                     n += 1
     return n
