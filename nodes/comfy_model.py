@@ -27,7 +27,8 @@ def model_variant(model) -> dict:
 
 
 def prepare_training_model(model, cfg, cache_dir=None) -> tuple:
-    """Load ``model`` for training. Returns (root, predict, device, base, release).
+    """Load ``model`` for training. Returns (root, predict, device, base, release, patcher) —
+    ``patcher`` is the loaded ModelPatcher (samples taken during training use it).
 
     With a latent cache, a memory plan is made for the budget (``cfg.vram_budget_gb``, or
     what ComfyUI reports free once everything else is unloaded): per block keep or recompute
@@ -97,7 +98,7 @@ def prepare_training_model(model, cfg, cache_dir=None) -> tuple:
         finally:
             mm.soft_empty_cache()
 
-    return root, predict, device, base, release
+    return root, predict, device, base, release, mp
 
 
 def apply_lora_file(model, path: str, strength: float = 1.0):

@@ -106,6 +106,33 @@ class TrainLoRA(io.ComfyNode):
                                tooltip="GPU memory training may use, in GB. 0 = automatic: what ComfyUI reports "
                                        "free once the other models are unloaded. When the 19B/22B weights don't "
                                        "fit, blocks stream from host memory (RAM ≥ 64 GB recommended)."),
+                io.Int.Input("validation_every", default=0, min=0, max=100000, optional=True,
+                             tooltip="Every N steps, sample the validation prompts with the LoRA as it is then "
+                                     "(saved as <run>/samples/step_000500_0.mp4, shown in the node). 0 = off."),
+                io.String.Input("validation_prompts", multiline=True, default="", optional=True,
+                                tooltip="One prompt per line (start with the trigger word). Needs validation_clip."),
+                io.Clip.Input("validation_clip", optional=True,
+                              tooltip="The LTX-2 text encoder: encodes the validation prompts once, before training."),
+                io.Conditioning.Input("validation_positive", optional=True,
+                                      tooltip="Instead of prompts + clip: one prompt's conditioning."),
+                io.Conditioning.Input("validation_negative", optional=True,
+                                      tooltip="Negative conditioning for validation samples (default: the stock "
+                                              "negative prompt through validation_clip)."),
+                io.Vae.Input("validation_vae", optional=True, tooltip="The LTX-2 video VAE, to decode samples."),
+                io.Vae.Input("validation_audio_vae", optional=True, tooltip="The LTX-2 audio VAE."),
+                io.Image.Input("validation_image", optional=True, tooltip="First frame (image → video samples)."),
+                io.Int.Input("validation_width", default=512, min=64, max=2048, step=32, optional=True, advanced=True,
+                             tooltip="Width of validation samples (multiple of 32)."),
+                io.Int.Input("validation_height", default=320, min=64, max=2048, step=32, optional=True,
+                             advanced=True, tooltip="Height of validation samples (multiple of 32)."),
+                io.Int.Input("validation_frames", default=49, min=9, max=513, step=8, optional=True, advanced=True,
+                             tooltip="Frames of validation samples (8·n + 1; 49 ≈ 2 s)."),
+                io.Int.Input("validation_steps", default=20, min=1, max=100, optional=True, advanced=True,
+                             tooltip="Sampling steps per validation sample."),
+                io.Float.Input("validation_cfg", default=4.0, min=0.0, max=30.0, step=0.1, optional=True,
+                               advanced=True, tooltip="Guidance of validation samples (4 = the stock workflow)."),
+                io.Int.Input("validation_seed", default=42, min=0, max=0xFFFFFFFF, optional=True, advanced=True,
+                             tooltip="The same seeds at every validation step, so samples compare."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The input model with the trained LoRA applied."),
@@ -113,6 +140,9 @@ class TrainLoRA(io.ComfyNode):
                                  tooltip="The LoRA file name in the loras folder (for Load LoRA nodes)."),
                 LossT.Output(display_name="loss_history", tooltip="Per-step loss, learning rate and timing."),
                 io.Image.Output(display_name="loss_curve", tooltip="Loss, smoothed loss and learning rate."),
+                io.Image.Output(display_name="validation_sheet",
+                                tooltip="Frames of every validation sample, one row per step: pick the best "
+                                        "checkpoint at a glance."),
             ],
             hidden=[io.Hidden.unique_id],
             is_output_node=True,
@@ -125,7 +155,10 @@ class TrainLoRA(io.ComfyNode):
                 audio_weight=-1.0, first_frame_prob=0.5, caption_dropout=0.05, optimizer="adamw",
                 scheduler="constant", warmup_steps=0, grad_accum=1, max_grad_norm=1.0, checkpoint_every=250,
                 keep_checkpoints=3, precision="bf16", gradient_checkpointing=True,
-                vram_budget_gb=0.0) -> io.NodeOutput:
+                vram_budget_gb=0.0, validation_every=0, validation_prompts="", validation_clip=None,
+                validation_positive=None, validation_negative=None, validation_vae=None, validation_audio_vae=None,
+                validation_image=None, validation_width=512, validation_height=320, validation_frames=49,
+                validation_steps=20, validation_cfg=4.0, validation_seed=42) -> io.NodeOutput:
         import torch
 
         import comfy.model_management as mm
@@ -170,10 +203,16 @@ class TrainLoRA(io.ComfyNode):
             elif name == "resumed":
                 send_text(f"resumed from step {payload['step']}", node_id)
 
+        spec = _validation_spec(validation_every, validation_prompts, validation_clip, validation_positive,
+                                validation_negative, validation_vae, validation_audio_vae, validation_image,
+                                validation_width, validation_height, validation_frames, validation_steps,
+                                validation_cfg, validation_seed)
         callbacks = en.Callbacks(on_step=on_step, should_stop=mm.processing_interrupted, on_event=on_event)
-        root, predict, device, base, release = prepare_training_model(model, cfg, cache_dir=cache_dir)
+        root, predict, device, base, release, patcher = prepare_training_model(model, cfg, cache_dir=cache_dir)
         if base.get("memory_plan"):
             send_text(base["memory_plan"], node_id)
+        if spec is not None:
+            callbacks.on_step = _with_validation(on_step, spec, patcher, root, predict, run_dir, progress, node_id)
         try:
             with torch.inference_mode(False):
                 mm.in_training = True
@@ -198,8 +237,90 @@ class TrainLoRA(io.ComfyNode):
                 f"{outcome.result.history[-1]['loss']:.4f}" if outcome.result.history else f"saved {name}")
         from ._common import preview_ui
 
-        return io.NodeOutput(patched, name, outcome.result.history, img,
+        from .validation import comparison_sheet
+
+        sheet = image_batch(comparison_sheet(spec))
+        return io.NodeOutput(patched, name, outcome.result.history, img, sheet,
                              ui=preview_ui(img, text + ("\n" + notes if notes else ""), cls))
+
+
+def _validation_spec(every, prompts, clip, positive, negative, vae, audio_vae, image, width, height, frames, steps,
+                     cfg, seed):
+    """The validation settings, prompts encoded now (before training takes the memory), or
+    None when validation is off. Missing pieces are reported before any training starts."""
+    if not every:
+        return None
+    from .validation import ValidationSpec, encode_prompts
+
+    if vae is None or audio_vae is None:
+        raise ValueError("validation needs validation_vae and validation_audio_vae (the LTX-2 video and audio VAEs)")
+    if (frames - 1) % 8:
+        raise ValueError(f"validation_frames must be 8·n + 1, not {frames}")
+    lines = [p.strip() for p in (prompts or "").splitlines() if p.strip()]
+    default_negative = "blurry, low quality, still frame, frames, watermark, overlay, titles"
+    if lines:
+        if clip is None:
+            raise ValueError("validation prompts need validation_clip (the LTX-2 text encoder)")
+        positives, neg = encode_prompts(clip, lines, default_negative)
+        negative = negative if negative is not None else neg
+    elif positive is not None:
+        positives = [positive]
+        if negative is None:
+            if clip is None:
+                raise ValueError("validation_positive needs validation_negative (or validation_clip)")
+            negative = encode_prompts(clip, [], default_negative)[1]
+    else:
+        raise ValueError("validation is on (validation_every > 0) but there is no prompt: write validation_prompts "
+                         "(with validation_clip) or connect validation_positive")
+    return ValidationSpec(positives=positives, negative=negative, vae=vae, audio_vae=audio_vae, every=int(every),
+                          width=width, height=height, frames=frames, steps=steps, cfg=cfg, seed=seed,
+                          first_frame=image)
+
+
+def _with_validation(on_step, spec, patcher, root, predict, run_dir, progress, node_id):
+    """on_step + a validation round every ``spec.every`` steps."""
+    from pathlib import Path
+
+    from . import live
+    from .validation import run_validation
+
+    state = {"warned": False}
+
+    def preview(frame):
+        try:
+            from PIL import Image
+
+            progress.bar.update_absolute(progress.bar.current, None, ("JPEG", Image.fromarray(frame), 512))
+        except Exception:  # previews are best-effort
+            pass
+
+    def step_hook(rec: dict) -> None:
+        on_step(rec)
+        step = rec["step"]
+        if step % spec.every:
+            return
+        if getattr(predict, "streamer", None) is not None:
+            if not state["warned"]:
+                send_text("validation samples are skipped: with this VRAM budget blocks stream their weights, and "
+                          "sampling needs every weight resident", node_id)
+                state["warned"] = True
+            return
+        import comfy.model_management as mm
+
+        from ..trainer_core.ltx2 import ensure_trainable_weights
+
+        send_text(f"step {step}: sampling {len(spec.positives)} validation prompt(s)…", node_id)
+        paths = run_validation(spec, patcher, step, Path(run_dir), progress=preview)
+        # decoding may have made ComfyUI move the model: bring it back as training needs it
+        import torch
+
+        with torch.inference_mode(False):
+            mm.load_models_gpu([patcher], memory_required=0, force_full_load=True)
+            ensure_trainable_weights(root)
+        live.marker(node_id, step, "validation")
+        send_text(f"step {step}: validation saved ({', '.join(Path(p).name for p in paths)})", node_id)
+
+    return step_hook
 
 
 TRAIN_NODES = [TrainLoRA]

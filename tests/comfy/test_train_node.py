@@ -91,7 +91,7 @@ def test_train_saves_a_lora_stock_loader_applies_exactly(comfy, tiny_model, tmp_
     cache = _cache(tmp_path / "cache", variant)
     tag = variant.replace(".", "")
     out = _train(comfy, model, cache, f"t{tag}", steps=30, learning_rate=3e-3)
-    patched, lora_name, history, curve = out.result
+    patched, lora_name, history, curve, _sheet = out.result
     assert lora_name == f"ltx2/t{tag}_00001.safetensors"
     path = Path(comfy.folder_paths.get_full_path("loras", lora_name))
     assert path.exists() and path.with_suffix(".yaml").exists()
@@ -201,3 +201,51 @@ def test_vram_budget_streams_and_gives_the_same_lora(comfy, tiny_model, tmp_path
     after = root.state_dict()
     for k, v in before.items():
         assert after[k].device == v.device and torch.equal(after[k], v), k
+
+
+def test_validation_samples_at_their_steps_and_leave_the_lora_unchanged(comfy, tiny_model, tmp_path):
+    """validation_every=4 over 8 steps: step_000004_0.mp4 and step_000008_0.mp4 (PyAV reads
+    them back with sound), a comparison sheet with one row per validation step, and the very
+    same LoRA as the run without validation."""
+    import av
+    import numpy as np
+
+    from comfy_extras.nodes_lt_audio import LTXVAudioVAELoader
+
+    variant, model = tiny_model
+    name = f"tiny_{variant}.safetensors"
+    with torch.inference_mode():
+        vae = comfy.nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]().load_checkpoint(name)[2]
+        audio_vae = LTXVAudioVAELoader.execute(name).result[0]
+    cache = _cache(tmp_path / "cache", variant)
+    tag = variant.replace(".", "")
+    w = text_context_width(variant, processed=False)
+    g = torch.Generator().manual_seed(9)
+    pos = [[torch.randn(1, 5, w, generator=g), {"unprocessed_ltxav_embeds": True}]]
+    neg = [[torch.randn(1, 3, w, generator=g), {"unprocessed_ltxav_embeds": True}]]
+    plain = _train(comfy, model, cache, f"nov{tag}", steps=8, checkpoint_every=0)
+    val = _train(comfy, model, cache, f"val{tag}", steps=8, checkpoint_every=0, validation_every=4,
+                 validation_positive=pos, validation_negative=neg, validation_vae=vae, validation_audio_vae=audio_vae,
+                 validation_width=64, validation_height=64, validation_frames=9, validation_steps=2)
+    run = Path(comfy.folder_paths.get_output_directory()) / "ltx2_lora_runs" / f"val{tag}" / "samples"
+    files = sorted(p.name for p in run.glob("*.mp4"))
+    assert files == ["step_000004_0.mp4", "step_000008_0.mp4"], files
+    with av.open(str(run / files[0])) as c:
+        assert c.streams.video[0].width == 64 and c.streams.audio
+        assert sum(1 for _ in c.decode(video=0)) == 9
+    sa, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", plain.result[1])))
+    sb, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", val.result[1])))
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    sheet = val.result[4]
+    assert sheet.ndim == 4 and sheet.shape[0] == 1
+    # two rows of 64-px frames (plus a 2-px gap), four frames across, a label column
+    assert sheet.shape[1] == 2 * 64 + 2 and sheet.shape[2] == 86 + 4 * 64
+    assert float(np.asarray(plain.result[4]).std()) >= 0.0  # the no-validation placeholder exists
+
+
+def test_validation_needs_its_inputs(comfy, tiny_model, tmp_path):
+    variant, model = tiny_model
+    cache = _cache(tmp_path / "cache", variant)
+    with pytest.raises(ValueError, match="validation_vae"):
+        _train(comfy, model, cache, "vbad", steps=2, validation_every=1)
