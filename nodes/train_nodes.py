@@ -212,7 +212,8 @@ class TrainLoRA(io.ComfyNode):
         if base.get("memory_plan"):
             send_text(base["memory_plan"], node_id)
         if spec is not None:
-            callbacks.on_step = _with_validation(on_step, spec, patcher, root, predict, run_dir, progress, node_id)
+            callbacks.on_validate = _validator(spec, patcher, root, predict, run_dir, progress, node_id)
+            callbacks.validate_every = spec.every
         try:
             with torch.inference_mode(False):
                 mm.in_training = True
@@ -277,10 +278,11 @@ def _validation_spec(every, prompts, clip, positive, negative, vae, audio_vae, i
                           first_frame=image)
 
 
-def _with_validation(on_step, spec, patcher, root, predict, run_dir, progress, node_id):
-    """on_step + a validation round every ``spec.every`` steps."""
+def _validator(spec, patcher, root, predict, run_dir, progress, node_id):
+    """The engine's on_validate: a validation round, the optimizer state in host memory meanwhile."""
     from pathlib import Path
 
+    from ..trainer_core.engine import optimizer_offloaded
     from . import live
     from .validation import run_validation
 
@@ -294,15 +296,11 @@ def _with_validation(on_step, spec, patcher, root, predict, run_dir, progress, n
         except Exception:  # previews are best-effort
             pass
 
-    def step_hook(rec: dict) -> None:
-        on_step(rec)
-        step = rec["step"]
-        if step % spec.every:
-            return
+    def step_hook(step: int, optimizer) -> None:
         if getattr(predict, "streamer", None) is not None:
             if not state["warned"]:
                 send_text("validation samples are skipped: with this VRAM budget blocks stream their weights, and "
-                          "sampling needs every weight resident", node_id)
+                          "ComfyUI's sampler would load the whole model", node_id)
                 state["warned"] = True
             return
         import comfy.model_management as mm
@@ -310,7 +308,8 @@ def _with_validation(on_step, spec, patcher, root, predict, run_dir, progress, n
         from ..trainer_core.ltx2 import ensure_trainable_weights
 
         send_text(f"step {step}: sampling {len(spec.positives)} validation prompt(s)…", node_id)
-        paths = run_validation(spec, patcher, step, Path(run_dir), progress=preview)
+        with optimizer_offloaded(optimizer):
+            paths = run_validation(spec, patcher, step, Path(run_dir), progress=preview)
         # decoding may have made ComfyUI move the model: bring it back as training needs it
         import torch
 

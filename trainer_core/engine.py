@@ -14,6 +14,8 @@ with the same LoRA, bit for bit on CPU, as one that never stopped.
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import math
 import time
@@ -303,6 +305,27 @@ class Callbacks:
     on_step: Optional[Callable[[dict], None]] = None  # {"step","steps","loss","lr","s_per_step",...}
     should_stop: Optional[Callable[[], bool]] = None
     on_event: Optional[Callable[[str, dict], None]] = None  # "checkpoint", "plateau", "resumed", ...
+    # every ``validate_every`` steps, after on_step: on_validate(step, optimizer) — e.g. sample
+    # previews (wrap the work in ``optimizer_offloaded(optimizer)`` to free the GPU meanwhile)
+    on_validate: Optional[Callable[[int, Any], None]] = None
+    validate_every: int = 0
+
+
+@contextlib.contextmanager
+def optimizer_offloaded(opt):
+    """Move the optimizer's state tensors to host memory for the duration (e.g. while
+    sampling validation previews) and back to where they were, bit for bit."""
+    moved = []
+    for st in opt.state.values():
+        for k, v in list(st.items()):
+            if torch.is_tensor(v) and v.device.type != "cpu":
+                moved.append((st, k, v.device))
+                st[k] = v.to("cpu")
+    try:
+        yield len(moved)
+    finally:
+        for st, k, dev in moved:
+            st[k] = st[k].to(dev)
 
 
 @dataclass
@@ -433,6 +456,8 @@ class Trainer:
                 self._check_divergence(history, step, ckpts)
                 if self.cb.on_step:
                     self.cb.on_step(dict(rec, steps=cfg.steps, smoothed=smoothed(history)))
+                if self.cb.on_validate and self.cb.validate_every > 0 and step % self.cb.validate_every == 0:
+                    self.cb.on_validate(step, opt)
                 if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                     self._checkpoint(lora, opt, step, epoch, pos, history, ckpts)
             p = plateau(history)

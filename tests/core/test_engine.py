@@ -211,3 +211,22 @@ def test_config_round_trip_and_recipes():
     assert en.TrainConfig.from_dict(c.to_dict()) == c
     with pytest.raises(ValueError, match="unknown training settings"):
         en.TrainConfig.from_dict({"stepz": 3})
+
+
+def test_on_validate_runs_at_its_steps_and_changes_nothing(tmp_path):
+    """on_validate(step, optimizer) every validate_every steps; offloading the optimizer
+    state meanwhile (and drawing random numbers, as sampling does) leaves the LoRA identical."""
+    seen = []
+
+    def validate(step, opt):
+        with en.optimizer_offloaded(opt) as n:
+            assert all(v.device.type == "cpu" for st in opt.state.values() for v in st.values() if torch.is_tensor(v))
+            seen.append((step, n >= 0))
+            torch.randn(100)  # sampling uses the global generator
+
+    plain = lora_tensors(en.Trainer(ToyRoot(), toy_predict, ToySource(), cfg(), tmp_path / "a").train())
+    res = en.Trainer(ToyRoot(), toy_predict, ToySource(), cfg(), tmp_path / "b",
+                     callbacks=en.Callbacks(on_validate=validate, validate_every=5)).train()
+    assert [s for s, _ in seen] == [5, 10]
+    got = lora_tensors(res)
+    assert all(torch.equal(plain[k], got[k]) for k in plain)
