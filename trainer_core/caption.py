@@ -93,7 +93,6 @@ class Captioner:
     family: str
     name: str = ""
     audio_rate: int = 16000
-    full_omni: bool = False
 
     @classmethod
     def load(cls, path: str | Path, precision: str = "bf16", device: str = "cpu") -> "Captioner":
@@ -112,26 +111,26 @@ class Captioner:
         else:
             kw["dtype"] = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
         mt = cfg.get("model_type")
-        full_omni = False
-        if mt == "qwen2_5_omni_thinker":
+        if mt in ("qwen2_5_omni", "qwen2_5_omni_thinker"):
             from transformers import Qwen2_5OmniThinkerForConditionalGeneration as M
-        elif mt == "qwen2_5_omni":
-            from transformers import Qwen2_5OmniForConditionalGeneration as M
-            full_omni = True
         elif mt in ("qwen3_omni_moe", "qwen3_omni_moe_thinker"):
-            from transformers import Qwen3OmniMoeForConditionalGeneration as M
-            full_omni = mt == "qwen3_omni_moe"
+            from transformers import Qwen3OmniMoeThinkerForConditionalGeneration as M
         else:
             M = AutoModelForImageTextToText
+        if mt in ("qwen2_5_omni", "qwen3_omni_moe"):
+            # the full Omni folder: load only its thinker (text out) — the talker and its pickled
+            # speaker table (spk_dict.pt) are never read
+            from transformers import AutoConfig
+
+            kw["config"] = AutoConfig.from_pretrained(str(path)).thinker_config
+            kw["key_mapping"] = {r"^thinker\.": ""}
         model = M.from_pretrained(str(path), **kw)
-        if full_omni and hasattr(model, "disable_talker"):
-            model.disable_talker()  # text only: no speech synthesis weights in memory
         if "quantization_config" not in kw:
             model.to(device)
         model.eval()
         proc = AutoProcessor.from_pretrained(str(path))
         rate = int(getattr(getattr(proc, "feature_extractor", None), "sampling_rate", 16000) or 16000)
-        return cls(model, proc, family, Path(path).name, rate, full_omni)
+        return cls(model, proc, family, Path(path).name, rate)
 
     def inputs(self, frames: np.ndarray, audio: Optional[np.ndarray], prompt: str) -> dict:
         """The processor's model inputs for one segment (frames [N, H, W, 3] uint8, mono audio)."""
@@ -154,8 +153,6 @@ class Captioner:
         dev = next(self.model.parameters()).device
         inp = {k: (v.to(dev) if hasattr(v, "to") else v) for k, v in inp.items()}
         gen: dict = {"max_new_tokens": max_new_tokens, "do_sample": False}
-        if self.full_omni:
-            gen["return_audio"] = False
         with torch.inference_mode():
             out = self.model.generate(**inp, **gen)
         seq = out[0] if isinstance(out, (tuple, list)) else out

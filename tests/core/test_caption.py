@@ -180,3 +180,18 @@ def test_interrupt_between_clips_keeps_what_is_done(models, clips, tmp_path):
     _, rep = cap.caption_clips(cs, c, n_frames=2, writable_roots=[tmp_path / "input"], fallback_root=tmp_path)
     assert len(rep.kept) == 2 and len(rep.written) == 1
     assert torch.is_grad_enabled()
+
+
+def test_full_omni_folder_loads_its_thinker_only(tmp_path):
+    """A published-layout Qwen2.5-Omni folder (model_type qwen2_5_omni): the thinker's weights
+    load from the ``thinker.`` keys (no pickled speaker table is read) and it captions."""
+    from tests.core.tinycaption import make_tiny_omni_full
+
+    path, want = make_tiny_omni_full(tmp_path / "Qwen2.5-Omni-tiny")
+    assert not (path / "spk_dict.pt").exists()
+    c = cap.Captioner.load(path, "bf16", "cpu")
+    got = c.model.state_dict()
+    assert set(want) <= set(got)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    frames = np.random.default_rng(0).integers(0, 255, (2, 64, 96, 3), dtype=np.uint8)
+    assert isinstance(c.caption(frames, np.zeros(16000, np.float32), "the video shows", max_new_tokens=4), str)

@@ -97,3 +97,24 @@ def make_tiny_omni(path: Path, seed: int = 0) -> Path:
     Qwen2_5OmniThinkerForConditionalGeneration(cfg).save_pretrained(path, safe_serialization=True)
     proc.save_pretrained(path)
     return Path(path)
+
+
+def make_tiny_omni_full(path: Path, seed: int = 0) -> tuple[Path, dict]:
+    """A full Qwen2.5-Omni folder (model_type qwen2_5_omni, weights under ``thinker.``), as the
+    published Qwen2.5-Omni checkpoints are laid out (without talker weights). Returns the path
+    and the thinker's state dict for comparison."""
+    import shutil
+    import tempfile
+
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniThinkerConfig
+
+    src = Path(tempfile.mkdtemp()) / "thinker"
+    make_tiny_omni(src, seed)
+    tc = Qwen2_5OmniThinkerConfig.from_pretrained(src)
+    torch.manual_seed(seed + 1)
+    m = Qwen2_5OmniForConditionalGeneration(Qwen2_5OmniConfig(thinker_config=tc.to_dict(), enable_audio_output=False))
+    m.save_pretrained(path, safe_serialization=True)
+    for f in src.iterdir():
+        if f.name not in ("config.json", "model.safetensors", "generation_config.json"):
+            shutil.copy(f, Path(path) / f.name)
+    return Path(path), {k: v.clone() for k, v in m.thinker.state_dict().items()}
