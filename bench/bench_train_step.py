@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -69,6 +68,38 @@ def step_inputs(c_width: int, W: int, H: int, F: int, fps: float, device, gen) -
     ctx = torch.randn(1, 256, c_width, device=device, generator=gen)
     return StepInputs(ModalityInput(nv.x_t, nv.sigma, nv, (Fl, Hl, Wl)), ModalityInput(na.x_t, na.sigma, na, (T,)),
                       {"context": ctx}, fps, mode)
+
+
+def build_full(variant: str, dev, num_layers=None):
+    """(frozen bf16 tree with random weights, config) of the full-size layout."""
+    cfg = full_config(variant)
+    if num_layers:
+        cfg["transformer"]["num_layers"] = num_layers
+    c = LTX2Config.from_metadata({"config": cfg})
+    torch.manual_seed(0)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        root = build_tree(c, device=dev, dtype=torch.bfloat16, init="random", seed=0)
+    finally:
+        torch.set_default_dtype(prev)
+    root.requires_grad_(False)
+    return root, cfg
+
+
+def timed_steps(step, steps: int, warmup: int) -> list[float]:
+    """Seconds of each step after ``warmup`` untimed ones (peak memory counted from there)."""
+    times = []
+    for i in range(warmup + steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+        if i == warmup - 1:
+            torch.cuda.reset_peak_memory_stats()
+    return times
 
 
 def _free_gib(dev) -> float:
@@ -141,16 +172,7 @@ def make_plan(root, inp, budget_gib, compiled: bool, lora):
 def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: bool) -> list[dict]:
     """runs: [{"shape": "768x512x121", "budget": None | GiB, "compile": bool}, ...]"""
     dev = torch.device("cuda")
-    cfg = full_config(variant)
-    c = LTX2Config.from_metadata({"config": cfg})
-    torch.manual_seed(0)
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        root = build_tree(c, device=dev, dtype=torch.bfloat16, init="random", seed=0)
-    finally:
-        torch.set_default_dtype(prev)
-    root.requires_grad_(False)
+    root, cfg = build_full(variant, dev)
     n_params = sum(p.numel() for p in root.parameters())
     width = text_context_width(cfg, processed=False)
     name = torch.cuda.get_device_name()
@@ -287,15 +309,7 @@ def bench_official(variant: str, shapes: list[str], steps: int, warmup: int) -> 
         torch.cuda.empty_cache()
         times, err = [], None
         try:
-            for i in range(warmup + steps):
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                step()
-                torch.cuda.synchronize()
-                if i >= warmup:
-                    times.append(time.perf_counter() - t0)
-                if i == warmup - 1:
-                    torch.cuda.reset_peak_memory_stats()
+            times = timed_steps(step, steps, warmup)
         except torch.OutOfMemoryError as e:
             err = f"out of memory: {str(e)[:160]}"
         peak = torch.cuda.max_memory_allocated() / 2**30

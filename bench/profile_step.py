@@ -20,11 +20,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train_step import step_inputs  # noqa: E402
+from bench_train_step import build_full, step_inputs, timed_steps  # noqa: E402
 from trainer_core import objective as ob  # noqa: E402
 from trainer_core.lora import LoRASet, LoRASpec  # noqa: E402
-from trainer_core.ltx2 import LTX2Config, build_tree, make_predict  # noqa: E402
-from trainer_core.tiny_checkpoint import full_config, text_context_width  # noqa: E402
+from trainer_core.ltx2 import make_predict  # noqa: E402
+from trainer_core.tiny_checkpoint import text_context_width  # noqa: E402
 
 
 def one_step(predict, root, inp, params, opt):
@@ -40,14 +40,7 @@ def one_step(predict, root, inp, params, opt):
 
 
 def timed(fn, n=4, warmup=2):
-    ts = []
-    for i in range(n + warmup):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        if i >= warmup:
-            ts.append(time.perf_counter() - t0)
+    ts = timed_steps(fn, n, warmup)
     return sorted(ts)[len(ts) // 2]
 
 
@@ -63,16 +56,7 @@ def main() -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device("cuda")
-    cfg = full_config(a.variant)
-    cfg["transformer"]["num_layers"] = a.layers
-    c = LTX2Config.from_metadata({"config": cfg})
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        root = build_tree(c, device=dev, dtype=torch.bfloat16, init="random", seed=0)
-    finally:
-        torch.set_default_dtype(prev)
-    root.requires_grad_(False)
+    root, cfg = build_full(a.variant, dev, num_layers=a.layers)
     lora = LoRASet.for_model(root, LoRASpec(rank=32, alpha=32, preset="all attention"), seed=0).to(dev)
     params = list(lora.parameters())
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True)

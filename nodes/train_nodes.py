@@ -1,8 +1,6 @@
 """Train LTX-2 LoRA: runs trainer_core's engine inside ComfyUI on the MODEL the user loaded."""
 from __future__ import annotations
 
-import time
-
 from comfy_api.latest import io
 
 from ._common import CAT_TRAIN, LatentsT, LossT, image_batch, make_progress, send_text
@@ -166,7 +164,6 @@ class TrainLoRA(io.ComfyNode):
 
         from ..trainer_core import engine as en
         from ..trainer_core.fsutil import next_numbered, safe_join
-        from ..trainer_core.lora import load_lora
         from ..trainer_core.run import run_training
         from . import live
         from .comfy_model import apply_lora_file, prepare_training_model
