@@ -1,7 +1,8 @@
 """The pack as ComfyUI loads it: registration through the V3 entry point, schema hygiene."""
 from __future__ import annotations
 
-EXPECTED = {"LTX2TrainLoadClips", "LTX2TrainSplitScenes", "LTX2TrainBucket", "LTX2TrainEncodeLatents", "LTX2TrainLoRA"}
+EXPECTED = {"LTX2TrainLoadClips", "LTX2TrainSplitScenes", "LTX2TrainCaption", "LTX2TrainBucket", "LTX2TrainEncodeLatents",
+            "LTX2TrainLoRA", "LTX2TrainSample"}
 
 
 def test_pack_registers_its_nodes(comfy):
