@@ -83,6 +83,70 @@ class EncodeLatents(io.ComfyNode):
         return io.NodeOutput(value, img, text, ui=preview_ui(img, text, cls))
 
 
+class LoadLatentCache(io.ComfyNode):
+    """A latent cache written earlier by Encode Latents, without loading the VAEs or the text
+    encoder again (train again with other settings, resume after a restart, run headless)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LTX2TrainLoadLatentCache",
+            display_name="Load Latent Cache (LTX-2 Trainer)",
+            category=CAT_TRAIN,
+            description=("Reuses a latent cache that Encode Latents wrote to output/ltx2_cache/<name>: train again "
+                         "with other settings without loading the VAEs or the 12B text encoder."),
+            inputs=[io.Combo.Input("cache_name", options=_cache_names(),
+                                   tooltip="A cache folder in output/ltx2_cache (Encode Latents' cache_name).")],
+            outputs=[
+                LatentsT.Output(display_name="latents", tooltip="The latent cache, for Train LTX-2 LoRA."),
+                io.String.Output(display_name="summary", tooltip="Samples, buckets and audio in the cache."),
+            ],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, cache_name):
+        import folder_paths
+
+        from ..trainer_core.fsutil import safe_join
+
+        m = safe_join(folder_paths.get_output_directory(), f"ltx2_cache/{cache_name}") / "manifest.json"
+        return m.stat().st_mtime_ns if m.exists() else ""
+
+    @classmethod
+    def execute(cls, cache_name) -> io.NodeOutput:
+        from collections import Counter
+
+        import folder_paths
+
+        from ..trainer_core.cache import CachedLatents
+        from ..trainer_core.fsutil import safe_join
+
+        name = safe_join(folder_paths.get_output_directory(), cache_name, allow_subdirs=False).name
+        root = safe_join(folder_paths.get_output_directory(), f"ltx2_cache/{name}")
+        if not (root / "manifest.json").is_file():
+            raise FileNotFoundError(f"no latent cache at {root}: run Encode Latents with cache_name '{name}' first")
+        data = CachedLatents(str(root))
+        buckets = Counter(s.bucket for s in data.samples)
+        audio = sum(1 for s in data.samples if s.audio)
+        text = (f"{len(data)} samples ({audio} with audio) in {len(buckets)} bucket(s): "
+                + ", ".join(f"{b} x{n}" for b, n in buckets.most_common()))
+        value = {"path": str(root), "trigger_word": "", "samples": len(data), "summary": text}
+        return io.NodeOutput(value, text, ui={"text": (text,)})
+
+
+def _cache_names() -> list[str]:
+    import os
+
+    import folder_paths
+
+    root = os.path.join(folder_paths.get_output_directory(), "ltx2_cache")
+    try:
+        names = sorted(e.name for e in os.scandir(root) if e.is_dir() and os.path.isfile(os.path.join(e.path, "manifest.json")))
+    except OSError:
+        names = []
+    return names or ["(no cache yet: run Encode Latents)"]
+
+
 def _identity(obj) -> str:
     """A stable name for a loaded model: its class and a fingerprint of a few weights."""
     import hashlib
@@ -122,4 +186,4 @@ def _bucket_preview(root, vae):
     return contact_sheet(items, title="decoded from the cache")
 
 
-ENCODE_NODES = [EncodeLatents]
+ENCODE_NODES = [EncodeLatents, LoadLatentCache]

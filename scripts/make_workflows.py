@@ -172,11 +172,31 @@ WORKFLOWS = {
 }
 
 
+TINY_CKPT = "ltx2-tiny-2.0.safetensors"
+INSTALL_CACHE = "ltx2_install_check"
+INSTALL = "ltx2_validate_install"
+
+
+def _install_check(info: dict) -> Graph:
+    """Tiny checkpoint + tiny latent cache (``python -m trainer_core.tiny_checkpoint --out
+    models/checkpoints/ltx2-tiny-2.0.safetensors --cache output/ltx2_cache/ltx2_install_check``)
+    -> 20 training steps: about a minute on a CPU, a LoRA file at the end."""
+    g = Graph(info)
+    ck = g.add("CheckpointLoaderSimple", (0, 0), ckpt_name=TINY_CKPT)
+    lc = g.add("LTX2TrainLoadLatentCache", (0, 200), cache_name=INSTALL_CACHE)
+    tr = g.add("LTX2TrainLoRA", (380, 0), recipe="Character", lora_name="install_check", steps=20, rank=4,
+               learning_rate=1e-3, precision="fp32", checkpoint_every=0, resume="none")
+    g.link(ck, 0, tr, "model")
+    g.link(lc, 0, tr, "latents")
+    return g
+
+
 def build(object_info: dict) -> dict[str, dict]:
     out = {}
     for name, spec in WORKFLOWS.items():
         kw = {k: v for k, v in spec.items() if k != "title"}
         out[name] = _pipeline(object_info, **kw).ui(spec["title"])
+    out[INSTALL] = _install_check(object_info).ui("Validate my install (tiny model, CPU, ~1 min)")
     return out
 
 

@@ -3,7 +3,8 @@
 #   - prepares ./.venv (scripts/setup.sh)
 #   - makes a ComfyUI base folder ./.quickstart with custom_nodes/ -> this repo, a tiny
 #     LTX-2 checkpoint in models/checkpoints (to try the graph without the 40 GB weights),
-#     and a demo dataset in input/demo (clips with cuts, tones, captions)
+#     with a tiny latent cache for it (the "validate my install" workflow trains on them in
+#     about a minute on a CPU), and a demo dataset in input/demo (clips with cuts, tones, captions)
 #   - starts ComfyUI ($COMFYUI_PATH, else /opt/ComfyUI) on http://127.0.0.1:8188
 #     (--cpu when no CUDA GPU is visible). Put real weights in .quickstart/models/... or point
 #     ComfyUI at your own models with --extra-model-paths-config.
@@ -21,7 +22,8 @@ BASE=${QUICKSTART_DIR:-$REPO/.quickstart}
 mkdir -p "$BASE"/{custom_nodes,models/checkpoints,models/loras,input,output,temp,user}
 ln -sfn "$REPO" "$BASE/custom_nodes/comfyui-ltx2-lora-trainer"
 [ -f "$BASE/models/checkpoints/ltx2-tiny-2.0.safetensors" ] || \
-  "$PY" -m trainer_core.tiny_checkpoint --variant ltx-2.0 --out "$BASE/models/checkpoints/ltx2-tiny-2.0.safetensors"
+  "$PY" -m trainer_core.tiny_checkpoint --variant ltx-2.0 --out "$BASE/models/checkpoints/ltx2-tiny-2.0.safetensors" \
+    --cache "$BASE/output/ltx2_cache/ltx2_install_check"
 [ -d "$BASE/input/demo" ] || "$PY" -c "import sys; sys.path.insert(0, '.'); from tests.core.mediagen import make_dataset; make_dataset(sys.argv[1])" "$BASE/input/demo"
 CPU=""
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || CPU="--cpu"

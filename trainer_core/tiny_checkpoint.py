@@ -992,6 +992,29 @@ def make_tiny_checkpoint(path, variant: str = "ltx-2.0", seed: int = 0,
     return save_safetensors(sd, path, meta)
 
 
+def make_tiny_cache(root, variant: str = "ltx-2.0", n: int = 2, seed: int = 0) -> Path:
+    """A latent cache (what Encode Latents writes) for the tiny checkpoint: ``n`` samples of a
+    64x64x9 bucket with audio and text conditioning of the tiny text encoder's true width —
+    enough to run the Train node end to end without a text encoder (install check, demos)."""
+    from .cache import LatentCache
+
+    v = normalize_variant(variant)
+    g = torch.Generator().manual_seed(seed)
+    c = LatentCache(root)
+    w = text_context_width(v, processed=False)
+    for i in range(n):
+        c.put("video", f"v{i}", {"latents": torch.randn(128, 2, 2, 2, generator=g),
+                                 "first_frame": torch.randn(128, 1, 2, 2, generator=g)})
+        c.put("audio", f"a{i}", {"latents": torch.randn(8, 9, 16, generator=g)})
+        c.put("text", f"t{i}", {"context": torch.randn(7, w, generator=g)})
+    c.put("text", "empty", {"context": torch.zeros(3, w)})
+    c.manifest.samples = [dict(key=f"demo{i}#0", video=f"v{i}", audio=f"a{i}", text=f"t{i}", bucket="64x64x9",
+                               fps=24.0, has_audio=True, caption=f"demo clip {i}") for i in range(n)]
+    c.manifest.empty_text = "empty"
+    c.save_manifest()
+    return Path(root)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trainer_core.tiny_checkpoint",
                                  description="Write a tiny LTX-2 checkpoint with the real key structure.")
@@ -999,6 +1022,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--out", required=True, help="output .safetensors path")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--cache", default=None, help="also write a tiny latent cache for it into this folder")
     a = ap.parse_args(argv)
     try:
         variant = normalize_variant(a.variant)
@@ -1010,6 +1034,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with safe_open(str(p), framework="pt") as f:
         n = len(list(f.keys()))
     print(f"wrote {p} ({variant}, seed {a.seed}, {n} tensors, {p.stat().st_size / 1e6:.2f} MB)")
+    if a.cache:
+        print(f"wrote a tiny latent cache in {make_tiny_cache(a.cache, variant, seed=a.seed)}")
     return 0
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 EXPECTED = {"LTX2TrainLoadClips", "LTX2TrainSplitScenes", "LTX2TrainCaption", "LTX2TrainBucket", "LTX2TrainEncodeLatents",
-            "LTX2TrainLoRA", "LTX2TrainSample"}
+            "LTX2TrainLoadLatentCache", "LTX2TrainLoRA", "LTX2TrainSample"}
 
 
 def test_pack_registers_its_nodes(comfy):

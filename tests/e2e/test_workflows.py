@@ -22,7 +22,7 @@ FILES = sorted((REPO / "example_workflows").glob("*.json"))
 
 def test_every_workflow_has_a_thumbnail_and_the_set_is_complete():
     names = {f.stem for f in FILES}
-    assert names == set(mw.WORKFLOWS)
+    assert names == set(mw.WORKFLOWS) | {mw.INSTALL}
     for f in FILES:
         assert f.with_suffix(".jpg").is_file(), f.name
 
@@ -37,6 +37,10 @@ def info(server):
     from PIL import Image
 
     Image.new("RGB", (64, 64)).save(base / "input" / "first_frame.png")
+    from trainer_core.tiny_checkpoint import make_tiny_cache, make_tiny_checkpoint
+
+    make_tiny_checkpoint(base / "models" / "checkpoints" / mw.TINY_CKPT, "ltx-2.0", seed=1)
+    make_tiny_cache(base / "output" / "ltx2_cache" / mw.INSTALL_CACHE, "ltx-2.0")
     return server.get("/object_info")
 
 
@@ -51,7 +55,9 @@ def test_workflow_opens_and_validates(server, info, path):
         assert len(n["widgets_values"]) == want, f"{path.name}: {n['type']} has {len(n['widgets_values'])} widget values, expected {want}"
     prompt = mw.to_api(ui, info)
     train = next(v for v in prompt.values() if v["class_type"] == "LTX2TrainLoRA")
-    assert train["inputs"]["recipe"] == mw.WORKFLOWS[path.stem]["recipe"]
+    assert train["inputs"]["recipe"] == mw.WORKFLOWS.get(path.stem, {"recipe": "Character"})["recipe"]
+    if path.stem == mw.INSTALL:
+        return  # it runs for real below
     r = server.post("/prompt", {"prompt": prompt, "client_id": "wf-test"})
     assert r.get("prompt_id") and not r.get("node_errors"), r
     server.post("/interrupt", {})
@@ -61,4 +67,34 @@ def test_workflow_opens_and_validates(server, info, path):
 def test_template_route_lists_the_workflows(server):
     listing = server.get("/workflow_templates")
     ours = next(v for k, v in listing.items() if "ltx2" in k.lower())
-    assert set(ours) == set(mw.WORKFLOWS)
+    assert set(ours) == set(mw.WORKFLOWS) | {mw.INSTALL}
+
+
+def test_install_check_runs_headless_with_comfy_cli(server, info):
+    """``comfy run --workflow`` (comfy-cli, UI format converted client-side) against the
+    server: the install-check workflow trains 20 steps on the tiny model and saves a LoRA."""
+    import subprocess
+    import time
+
+    for _ in range(60):  # let earlier validation prompts finish or fail
+        q = server.get("/queue")
+        if not q["queue_running"] and not q["queue_pending"]:
+            break
+        time.sleep(1)
+    wf = REPO / "example_workflows" / f"{mw.INSTALL}.json"
+    cmd = [sys.executable, "-m", "comfy_cli", "--skip-prompt", "run", "--workflow", str(wf), "--host", "127.0.0.1",
+           "--port", str(server.port), "--wait", "--timeout", "300"]
+    t0 = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    lora = server.base / "models" / "loras" / "ltx2" / "install_check_00001.safetensors"
+    for _ in range(120):
+        if lora.exists():
+            break
+        time.sleep(1)
+    assert lora.exists(), (r.stdout[-2000:], server.log_text()[-3000:])
+    from trainer_core.lora import load_lora
+
+    sd, meta = load_lora(lora)
+    assert meta["steps"] == "20" and sd
+    print(f"install check: {time.time() - t0:.0f} s")
