@@ -27,3 +27,15 @@ else
 fi
 $PIP install -q "${REQS[@]}" 2> >(grep -v "^WARNING: Location" >&2)
 .venv/bin/python -c "import torch, av, scenedetect, safetensors; print('environment ready: torch', torch.__version__, '| av', av.__version__)"
+# The browser test (tests/e2e/test_browser.py) drives headless Chromium through Playwright;
+# Playwright's own browser download is not needed: a system Chromium is used. Best effort —
+# without it that one test is skipped with the reason.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
+      apt-get install -y -q chromium >/dev/null 2>&1)) && echo "installed chromium for the browser test" || \
+      echo "could not install chromium: the browser test will be skipped"
+  else
+    echo "no chromium: the browser test will be skipped (apt-get install chromium)"
+  fi
+fi

@@ -1,11 +1,15 @@
 // LTX-2 LoRA Trainer: live loss chart inside the Train node.
 // Fed by the server's "ltx2_trainer.step" / "ltx2_trainer.marker" websocket events; after a
 // page reload it replays the run so far from GET /ltx2_trainer/live/<node id>.
-import { app } from "../../scripts/app.js";
-import { api } from "../../scripts/api.js";
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
 
 const NODE_ID = "LTX2TrainLoRA";
-const charts = new Map(); // node id (string) -> chart state
+// Chart state lives on the node (node.__ltx2Chart): node ids are assigned after
+// onNodeCreated runs, so events are matched to nodes by looking the id up when they arrive.
+function chartNodes() {
+  return (app.graph?._nodes || app.graph?.nodes || []).filter((n) => n.__ltx2Chart);
+}
 
 function emaSeries(points, beta = 0.9) {
   let s = 0, w = 0;
@@ -50,12 +54,13 @@ function draw(state) {
 }
 
 function stateFor(nodeId) {
-  return charts.get(String(nodeId));
+  const n = chartNodes().find((x) => String(x.id) === String(nodeId));
+  return n?.__ltx2Chart;
 }
 
 async function replay(state) {
   try {
-    const r = await api.fetchApi(`/ltx2_trainer/live/${encodeURIComponent(state.nodeId)}`);
+    const r = await api.fetchApi(`/ltx2_trainer/live/${encodeURIComponent(String(state.node.id))}`);
     if (!r.ok) return;
     const snap = await r.json();
     if (snap.points && snap.points.length >= state.points.length) {
@@ -75,15 +80,15 @@ app.registerExtension({
       const canvas = document.createElement("canvas");
       canvas.className = "ltx2-loss-chart";
       canvas.style.width = "100%"; canvas.style.height = "180px";
-      const state = { nodeId: String(this.id), canvas, points: [], markers: [], total: 0, running: false };
-      charts.set(state.nodeId, state);
+      const state = { node: this, canvas, points: [], markers: [], total: 0, running: false };
+      this.__ltx2Chart = state;
       this.addDOMWidget("loss_chart", "ltx2_loss_chart", canvas, { serialize: false, hideOnZoom: false });
       this.setSize([Math.max(this.size[0], 360), this.size[1] + 190]);
       requestAnimationFrame(() => { draw(state); replay(state); });
       return r;
     };
     const onRemoved = nodeType.prototype.onRemoved;
-    nodeType.prototype.onRemoved = function () { charts.delete(String(this.id)); return onRemoved?.apply(this, arguments); };
+    nodeType.prototype.onRemoved = function () { this.__ltx2Chart = null; return onRemoved?.apply(this, arguments); };
   },
   async setup() {
     api.addEventListener("ltx2_trainer.step", ({ detail }) => {
@@ -94,6 +99,6 @@ app.registerExtension({
     api.addEventListener("ltx2_trainer.marker", ({ detail }) => {
       const s = stateFor(detail.node); if (!s) return; s.markers.push(detail); draw(s);
     });
-    api.addEventListener("status", () => { for (const s of charts.values()) if (!s.points.length) replay(s); });
+    api.addEventListener("status", () => { for (const n of chartNodes()) if (!n.__ltx2Chart.points.length) replay(n.__ltx2Chart); });
   },
 });
