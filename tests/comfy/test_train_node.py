@@ -14,26 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer_core.cache import LatentCache
 from trainer_core.lora import LoRASet, load_lora
-from trainer_core.tiny_checkpoint import make_tiny_checkpoint, text_context_width
+from trainer_core.tiny_checkpoint import make_tiny_cache, make_tiny_checkpoint, text_context_width
 
 
 def _cache(root: Path, variant: str, n: int = 2, seed: int = 0) -> str:
-    g = torch.Generator().manual_seed(seed)
-    c = LatentCache(root)
-    w = text_context_width(variant, processed=False)
-    for i in range(n):
-        c.put("video", f"v{i}", {"latents": torch.randn(128, 2, 2, 2, generator=g),
-                                 "first_frame": torch.randn(128, 1, 2, 2, generator=g)})
-        c.put("audio", f"a{i}", {"latents": torch.randn(8, 9, 16, generator=g)})
-        c.put("text", f"t{i}", {"context": torch.randn(7, w, generator=g)})
-    c.put("text", "empty", {"context": torch.zeros(3, w)})
-    c.manifest.samples = [dict(key=f"clip{i}#0", video=f"v{i}", audio=f"a{i}", text=f"t{i}", bucket="64x64x9",
-                               fps=24.0, has_audio=True) for i in range(n)]
-    c.manifest.empty_text = "empty"
-    c.save_manifest()
-    return str(root)
+    return str(make_tiny_cache(root, variant, n, seed))
 
 
 @pytest.fixture(scope="module", params=["ltx-2.0", "ltx-2.3"])
