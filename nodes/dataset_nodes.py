@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 from comfy_api.latest import io
 
@@ -204,7 +205,25 @@ class Bucket(io.ComfyNode):
         ds.settings["report"] = report.to_dict()
         sheet = preview.dataset_gallery(ds, report)
         img = image_batch(sheet)
-        return io.NodeOutput(ds, text, img, ui=preview_ui(img, text, cls))
+        ui = preview_ui(img, text, cls)
+        ui["ltx2_gallery"] = [gallery_payload(ds, progress)]
+        return io.NodeOutput(ds, text, img, ui=ui)
+
+
+GALLERY_SUBFOLDER = "ltx2_gallery"
+
+
+def gallery_payload(ds, progress) -> dict:
+    """Thumbnails and playable sample clips in ComfyUI's temp folder, for the web gallery."""
+    import folder_paths
+
+    from ..trainer_core.gallery import build_gallery
+
+    folder = Path(folder_paths.get_temp_directory()) / GALLERY_SUBFOLDER
+    g = build_gallery(ds, folder, max_items=48,
+                      progress=lambda i, k: progress(i, k, f"gallery: sample clip {i}/{k}"))
+    g.update(subfolder=GALLERY_SUBFOLDER, type="temp")
+    return g
 
 
 DATASET_NODES = [LoadClips, SplitScenes, Bucket]

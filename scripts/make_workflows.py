@@ -139,9 +139,14 @@ def _pipeline(info: dict, *, recipe: str, split: bool, first_frame: bool, prompt
     g.link(ck, 2, en, "vae")
     g.link(te, 0, en, "clip")
     g.link(av, 0, en, "audio_vae")
-    tr = g.add("LTX2TrainLoRA", (1800, 0), recipe=recipe, lora_name=f"my_{recipe.lower()}_lora", mode=mode)
+    tr = g.add("LTX2TrainLoRA", (1800, 0), recipe=recipe, lora_name=f"my_{recipe.lower()}_lora", mode=mode,
+               validation_every=250, validation_prompts=prompt)
     g.link(ck, 0, tr, "model")
     g.link(en, 0, tr, "latents")
+    # validation previews during training: the same text encoder and VAEs as the Sample node
+    g.link(te, 0, tr, "validation_clip")
+    g.link(ck, 2, tr, "validation_vae")
+    g.link(av, 0, tr, "validation_audio_vae")
     sm = g.add("LTX2TrainSample", (2160, 0), prompt=prompt)
     g.link(tr, 0, sm, "model")
     g.link(ck, 2, sm, "vae")
@@ -150,6 +155,7 @@ def _pipeline(info: dict, *, recipe: str, split: bool, first_frame: bool, prompt
     if first_frame:
         li = g.add("LoadImage", (1800, 400), image="first_frame.png")
         g.link(li, 0, sm, "first_frame")
+        g.link(li, 0, tr, "validation_image")
     return g
 
 

@@ -177,3 +177,40 @@ def test_dataset_gallery_crops_to_the_bucket(ds):
         assert 46 <= x1 - x0 <= 49  # 64:128 bucket at 96 tall -> 48 wide
         assert 80 <= y1 - y0 <= 96  # (the frame counter covers the top rows of the crop)
     assert boxes[0][2] < boxes[1][2] < boxes[2][2]  # scenes in order, left to right
+
+
+def test_gallery_clips_play_exactly_the_training_sample(ds, tmp_path):
+    """The Bucket gallery: per sample a thumbnail and an mp4 of the sample's frames (the
+    bucket's frame count, at the sample's rate, bucket-shaped) with its sound when it has
+    one; caption and flags carried; files reused when nothing changed."""
+    import av
+
+    from trainer_core import gallery
+    from trainer_core.buckets import build_dataset, parse_buckets
+
+    cs = media.load_clips(ds.root)
+    split = scenes.split_scenes(cs, min_len=0.5)
+    dset, report = build_dataset(split, parse_buckets("128x96x17;96x128x17;64x64x1"), target_fps=24.0,
+                                 audio_planned=True)
+    seen = []
+    g = gallery.build_gallery(dset, tmp_path / "gal", max_items=6, clip_height=96, progress=lambda i, n: seen.append(i))
+    assert g["total"] == len(dset.samples) > 6 and g["shown"] == 6 and seen == list(range(1, 7))
+    for item in g["items"]:
+        s = dset.samples[item["index"]]
+        assert item["thumb"] and item["clip"], item
+        assert item["bucket"] == str(s.bucket) and item["caption"] == (s.caption or "")
+        with av.open(str(tmp_path / "gal" / item["clip"])) as c:
+            v = c.streams.video[0]
+            frames = [f for f in c.decode(video=0)]
+            assert len(frames) == s.bucket.frames
+            w, h = frames[0].width, frames[0].height
+            assert abs(w / h - s.bucket.width / s.bucket.height) < 0.06 and h == 96
+            assert abs(float(v.average_rate) - s.fps) < 0.01
+            assert bool(c.streams.audio) == s.has_audio
+        if "silent.mov" in item["source"]:
+            assert not item["audio"] and any("audio" in f for f in item["flags"])
+    stamp = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "gal").iterdir()}
+    again = gallery.build_gallery(dset, tmp_path / "gal", max_items=6, clip_height=96)
+    assert again["items"] == g["items"]
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "gal").iterdir()} == stamp  # reused
+    assert not [p for p in (tmp_path / "gal").iterdir() if p.name.startswith(".")]  # no temp leftovers

@@ -80,6 +80,9 @@ def server(tmp_path_factory):
                 "models/text_encoders", "custom_nodes"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(REPO, target_is_directory=True)
+    # test-only: the Gemma 3 12B stand-in (the text encoder has no tiny form), see its docstring
+    (base / "custom_nodes" / "ltx2_test_standin_text_encoder").symlink_to(
+        REPO / "tests" / "e2e" / "standin_text_encoder", target_is_directory=True)
     port = _free_port()
     log = base / "server.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
