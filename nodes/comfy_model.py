@@ -8,6 +8,7 @@ ComfyUI's stock LoRA path, exactly as LoraLoaderModelOnly would apply it.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 
@@ -66,6 +67,7 @@ def prepare_training_model(model, cfg, cache_dir=None) -> tuple:
             if budget <= 0:
                 budget = max(1.0, mm.get_free_memory(device) / GIB - 1.0)
             plan = plan_for_training(root, cache_dir, cfg, budget, compiled=compiled)
+        base["budget_gib"] = plan.budget_gib
         base["memory_plan"] = plan.summary() + ("; " + "; ".join(plan.notes) if plan.notes else "")
     streamed = set(plan.streamed) if plan is not None else set()
     with torch.inference_mode(False):
@@ -75,15 +77,7 @@ def prepare_training_model(model, cfg, cache_dir=None) -> tuple:
         root.requires_grad_(False)
         ensure_trainable_weights(root)
         if streamed:
-            # the resident part onto the GPU; streamed blocks stay on the host for the streamer
-            for name, child in root.named_children():
-                if name != "transformer_blocks":
-                    child.to(device)
-            for i, blk in enumerate(root.transformer_blocks):
-                if i not in streamed:
-                    blk.to(device)
-            for name, p in root.named_parameters(recurse=False):
-                p.data = p.data.to(device)
+            place_resident(root, streamed, device)
     if plan is not None:
         predict = make_predict(memory_plan=plan, compile_blocks=compiled)
     else:
@@ -99,6 +93,54 @@ def prepare_training_model(model, cfg, cache_dir=None) -> tuple:
             mm.soft_empty_cache()
 
     return root, predict, device, base, release, mp
+
+
+def place_resident(root, streamed, device) -> None:
+    """The resident part of a streaming plan onto ``device``: every weight except the
+    streamed blocks' (those stay on the host; the streamer copies them in when needed)."""
+    for name, child in root.named_children():
+        if name != "transformer_blocks":
+            child.to(device)
+    for i, blk in enumerate(root.transformer_blocks):
+        if i not in streamed:
+            blk.to(device)
+    for name, p in root.named_parameters(recurse=False):
+        p.data = p.data.to(device)
+
+
+@contextlib.contextmanager
+def sampling_within_budget(root, streamer, budget_gib: float, device):
+    """Let ComfyUI's sampler run a model that trains with a streaming plan, inside the same
+    VRAM budget: the streamer parks (streamed weights back on their host copies), the resident
+    part goes to ComfyUI's offload device, and ComfyUI's reserve is raised for the duration so
+    that its partial loading puts at most the budget's worth on the GPU — what does not fit
+    runs from host memory layer by layer, ComfyUI's own low-VRAM path. Afterwards ComfyUI
+    lets go of the model and the training placement comes back (resident part on the GPU,
+    streamed blocks on the host)."""
+    import torch
+
+    import comfy.model_management as mm
+
+    from ..trainer_core.ltx2 import ensure_trainable_weights
+
+    streamer.park()
+    old_reserve = mm.EXTRA_RESERVED_VRAM
+    cuda = torch.device(device).type == "cuda"
+    try:
+        with torch.inference_mode(False):
+            root.to(mm.unet_offload_device())
+        if cuda:
+            mm.soft_empty_cache()
+            total = mm.get_total_memory(device)
+            mm.EXTRA_RESERVED_VRAM = max(old_reserve, int(total - budget_gib * (1 << 30)))
+        yield
+    finally:
+        mm.EXTRA_RESERVED_VRAM = old_reserve
+        mm.unload_all_models()
+        with torch.inference_mode(False):
+            place_resident(root, set(streamer.streamed), device)
+            ensure_trainable_weights(root)
+        mm.soft_empty_cache()
 
 
 def apply_lora_file(model, path: str, strength: float = 1.0):

@@ -209,7 +209,8 @@ class TrainLoRA(io.ComfyNode):
         if base.get("memory_plan"):
             send_text(base["memory_plan"], node_id)
         if spec is not None:
-            callbacks.on_validate = _validator(spec, patcher, root, predict, run_dir, progress, node_id)
+            callbacks.on_validate = _validator(spec, patcher, root, predict, run_dir, progress, node_id,
+                                                  base.get("budget_gib") or vram_budget_gb or 0.0, device)
             callbacks.validate_every = spec.every
         try:
             with torch.inference_mode(False):
@@ -275,15 +276,13 @@ def _validation_spec(every, prompts, clip, positive, negative, vae, audio_vae, i
                           first_frame=image)
 
 
-def _validator(spec, patcher, root, predict, run_dir, progress, node_id):
+def _validator(spec, patcher, root, predict, run_dir, progress, node_id, budget_gib, device):
     """The engine's on_validate: a validation round, the optimizer state in host memory meanwhile."""
     from pathlib import Path
 
     from ..trainer_core.engine import optimizer_offloaded
     from . import live
     from .validation import run_validation
-
-    state = {"warned": False}
 
     def preview(frame):
         try:
@@ -294,25 +293,26 @@ def _validator(spec, patcher, root, predict, run_dir, progress, node_id):
             pass
 
     def step_hook(step: int, optimizer) -> None:
-        if getattr(predict, "streamer", None) is not None:
-            if not state["warned"]:
-                send_text("validation samples are skipped: with this VRAM budget blocks stream their weights, and "
-                          "ComfyUI's sampler would load the whole model", node_id)
-                state["warned"] = True
-            return
+        import torch
+
         import comfy.model_management as mm
 
         from ..trainer_core.ltx2 import ensure_trainable_weights
+        from .comfy_model import sampling_within_budget
 
         send_text(f"step {step}: sampling {len(spec.positives)} validation prompt(s)…", node_id)
+        streamer = getattr(predict, "streamer", None)
         with optimizer_offloaded(optimizer):
-            paths = run_validation(spec, patcher, step, Path(run_dir), progress=preview)
-        # decoding may have made ComfyUI move the model: bring it back as training needs it
-        import torch
-
-        with torch.inference_mode(False):
-            mm.load_models_gpu([patcher], memory_required=0, force_full_load=True)
-            ensure_trainable_weights(root)
+            if streamer is not None:
+                # the streaming plan's budget holds while ComfyUI samples
+                with sampling_within_budget(root, streamer, budget_gib, device):
+                    paths = run_validation(spec, patcher, step, Path(run_dir), progress=preview)
+            else:
+                paths = run_validation(spec, patcher, step, Path(run_dir), progress=preview)
+                # decoding may have made ComfyUI move the model: bring it back as training needs it
+                with torch.inference_mode(False):
+                    mm.load_models_gpu([patcher], memory_required=0, force_full_load=True)
+                    ensure_trainable_weights(root)
         live.marker(node_id, step, "validation")
         send_text(f"step {step}: validation saved ({', '.join(Path(p).name for p in paths)})", node_id)
 

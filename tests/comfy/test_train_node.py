@@ -235,3 +235,45 @@ def test_validation_needs_its_inputs(comfy, tiny_model, tmp_path):
     cache = _cache(tmp_path / "cache", variant)
     with pytest.raises(ValueError, match="validation_vae"):
         _train(comfy, model, cache, "vbad", steps=2, validation_every=1)
+
+
+def test_validation_under_a_streaming_plan(comfy, tiny_model, tmp_path):
+    """A budget that streams block weights: validation still samples at its steps (ComfyUI's
+    sampler, within the budget), and the run ends with the same LoRA as the streamed run
+    without validation; the model's weights are back on the offload device, unchanged."""
+    import av
+
+    from comfy_extras.nodes_lt_audio import LTXVAudioVAELoader
+
+    variant, model = tiny_model
+    name = f"tiny_{variant}.safetensors"
+    with torch.inference_mode():
+        vae = comfy.nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]().load_checkpoint(name)[2]
+        audio_vae = LTXVAudioVAELoader.execute(name).result[0]
+    cache = _cache(tmp_path / "cache", variant)
+    tag = variant.replace(".", "")
+    root = model.model.diffusion_model
+    before = {k: v.detach().clone() for k, v in root.state_dict().items()}
+    w = text_context_width(variant, processed=False)
+    g = torch.Generator().manual_seed(9)
+    pos = [[torch.randn(1, 5, w, generator=g), {"unprocessed_ltxav_embeds": True}]]
+    neg = [[torch.randn(1, 3, w, generator=g), {"unprocessed_ltxav_embeds": True}]]
+    plain = _train(comfy, model, cache, f"snov{tag}", steps=6, checkpoint_every=0, vram_budget_gb=0.001)
+    val = _train(comfy, model, cache, f"sval{tag}", steps=6, checkpoint_every=0, vram_budget_gb=0.001,
+                 validation_every=3, validation_positive=pos, validation_negative=neg, validation_vae=vae,
+                 validation_audio_vae=audio_vae, validation_width=64, validation_height=64, validation_frames=9,
+                 validation_steps=2)
+    assert "blocks stream their weights" in val.ui["text"][0]
+    run = Path(comfy.folder_paths.get_output_directory()) / "ltx2_lora_runs" / f"sval{tag}" / "samples"
+    files = sorted(p.name for p in run.glob("*.mp4"))
+    assert files == ["step_000003_0.mp4", "step_000006_0.mp4"], files
+    with av.open(str(run / files[0])) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 9
+    sa, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", plain.result[1])))
+    sb, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", val.result[1])))
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    after = root.state_dict()
+    for k, v in before.items():
+        assert after[k].device == v.device and torch.equal(after[k], v), k

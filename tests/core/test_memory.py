@@ -98,6 +98,28 @@ def test_streamer_uses_the_right_block_weights():
     assert not torch.equal(out[0], plain[0])
 
 
+def test_parked_streamer_hands_back_host_weights_and_resumes():
+    """park(): every streamed block back on its host copy (a sampler may run the model its
+    own way meanwhile); the next forward reloads and gives the same output."""
+    c, root = _tree("2.0", layers=4)
+    inp = step_inputs(c, "text_to_audio_video", seed=6)
+    with torch.no_grad():
+        pred = make_predict(memory_plan=MemoryPlan(["full"] * 4, streamed=[1, 3]))
+        first = pred(root, inp)
+        st = pred.streamer
+        hosts = {id(h) for items in st.params.values() for _, h in items}
+        st.park()
+        assert not st.slot_of and st.holder == [None, None]
+        for items in st.params.values():
+            for p, h in items:
+                assert p.data.data_ptr() == h.data_ptr()
+        n = st.copies
+        again = pred(root, inp)
+        assert st.copies > n and {id(h) for items in st.params.values() for _, h in items} == hosts
+        pred.release()
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
 def test_streaming_refuses_trainable_weights():
     c, root = _tree("2.0", layers=2)
     root.transformer_blocks[0].attn1.to_q.weight.requires_grad_(True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -195,6 +194,7 @@ def test_shipped_workflow_runs_headless_end_to_end(server, info, stem, tmp_path)
         v = c.streams.video[0]
         frames = list(c.decode(video=0))
         assert len(frames) == 9 and (frames[0].width, frames[0].height) == (64, 64)
+        assert abs(float(v.average_rate) - 24) < 0.01
         assert c.streams.audio, "the preview has no sound"
     # captions were written by the captioner (the dataset had none)
     caps = sorted((server.base / "input" / "my_dataset").rglob("*.txt"))

@@ -268,6 +268,17 @@ class BlockStreamer:
         if nxt is not None and nxt not in self.slot_of:
             self._load(nxt, 1 - self.last_slot)
 
+    def park(self) -> None:
+        """Every streamed weight back to its host copy and both slots empty (e.g. while other
+        code — a sampler — runs the model its own way); the next ``enter`` reloads as needed.
+        Nothing is freed: the slots stay allocated for the next training step."""
+        if self.cuda and self.side is not None:
+            self.side.synchronize()
+        for j in list(self.slot_of):
+            self._unbind(j)
+        self.holder = [None, None]
+        self.ready = [None, None]
+
     def restore(self) -> None:
         """Every streamed weight back on its original device; slots freed."""
         for j in list(self.slot_of):
