@@ -62,7 +62,8 @@ def main() -> int:
         name = f"tiny_{variant}.safetensors"
         make_tiny_checkpoint(base / "models/checkpoints" / name, variant=variant, seed=1)
         with torch.inference_mode():
-            model = nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]().load_checkpoint(name)[0]
+            model, _, vae = nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]().load_checkpoint(name)[:3]
+            audio_vae = nodes.NODE_CLASS_MAPPINGS["LTXVAudioVAELoader"].execute(ckpt_name=name).result[0]
         cache = base / f"cache_{variant}"
         g = torch.Generator().manual_seed(0)
         c = LatentCache(cache)
@@ -78,15 +79,26 @@ def main() -> int:
         c.save_manifest()
         node = nodes.NODE_CLASS_MAPPINGS["LTX2TrainLoRA"]
         loras = {}
-        for how, env, budget in (("eager", "off", 0.0), ("compiled", "auto", 0.0), ("compiled+streamed", "auto", 0.001)):
+        gv = torch.Generator().manual_seed(9)
+        validation = dict(validation_every=max(1, a.steps // 2),
+                          validation_positive=[[torch.randn(1, 5, w, generator=gv), {"unprocessed_ltxav_embeds": True}]],
+                          validation_negative=[[torch.randn(1, 3, w, generator=gv), {"unprocessed_ltxav_embeds": True}]],
+                          validation_vae=vae, validation_audio_vae=audio_vae, validation_width=64,
+                          validation_height=64, validation_frames=9, validation_steps=2)
+        for how, env, budget in (("eager", "off", 0.0), ("compiled", "auto", 0.0), ("compiled+streamed", "auto", 0.001),
+                                 ("compiled+streamed+validation", "auto", 0.001)):
             os.environ["LTX2_TRAINER_COMPILE"] = env
             t0 = time.time()
+            extra = validation if how.endswith("validation") else {}
             with torch.inference_mode():
                 res = node.execute(model=model, latents={"path": str(cache)}, recipe="Character",
                                    lora_name=f"{variant}_{how.replace('+', '_')}", steps=a.steps, learning_rate=1e-3,
                                    rank=4, mode="text_to_audio_video", seed=7, resume="none", caption_dropout=0.0,
                                    precision="bf16", checkpoint_every=0, targets="all attention",
-                                   vram_budget_gb=budget)
+                                   vram_budget_gb=budget, **extra)
+            if extra:
+                run = base / "output" / "ltx2_lora_runs" / f"{variant}_{how.replace('+', '_')}" / "samples"
+                records.append({"variant": variant, "how": how, "validation_files": sorted(p.name for p in run.glob("*.mp4"))})
             sd, _ = load_lora(Path(folder_paths.get_full_path("loras", res.result[1])))
             loras[how] = {k: v.float() for k, v in sd.items()}
             hist = res.result[2]
@@ -100,7 +112,11 @@ def main() -> int:
         num = sum(float((loras["compiled+streamed"][k] - loras["compiled"][k]).norm() ** 2) for k in ref) ** 0.5
         records.append({"variant": variant, "compare": "streamed vs resident (both compiled)",
                         "lora_rel_diff": num / max(1e-30, sum(float(v.norm() ** 2) for v in ref.values()) ** 0.5)})
-        print(json.dumps(records[-6:], indent=1), flush=True)
+        num = sum(float((loras["compiled+streamed+validation"][k] - loras["compiled+streamed"][k]).norm() ** 2)
+                  for k in ref) ** 0.5
+        records.append({"variant": variant, "compare": "streamed with validation vs streamed without",
+                        "lora_rel_diff": num / max(1e-30, sum(float(v.norm() ** 2) for v in ref.values()) ** 0.5)})
+        print(json.dumps(records[-9:], indent=1), flush=True)
     (out / "gpu_smoke_train.json").write_text(json.dumps(records, indent=1))
     return 0
 
