@@ -157,7 +157,7 @@ def calibrate(root, inp, dev, k: int = 8) -> dict:
     return rec
 
 
-def make_plan(root, inp, budget_gib, compiled: bool, lora):
+def make_plan(root, inp, budget_gib, compiled: bool, lora, transfer: str = "bf16"):
     """The plan the Train node would pick: ``budget_gib`` None = the whole card (less 2 GiB)."""
     from trainer_core.ltx2.memory import module_bytes
 
@@ -166,7 +166,7 @@ def make_plan(root, inp, budget_gib, compiled: bool, lora):
     trainable = sum(p.numel() for p in lora.parameters()) * 4 * 4  # weights, grads, 2 Adam moments (fp32)
     budget = budget_gib if budget_gib is not None else _free_gib(root.patchify_proj.weight.device) - 2.0
     return plan_memory(blocks, other, inp.video.tokens.shape[1], inp.audio.tokens.shape[1], budget_gib=budget,
-                       trainable_bytes=trainable, compiled=compiled)
+                       trainable_bytes=trainable, compiled=compiled, transfer=transfer)
 
 
 def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: bool) -> list[dict]:
@@ -205,7 +205,8 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         if compiled and shape not in calibrated and run.get("calibrate", True):
             calibrated[shape] = calibrate(root, inp, dev)
         lora, opt = _lora_and_opt(root, dev)
-        plan = make_plan(root, inp, budget, compiled, lora)
+        transfer = run.get("transfer", "bf16")
+        plan = make_plan(root, inp, budget, compiled, lora, transfer)
         predict = make_predict(memory_plan=plan, compile_blocks=compiled)
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -244,7 +245,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         rec = {"stack": "ours", "model": model, "shape": shape, "audio": True, "budget_gib": budget,
                "s_per_step": round(s, 4), "peak_vram_gib": round(peak, 2),
                "mfu": round(2 * flops[shape] / s / gpu_peak(name), 4) if times and not math.isnan(gpu_peak(name)) else None,
-               "gpu": name, "compiled": compiled, "plan": plan.summary(), "plan_keep": plan.modes.count("keep"),
+               "gpu": name, "compiled": compiled, "stream_transfer": plan.transfer, "plan": plan.summary(), "plan_keep": plan.modes.count("keep"),
                "plan_streamed": len(plan.streamed), "expected_peak_gib": round(plan.expected_peak_gib, 2),
                "first_step_s": round(t_first, 1), "fwd_tflop": round(flops[shape] / 1e12, 2),
                "params_b": round(n_params / 1e9, 2), "video_tokens": inp.video.tokens.shape[1],
@@ -269,9 +270,9 @@ def stream_equality(root, inputs, dev, model, gpu, steps=3, budget=24.0) -> dict
     inp = inputs[shape]
     finals = []
     plans = []
-    for b in (None, budget):
+    for b, tr in ((None, "bf16"), (budget, "bf16"), (budget, "fp8")):
         lora, opt = _lora_and_opt(root, dev, seed=1)
-        plan = make_plan(root, inp, b, True, lora)
+        plan = make_plan(root, inp, b, True, lora, tr)
         # the same kernels either way: compare the resident plan's modes with streaming added
         plans.append(plan)
         predict = make_predict(memory_plan=plan, compile_blocks=True)
@@ -281,14 +282,18 @@ def stream_equality(root, inputs, dev, model, gpu, steps=3, budget=24.0) -> dict
         lora.detach()
         del lora, opt, predict
         torch.cuda.empty_cache()
-    (wa, la), (wb, lb) = finals
+    (wa, la), (wb, lb), (wc, lc) = finals
+    den = sum(float(wa[k].norm() ** 2) for k in wa) ** 0.5
     num = sum(float((wa[k] - wb[k]).norm() ** 2) for k in wa) ** 0.5
-    den = sum(float((wa[k] - finals[0][0][k]).norm() ** 2) + float(wa[k].norm() ** 2) for k in wa) ** 0.5
     rec = {"check": "streamed equals resident", "model": model, "shape": shape, "gpu": gpu, "steps": steps,
            "budget_gib": budget, "streamed_blocks": len(plans[1].streamed), "losses_resident": la,
            "losses_streamed": lb, "lora_rel_diff": num / max(den, 1e-30),
            "max_abs_diff": max(float((wa[k] - wb[k]).abs().max()) for k in wa)}
     emit(rec)
+    num8 = sum(float((wa[k] - wc[k]).norm() ** 2) for k in wa) ** 0.5
+    emit({"check": "fp8-streamed vs resident (frozen weights of streamed blocks rounded to fp8)", "model": model,
+          "shape": shape, "gpu": gpu, "steps": steps, "budget_gib": budget, "streamed_blocks": len(plans[2].streamed),
+          "losses_resident": la, "losses_fp8_streamed": lc, "lora_rel_diff": num8 / max(den, 1e-30)})
     return rec
 
 
@@ -335,7 +340,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default="ltx-2.0,ltx-2.3")
     ap.add_argument("--runs", default="768x512x121:none,512x512x33:none,768x512x121:24,768x512x121:16",
-                    help="shape:budget[:eager][:nocal] for LTX-2.0; LTX-2.3 runs its first entry only")
+                    help="shape:budget[:eager][:nocal][:fp8] for LTX-2.0; LTX-2.3 runs its first entry only")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-equality", action="store_true")
@@ -353,7 +358,8 @@ def main() -> int:
             runs.append({"equality": True, "shape": parts[1] if len(parts) > 1 else "768x512x121"})
             continue
         runs.append({"shape": parts[0], "budget": None if parts[1] == "none" else float(parts[1]),
-                     "compile": "eager" not in parts[2:], "calibrate": "nocal" not in parts[2:]})
+                     "compile": "eager" not in parts[2:], "calibrate": "nocal" not in parts[2:],
+                     "transfer": "fp8" if "fp8" in parts[2:] else "bf16"})
     gpu = torch.cuda.get_device_name().replace(" ", "_")
     out = Path(a.out) if a.out else Path(__file__).parent / "results" / f"train_step_{gpu}.json"
     _SINK["path"] = str(out)

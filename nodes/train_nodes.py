@@ -104,6 +104,12 @@ class TrainLoRA(io.ComfyNode):
                                tooltip="GPU memory training may use, in GB. 0 = automatic: what ComfyUI reports "
                                        "free once the other models are unloaded. When the 19B/22B weights don't "
                                        "fit, blocks stream from host memory (RAM ≥ 64 GB recommended)."),
+                io.Combo.Input("stream_weights_as", options=["bf16", "fp8"], default="bf16", advanced=True,
+                               tooltip="How streamed blocks' frozen weights travel from host memory (only when the "
+                                       "budget makes blocks stream). bf16: exact, the same LoRA as a resident run. "
+                                       "fp8: half the bytes per step, so streaming is much faster; those blocks' "
+                                       "frozen weights are rounded to fp8 (per-row scales) while training, as in "
+                                       "fp8 training recipes. Host memory: 1.5× the streamed weights."),
                 io.Int.Input("validation_every", default=0, min=0, max=100000, optional=True,
                              tooltip="Every N steps, sample the validation prompts with the LoRA as it is then "
                                      "(saved as <run>/samples/step_000500_0.mp4, shown in the node). 0 = off."),
@@ -153,7 +159,7 @@ class TrainLoRA(io.ComfyNode):
                 audio_weight=-1.0, first_frame_prob=0.5, caption_dropout=0.05, optimizer="adamw",
                 scheduler="constant", warmup_steps=0, grad_accum=1, max_grad_norm=1.0, checkpoint_every=250,
                 keep_checkpoints=3, precision="bf16", gradient_checkpointing=True,
-                vram_budget_gb=0.0, validation_every=0, validation_prompts="", validation_clip=None,
+                vram_budget_gb=0.0, stream_weights_as="bf16", validation_every=0, validation_prompts="", validation_clip=None,
                 validation_positive=None, validation_negative=None, validation_vae=None, validation_audio_vae=None,
                 validation_image=None, validation_width=512, validation_height=320, validation_frames=49,
                 validation_steps=20, validation_cfg=4.0, validation_seed=42) -> io.NodeOutput:
@@ -175,6 +181,7 @@ class TrainLoRA(io.ComfyNode):
             optimizer=optimizer, scheduler=scheduler, warmup_steps=warmup_steps, grad_accum=grad_accum,
             max_grad_norm=max_grad_norm, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
             mixed_precision=precision, grad_checkpointing=gradient_checkpointing, vram_budget_gb=vram_budget_gb,
+            stream_transfer=stream_weights_as,
             trigger_word=latents.get("trigger_word", "") if isinstance(latents, dict) else ""))
         safe_name = safe_join(folder_paths.get_output_directory(), lora_name, allow_subdirs=False).name
         run_dir = safe_join(folder_paths.get_output_directory(), f"ltx2_lora_runs/{safe_name}")

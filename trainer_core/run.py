@@ -140,4 +140,4 @@ def plan_for_training(root: torch.nn.Module, cache_dir: str, cfg: TrainConfig, b
     other = module_bytes(root) - sum(module_bytes(b) for b in blocks)
     return plan_memory(blocks, other, worst[0] * batch_size, worst[1] * batch_size, budget_gib=budget_gib,
                        trainable_bytes=n_lora * per_param, compiled=compiled,
-                       allow_keep=True)
+                       allow_keep=True, transfer=getattr(cfg, "stream_transfer", "bf16") or "bf16")

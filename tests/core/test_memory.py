@@ -79,6 +79,60 @@ def test_streamed_training_equals_resident(variant):
     assert n == 6
 
 
+@pytest.mark.parametrize("variant", ["2.0", "2.3"])
+def test_fp8_streaming_equals_a_resident_run_on_fp8_rounded_weights(variant):
+    """transfer="fp8": the streamed blocks' linear weights travel as fp8 with per-row scales
+    and are dequantized into the slots; training equals, bit for bit, a resident run whose
+    same weights were rounded the same way, differs from the exact run only by that rounding,
+    and the model's own weights come back untouched."""
+    from trainer_core.ltx2.memory import fp8_eligible, fp8_roundtrip
+
+    c, root = _tree(variant)
+    ref_state = copy.deepcopy(root.state_dict())
+    streamed_idx = [1, 2, 4, 5]
+    streamed = MemoryPlan(["keep", "full", "full", "full", "full", "full"], streamed=streamed_idx, transfer="fp8")
+    l_fp8, w_fp8, copies = _train(root, c, streamed)
+    assert copies >= 12
+    for k, v in root.state_dict().items():
+        assert torch.equal(v, ref_state[k]), k
+    rounded = copy.deepcopy(root)
+    n_q = 0
+    with torch.no_grad():
+        for i in streamed_idx:
+            for p in rounded.transformer_blocks[i].parameters():
+                if fp8_eligible(p):
+                    p.copy_(fp8_roundtrip(p))
+                    n_q += 1
+    assert n_q >= 4 * 8  # every attention projection and the feed-forwards of those blocks
+    l_ref, w_ref, _ = _train(rounded, c, MemoryPlan(["keep", "full", "full", "full", "full", "full"]))
+    assert l_fp8 == l_ref
+    for k in w_ref:
+        assert torch.equal(w_fp8[k], w_ref[k]), k
+    l_exact, w_exact, _ = _train(root, c, MemoryPlan(["keep", "full", "full", "full", "full", "full"]))
+    assert l_exact != l_fp8 and max(abs(a - b) / abs(a) for a, b in zip(l_exact, l_fp8)) < 0.05
+
+
+def test_fp8_rounding_is_close_and_plans_count_the_staging():
+    from trainer_core.ltx2.memory import fp8_roundtrip
+
+    w = torch.randn(64, 128, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    r = fp8_roundtrip(w)
+    assert r.dtype == w.dtype and not torch.equal(r, w)
+    assert ((r.float() - w.float()).norm() / w.float().norm()).item() < 0.05
+    blocks = [torch.nn.Linear(256, 256, bias=False) for _ in range(8)]
+    bb = module_bytes(blocks[0])
+    kw = dict(other_bytes=0, video_tokens=16, block_bytes=[bb] * 8, allow_keep=False, stream_for_speed=False)
+    everything = plan_memory(blocks, budget_gib=None, **kw).expected_peak_gib * GIB
+    tight = (everything - 1.5 * bb) / GIB
+    p16 = plan_memory(blocks, budget_gib=tight, **kw)
+    p8 = plan_memory(blocks, budget_gib=tight, transfer="fp8", **kw)
+    assert p16.streamed and p16.transfer == "bf16" and p8.transfer == "fp8"
+    assert len(p8.streamed) > len(p16.streamed)  # the fp8 staging takes room: more blocks stream
+    assert "as fp8" in p8.summary() and "fp8" not in p16.summary()
+    fits = plan_memory(blocks, budget_gib=100.0, transfer="fp8", **kw)
+    assert not fits.streamed and fits.transfer == "bf16"  # nothing streams: nothing is rounded
+
+
 def test_streamer_uses_the_right_block_weights():
     """A streamed block computes with its own weights: swapping two streamed blocks' weights
     in the host copies changes the output exactly as swapping them in the resident tree."""

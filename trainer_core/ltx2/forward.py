@@ -771,7 +771,8 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
                 if memory_plan.streamed and state["streamer"] is None:
                     from .memory import BlockStreamer
 
-                    state["streamer"] = BlockStreamer(root.transformer_blocks, memory_plan.streamed, ref.device)
+                    state["streamer"] = BlockStreamer(root.transformer_blocks, memory_plan.streamed, ref.device,
+                                                      transfer=getattr(memory_plan, "transfer", "bf16"))
                     predict.streamer = state["streamer"]  # type: ignore[attr-defined]
             fn = block_fn
             if cg_fn is not None and ref.is_cuda and state["streamer"] is None:

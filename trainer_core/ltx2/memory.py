@@ -57,13 +57,15 @@ class MemoryPlan:
     budget_gib: Optional[float] = None
     expected_peak_gib: float = 0.0
     notes: list[str] = field(default_factory=list)
+    transfer: str = "bf16"  # how streamed weights travel: "bf16" (exact) or "fp8" (half the bytes)
 
     def summary(self) -> str:
         n = len(self.modes)
         keep = self.modes.count("keep")
         parts = [f"{keep}/{n} blocks keep activations, {n - keep} recompute in backward"]
         if self.streamed:
-            parts.append(f"{len(self.streamed)} blocks stream their weights from host memory")
+            parts.append(f"{len(self.streamed)} blocks stream their weights from host memory"
+                         + (" as fp8 (per-row scales)" if self.transfer == "fp8" else ""))
         else:
             parts.append("all weights resident")
         b = f"budget {self.budget_gib:.1f} GiB" if self.budget_gib else "no budget"
@@ -71,13 +73,13 @@ class MemoryPlan:
 
     def to_dict(self) -> dict:
         return {"modes": self.modes, "streamed": self.streamed, "budget_gib": self.budget_gib,
-                "expected_peak_gib": round(self.expected_peak_gib, 2), "notes": self.notes}
+                "expected_peak_gib": round(self.expected_peak_gib, 2), "notes": self.notes, "transfer": self.transfer}
 
 
 def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video_tokens: int, audio_tokens: int = 0,
                 budget_gib: Optional[float] = None, trainable_bytes: int = 0, compiled: bool = False,
                 block_bytes: Optional[Sequence[int]] = None, allow_keep: bool = True,
-                stream_for_speed: bool = True) -> MemoryPlan:
+                stream_for_speed: bool = True, transfer: str = "bf16") -> MemoryPlan:
     """The plan for a VRAM budget.
 
     blocks: the transformer blocks (or a ModuleList); ``other_bytes``: every other frozen
@@ -86,8 +88,11 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
     resident weights with as many ``keep`` blocks as an 80 GiB-class card would not need —
     i.e. no limit: all blocks keep. The plan first streams as few blocks as the weights
     need, then spends what is left on ``keep`` blocks (spread evenly), everything else
-    recomputes.
+    recomputes. ``transfer="fp8"``: streamed weights travel as fp8 (each slot then also holds
+    an fp8 staging copy: 1.5 slots' worth per slot).
     """
+    if transfer not in ("bf16", "fp8"):
+        raise ValueError(f"transfer must be 'bf16' or 'fp8', not {transfer!r}")
     blocks = list(blocks)
     n = len(blocks)
     sizes = list(block_bytes) if block_bytes is not None else [module_bytes(b) for b in blocks]
@@ -106,7 +111,8 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
     base = fixed + n * full_b
     streamed: list[int] = []
     resident = sum(sizes)
-    slot = max(sizes) if sizes else 0
+    blk = max(sizes) if sizes else 0
+    slot = int(blk * 1.5) if transfer == "fp8" else blk  # one device slot (+ fp8 staging)
     if base + resident > budget:
         for k in range(1, n + 1):
             idx = _spread(n, k)
@@ -120,6 +126,8 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
             resident = 2 * slot
             notes.append("even with every block streamed the plan exceeds the budget; expect out-of-memory "
                          "unless the batch or the bucket shrinks")
+    # fp8 transfers only where the weights do not fit; the speed trade below stays exact (bf16)
+    transfer = transfer if streamed else "bf16"
     # 2) activations: spend the rest on "keep" (never for streamed blocks)
     left = budget - base - resident
     candidates = [i for i in range(n) if i not in set(streamed)]
@@ -137,7 +145,7 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
             s_n = n - k
             if s_n > k:
                 break
-            need = base + total - s_n * slot + 2 * slot + k * extra
+            need = base + total - s_n * blk + 2 * blk + k * extra
             if need <= budget:
                 best = k
                 break
@@ -145,12 +153,12 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
             keep_idx = set(_spread(n, best))
             streamed = [i for i in range(n) if i not in keep_idx]
             k_keep = best
-            resident = total - len(streamed) * slot + 2 * slot
+            resident = total - len(streamed) * blk + 2 * blk
             notes.append(f"{len(streamed)} recomputed blocks stream their weights so that {best} blocks can keep "
                          "their activations")
     modes = ["keep" if i in keep_idx else "full" for i in range(n)]
     peak = base + resident + k_keep * extra
-    return MemoryPlan(modes, streamed, float(budget_gib), peak / GIB, notes)
+    return MemoryPlan(modes, streamed, float(budget_gib), peak / GIB, notes, transfer)
 
 
 def _spread(n: int, k: int) -> list[int]:
@@ -180,39 +188,58 @@ class BlockStreamer:
     """
 
     def __init__(self, blocks: Sequence[nn.Module], streamed: Sequence[int], device: torch.device | str,
-                 pin: bool = True):
+                 pin: bool = True, transfer: str = "bf16"):
+        if transfer not in ("bf16", "fp8"):
+            raise ValueError(f"transfer must be 'bf16' or 'fp8', not {transfer!r}")
         self.blocks = list(blocks)
         self.streamed = sorted(set(int(i) for i in streamed))
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
+        self.fp8 = transfer == "fp8"
         self.params: dict[int, list[tuple[nn.Parameter, torch.Tensor]]] = {}
         self.origin: dict[int, list[torch.device]] = {}
+        # fp8: per streamed block, for each quantized weight (by position) the fp8 host copy
+        # and its per-row scales (on the device); other parameters travel as they are
+        self.q: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
         layout = None
         for i in self.streamed:
             items = []
             names = []
-            for name, p in self.blocks[i].named_parameters():
+            qs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+            for k, (name, p) in enumerate(self.blocks[i].named_parameters()):
                 if p.requires_grad:
                     raise ValueError(f"block {i} parameter {name} is trainable; only frozen weights can be streamed")
-                host = p.detach().to("cpu", copy=True)
-                if pin and self.cuda:
-                    host = host.pin_memory()
+                if self.fp8 and fp8_eligible(p):
+                    # the bf16 original stays as the parameter's host data (exact restore, and
+                    # correct weights for anyone running the model while the streamer is parked)
+                    host = p.detach() if p.device.type == "cpu" else p.detach().to("cpu")
+                    qw, sc = quantize_fp8(host)
+                    if pin and self.cuda:
+                        qw = qw.pin_memory()
+                    qs[k] = (qw, sc.to(self.device))
+                else:
+                    host = p.detach().to("cpu", copy=True)
+                    if pin and self.cuda:
+                        host = host.pin_memory()
                 items.append((p, host))
-                names.append((name, tuple(p.shape), p.dtype))
+                names.append((name, tuple(p.shape), p.dtype, k in qs))
             if layout is None:
                 layout = names
             elif names != layout:
                 raise ValueError("streamed blocks must share one parameter layout")
             self.origin[i] = [p.device for p, _ in items]
             self.params[i] = items
+            self.q[i] = qs
             for p, host in items:
                 p.data = host  # the device copy is released here
         self.layout = layout or []
-        # two slots: one flat buffer per dtype, with a view per parameter
+        # two slots: a device tensor per parameter (+ an fp8 staging tensor per quantized one)
         self.slots: list[list[torch.Tensor]] = []
+        self.staging: list[dict[int, torch.Tensor]] = []
         for _ in range(2 if self.streamed else 0):
-            views = [torch.empty(shape, dtype=dt, device=self.device) for _, shape, dt in self.layout]
-            self.slots.append(views)
+            self.slots.append([torch.empty(shape, dtype=dt, device=self.device) for _, shape, dt, _ in self.layout])
+            self.staging.append({k: torch.empty(shape, dtype=torch.float8_e4m3fn, device=self.device)
+                                 for k, (_, shape, _, q) in enumerate(self.layout) if q})
         self.holder: list[Optional[int]] = [None, None]
         self.slot_of: dict[int, int] = {}
         self.last_slot = 1
@@ -242,15 +269,24 @@ class BlockStreamer:
             ev = torch.cuda.current_stream(self.device).record_event()
             with torch.cuda.stream(self.side):
                 self.side.wait_event(ev)
-                for (p, host), view in zip(self.params[j], views):
-                    view.copy_(host, non_blocking=True)
+                self._copy_in(j, s, views, non_blocking=True)
                 self.ready[s] = self.side.record_event()
         else:
-            for (p, host), view in zip(self.params[j], views):
-                view.copy_(host)
+            self._copy_in(j, s, views, non_blocking=False)
         self.holder[s] = j
         self.slot_of[j] = s
         self.copies += 1
+
+    def _copy_in(self, j: int, s: int, views: list[torch.Tensor], non_blocking: bool) -> None:
+        qs = self.q.get(j, {})
+        for k, ((p, host), view) in enumerate(zip(self.params[j], views)):
+            if k in qs:
+                qw, sc = qs[k]
+                stage = self.staging[s][k]
+                stage.copy_(qw, non_blocking=non_blocking)
+                dequantize_fp8(stage, sc, out=view)
+            else:
+                view.copy_(host, non_blocking=non_blocking)
 
     def enter(self, i: int) -> None:
         backward = torch._C._current_graph_task_id() != -1
@@ -287,12 +323,56 @@ class BlockStreamer:
             for (p, host), dev in zip(items, self.origin[i]):
                 p.data = host.to(dev)
         self.params.clear()
+        self.q.clear()
         self.slots.clear()
+        self.staging.clear()
         self.holder = [None, None]
         self.streamed = []
 
     def weight_bytes_on_host(self) -> int:
         return sum(h.numel() * h.element_size() for items in self.params.values() for _, h in items)
 
+    def transfer_bytes_per_block(self) -> int:
+        """Bytes copied from the host for one streamed block."""
+        if not self.streamed:
+            return 0
+        j = self.streamed[0]
+        qs = self.q.get(j, {})
+        return sum(qs[k][0].numel() if k in qs else h.numel() * h.element_size()
+                   for k, (_, h) in enumerate(self.params[j]))
 
-__all__ = ["MemoryPlan", "plan_memory", "BlockStreamer", "module_bytes"]
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def fp8_eligible(p: torch.Tensor) -> bool:
+    """Weights that travel as fp8: the matrices of linear layers; norms, biases and the AdaLN
+    tables (6 or 9 rows) stay in their own dtype."""
+    return p.dim() == 2 and min(p.shape) >= 16 and p.dtype in (torch.bfloat16, torch.float16, torch.float32)
+
+
+def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float8_e4m3fn with one fp32 scale per output row (absmax / 448)."""
+    wf = w.float()
+    scale = wf.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / FP8_MAX
+    return (wf / scale).to(torch.float8_e4m3fn), scale
+
+
+def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, out: Optional[torch.Tensor] = None,
+                   dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Back to ``out``'s dtype (or ``dtype``): fp8 -> fp32, times the row scale, rounded once."""
+    v = q.float().mul_(scale)
+    if out is None:
+        return v.to(dtype)
+    out.copy_(v)
+    return out
+
+
+def fp8_roundtrip(w: torch.Tensor) -> torch.Tensor:
+    """What a weight becomes after travelling as fp8 (for reference runs and tests)."""
+    q, s = quantize_fp8(w)
+    return dequantize_fp8(q, s, dtype=w.dtype)
+
+
+__all__ = ["MemoryPlan", "plan_memory", "BlockStreamer", "module_bytes", "fp8_roundtrip", "quantize_fp8",
+           "dequantize_fp8"]
