@@ -171,6 +171,7 @@ class Bucket(io.ComfyNode):
                                 tooltip="What training will see: each sample's first frame, cropped to its bucket."),
             ],
             hidden=[io.Hidden.unique_id],
+            is_output_node=True,  # runs on its own too: inspect a dataset before encoding it
         )
 
     @classmethod

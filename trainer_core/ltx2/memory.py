@@ -245,6 +245,7 @@ class BlockStreamer:
         self.last_slot = 1
         self.side = torch.cuda.Stream(device=self.device) if self.cuda and self.streamed else None
         self.ready: list[Optional[torch.cuda.Event]] = [None, None]
+        self.fresh = [False, False]  # slot holds fp8 staging not yet dequantized
         self.copies = 0  # blocks copied in (for tests and reports)
 
     # -------------------------------------------------------------------------------
@@ -278,15 +279,24 @@ class BlockStreamer:
         self.copies += 1
 
     def _copy_in(self, j: int, s: int, views: list[torch.Tensor], non_blocking: bool) -> None:
+        """Side stream: host -> slot copies (fp8 weights into the slot's staging tensors)."""
         qs = self.q.get(j, {})
         for k, ((p, host), view) in enumerate(zip(self.params[j], views)):
             if k in qs:
-                qw, sc = qs[k]
-                stage = self.staging[s][k]
-                stage.copy_(qw, non_blocking=non_blocking)
-                dequantize_fp8(stage, sc, out=view)
+                self.staging[s][k].copy_(qs[k][0], non_blocking=non_blocking)
             else:
                 view.copy_(host, non_blocking=non_blocking)
+        self.fresh[s] = bool(qs)
+
+    def _dequantize(self, j: int, s: int) -> None:
+        """Compute stream: fp8 staging -> the slot's weights. Run here, not on the side stream:
+        next to compute-bound kernels a side-stream kernel waits for free SMs, which delays
+        the block that needs it (measured on an H200: 18.9 ms for a copy + dequantization
+        overlapped with 11 ms of matmuls, against 15.9 ms for the bf16 copy)."""
+        deq = _fused_dequantize() if self.cuda else dequantize_fp8
+        for k, (qw, sc) in self.q.get(j, {}).items():
+            deq(self.staging[s][k], sc, out=self.slots[s][k])
+        self.fresh[s] = False
 
     def enter(self, i: int) -> None:
         backward = torch._C._current_graph_task_id() != -1
@@ -297,6 +307,8 @@ class BlockStreamer:
                 self._load(i, s)
             if self.cuda and self.ready[s] is not None:
                 torch.cuda.current_stream(self.device).wait_event(self.ready[s])
+            if self.fresh[s]:
+                self._dequantize(i, s)
             for (p, _), view in zip(self.params[i], self.slots[s]):
                 p.data = view
             self.last_slot = s
@@ -314,6 +326,7 @@ class BlockStreamer:
             self._unbind(j)
         self.holder = [None, None]
         self.ready = [None, None]
+        self.fresh = [False, False]
 
     def restore(self) -> None:
         """Every streamed weight back on its original device; slots freed."""
@@ -366,6 +379,23 @@ def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, out: Optional[torch.Ten
         return v.to(dtype)
     out.copy_(v)
     return out
+
+
+_FUSED = None
+
+
+def _fused_dequantize():
+    """``dequantize_fp8`` as one compiled kernel per weight shape (same arithmetic: fp8 ->
+    fp32, times the row scale, one rounding), about bandwidth-bound instead of three passes
+    with temporaries."""
+    global _FUSED
+    if _FUSED is None:
+        def deq(q, scale, out):
+            out.copy_(q.float() * scale)
+            return out
+
+        _FUSED = torch.compile(deq, dynamic=False)
+    return _FUSED
 
 
 def fp8_roundtrip(w: torch.Tensor) -> torch.Tensor:
