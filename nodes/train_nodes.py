@@ -107,10 +107,10 @@ class TrainLoRA(io.ComfyNode):
                 io.Combo.Input("stream_weights_as", options=["bf16", "fp8"], default="bf16", advanced=True,
                                tooltip="How streamed blocks' frozen weights travel from host memory (only when the "
                                        "budget makes blocks stream). bf16: exact, the same LoRA as a resident run. "
-                                       "fp8: half the bytes, faster streaming (19B, 768×512×121, 24 GB budget: "
-                                       "1.38 instead of 1.56 s/step on an H200); those blocks' frozen weights are "
-                                       "rounded to fp8 (per-row scales) while training. Host memory: 1.5× the "
-                                       "streamed weights."),
+                                       "fp8 (experimental): half the bytes per copy, but not yet reliably faster "
+                                       "(H200, 19B, 24 GB budget: 1.38–1.58 s/step against 1.46–1.56 for bf16); "
+                                       "those blocks' frozen weights are rounded to fp8 (per-row scales) while "
+                                       "training. Host memory: 1.5× the streamed weights."),
                 io.Int.Input("validation_every", default=0, min=0, max=100000, optional=True,
                              tooltip="Every N steps, sample the validation prompts with the LoRA as it is then "
                                      "(saved as <run>/samples/step_000500_0.mp4, shown in the node). 0 = off."),
