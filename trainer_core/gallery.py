@@ -96,7 +96,8 @@ def build_gallery(dataset, folder: str | Path, *, max_items: int = 48, thumb_hei
     """Thumbnails and playable clips for the first ``max_items`` samples, written into
     ``folder`` (files already there for an unchanged sample are reused). Returns
     ``{"total": N, "shown": n, "items": [...]}``; each item has ``thumb`` and ``clip`` file
-    names (``clip`` is None where the clip could not be made, with ``error`` saying why),
+    names (``clip`` is None for stills — ``still`` is True — and where the clip could not be
+    made, with ``error`` saying why),
     ``caption``, ``flags`` (readable text), ``bucket``, ``fps``, ``source``, ``start``,
     ``duration``, ``audio``."""
     folder = Path(folder)
@@ -114,18 +115,20 @@ def build_gallery(dataset, folder: str | Path, *, max_items: int = 48, thumb_hei
                 "start": round(s.start, 3), "duration": round(s.duration, 3), "audio": bool(s.has_audio),
                 "thumb": None, "clip": None}
         thumb, mp4 = folder / f"{key}.jpg", folder / f"{key}.mp4"
-        try:
-            if not mp4.exists():
-                write_sample_clip(dataset, i, mp4, height=clip_height)
-            item["clip"] = mp4.name
-        except Exception as e:  # a sample that cannot be previewed still shows its facts
-            item["error"] = f"{type(e).__name__}: {e}"[:200]
+        item["still"] = clip.kind != "video" or s.bucket.frames <= 1 or s.fps <= 0
+        if not item["still"]:
+            try:
+                if not mp4.exists():
+                    write_sample_clip(dataset, i, mp4, height=clip_height)
+                item["clip"] = mp4.name
+            except Exception as e:  # a sample that cannot be previewed still shows its facts
+                item["error"] = f"{type(e).__name__}: {e}"[:200]
         try:
             if not thumb.exists():
                 from . import media
 
                 fr = media.frames_at(clip.path, [s.start + 1e-3])[0]
-                img = crop_to_bucket(fr, s.bucket, height=thumb_height)
+                img = crop_to_bucket(fr, s.bucket, height=clip_height if item["still"] else thumb_height)
                 with atomic_path(thumb) as tmp:
                     img.convert("RGB").save(tmp, "JPEG", quality=85)
             item["thumb"] = thumb.name

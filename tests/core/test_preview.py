@@ -195,10 +195,15 @@ def test_gallery_clips_play_exactly_the_training_sample(ds, tmp_path):
     seen = []
     g = gallery.build_gallery(dset, tmp_path / "gal", max_items=6, clip_height=96, progress=lambda i, n: seen.append(i))
     assert g["total"] == len(dset.samples) > 6 and g["shown"] == 6 and seen == list(range(1, 7))
+    assert sum(1 for it in g["items"] if it["clip"]) >= 4
     for item in g["items"]:
         s = dset.samples[item["index"]]
-        assert item["thumb"] and item["clip"], item
+        assert item["thumb"] and "error" not in item, item
         assert item["bucket"] == str(s.bucket) and item["caption"] == (s.caption or "")
+        if s.bucket.frames == 1:  # one-frame buckets are shown as stills
+            assert item["still"] and item["clip"] is None
+            continue
+        assert item["clip"] and not item["still"]
         with av.open(str(tmp_path / "gal" / item["clip"])) as c:
             v = c.streams.video[0]
             frames = [f for f in c.decode(video=0)]
@@ -214,3 +219,23 @@ def test_gallery_clips_play_exactly_the_training_sample(ds, tmp_path):
     assert again["items"] == g["items"]
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "gal").iterdir()} == stamp  # reused
     assert not [p for p in (tmp_path / "gal").iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_gallery_shows_stills_without_a_clip(ds, tmp_path):
+    """Image samples (one-frame buckets) get a bucket-cropped picture, no mp4."""
+    from PIL import Image as PILImage
+
+    from trainer_core import gallery
+    from trainer_core.buckets import build_dataset, parse_buckets
+
+    cs = ClipSet(root=ds.root, clips=[media.probe(ds.files[n].path, ds.root) for n in ("still.png", "card.jpg")])
+    dset, _ = build_dataset(scenes.split_scenes(cs), parse_buckets("64x64x1;64x96x1"), target_fps=24.0)
+    g = gallery.build_gallery(dset, tmp_path / "g", clip_height=96)
+    assert g["shown"] == 2
+    for item in g["items"]:
+        assert item["still"] and item["clip"] is None and "error" not in item, item
+        with PILImage.open(tmp_path / "g" / item["thumb"]) as im:
+            w, h = im.size
+        b = dset.samples[item["index"]].bucket
+        assert h == 96 and abs(w / h - b.width / b.height) < 0.03
+    assert not list((tmp_path / "g").glob("*.mp4"))

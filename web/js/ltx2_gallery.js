@@ -40,7 +40,12 @@ function play(g, item) {
   x.onclick = closePlayer;
   head.append(x);
   box.append(head);
-  if (item.clip) {
+  if (item.still && item.thumb) {
+    const im = el("img", "display:block;max-width:76vw;max-height:64vh;min-width:240px;background:#000");
+    im.className = "ltx2-gallery-still";
+    im.src = viewUrl(g, item.thumb);
+    box.append(im);
+  } else if (item.clip) {
     const v = el("video", "display:block;max-width:76vw;max-height:64vh;min-width:320px;background:#000");
     v.className = "ltx2-gallery-video";
     v.controls = true; v.autoplay = true; v.loop = true; v.playsInline = true;
