@@ -207,7 +207,11 @@ class Bucket(io.ComfyNode):
         sheet = preview.dataset_gallery(ds, report)
         img = image_batch(sheet)
         ui = preview_ui(img, text, cls)
-        ui["ltx2_gallery"] = [gallery_payload(ds, progress)]
+        g = gallery_payload(ds, progress)
+        ui["ltx2_gallery"] = [g]
+        from . import live
+
+        live.set_gallery(progress.node_id, g)  # for a page reloaded later
         return io.NodeOutput(ds, text, img, ui=ui)
 
 

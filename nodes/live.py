@@ -2,13 +2,15 @@
 
 While a Train node runs, every step is pushed to the frontend as a ``ltx2_trainer.step``
 event and kept in a bounded in-process log keyed by the node's id, so a page reloaded during
-a run can fetch what it missed from ``GET /ltx2_trainer/live/{node_id}``. This is UI state of
-the server process (like ComfyUI's own progress state), not state of a node class.
+a run can fetch what it missed from ``GET /ltx2_trainer/live/{node_id}``. Bucket's dataset
+gallery is kept the same way (``GET /ltx2_trainer/gallery/{node_id}``, the last few nodes), so
+it comes back after a reload too. This is UI state of the server process (like ComfyUI's own
+progress state), not state of a node class.
 """
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Optional
 
 EVENT_STEP = "ltx2_trainer.step"
@@ -67,6 +69,25 @@ def snapshot(node_id: str) -> dict:
                 "markers": list(run["markers"]), "running": run["running"]}
 
 
+MAX_GALLERIES = 16
+_galleries: "OrderedDict[str, dict]" = OrderedDict()
+
+
+def set_gallery(node_id: Optional[str], payload: dict) -> None:
+    if node_id is None:
+        return
+    with _lock:
+        _galleries.pop(str(node_id), None)
+        _galleries[str(node_id)] = payload
+        while len(_galleries) > MAX_GALLERIES:
+            _galleries.popitem(last=False)
+
+
+def gallery(node_id: str) -> dict:
+    with _lock:
+        return dict(_galleries.get(str(node_id)) or {"items": [], "total": 0, "shown": 0})
+
+
 def _send(event: str, data: dict) -> None:
     try:
         from server import PromptServer
@@ -82,7 +103,8 @@ _routes_added = False
 
 
 def add_routes() -> None:
-    """Register ``GET /ltx2_trainer/live/{node_id}`` on ComfyUI's server (once)."""
+    """Register ``GET /ltx2_trainer/live/{node_id}`` and ``/ltx2_trainer/gallery/{node_id}``
+    on ComfyUI's server (once)."""
     global _routes_added
     if _routes_added:
         return
@@ -98,5 +120,9 @@ def add_routes() -> None:
     @inst.routes.get("/ltx2_trainer/live/{node_id}")
     async def live(request):  # noqa: ANN001
         return web.json_response(snapshot(request.match_info["node_id"]))
+
+    @inst.routes.get("/ltx2_trainer/gallery/{node_id}")
+    async def gallery_route(request):  # noqa: ANN001
+        return web.json_response(gallery(request.match_info["node_id"]))
 
     _routes_added = True

@@ -177,6 +177,11 @@ def test_dataset_gallery_shows_tiles_and_plays_a_sample(server, browser):
         assert state["w"] > 0 and 0.3 < state["d"] < 0.5, state  # 9 frames at 24 fps
     page.keyboard.press("Escape")
     assert page.locator("div.ltx2-gallery-player").count() == 0
+    # a reloaded page gets the gallery back from the server
+    page.reload(wait_until="domcontentloaded")
+    page.wait_for_function("() => window.app && window.app.graph", timeout=120_000)
+    page.wait_for_function("() => [...document.querySelectorAll('div.ltx2-gallery')]"
+                           ".some(d => Number(d.dataset.tiles || 0) === %d)" % n, timeout=60_000)
     ours = [e for e in errors if "ltx2" in e.lower()]
     assert not ours, ours
     print(f"gallery: {n} tiles, player state {state}")

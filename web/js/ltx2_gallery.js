@@ -91,6 +91,16 @@ function render(node, g) {
   root.dataset.tiles = String((g.items || []).length);
 }
 
+async function restore(node) {
+  if (node.id == null || node.id < 0 || Number(node.__ltx2Gallery?.dataset.tiles || 0) > 0) return;
+  try {
+    const r = await api.fetchApi(`/ltx2_trainer/gallery/${encodeURIComponent(String(node.id))}`);
+    if (!r.ok) return;
+    const g = await r.json();
+    if (g.items && g.items.length && Number(node.__ltx2Gallery?.dataset.tiles || 0) === 0) render(node, g);
+  } catch (e) { /* the gallery is best-effort */ }
+}
+
 app.registerExtension({
   name: "ltx2_lora_trainer.dataset_gallery",
   async beforeRegisterNodeDef(nodeType, nodeData) {
@@ -107,6 +117,8 @@ app.registerExtension({
       this.__ltx2Gallery = root;
       this.addDOMWidget("dataset_gallery", "ltx2_dataset_gallery", root, { serialize: false, hideOnZoom: false });
       this.setSize([Math.max(this.size[0], 420), this.size[1] + 270]);
+      // after a page reload: the server keeps the node's last gallery (node ids come after creation)
+      requestAnimationFrame(() => restore(this));
       return r;
     };
     const onExecuted = nodeType.prototype.onExecuted;
@@ -119,5 +131,8 @@ app.registerExtension({
   },
   async setup() {
     window.addEventListener("keydown", (e) => { if (e.key === "Escape") closePlayer(); });
+    api.addEventListener("status", () => {
+      for (const n of app.graph?._nodes || app.graph?.nodes || []) if (n.__ltx2Gallery) restore(n);
+    });
   },
 });
