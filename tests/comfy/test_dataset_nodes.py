@@ -1,6 +1,8 @@
 """Load Clips → Split Scenes → Bucket in real ComfyUI, on real media the tests write."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -101,3 +103,11 @@ def test_bucket_assignment_spans_and_report(comfy, dataset):
     assert any(s.bucket.frames == 1 for s in ds.samples)  # stills become one-frame samples
     assert "no audio" in report and "silent.mov" in report
     assert gallery.shape[-1] == 3 and gallery.shape[0] == 1
+    # the web gallery: files in ComfyUI's temp folder, one entry per sample (first 48)
+    ui = out.ui.as_dict() if hasattr(out.ui, "as_dict") else out.ui
+    g = ui["ltx2_gallery"][0]
+    assert g["type"] == "temp" and g["total"] == len(ds.samples) and g["shown"] == min(48, len(ds.samples))
+    folder = Path(comfy.folder_paths.get_temp_directory()) / g["subfolder"]
+    for item in g["items"]:
+        assert (folder / item["thumb"]).is_file()
+        assert item["still"] or (folder / item["clip"]).is_file(), item
