@@ -84,11 +84,14 @@ def prepare_training_model(model, cfg, cache_dir=None) -> tuple:
         predict = make_predict(checkpointing=cfg.grad_checkpointing, compile_blocks=compiled)
 
     def release() -> None:
+        # outside inference mode: the weights are ordinary tensors now, and ComfyUI's
+        # quantized (fp8) weights cannot be re-wrapped as parameters inside it
         try:
-            predict.release()
-            if streamed:
-                root.to(mm.unet_offload_device())
-            mm.unload_all_models()
+            with torch.inference_mode(False):
+                predict.release()
+                if streamed:
+                    root.to(mm.unet_offload_device())
+                mm.unload_all_models()
         finally:
             mm.soft_empty_cache()
 
@@ -121,7 +124,7 @@ def sampling_within_budget(root, streamer, budget_gib: float, device):
 
     import comfy.model_management as mm
 
-    from ..trainer_core.ltx2 import ensure_trainable_weights
+    from ..trainer_core.ltx2 import ensure_trainable_weights, quantized_weights_for_inference
 
     streamer.park()
     old_reserve = mm.EXTRA_RESERVED_VRAM
@@ -129,6 +132,7 @@ def sampling_within_budget(root, streamer, budget_gib: float, device):
     try:
         with torch.inference_mode(False):
             root.to(mm.unet_offload_device())
+        quantized_weights_for_inference(root)
         if cuda:
             mm.soft_empty_cache()
             total = mm.get_total_memory(device)
@@ -136,8 +140,8 @@ def sampling_within_budget(root, streamer, budget_gib: float, device):
         yield
     finally:
         mm.EXTRA_RESERVED_VRAM = old_reserve
-        mm.unload_all_models()
         with torch.inference_mode(False):
+            mm.unload_all_models()
             place_resident(root, set(streamer.streamed), device)
             ensure_trainable_weights(root)
         mm.soft_empty_cache()

@@ -316,6 +316,9 @@ def _validator(spec, patcher, root, predict, run_dir, progress, node_id, budget_
                 with sampling_within_budget(root, streamer, budget_gib, device):
                     paths = run_validation(spec, patcher, step, Path(run_dir), progress=preview)
             else:
+                from ..trainer_core.ltx2 import quantized_weights_for_inference
+
+                quantized_weights_for_inference(root)
                 paths = run_validation(spec, patcher, step, Path(run_dir), progress=preview)
                 # decoding may have made ComfyUI move the model: bring it back as training needs it
                 with torch.inference_mode(False):

@@ -65,6 +65,16 @@ def split_patterns(text: str) -> list[str]:
     return [p for p in re.split(r"[,;\n]+", text or "") if p.strip()]
 
 
+def is_linear(m: nn.Module) -> bool:
+    """nn.Linear, or a layer that computes like one without subclassing it — ComfyUI's
+    mixed-precision ops (fp8 checkpoints) are plain modules with ``in_features``,
+    ``out_features`` and a (quantized) ``weight``."""
+    if isinstance(m, nn.Linear):
+        return True
+    return (isinstance(getattr(m, "in_features", None), int) and isinstance(getattr(m, "out_features", None), int)
+            and getattr(m, "weight", None) is not None and not list(m.children()))
+
+
 def resolve_targets(root: nn.Module, preset: Optional[str] = None, patterns: Iterable[str] = ()) -> list[str]:
     """Names of the nn.Linear modules under ``root`` matched by the preset and/or patterns
     (regexes, or globs such as ``*.attn1.to_q``, matched against the whole name)."""
@@ -77,7 +87,7 @@ def resolve_targets(root: nn.Module, preset: Optional[str] = None, patterns: Ite
     regs = _compile(pats)
     if not regs:
         raise LoRAError("no LoRA targets: choose a preset or give patterns")
-    names = [n for n, m in root.named_modules() if isinstance(m, nn.Linear) and any(r.fullmatch(n) for r in regs)]
+    names = [n for n, m in root.named_modules() if is_linear(m) and any(r.fullmatch(n) for r in regs)]
     if not names:
         raise LoRAError(f"the target patterns {pats} match no linear layer of this model")
     return names

@@ -947,7 +947,8 @@ def tiny_state_dict(variant: str = "ltx-2.0", seed: int = 0, dtype: torch.dtype 
     return sd, meta
 
 
-_ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64"}
+_ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
+              torch.float8_e4m3fn: "F8_E4M3"}
 
 
 def save_safetensors(state_dict, path, metadata: dict) -> Path:
@@ -990,6 +991,31 @@ def make_tiny_checkpoint(path, variant: str = "ltx-2.0", seed: int = 0,
     path.parent.mkdir(parents=True, exist_ok=True)
     sd, meta = tiny_state_dict(variant, seed, dtype)
     return save_safetensors(sd, path, meta)
+
+
+def quantize_checkpoint_fp8(sd: dict, meta: dict, prefix: str = "model.diffusion_model.transformer_blocks."):
+    """The ComfyUI mixed-precision fp8 layout of a checkpoint (what ComfyUI's fp8 LTX-2
+    checkpoints use): every transformer-block linear weight as float8_e4m3fn with a per-tensor
+    ``weight_scale``, listed in the ``_quantization_metadata`` header. Returns
+    ``(fp8 state dict, metadata, reference state dict)`` — the reference holds the same
+    weights dequantized to float32, i.e. exactly what the fp8 model computes with."""
+    out, ref, layers = {}, {}, {}
+    for k, t in sd.items():
+        if k.startswith(prefix) and k.endswith(".weight") and t.dim() == 2 and min(t.shape) >= 16:
+            w = t.float()
+            scale = (w.abs().max() / 448.0).clamp_min(1e-12)
+            q = (w / scale).to(torch.float8_e4m3fn)
+            layer = k[: -len(".weight")]
+            out[k] = q
+            out[layer + ".weight_scale"] = scale.reshape(())
+            layers[layer] = {"format": "float8_e4m3fn"}
+            ref[k] = (q.float() * scale).to(t.dtype)
+        else:
+            out[k] = t
+            ref[k] = t
+    m = dict(meta)
+    m["_quantization_metadata"] = json.dumps({"format_version": "1.0", "layers": layers}, sort_keys=True)
+    return out, m, ref
 
 
 def make_tiny_cache(root, variant: str = "ltx-2.0", n: int = 2, seed: int = 0) -> Path:

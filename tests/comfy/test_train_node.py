@@ -277,3 +277,49 @@ def test_validation_under_a_streaming_plan(comfy, tiny_model, tmp_path):
     after = root.state_dict()
     for k, v in before.items():
         assert after[k].device == v.device and torch.equal(after[k], v), k
+
+
+@pytest.mark.parametrize("budget", [0.0, 0.001], ids=["resident", "streamed"])
+def test_trains_on_comfyui_fp8_checkpoints(comfy, tmp_path, budget):
+    """ComfyUI's fp8 checkpoint layout (transformer linears stored as float8_e4m3fn with
+    scales, loaded by the stock loader as its mixed-precision ops with quantized weights):
+    the Train node trains on it — resident, and with every block streamed — and the LoRA
+    equals the one trained on the same weights dequantized to float32."""
+    from trainer_core.tiny_checkpoint import quantize_checkpoint_fp8, save_safetensors, tiny_state_dict
+
+    sd, meta = tiny_state_dict("ltx-2.0", 4, torch.float32)
+    q, qmeta, ref = quantize_checkpoint_fp8(sd, meta)
+    assert sum(1 for t in q.values() if t.dtype == torch.float8_e4m3fn) >= 40
+    ck = comfy.base / "models" / "checkpoints"
+    save_safetensors(q, ck / "tiny_fp8.safetensors", qmeta)
+    save_safetensors(ref, ck / "tiny_fp8_ref.safetensors", meta)
+    loader = comfy.nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]()
+    with torch.inference_mode():
+        m8 = loader.load_checkpoint("tiny_fp8.safetensors")[0]
+        mref = loader.load_checkpoint("tiny_fp8_ref.safetensors")[0]
+    w = m8.model.diffusion_model.transformer_blocks[0].attn1.to_q.weight
+    assert type(w).__name__ == "QuantizedTensor" or w.dtype == torch.float8_e4m3fn  # really quantized
+    cache = _cache(tmp_path / "cache", "ltx-2.0")
+    tag = "s" if budget else "r"
+    with torch.inference_mode():
+        vae = loader.load_checkpoint("tiny_fp8.safetensors")[2]
+        audio_vae = comfy.nodes.NODE_CLASS_MAPPINGS["LTXVAudioVAELoader"].execute(ckpt_name="tiny_fp8.safetensors").result[0]
+    w = text_context_width("ltx-2.0", processed=False)
+    g = torch.Generator().manual_seed(9)
+    val = dict(validation_every=3, validation_positive=[[torch.randn(1, 5, w, generator=g), {"unprocessed_ltxav_embeds": True}]],
+               validation_negative=[[torch.randn(1, 3, w, generator=g), {"unprocessed_ltxav_embeds": True}]],
+               validation_vae=vae, validation_audio_vae=audio_vae, validation_width=64, validation_height=64,
+               validation_frames=9, validation_steps=2)
+    a = _train(comfy, m8, cache, f"fp8{tag}", steps=6, checkpoint_every=0, vram_budget_gb=budget, **val)
+    b = _train(comfy, mref, cache, f"fp8ref{tag}", steps=6, checkpoint_every=0, vram_budget_gb=budget)
+    if budget:
+        assert "blocks stream their weights" in a.ui["text"][0]
+    samples = Path(comfy.folder_paths.get_output_directory()) / "ltx2_lora_runs" / f"fp8{tag}" / "samples"
+    assert sorted(p.name for p in samples.glob("*.mp4")) == ["step_000003_0.mp4", "step_000006_0.mp4"]
+    sa, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", a.result[1])))
+    sb, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", b.result[1])))
+    assert sa.keys() == sb.keys() and len(sa) > 0
+    for k in sa:
+        d = float((sa[k].float() - sb[k].float()).abs().max()) / max(1e-12, float(sb[k].float().abs().max()))
+        assert d < 1e-2, (k, d)  # the file is bf16: one unit in the last place is up to 0.4%
+    assert [h["loss"] for h in a.result[2]] == pytest.approx([h["loss"] for h in b.result[2]], rel=1e-4)

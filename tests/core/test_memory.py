@@ -161,15 +161,15 @@ def test_parked_streamer_hands_back_host_weights_and_resumes():
         pred = make_predict(memory_plan=MemoryPlan(["full"] * 4, streamed=[1, 3]))
         first = pred(root, inp)
         st = pred.streamer
-        hosts = {id(h) for items in st.params.values() for _, h in items}
+        hosts = {id(h) for items in st.params.values() for _, _, h in items}
         st.park()
         assert not st.slot_of and st.holder == [None, None]
         for items in st.params.values():
-            for p, h in items:
-                assert p.data.data_ptr() == h.data_ptr()
+            for owner, leaf, h in items:
+                assert owner._parameters[leaf].data.data_ptr() == h.data_ptr()
         n = st.copies
         again = pred(root, inp)
-        assert st.copies > n and {id(h) for items in st.params.values() for _, h in items} == hosts
+        assert st.copies > n and {id(h) for items in st.params.values() for _, _, h in items} == hosts
         pred.release()
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
 

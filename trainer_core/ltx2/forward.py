@@ -125,11 +125,38 @@ def ensure_trainable_weights(root: nn.Module) -> int:
         for mod in root.modules():
             for name, p in list(mod._parameters.items()):
                 if _unusable(p):
-                    mod._parameters[name] = nn.Parameter(p.clone(), requires_grad=p.requires_grad)
+                    if _is_quantized(p) and not _unusable(p._qdata):
+                        # a quantized weight whose storage is fine: a new wrapper, no copy
+                        new = p._copy_with(qdata=p._qdata, clone_params=False)
+                    else:
+                        new = p.clone()
+                    mod._parameters[name] = nn.Parameter(new, requires_grad=p.requires_grad)
                     n += 1
             for name, b in list(mod._buffers.items()):
                 if _unusable(b):
                     mod._buffers[name] = b.clone()
+                    n += 1
+    return n
+
+
+def _is_quantized(t: torch.Tensor) -> bool:
+    """ComfyUI's quantized weights (fp8 checkpoints): a tensor subclass over ``_qdata``."""
+    return type(t) not in (torch.Tensor, nn.Parameter) and hasattr(t, "_qdata") and hasattr(t, "_copy_with")
+
+
+def quantized_weights_for_inference(root: nn.Module) -> int:
+    """Before ComfyUI runs the model its own way (sampling validation previews): give every
+    quantized weight an inference-mode wrapper over the same storage (no copy). ComfyUI moves
+    weights inside ``torch.inference_mode`` and re-wraps them as parameters there, which a
+    quantized weight made trainable (outside inference mode) cannot survive. Afterwards
+    ``ensure_trainable_weights`` swaps trainable wrappers back in, again without copying."""
+    n = 0
+    with torch.inference_mode(), torch.no_grad():
+        for mod in root.modules():
+            for name, p in list(mod._parameters.items()):
+                if p is not None and _is_quantized(p) and not p.is_inference():
+                    mod._parameters[name] = nn.Parameter(p._copy_with(qdata=p._qdata, clone_params=False),
+                                                         requires_grad=False)
                     n += 1
     return n
 

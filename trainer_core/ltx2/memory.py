@@ -45,9 +45,32 @@ WORK_B_PER_TOKEN = 260_000
 RESERVE_BYTES = int(1.25 * GIB)  # allocator slack, cuBLAS/cuDNN workspaces, CUDA context excluded
 
 
+def _nbytes(t: torch.Tensor) -> int:
+    # quantized tensors (ComfyUI's fp8 checkpoints) report their storage size in ``nbytes``;
+    # their element_size() is that of the dtype they compute in
+    return int(t.nbytes) if is_quantized(t) else t.numel() * t.element_size()
+
+
 def module_bytes(m: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in m.parameters()) + \
-        sum(b.numel() * b.element_size() for b in m.buffers())
+    return sum(_nbytes(p) for p in m.parameters()) + sum(_nbytes(b) for b in m.buffers())
+
+
+def is_quantized(t: torch.Tensor) -> bool:
+    """A tensor subclass holding quantized storage (ComfyUI's QuantizedTensor weights)."""
+    return type(t) not in (torch.Tensor, nn.Parameter) and hasattr(t, "_qdata")
+
+
+def _host_copy(p: torch.Tensor, pin: bool) -> torch.Tensor:
+    """A host copy of a frozen weight (pinned for asynchronous copies when asked)."""
+    if is_quantized(p):
+        host = p.detach().to("cpu")
+        if pin and not host.is_pinned():
+            host = host._copy_with(qdata=host._qdata.pin_memory())  # pin the quantized storage itself
+        elif host._qdata.data_ptr() == p._qdata.data_ptr():
+            host = host._copy_with(qdata=host._qdata.clone())
+        return host
+    host = p.detach().to("cpu", copy=True)
+    return host.pin_memory() if pin else host
 
 
 @dataclass
@@ -196,7 +219,10 @@ class BlockStreamer:
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.fp8 = transfer == "fp8"
-        self.params: dict[int, list[tuple[nn.Parameter, torch.Tensor]]] = {}
+        # per streamed block: (module, parameter name, host copy). Parameters are looked up
+        # on their module at every bind, so a parameter object replaced meanwhile (ComfyUI
+        # re-wraps quantized weights when it moves a model) is the one that gets bound.
+        self.params: dict[int, list[tuple[nn.Module, str, torch.Tensor]]] = {}
         self.origin: dict[int, list[torch.device]] = {}
         # fp8: per streamed block, for each quantized weight (by position) the fp8 host copy
         # and its per-row scales (on the device); other parameters travel as they are
@@ -206,7 +232,10 @@ class BlockStreamer:
             items = []
             names = []
             qs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+            owners = {n: m for n, m in self.blocks[i].named_modules()}
             for k, (name, p) in enumerate(self.blocks[i].named_parameters()):
+                mod_name, _, leaf = name.rpartition(".")
+                owner = owners[mod_name]
                 if p.requires_grad:
                     raise ValueError(f"block {i} parameter {name} is trainable; only frozen weights can be streamed")
                 if self.fp8 and fp8_eligible(p):
@@ -218,26 +247,26 @@ class BlockStreamer:
                         qw = qw.pin_memory()
                     qs[k] = (qw, sc.to(self.device))
                 else:
-                    host = p.detach().to("cpu", copy=True)
-                    if pin and self.cuda:
-                        host = host.pin_memory()
-                items.append((p, host))
+                    host = _host_copy(p, pin and self.cuda)
+                items.append((owner, leaf, host))
                 names.append((name, tuple(p.shape), p.dtype, k in qs))
             if layout is None:
                 layout = names
             elif names != layout:
                 raise ValueError("streamed blocks must share one parameter layout")
-            self.origin[i] = [p.device for p, _ in items]
+            self.origin[i] = [owner._parameters[leaf].device for owner, leaf, _ in items]
             self.params[i] = items
             self.q[i] = qs
-            for p, host in items:
-                p.data = host  # the device copy is released here
+            for owner, leaf, host in items:
+                owner._parameters[leaf].data = host  # the device copy is released here
         self.layout = layout or []
         # two slots: a device tensor per parameter (+ an fp8 staging tensor per quantized one)
         self.slots: list[list[torch.Tensor]] = []
         self.staging: list[dict[int, torch.Tensor]] = []
+        first = self.params[self.streamed[0]] if self.streamed else []
         for _ in range(2 if self.streamed else 0):
-            self.slots.append([torch.empty(shape, dtype=dt, device=self.device) for _, shape, dt, _ in self.layout])
+            # empty_like keeps a quantized weight's layout (storage + scales) in its slot
+            self.slots.append([torch.empty_like(host, device=self.device) for _, _, host in first])
             self.staging.append({k: torch.empty(shape, dtype=torch.float8_e4m3fn, device=self.device)
                                  for k, (_, shape, _, q) in enumerate(self.layout) if q})
         self.holder: list[Optional[int]] = [None, None]
@@ -257,8 +286,8 @@ class BlockStreamer:
         return cands[0] if cands else None
 
     def _unbind(self, j: int) -> None:
-        for p, host in self.params[j]:
-            p.data = host
+        for owner, leaf, host in self.params[j]:
+            owner._parameters[leaf].data = host
         self.slot_of.pop(j, None)
 
     def _load(self, j: int, s: int) -> None:
@@ -281,7 +310,7 @@ class BlockStreamer:
     def _copy_in(self, j: int, s: int, views: list[torch.Tensor], non_blocking: bool) -> None:
         """Side stream: host -> slot copies (fp8 weights into the slot's staging tensors)."""
         qs = self.q.get(j, {})
-        for k, ((p, host), view) in enumerate(zip(self.params[j], views)):
+        for k, ((_, _, host), view) in enumerate(zip(self.params[j], views)):
             if k in qs:
                 self.staging[s][k].copy_(qs[k][0], non_blocking=non_blocking)
             else:
@@ -309,8 +338,8 @@ class BlockStreamer:
                 torch.cuda.current_stream(self.device).wait_event(self.ready[s])
             if self.fresh[s]:
                 self._dequantize(i, s)
-            for (p, _), view in zip(self.params[i], self.slots[s]):
-                p.data = view
+            for (owner, leaf, _), view in zip(self.params[i], self.slots[s]):
+                owner._parameters[leaf].data = view
             self.last_slot = s
         nxt = self._next(i, backward)
         if nxt is not None and nxt not in self.slot_of:
@@ -333,8 +362,8 @@ class BlockStreamer:
         for j in list(self.slot_of):
             self._unbind(j)
         for i, items in self.params.items():
-            for (p, host), dev in zip(items, self.origin[i]):
-                p.data = host.to(dev)
+            for (owner, leaf, host), dev in zip(items, self.origin[i]):
+                owner._parameters[leaf].data = host.to(dev)
         self.params.clear()
         self.q.clear()
         self.slots.clear()
@@ -343,7 +372,7 @@ class BlockStreamer:
         self.streamed = []
 
     def weight_bytes_on_host(self) -> int:
-        return sum(h.numel() * h.element_size() for items in self.params.values() for _, h in items)
+        return sum(_nbytes(h) for items in self.params.values() for _, _, h in items)
 
     def transfer_bytes_per_block(self) -> int:
         """Bytes copied from the host for one streamed block."""
@@ -351,8 +380,8 @@ class BlockStreamer:
             return 0
         j = self.streamed[0]
         qs = self.q.get(j, {})
-        return sum(qs[k][0].numel() if k in qs else h.numel() * h.element_size()
-                   for k, (_, h) in enumerate(self.params[j]))
+        return sum(qs[k][0].numel() if k in qs else _nbytes(h)
+                   for k, (_, _, h) in enumerate(self.params[j]))
 
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
@@ -361,7 +390,8 @@ FP8_MAX = 448.0  # largest finite float8_e4m3fn
 def fp8_eligible(p: torch.Tensor) -> bool:
     """Weights that travel as fp8: the matrices of linear layers; norms, biases and the AdaLN
     tables (6 or 9 rows) stay in their own dtype."""
-    return p.dim() == 2 and min(p.shape) >= 16 and p.dtype in (torch.bfloat16, torch.float16, torch.float32)
+    return (not is_quantized(p) and p.dim() == 2 and min(p.shape) >= 16
+            and p.dtype in (torch.bfloat16, torch.float16, torch.float32))
 
 
 def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
