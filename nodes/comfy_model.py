@@ -56,6 +56,11 @@ def prepare_training_model(model, cfg, cache_dir=None) -> tuple:
     compiled = choice == "on" or (choice == "auto" and device.type == "cuda")
     mp = model.clone()
     root = mp.model.diffusion_model
+    from ..trainer_core.ltx2.memory import is_quantized
+
+    quantized = any(is_quantized(p) for p in root.parameters())
+    if quantized and choice == "auto":
+        compiled = False  # quantized weights (fp8 checkpoint) train eagerly unless compile is forced on
     plan = None
     if cache_dir is not None:
         from ..trainer_core.run import plan_for_training
@@ -69,6 +74,9 @@ def prepare_training_model(model, cfg, cache_dir=None) -> tuple:
             plan = plan_for_training(root, cache_dir, cfg, budget, compiled=compiled)
         base["budget_gib"] = plan.budget_gib
         base["memory_plan"] = plan.summary() + ("; " + "; ".join(plan.notes) if plan.notes else "")
+        if quantized:
+            base["memory_plan"] += ("; fp8 checkpoint: its quantized weights stay quantized"
+                                    + ("" if compiled else ", blocks run eagerly (LTX2_TRAINER_COMPILE=on to compile)"))
     streamed = set(plan.streamed) if plan is not None else set()
     with torch.inference_mode(False):
         if not streamed:

@@ -312,6 +312,8 @@ def test_trains_on_comfyui_fp8_checkpoints(comfy, tmp_path, budget):
                validation_frames=9, validation_steps=2)
     a = _train(comfy, m8, cache, f"fp8{tag}", steps=6, checkpoint_every=0, vram_budget_gb=budget, **val)
     b = _train(comfy, mref, cache, f"fp8ref{tag}", steps=6, checkpoint_every=0, vram_budget_gb=budget)
+    assert "fp8 checkpoint: its quantized weights stay quantized" in a.ui["text"][0]
+    assert "fp8 checkpoint" not in b.ui["text"][0]
     if budget:
         assert "blocks stream their weights" in a.ui["text"][0]
     samples = Path(comfy.folder_paths.get_output_directory()) / "ltx2_lora_runs" / f"fp8{tag}" / "samples"
