@@ -325,3 +325,41 @@ def test_trains_on_comfyui_fp8_checkpoints(comfy, tmp_path, budget):
         d = float((sa[k].float() - sb[k].float()).abs().max()) / max(1e-12, float(sb[k].float().abs().max()))
         assert d < 1e-2, (k, d)  # the file is bf16: one unit in the last place is up to 0.4%
     assert [h["loss"] for h in a.result[2]] == pytest.approx([h["loss"] for h in b.result[2]], rel=1e-4)
+
+
+@pytest.mark.parametrize("budget", [0.0, 0.001], ids=["resident", "streamed"])
+def test_trains_with_comfyui_fp8_weight_dtype(comfy, tmp_path, budget):
+    """"Keep frozen weights in fp8" the ComfyUI way: Load Diffusion Model with weight_dtype
+    fp8_e4m3fn stores the transformer's weights as fp8 and casts per layer. The Train node
+    trains on it (resident and streamed) to the LoRA of a model whose weights are those same
+    fp8 values in float32."""
+    name = "tiny_unet_fp8.safetensors"
+    folder = Path(comfy.folder_paths.get_folder_paths("diffusion_models")[0])
+    make_tiny_checkpoint(folder / name, variant="ltx-2.0", seed=5)
+    loader = comfy.nodes.NODE_CLASS_MAPPINGS["UNETLoader"]()
+    with torch.inference_mode():
+        m8 = loader.load_unet(name, "fp8_e4m3fn")[0]
+        mref = loader.load_unet(name, "default")[0]
+    r8, rref = m8.model.diffusion_model, mref.model.diffusion_model
+    n8 = 0
+    with torch.inference_mode():
+        p8 = dict(r8.named_parameters())
+        for k, p in rref.named_parameters():
+            if p8[k].dtype == torch.float8_e4m3fn:
+                p.data = p8[k].data.to(p.dtype)  # the reference computes with the same fp8 values
+                n8 += 1
+    assert n8 >= 40  # the block linears really are fp8
+    cache = _cache(tmp_path / "cache", "ltx-2.0")
+    tag = "s" if budget else "r"
+    a = _train(comfy, m8, cache, f"wd8{tag}", steps=6, checkpoint_every=0, vram_budget_gb=budget)
+    b = _train(comfy, mref, cache, f"wd8ref{tag}", steps=6, checkpoint_every=0, vram_budget_gb=budget)
+    if budget:
+        assert "blocks stream their weights" in a.ui["text"][0]
+    sa, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", a.result[1])))
+    sb, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", b.result[1])))
+    assert sa.keys() == sb.keys() and len(sa) > 0
+    for k in sa:
+        d = float((sa[k].float() - sb[k].float()).abs().max()) / max(1e-12, float(sb[k].float().abs().max()))
+        assert d < 1e-2, (k, d)
+    assert [h["loss"] for h in a.result[2]] == pytest.approx([h["loss"] for h in b.result[2]], rel=1e-4)
+    assert all(p.dtype == torch.float8_e4m3fn for k, p in r8.named_parameters() if k in p8 and p8[k].dtype == torch.float8_e4m3fn)

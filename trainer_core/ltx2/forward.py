@@ -872,13 +872,16 @@ def _compute_dtype(root: nn.Module, tokens: torch.Tensor, dtype: Optional[torch.
     the forward runs in that dtype with autocast off — every op in bf16, as ComfyUI runs the
     model (norms and modulations included), LoRA weights staying fp32 masters. Otherwise
     autocast (if on) decides per op, the activations starting in the autocast dtype.
+    Without autocast: the weights' dtype, or float32 for storage-only dtypes (fp8).
     """
     w = root.patchify_proj.weight.dtype
     if torch.is_autocast_enabled(tokens.device.type):
         ac = torch.get_autocast_dtype(tokens.device.type)
         cd = dtype or ac
         return cd, (w == cd)
-    return (dtype or (w if w in _FLOATS else torch.bfloat16)), False
+    # weights stored in a storage-only dtype (fp8: ComfyUI's weight_dtype option) are cast per
+    # layer; without autocast the run is a full-precision one, so compute in float32
+    return (dtype or (w if w in _FLOATS else torch.float32)), False
 
 
 __all__ = ["make_predict", "forward_av", "prepare_text", "ensure_trainable_weights", "find_inference_tensors",
