@@ -26,6 +26,10 @@ else
   echo "no ComfyUI at $COMFY (set COMFYUI_PATH): the ComfyUI test layers will be skipped"
 fi
 $PIP install -q "${REQS[@]}" 2> >(grep -v "^WARNING: Location" >&2)
+# Test-only: Lightricks' ltx-core, the official stack the benchmark compares with (its own
+# requirements pin an older torch, so it goes in without them; it is never imported by the pack)
+$PIP install -q --no-deps ltx-core==1.0.0 2> >(grep -v "^WARNING: Location" >&2) || \
+  echo "could not install ltx-core: the official-stack test will be skipped"
 .venv/bin/python -c "import torch, av, scenedetect, safetensors; print('environment ready: torch', torch.__version__, '| av', av.__version__)"
 # The browser test (tests/e2e/test_browser.py) drives headless Chromium through Playwright;
 # Playwright's own browser download is not needed: a system Chromium is used. Best effort —

@@ -1,7 +1,7 @@
 """The benchmark's official-stack side (bench/official_stack.py) on CPU with tiny configs:
 ltx-core's LTXModel with a PEFT LoRA on the same 1152-projection set as ours trains, and
-only the LoRA moves. Skipped (with the reason) where ltx-core or PEFT is not importable —
-the ltx-core wheel is fetched by hand into bench/wheels/ (see bench/README.md)."""
+only the LoRA moves. ``scripts/setup.sh`` installs both (ltx-core without its torch pin);
+skipped with the reason where either is not importable."""
 from __future__ import annotations
 
 import sys
