@@ -82,6 +82,8 @@ def test_live_loss_chart_draws_and_survives_reload(server, browser):
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
+    failed: list[str] = []  # HTTP errors, to tell the frontend's own (no internet here) from ours
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     page.goto(server.url, wait_until="domcontentloaded")
     page.wait_for_function("() => window.app && window.app.graph && window.app.extensionManager !== undefined",
                            timeout=120_000)
@@ -109,7 +111,9 @@ def test_live_loss_chart_draws_and_survives_reload(server, browser):
     _shoot(page, "loss_chart_after_reload")
     ours = [e for e in errors if "ltx2" in e.lower() or "loss_chart" in e.lower()]
     assert not ours, ours
-    (ART / "browser_console_errors.json").write_text(json.dumps(errors, indent=1))
+    ours_http = [f for f in failed if "ltx2" in f.lower() or "comfyui-ltx2-lora-trainer" in f.lower()]
+    assert not ours_http, ours_http
+    (ART / "browser_console_errors.json").write_text(json.dumps({"console": errors, "http": failed}, indent=1))
     print(f"chart points after the run: {done}; screenshots in {ART}")
 
 
@@ -135,6 +139,8 @@ def test_dataset_gallery_shows_tiles_and_plays_a_sample(server, browser):
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     page.goto(server.url, wait_until="domcontentloaded")
     page.wait_for_function("() => window.app && window.app.graph && window.app.extensionManager !== undefined",
                            timeout=120_000)
@@ -149,7 +155,7 @@ def test_dataset_gallery_shows_tiles_and_plays_a_sample(server, browser):
     text = " ".join(tiles.nth(i).inner_text() for i in range(n))
     assert "two scenes" in text and "no audio" in text, text  # captions and flags on the tiles
     page.wait_for_function("() => [...document.querySelectorAll('div.ltx2-gallery-tile img')]"
-                           ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+                           ".every(i => i.complete && i.naturalWidth > 0)", timeout=90_000)
     for _ in range(5):  # ComfyUI greets a new user with its template browser: close it
         if page.locator(".p-dialog-mask").count() == 0:
             break
@@ -161,13 +167,13 @@ def test_dataset_gallery_shows_tiles_and_plays_a_sample(server, browser):
     page.screenshot(path=str(ART / "dataset_gallery.png"))
     tiles.first.click()
     video = page.locator("video.ltx2-gallery-video")
-    video.wait_for(state="attached", timeout=10_000)
+    video.wait_for(state="attached", timeout=30_000)
     src = video.get_attribute("src")
     assert "/view?" in src and "type=temp" in src
     r = page.request.get(src if src.startswith("http") else server.url + src)
     assert r.status == 200 and r.body()[4:8] == b"ftyp"  # an mp4 served from the temp folder
     page.wait_for_function("() => { const v = document.querySelector('video.ltx2-gallery-video');"
-                           " return v && (v.readyState >= 1 || v.error); }", timeout=30_000)
+                           " return v && (v.readyState >= 1 || v.error); }", timeout=90_000)
     state = page.evaluate("() => { const v = document.querySelector('video.ltx2-gallery-video');"
                           " return {ready: v.readyState, err: v.error && v.error.code, w: v.videoWidth, d: v.duration}; }")
     page.screenshot(path=str(ART / "dataset_gallery_player.png"))
@@ -181,7 +187,10 @@ def test_dataset_gallery_shows_tiles_and_plays_a_sample(server, browser):
     page.reload(wait_until="domcontentloaded")
     page.wait_for_function("() => window.app && window.app.graph", timeout=120_000)
     page.wait_for_function("() => [...document.querySelectorAll('div.ltx2-gallery')]"
-                           ".some(d => Number(d.dataset.tiles || 0) === %d)" % n, timeout=60_000)
+                           ".some(d => Number(d.dataset.tiles || 0) === %d)" % n, timeout=120_000)
     ours = [e for e in errors if "ltx2" in e.lower()]
     assert not ours, ours
+    ours_http = [f for f in failed if "ltx2" in f.lower() or "comfyui-ltx2-lora-trainer" in f.lower()]
+    assert not ours_http, ours_http
+    (ART / "browser_gallery_errors.json").write_text(json.dumps({"console": errors, "http": failed}, indent=1))
     print(f"gallery: {n} tiles, player state {state}")
