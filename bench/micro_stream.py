@@ -16,8 +16,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def timed(fn, n=10):
-    fn()
+def timed(fn, n=10, warmup=1):
+    """Mean milliseconds of ``fn`` over ``n`` calls after ``warmup`` calls (CUDA events)."""
+    for _ in range(warmup):
+        fn()
     torch.cuda.synchronize()
     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     a.record()

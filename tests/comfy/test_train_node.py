@@ -62,6 +62,27 @@ def _fixed_loss(root, cache, lora=None) -> float:
     return total / 6
 
 
+def _assert_same_lora(comfy, a, b, rel: float = 0.0) -> None:
+    """The two Train node results saved the same LoRA: bit for bit, or within ``rel`` of each
+    tensor's largest value (LoRA files are bf16: one unit in the last place is up to 0.4%)."""
+    sa, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", a.result[1])))
+    sb, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", b.result[1])))
+    assert sa.keys() == sb.keys() and sa
+    for k in sa:
+        if rel == 0.0:
+            assert torch.equal(sa[k], sb[k]), k
+        else:
+            d = float((sa[k].float() - sb[k].float()).abs().max()) / max(1e-12, float(sb[k].float().abs().max()))
+            assert d < rel, (k, d)
+
+
+def _assert_weights_back(root, before: dict) -> None:
+    """The model's weights are where and what they were before training."""
+    after = root.state_dict()
+    for k, v in before.items():
+        assert after[k].device == v.device and torch.equal(after[k], v), k
+
+
 def _train(comfy, model, cache, name, **kw):
     node = comfy.pack["LTX2TrainLoRA"]
     args = dict(model=model, latents={"path": cache}, recipe="Character", lora_name=name, steps=24,
@@ -179,14 +200,8 @@ def test_vram_budget_streams_and_gives_the_same_lora(comfy, tiny_model, tmp_path
     text_b = b.ui["text"][0]
     assert "memory plan" in text_a and "stream" not in text_a.split("memory plan")[1].split(";")[1]
     assert "blocks stream their weights" in text_b
-    sa, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", a.result[1])))
-    sb, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", b.result[1])))
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-    after = root.state_dict()
-    for k, v in before.items():
-        assert after[k].device == v.device and torch.equal(after[k], v), k
+    _assert_same_lora(comfy, a, b)
+    _assert_weights_back(root, before)
 
 
 def test_validation_samples_at_their_steps_and_leave_the_lora_unchanged(comfy, tiny_model, tmp_path):
@@ -219,10 +234,7 @@ def test_validation_samples_at_their_steps_and_leave_the_lora_unchanged(comfy, t
     with av.open(str(run / files[0])) as c:
         assert c.streams.video[0].width == 64 and c.streams.audio
         assert sum(1 for _ in c.decode(video=0)) == 9
-    sa, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", plain.result[1])))
-    sb, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", val.result[1])))
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
+    _assert_same_lora(comfy, plain, val)
     sheet = val.result[4]
     assert sheet.ndim == 4 and sheet.shape[0] == 1
     # two rows of 64-px frames (plus a 2-px gap), four frames across, a label column
@@ -269,14 +281,8 @@ def test_validation_under_a_streaming_plan(comfy, tiny_model, tmp_path):
     assert files == ["step_000003_0.mp4", "step_000006_0.mp4"], files
     with av.open(str(run / files[0])) as c:
         assert sum(1 for _ in c.decode(video=0)) == 9
-    sa, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", plain.result[1])))
-    sb, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", val.result[1])))
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-    after = root.state_dict()
-    for k, v in before.items():
-        assert after[k].device == v.device and torch.equal(after[k], v), k
+    _assert_same_lora(comfy, plain, val)
+    _assert_weights_back(root, before)
 
 
 @pytest.mark.parametrize("budget", [0.0, 0.001], ids=["resident", "streamed"])
@@ -318,12 +324,7 @@ def test_trains_on_comfyui_fp8_checkpoints(comfy, tmp_path, budget):
         assert "blocks stream their weights" in a.ui["text"][0]
     samples = Path(comfy.folder_paths.get_output_directory()) / "ltx2_lora_runs" / f"fp8{tag}" / "samples"
     assert sorted(p.name for p in samples.glob("*.mp4")) == ["step_000003_0.mp4", "step_000006_0.mp4"]
-    sa, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", a.result[1])))
-    sb, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", b.result[1])))
-    assert sa.keys() == sb.keys() and len(sa) > 0
-    for k in sa:
-        d = float((sa[k].float() - sb[k].float()).abs().max()) / max(1e-12, float(sb[k].float().abs().max()))
-        assert d < 1e-2, (k, d)  # the file is bf16: one unit in the last place is up to 0.4%
+    _assert_same_lora(comfy, a, b, rel=1e-2)
     assert [h["loss"] for h in a.result[2]] == pytest.approx([h["loss"] for h in b.result[2]], rel=1e-4)
 
 
@@ -355,11 +356,6 @@ def test_trains_with_comfyui_fp8_weight_dtype(comfy, tmp_path, budget):
     b = _train(comfy, mref, cache, f"wd8ref{tag}", steps=6, checkpoint_every=0, vram_budget_gb=budget)
     if budget:
         assert "blocks stream their weights" in a.ui["text"][0]
-    sa, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", a.result[1])))
-    sb, _ = load_lora(Path(comfy.folder_paths.get_full_path("loras", b.result[1])))
-    assert sa.keys() == sb.keys() and len(sa) > 0
-    for k in sa:
-        d = float((sa[k].float() - sb[k].float()).abs().max()) / max(1e-12, float(sb[k].float().abs().max()))
-        assert d < 1e-2, (k, d)
+    _assert_same_lora(comfy, a, b, rel=1e-2)
     assert [h["loss"] for h in a.result[2]] == pytest.approx([h["loss"] for h in b.result[2]], rel=1e-4)
     assert all(p.dtype == torch.float8_e4m3fn for k, p in r8.named_parameters() if k in p8 and p8[k].dtype == torch.float8_e4m3fn)
