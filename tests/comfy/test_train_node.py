@@ -83,6 +83,21 @@ def _assert_weights_back(root, before: dict) -> None:
         assert after[k].device == v.device and torch.equal(after[k], v), k
 
 
+def _validation_inputs(comfy, ckpt: str, variant: str, every: int) -> dict:
+    """The Train node's validation inputs for a tiny checkpoint: its VAEs, fixed random
+    conditioning of the LTX-AV text encoder's true layout, 64x64x9 samples in 2 steps."""
+    with torch.inference_mode():
+        vae = comfy.nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]().load_checkpoint(ckpt)[2]
+        audio_vae = comfy.nodes.NODE_CLASS_MAPPINGS["LTXVAudioVAELoader"].execute(ckpt_name=ckpt).result[0]
+    w = text_context_width(variant, processed=False)
+    g = torch.Generator().manual_seed(9)
+    return dict(validation_every=every,
+                validation_positive=[[torch.randn(1, 5, w, generator=g), {"unprocessed_ltxav_embeds": True}]],
+                validation_negative=[[torch.randn(1, 3, w, generator=g), {"unprocessed_ltxav_embeds": True}]],
+                validation_vae=vae, validation_audio_vae=audio_vae, validation_width=64, validation_height=64,
+                validation_frames=9, validation_steps=2)
+
+
 def _train(comfy, model, cache, name, **kw):
     node = comfy.pack["LTX2TrainLoRA"]
     args = dict(model=model, latents={"path": cache}, recipe="Character", lora_name=name, steps=24,
@@ -211,23 +226,12 @@ def test_validation_samples_at_their_steps_and_leave_the_lora_unchanged(comfy, t
     import av
     import numpy as np
 
-    from comfy_extras.nodes_lt_audio import LTXVAudioVAELoader
-
     variant, model = tiny_model
-    name = f"tiny_{variant}.safetensors"
-    with torch.inference_mode():
-        vae = comfy.nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]().load_checkpoint(name)[2]
-        audio_vae = LTXVAudioVAELoader.execute(name).result[0]
     cache = _cache(tmp_path / "cache", variant)
     tag = variant.replace(".", "")
-    w = text_context_width(variant, processed=False)
-    g = torch.Generator().manual_seed(9)
-    pos = [[torch.randn(1, 5, w, generator=g), {"unprocessed_ltxav_embeds": True}]]
-    neg = [[torch.randn(1, 3, w, generator=g), {"unprocessed_ltxav_embeds": True}]]
     plain = _train(comfy, model, cache, f"nov{tag}", steps=8, checkpoint_every=0)
-    val = _train(comfy, model, cache, f"val{tag}", steps=8, checkpoint_every=0, validation_every=4,
-                 validation_positive=pos, validation_negative=neg, validation_vae=vae, validation_audio_vae=audio_vae,
-                 validation_width=64, validation_height=64, validation_frames=9, validation_steps=2)
+    val = _train(comfy, model, cache, f"val{tag}", steps=8, checkpoint_every=0,
+                 **_validation_inputs(comfy, f"tiny_{variant}.safetensors", variant, every=4))
     run = Path(comfy.folder_paths.get_output_directory()) / "ltx2_lora_runs" / f"val{tag}" / "samples"
     files = sorted(p.name for p in run.glob("*.mp4"))
     assert files == ["step_000004_0.mp4", "step_000008_0.mp4"], files
@@ -255,26 +259,14 @@ def test_validation_under_a_streaming_plan(comfy, tiny_model, tmp_path):
     without validation; the model's weights are back on the offload device, unchanged."""
     import av
 
-    from comfy_extras.nodes_lt_audio import LTXVAudioVAELoader
-
     variant, model = tiny_model
-    name = f"tiny_{variant}.safetensors"
-    with torch.inference_mode():
-        vae = comfy.nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]().load_checkpoint(name)[2]
-        audio_vae = LTXVAudioVAELoader.execute(name).result[0]
     cache = _cache(tmp_path / "cache", variant)
     tag = variant.replace(".", "")
     root = model.model.diffusion_model
     before = {k: v.detach().clone() for k, v in root.state_dict().items()}
-    w = text_context_width(variant, processed=False)
-    g = torch.Generator().manual_seed(9)
-    pos = [[torch.randn(1, 5, w, generator=g), {"unprocessed_ltxav_embeds": True}]]
-    neg = [[torch.randn(1, 3, w, generator=g), {"unprocessed_ltxav_embeds": True}]]
     plain = _train(comfy, model, cache, f"snov{tag}", steps=6, checkpoint_every=0, vram_budget_gb=0.001)
     val = _train(comfy, model, cache, f"sval{tag}", steps=6, checkpoint_every=0, vram_budget_gb=0.001,
-                 validation_every=3, validation_positive=pos, validation_negative=neg, validation_vae=vae,
-                 validation_audio_vae=audio_vae, validation_width=64, validation_height=64, validation_frames=9,
-                 validation_steps=2)
+                 **_validation_inputs(comfy, f"tiny_{variant}.safetensors", variant, every=3))
     assert "blocks stream their weights" in val.ui["text"][0]
     run = Path(comfy.folder_paths.get_output_directory()) / "ltx2_lora_runs" / f"sval{tag}" / "samples"
     files = sorted(p.name for p in run.glob("*.mp4"))
@@ -307,15 +299,7 @@ def test_trains_on_comfyui_fp8_checkpoints(comfy, tmp_path, budget):
     assert type(w).__name__ == "QuantizedTensor" or w.dtype == torch.float8_e4m3fn  # really quantized
     cache = _cache(tmp_path / "cache", "ltx-2.0")
     tag = "s" if budget else "r"
-    with torch.inference_mode():
-        vae = loader.load_checkpoint("tiny_fp8.safetensors")[2]
-        audio_vae = comfy.nodes.NODE_CLASS_MAPPINGS["LTXVAudioVAELoader"].execute(ckpt_name="tiny_fp8.safetensors").result[0]
-    w = text_context_width("ltx-2.0", processed=False)
-    g = torch.Generator().manual_seed(9)
-    val = dict(validation_every=3, validation_positive=[[torch.randn(1, 5, w, generator=g), {"unprocessed_ltxav_embeds": True}]],
-               validation_negative=[[torch.randn(1, 3, w, generator=g), {"unprocessed_ltxav_embeds": True}]],
-               validation_vae=vae, validation_audio_vae=audio_vae, validation_width=64, validation_height=64,
-               validation_frames=9, validation_steps=2)
+    val = _validation_inputs(comfy, "tiny_fp8.safetensors", "ltx-2.0", every=3)
     a = _train(comfy, m8, cache, f"fp8{tag}", steps=6, checkpoint_every=0, vram_budget_gb=budget, **val)
     b = _train(comfy, mref, cache, f"fp8ref{tag}", steps=6, checkpoint_every=0, vram_budget_gb=budget)
     assert "fp8 checkpoint: its quantized weights stay quantized" in a.ui["text"][0]

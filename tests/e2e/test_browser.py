@@ -57,6 +57,25 @@ def _shoot(page, name: str) -> None:
         pass
 
 
+def _open(browser, server, wf: dict, selector: str):
+    """A page on the server's frontend with ``wf`` loaded and ``selector`` attached; returns
+    (page, console errors, HTTP errors) — the lists fill as the page runs. HTTP errors are
+    kept to tell the frontend's own (optional user files, no internet here) from the pack's."""
+    ART.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.goto(server.url, wait_until="domcontentloaded")
+    page.wait_for_function("() => window.app && window.app.graph && window.app.extensionManager !== undefined",
+                           timeout=120_000)
+    page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", wf)
+    page.wait_for_selector(selector, state="attached", timeout=120_000)
+    return page, errors, failed
+
+
 def _points(page) -> int:
     return page.evaluate("() => Math.max(0, ...[...document.querySelectorAll('canvas.ltx2-loss-chart')]"
                          ".map(c => Number(c.dataset.points || 0)))")
@@ -77,18 +96,7 @@ def test_live_loss_chart_draws_and_survives_reload(server, browser):
         if n["type"] == "LTX2TrainLoRA":
             n["widgets_values"][1] = "browser_check"
             n["widgets_values"][2] = 30  # steps
-    ART.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1600, "height": 1000})
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    failed: list[str] = []  # HTTP errors, to tell the frontend's own (no internet here) from ours
-    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-    page.goto(server.url, wait_until="domcontentloaded")
-    page.wait_for_function("() => window.app && window.app.graph && window.app.extensionManager !== undefined",
-                           timeout=120_000)
-    page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", wf)
-    page.wait_for_selector("canvas.ltx2-loss-chart", state="attached", timeout=30_000)
+    page, errors, failed = _open(browser, server, wf, "canvas.ltx2-loss-chart")
     page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
     page.wait_for_function("() => [...document.querySelectorAll('canvas.ltx2-loss-chart')]"
                            ".some(c => Number(c.dataset.points || 0) >= 10)", timeout=120_000)
@@ -134,18 +142,7 @@ def test_dataset_gallery_shows_tiles_and_plays_a_sample(server, browser):
     bk = g.add("LTX2TrainBucket", (380, 0), preset="custom", buckets="64x64x9;96x64x9;64x96x9")
     g.link(lc, 0, bk, "clips")
     wf = g.ui("gallery check")
-    ART.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1600, "height": 1000})
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    failed: list[str] = []
-    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-    page.goto(server.url, wait_until="domcontentloaded")
-    page.wait_for_function("() => window.app && window.app.graph && window.app.extensionManager !== undefined",
-                           timeout=120_000)
-    page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", wf)
-    page.wait_for_selector("div.ltx2-gallery", state="attached", timeout=120_000)
+    page, errors, failed = _open(browser, server, wf, "div.ltx2-gallery")
     page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
     page.wait_for_function("() => [...document.querySelectorAll('div.ltx2-gallery')]"
                            ".some(d => Number(d.dataset.tiles || 0) > 0)", timeout=180_000)
