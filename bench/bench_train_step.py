@@ -126,6 +126,27 @@ def _step(predict, root, inp, lora, opt):
     return loss.detach()
 
 
+def split_step(predict, root, inp, lora, opt, n: int = 2) -> tuple[float, float]:
+    """(forward s, backward + optimizer s) of one step, CUDA events, median of ``n``."""
+    fw, bw = [], []
+    for _ in range(n):
+        e = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+        e[0].record()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            v, a = predict(root, inp)
+        loss = ob.masked_mse(v, inp.video.noised.target, inp.video.noised.loss_mask).mean() + \
+            ob.masked_mse(a, inp.audio.noised.target, inp.audio.noised.loss_mask).mean()
+        e[1].record()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        e[2].record()
+        torch.cuda.synchronize()
+        fw.append(e[0].elapsed_time(e[1]) / 1e3)
+        bw.append(e[1].elapsed_time(e[2]) / 1e3)
+    return sorted(fw)[n // 2], sorted(bw)[n // 2]
+
+
 def calibrate(root, inp, dev, k: int = 8) -> dict:
     """Measure what a compiled "keep" block costs at this shape (peak with k keep blocks minus
     peak with none), and set the plan's per-token constant from it."""
@@ -157,16 +178,17 @@ def calibrate(root, inp, dev, k: int = 8) -> dict:
     return rec
 
 
-def make_plan(root, inp, budget_gib, compiled: bool, lora, transfer: str = "bf16"):
+def make_plan(root, inp, budget_gib, compiled: bool, lora, transfer: str = "bf16", offload: bool = True):
     """The plan the Train node would pick: ``budget_gib`` None = the whole card (less 2 GiB)."""
-    from trainer_core.ltx2.memory import module_bytes
+    from trainer_core.ltx2.memory import host_available_bytes, module_bytes
 
     blocks = root.transformer_blocks
     other = module_bytes(root) - sum(module_bytes(b) for b in blocks)
     trainable = sum(p.numel() for p in lora.parameters()) * 4 * 4  # weights, grads, 2 Adam moments (fp32)
     budget = budget_gib if budget_gib is not None else _free_gib(root.patchify_proj.weight.device) - 2.0
     return plan_memory(blocks, other, inp.video.tokens.shape[1], inp.audio.tokens.shape[1], budget_gib=budget,
-                       trainable_bytes=trainable, compiled=compiled, transfer=transfer)
+                       trainable_bytes=trainable, compiled=compiled, transfer=transfer, offload=offload,
+                       host_budget_bytes=host_available_bytes() // 2)
 
 
 def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: bool) -> list[dict]:
@@ -206,12 +228,13 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
             calibrated[shape] = calibrate(root, inp, dev)
         lora, opt = _lora_and_opt(root, dev)
         transfer = run.get("transfer", "bf16")
-        plan = make_plan(root, inp, budget, compiled, lora, transfer)
+        plan = make_plan(root, inp, budget, compiled, lora, transfer, run.get("offload", True))
         predict = make_predict(memory_plan=plan, compile_blocks=compiled)
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         times = []
+        split = (float("nan"), float("nan"))
         t_first = time.perf_counter()
         try:
             for i in range(warmup + steps):
@@ -223,8 +246,16 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                     t_first = time.perf_counter() - t_first
                 if i >= warmup:
                     times.append(time.perf_counter() - t0)
+                if i == 0 and budget is not None:
+                    # the streamed blocks' weights have left the device: from here on hold the
+                    # caching allocator to the budget, as a card of that size would
+                    torch.cuda.empty_cache()
+                    torch.cuda.set_per_process_memory_fraction(
+                        min(1.0, budget * 2**30 / torch.cuda.get_device_properties(dev).total_memory),
+                        torch.cuda.current_device())
                 if i == warmup - 1:  # setup (streamer, compile) is not the steady state
                     torch.cuda.reset_peak_memory_stats()
+            split = split_step(predict, root, inp, lora, opt)
             err = None
         except torch.OutOfMemoryError as e:
             err = f"out of memory: {str(e)[:160]}"
@@ -234,6 +265,10 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
             traceback.print_exc()
             err = f"{type(e).__name__}: {str(e)[:300]}"
         peak = torch.cuda.max_memory_allocated() / 2**30
+        peak_reserved = torch.cuda.max_memory_reserved() / 2**30
+        torch.cuda.set_per_process_memory_fraction(1.0, torch.cuda.current_device())
+        host_act = predict.offloader.host_bytes() / 2**30 if predict.offloader is not None else 0.0
+        host_allocs = predict.offloader.host_allocs if predict.offloader is not None else 0
         predict.release()
         lora.detach()
         del lora, opt, predict
@@ -243,10 +278,13 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         torch.cuda.empty_cache()
         s = sorted(times)[len(times) // 2] if times else float("nan")
         rec = {"stack": "ours", "model": model, "shape": shape, "audio": True, "budget_gib": budget,
-               "s_per_step": round(s, 4), "peak_vram_gib": round(peak, 2),
+               "s_per_step": round(s, 4), "forward_s": round(split[0], 4), "backward_s": round(split[1], 4),
+               "peak_vram_gib": round(peak, 2), "peak_reserved_gib": round(peak_reserved, 2),
+               "allocator_capped_gib": budget,
                "mfu": round(2 * flops[shape] / s / gpu_peak(name), 4) if times and not math.isnan(gpu_peak(name)) else None,
                "gpu": name, "compiled": compiled, "stream_transfer": plan.transfer, "plan": plan.summary(), "plan_keep": plan.modes.count("keep"),
-               "plan_streamed": len(plan.streamed), "expected_peak_gib": round(plan.expected_peak_gib, 2),
+               "plan_streamed": len(plan.streamed), "plan_offloaded": plan.modes.count("offload"),
+               "host_activation_gib": round(host_act, 2), "host_buffer_allocs": host_allocs, "expected_peak_gib": round(plan.expected_peak_gib, 2),
                "first_step_s": round(t_first, 1), "fwd_tflop": round(flops[shape] / 1e12, 2),
                "params_b": round(n_params / 1e9, 2), "video_tokens": inp.video.tokens.shape[1],
                "audio_tokens": inp.audio.tokens.shape[1], "lora": "rank 32, all attention", "batch": 1,
@@ -286,7 +324,8 @@ def stream_equality(root, inputs, dev, model, gpu, steps=3, budget=24.0) -> dict
     den = sum(float(wa[k].norm() ** 2) for k in wa) ** 0.5
     num = sum(float((wa[k] - wb[k]).norm() ** 2) for k in wa) ** 0.5
     rec = {"check": "streamed equals resident", "model": model, "shape": shape, "gpu": gpu, "steps": steps,
-           "budget_gib": budget, "streamed_blocks": len(plans[1].streamed), "losses_resident": la,
+           "budget_gib": budget, "streamed_blocks": len(plans[1].streamed),
+           "offloaded_blocks": plans[1].modes.count("offload"), "losses_resident": la,
            "losses_streamed": lb, "lora_rel_diff": num / max(den, 1e-30),
            "max_abs_diff": max(float((wa[k] - wb[k]).abs().max()) for k in wa)}
     emit(rec)
@@ -340,7 +379,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default="ltx-2.0,ltx-2.3")
     ap.add_argument("--runs", default="768x512x121:none,512x512x33:none,768x512x121:24,768x512x121:16",
-                    help="shape:budget[:eager][:nocal][:fp8] for LTX-2.0; LTX-2.3 runs its first entry only")
+                    help="shape:budget[:eager][:nocal][:fp8][:nooff] for LTX-2.0; LTX-2.3 runs its first entry only")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-equality", action="store_true")
@@ -359,7 +398,7 @@ def main() -> int:
             continue
         runs.append({"shape": parts[0], "budget": None if parts[1] == "none" else float(parts[1]),
                      "compile": "eager" not in parts[2:], "calibrate": "nocal" not in parts[2:],
-                     "transfer": "fp8" if "fp8" in parts[2:] else "bf16"})
+                     "transfer": "fp8" if "fp8" in parts[2:] else "bf16", "offload": "nooff" not in parts[2:]})
     gpu = torch.cuda.get_device_name().replace(" ", "_")
     out = Path(a.out) if a.out else Path(__file__).parent / "results" / f"train_step_{gpu}.json"
     _SINK["path"] = str(out)

@@ -1,5 +1,6 @@
 """Micro-benchmark of one streamed block's transfer on the GPU: pinned host -> device copy of
-the block's weights in bf16 and in fp8, and the fp8 dequantization, timed with CUDA events.
+the block's weights in bf16 and in fp8, the fp8 dequantization, and activations going
+device -> host at the same time as weights come in (full duplex), timed with CUDA events.
 Writes micro_stream.json to --out.
 
     python bench/micro_stream.py --out /tmp/ms
@@ -74,6 +75,51 @@ def main() -> int:
             torch.cuda.current_stream().wait_stream(side)
         return run
 
+    # full duplex: the forward of a streamed + offloaded plan copies weights in (host -> device)
+    # while activations go out (device -> host); each alone, then both at once on two streams
+    act = torch.randn(int(0.6e9) // 2, dtype=torch.bfloat16, device="cuda")
+    act_host = torch.empty_like(act, device="cpu").pin_memory()
+    s_in, s_out = torch.cuda.Stream(), torch.cuda.Stream()
+
+    def copy_in():
+        with torch.cuda.stream(s_in):
+            for d, h in zip(dev, host):
+                d.copy_(h, non_blocking=True)
+        torch.cuda.current_stream().wait_stream(s_in)
+
+    def copy_out():
+        with torch.cuda.stream(s_out):
+            act_host.copy_(act, non_blocking=True)
+        torch.cuda.current_stream().wait_stream(s_out)
+
+    def both():
+        s_in.wait_stream(torch.cuda.current_stream())
+        s_out.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s_out):
+            act_host.copy_(act, non_blocking=True)
+        with torch.cuda.stream(s_in):
+            for d, h in zip(dev, host):
+                d.copy_(h, non_blocking=True)
+        torch.cuda.current_stream().wait_stream(s_in)
+        torch.cuda.current_stream().wait_stream(s_out)
+
+    def in_twice():  # two host -> device copies at once (weights and fetched activations in backward)
+        s_in.wait_stream(torch.cuda.current_stream())
+        s_out.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s_out):
+            act.copy_(act_host, non_blocking=True)
+        with torch.cuda.stream(s_in):
+            for d, h in zip(dev, host):
+                d.copy_(h, non_blocking=True)
+        torch.cuda.current_stream().wait_stream(s_in)
+        torch.cuda.current_stream().wait_stream(s_out)
+
+    rec["act_gb"] = round(act.numel() * 2 / 1e9, 3)
+    rec["h2d_block_ms"] = timed(copy_in)
+    rec["d2h_act_ms"] = timed(copy_out)
+    rec["duplex_both_ms"] = timed(both)
+    rec["h2d_block_plus_act_ms"] = timed(in_twice)
+    rec["d2h_GBps"] = round(rec["act_gb"] / rec["d2h_act_ms"] * 1e3, 1)
     rec["matmul40_alone_ms"] = timed(lambda: [x @ w for _ in range(40)])
     rec["overlap_bf16_ms"] = timed(overlap("bf16"))
     rec["overlap_fp8_ms"] = timed(overlap("fp8"))

@@ -118,7 +118,7 @@ def plan_for_training(root: torch.nn.Module, cache_dir: str, cfg: TrainConfig, b
     (fp32 weights + grads, two moments: fp32 for AdamW, 8-bit for AdamW 8-bit)."""
     from .cache import LatentCache
     from .lora import resolve_targets
-    from .ltx2.memory import module_bytes, plan_memory
+    from .ltx2.memory import host_available_bytes, module_bytes, plan_memory
     from .objective import get_mode
 
     mode = get_mode(cfg.mode)
@@ -140,4 +140,6 @@ def plan_for_training(root: torch.nn.Module, cache_dir: str, cfg: TrainConfig, b
     other = module_bytes(root) - sum(module_bytes(b) for b in blocks)
     return plan_memory(blocks, other, worst[0] * batch_size, worst[1] * batch_size, budget_gib=budget_gib,
                        trainable_bytes=n_lora * per_param, compiled=compiled,
-                       allow_keep=True, transfer=getattr(cfg, "stream_transfer", "bf16") or "bf16")
+                       allow_keep=True, transfer=getattr(cfg, "stream_transfer", "bf16") or "bf16",
+                       offload=bool(getattr(cfg, "offload_activations", True)),
+                       host_budget_bytes=host_available_bytes() // 2)

@@ -29,14 +29,14 @@ def _tree(variant: str, layers: int = 6):
     return c, root
 
 
-def _train(root, c, plan, steps=3, variant_inputs=None):
+def _train(root, c, plan, steps=3, variant_inputs=None, **predict_kw):
     lora = LoRASet.for_model(root, LoRASpec(rank=4, alpha=4, preset="all attention"), seed=1)
     with torch.no_grad():  # non-zero B so every adapter changes the output from step 0
         for p in lora.parameters():
             p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     lora.attach(root)
     opt = torch.optim.AdamW(list(lora.parameters()), lr=1e-2)
-    predict = make_predict(memory_plan=plan)
+    predict = make_predict(memory_plan=plan, **predict_kw)
     losses = []
     for s in range(steps):
         inp = step_inputs(c, "text_to_audio_video", seed=10 + s)
@@ -49,6 +49,8 @@ def _train(root, c, plan, steps=3, variant_inputs=None):
         losses.append(loss.item())
     streamer = predict.streamer
     copies = streamer.copies if streamer is not None else 0
+    if predict.offloader is not None:
+        _train.offloaded = (predict.offloader.bytes_out, predict.offloader.fetches)
     predict.release()
     lora.detach()
     return losses, {k: v.detach().clone() for k, v in lora.state_dict().items()}, copies
@@ -77,6 +79,78 @@ def test_streamed_training_equals_resident(variant):
         assert v.device == ref_state[k].device
         assert torch.equal(v, ref_state[k]), k
     assert n == 6
+
+
+@pytest.mark.parametrize("variant,compiled", [("2.0", False), ("2.3", False), ("2.0", "aot_eager")])
+def test_offloaded_activations_equal_kept_ones(variant, compiled):
+    """mode "offload": a block's saved activations go to host memory after its forward and
+    come back for its backward. Same kernels on bit-identical tensors: the losses and the
+    LoRA equal the all-"keep" run exactly, alone and next to streamed, recomputed blocks —
+    eager, and compiled (AOTAutograd saves the block's tensors in one go)."""
+    c, root = _tree(variant)
+    kw = dict(offload_min_bytes=0, compile_blocks=compiled)
+    l_keep, w_keep, _ = _train(root, c, MemoryPlan(["keep"] * 6), **kw)
+    _train.offloaded = (0, 0)
+    l_off, w_off, _ = _train(root, c, MemoryPlan(["offload", "full", "offload", "offload", "keep", "offload"]), **kw)
+    moved, fetches = _train.offloaded
+    assert moved > 0 and fetches == 3 * 4  # every offloaded block comes back once per step
+    _train.offloaded = (0, 0)
+    l_mix, w_mix, copies = _train(root, c, MemoryPlan(["offload", "full", "offload", "keep", "full", "offload"],
+                                                      streamed=[1, 4]), **kw)
+    assert copies >= 2 and _train.offloaded[1] == 3 * 3  # two streamed blocks: both slots hold them
+    assert l_off == l_keep and l_mix == l_keep
+    for k in w_keep:
+        assert torch.equal(w_off[k], w_keep[k]), k
+        assert torch.equal(w_mix[k], w_keep[k]), k
+
+
+def test_offloader_frees_device_copies_and_reuses_host_buffers():
+    """The block's saved tensors live only in the host buffer between forward and backward
+    (the device copies are let go), the host buffers are reused step after step, weights and
+    the block's inputs are never copied, and a second backward over a kept graph still works."""
+    from trainer_core.ltx2.memory import ActivationOffloader
+
+    c, root = _tree("2.0", layers=2)
+    lin = root.transformer_blocks[0].attn1.to_q
+    lin.weight.requires_grad_(True)
+    off = ActivationOffloader(root.transformer_blocks, [0], "cpu", min_bytes=0)
+    x = torch.randn(3, lin.in_features, requires_grad=True)
+    bufs = set()
+    for step in range(3):
+        with off.saving(0, (x,)):
+            h = torch.tanh(lin(x * 2.0))
+            y = (h * h).sum(dim=1)
+        off.finish(0, (y,))
+        saved = [r() for r in off.saved[0]]
+        assert saved and all(s.dev is None and s.host is not None for s in saved)
+        assert all(s.host.data_ptr() != x.data_ptr() and s.host.data_ptr() != lin.weight.data_ptr() for s in saved)
+        bufs.add(off.host[0].data_ptr())
+        y.sum().backward(retain_graph=True)
+        g1 = x.grad.clone()
+        x.grad = None
+        y.sum().backward()  # second pass: served again from the host copies
+        assert torch.equal(x.grad, g1)
+        x.grad = None
+        del saved  # the graph is gone: nothing holds the block's tensors, the buffer is reused
+    assert len(bufs) == 1 and off.fetches == 3 and off.host_allocs == 1
+    ref_x = x.detach().clone().requires_grad_(True)
+    torch.tanh(lin(ref_x * 2.0)).pow(2).sum().backward()
+    assert torch.allclose(ref_x.grad, g1)
+    # two forwards before their backwards (e.g. two losses): the second forward must not
+    # overwrite what the first graph still needs
+    ys = []
+    for scale in (2.0, -3.0):
+        with off.saving(0, (x,)):
+            y = torch.tanh(lin(x * scale)).pow(2).sum()
+        off.finish(0, (y,))
+        ys.append(y)
+    g = [torch.autograd.grad(y, x)[0] for y in ys]
+    for scale, gi in zip((2.0, -3.0), g):
+        r = x.detach().clone().requires_grad_(True)
+        torch.tanh(lin(r * scale)).pow(2).sum().backward()
+        assert torch.allclose(r.grad, gi)
+    off.release()
+    assert not off.host
 
 
 @pytest.mark.parametrize("variant", ["2.0", "2.3"])
@@ -204,3 +278,31 @@ def test_plan_memory_budgets():
     impossible = plan_memory(blocks, other_bytes=GIB, video_tokens=tokens, budget_gib=1.0, block_bytes=sizes)
     assert impossible.notes and len(impossible.streamed) == 8
     assert wb > 0
+
+
+def test_plans_offload_resident_blocks_only_when_weights_stream():
+    """Where weights stream, the blocks whose weights stay resident keep their activations in
+    host memory instead of recomputing ("offload"), within the host budget; streamed blocks
+    always recompute; without streaming, or with offload off, nothing is offloaded."""
+    blocks = [torch.nn.Identity()] * 48
+    kw = dict(other_bytes=int(1.2e9), video_tokens=6144, audio_tokens=126, trainable_bytes=int(0.3e9),
+              compiled=True, block_bytes=[int(0.872e9)] * 48)
+    p = plan_memory(blocks, budget_gib=24, **kw)
+    off = [i for i, m in enumerate(p.modes) if m == "offload"]
+    assert p.streamed and len(off) >= 2
+    assert not set(off) & set(p.streamed)
+    assert all(p.modes[i] == "full" for i in p.streamed)
+    assert p.expected_peak_gib <= 24 + 1e-6
+    assert "keep them in host memory" in p.summary() and any("GiB of RAM" in n for n in p.notes)
+    plain = plan_memory(blocks, budget_gib=24, offload=False, **kw)
+    assert "offload" not in plain.modes and plain.expected_peak_gib <= 24 + 1e-6
+    # one block's activations on the device for the fetch ahead: at most one more block streams
+    assert len(plain.streamed) <= len(p.streamed) <= len(plain.streamed) + 1
+    assert sum(m != "full" for m in p.modes) > sum(m != "full" for m in plain.modes)
+    per_block = 121_000 * (6144 + 126)
+    capped = plan_memory(blocks, budget_gib=24, host_budget_bytes=5 * per_block, **kw)
+    assert capped.modes.count("offload") == 5
+    none = plan_memory(blocks, budget_gib=24, host_budget_bytes=per_block, **kw)
+    assert "offload" not in none.modes and none.modes == plain.modes  # one block is not worth it
+    roomy = plan_memory(blocks, budget_gib=80, **kw)
+    assert not roomy.streamed and "offload" not in roomy.modes

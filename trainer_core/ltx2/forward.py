@@ -586,7 +586,7 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
                dtype: Optional[torch.dtype] = None, config: Optional[LTX2Config] = None,
                unprocessed_text: bool = True, rope_cache: Optional[RopeCache] = None,
                text: Optional[tuple] = None, block_fn: Optional[Callable] = None,
-               modes: Optional[Sequence[str]] = None, streamer: Any = None,
+               modes: Optional[Sequence[str]] = None, streamer: Any = None, offloader: Any = None,
                ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """The LTX-2 audio-video transformer forward, out of place.
 
@@ -599,10 +599,13 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
     checkpointing: recompute each block in backward (``use_reentrant=False``).
     dtype: compute dtype (defaults to the video/audio tokens' dtype).
     block_fn: the per-block function (default :func:`block_forward`; e.g. a compiled one).
-    modes: per block "keep" (activations resident) or "full" (recomputed in backward);
-        overrides ``checkpointing`` (see :mod:`trainer_core.ltx2.memory`).
+    modes: per block "keep" (activations resident), "offload" (activations kept in host
+        memory by ``offloader``) or "full" (recomputed in backward); overrides
+        ``checkpointing`` (see :mod:`trainer_core.ltx2.memory`).
     streamer: a :class:`~trainer_core.ltx2.memory.BlockStreamer` whose ``enter(i)`` runs at
         the start of block ``i`` (forward and recomputation) to bring its weights in.
+    offloader: an :class:`~trainer_core.ltx2.memory.ActivationOffloader` for the
+        "offload" blocks (without one they run as "keep").
 
     Returns (video velocity [B, N, 128] or None, audio velocity [B, T, 128] or None).
     Must run with gradients enabled and outside inference mode to be trainable (use
@@ -691,6 +694,11 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
             run = fn
         if recompute and grad:
             vx, ax = checkpoint(run, block, c, vx, ax, v, a, use_reentrant=False)
+        elif grad and offloader is not None and modes is not None and modes[i] == "offload":
+            args = (vx, ax, v, a)
+            with offloader.saving(i, args):
+                vx, ax = run(block, c, *args)
+            offloader.finish(i, (vx, ax))
         else:
             vx, ax = run(block, c, vx, ax, v, a)
 
@@ -737,7 +745,8 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
                  fix_inference_weights: bool = True, rope_cache_size: int = 8,
                  config: Optional[LTX2Config] = None, compile_blocks: Any = False,
                  memory_plan: Any = None, cudagraphs: Optional[bool] = None,
-                 activation_budget: float = 0.7, cudagraph_max_tokens: int = 4096) -> Callable:
+                 activation_budget: float = 0.7, cudagraph_max_tokens: int = 4096,
+                 offload_min_bytes: int = 1 << 20) -> Callable:
     """The engine's ``predict(root, inputs) -> (video_pred, audio_pred)``.
 
     checkpointing: per-block activation checkpointing (recompute each block in backward).
@@ -768,7 +777,9 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
         (overrides ``checkpointing``) and the blocks whose weights stream from host memory
         (the streamer is set up on the first call, on the inputs' device, and exposed as
         ``predict.streamer``; call ``predict.release()`` after training to put the weights
-        back).
+        back). Blocks in mode "offload" keep their activations in host memory between
+        forward and backward (:class:`~trainer_core.ltx2.memory.ActivationOffloader`, saved
+        tensors of at least ``offload_min_bytes``; exposed as ``predict.offloader``).
 
     ``inputs`` is ``trainer_core.engine.StepInputs``: ``video``/``audio`` carry ``tokens``,
     ``sigma`` (per token) and ``grid``; ``text["context"]`` is the text encoder's output
@@ -823,6 +834,13 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
             modes = None
             if memory_plan is not None:
                 modes = memory_plan.modes
+                if "offload" in modes and state["offloader"] is None:
+                    from .memory import ActivationOffloader
+
+                    state["offloader"] = ActivationOffloader(
+                        root.transformer_blocks, [i for i, m in enumerate(modes) if m == "offload"], ref.device,
+                        min_bytes=offload_min_bytes)
+                    predict.offloader = state["offloader"]  # type: ignore[attr-defined]
                 if memory_plan.streamed and state["streamer"] is None:
                     from .memory import BlockStreamer
 
@@ -844,20 +862,26 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
             with torch.autocast(ref.device.type, enabled=False) if plain else contextlib.nullcontext(), budget:
                 return forward_av(root, vid, aud, context=ctx, fps=float(inputs.fps), checkpointing=checkpointing,
                                   dtype=cd, config=c, unprocessed_text=unproc, rope_cache=cache,
-                                  block_fn=fn, modes=modes, streamer=state["streamer"])
+                                  block_fn=fn, modes=modes, streamer=state["streamer"],
+                                  offloader=state["offloader"])
 
-    state: dict[str, Any] = {"streamer": None}
+    state: dict[str, Any] = {"streamer": None, "offloader": None}
 
     def release() -> None:
         if state["streamer"] is not None:
             state["streamer"].restore()
             state["streamer"] = None
             predict.streamer = None  # type: ignore[attr-defined]
+        if state["offloader"] is not None:
+            state["offloader"].release()
+            state["offloader"] = None
+            predict.offloader = None  # type: ignore[attr-defined]
 
     predict.checkpointing = checkpointing  # type: ignore[attr-defined]
     predict.rope_cache = cache  # type: ignore[attr-defined]
     predict.memory_plan = memory_plan  # type: ignore[attr-defined]
     predict.streamer = None  # type: ignore[attr-defined]
+    predict.offloader = None  # type: ignore[attr-defined]
     predict.release = release  # type: ignore[attr-defined]
     return predict
 
