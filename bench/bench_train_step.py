@@ -235,6 +235,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         torch.cuda.reset_peak_memory_stats()
         times = []
         split = (float("nan"), float("nan"))
+        retries0 = 0
         t_first = time.perf_counter()
         try:
             for i in range(warmup + steps):
@@ -255,6 +256,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                         torch.cuda.current_device())
                 if i == warmup - 1:  # setup (streamer, compile) is not the steady state
                     torch.cuda.reset_peak_memory_stats()
+                    retries0 = torch.cuda.memory_stats().get("num_alloc_retries", 0)
             split = split_step(predict, root, inp, lora, opt)
             err = None
         except torch.OutOfMemoryError as e:
@@ -266,6 +268,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
             err = f"{type(e).__name__}: {str(e)[:300]}"
         peak = torch.cuda.max_memory_allocated() / 2**30
         peak_reserved = torch.cuda.max_memory_reserved() / 2**30
+        retries = torch.cuda.memory_stats().get("num_alloc_retries", 0) - retries0
         torch.cuda.set_per_process_memory_fraction(1.0, torch.cuda.current_device())
         host_act = predict.offloader.host_bytes() / 2**30 if predict.offloader is not None else 0.0
         host_allocs = predict.offloader.host_allocs if predict.offloader is not None else 0
@@ -280,7 +283,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         rec = {"stack": "ours", "model": model, "shape": shape, "audio": True, "budget_gib": budget,
                "s_per_step": round(s, 4), "forward_s": round(split[0], 4), "backward_s": round(split[1], 4),
                "peak_vram_gib": round(peak, 2), "peak_reserved_gib": round(peak_reserved, 2),
-               "allocator_capped_gib": budget,
+               "allocator_capped_gib": budget, "alloc_retries": retries,
                "mfu": round(2 * flops[shape] / s / gpu_peak(name), 4) if times and not math.isnan(gpu_peak(name)) else None,
                "gpu": name, "compiled": compiled, "stream_transfer": plan.transfer, "plan": plan.summary(), "plan_keep": plan.modes.count("keep"),
                "plan_streamed": len(plan.streamed), "plan_offloaded": plan.modes.count("offload"),
