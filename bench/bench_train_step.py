@@ -178,7 +178,8 @@ def calibrate(root, inp, dev, k: int = 8) -> dict:
     return rec
 
 
-def make_plan(root, inp, budget_gib, compiled: bool, lora, transfer: str = "bf16", offload: bool = True):
+def make_plan(root, inp, budget_gib, compiled: bool, lora, transfer: str = "bf16", offload: bool = True,
+              offload_streamed: bool = False):
     """The plan the Train node would pick: ``budget_gib`` None = the whole card (less 2 GiB)."""
     from trainer_core.ltx2.memory import host_available_bytes, module_bytes
 
@@ -188,6 +189,7 @@ def make_plan(root, inp, budget_gib, compiled: bool, lora, transfer: str = "bf16
     budget = budget_gib if budget_gib is not None else _free_gib(root.patchify_proj.weight.device) - 2.0
     return plan_memory(blocks, other, inp.video.tokens.shape[1], inp.audio.tokens.shape[1], budget_gib=budget,
                        trainable_bytes=trainable, compiled=compiled, transfer=transfer, offload=offload,
+                       offload_streamed=offload_streamed,
                        host_budget_bytes=host_available_bytes() // 2)
 
 
@@ -228,7 +230,8 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
             calibrated[shape] = calibrate(root, inp, dev)
         lora, opt = _lora_and_opt(root, dev)
         transfer = run.get("transfer", "bf16")
-        plan = make_plan(root, inp, budget, compiled, lora, transfer, run.get("offload", True))
+        plan = make_plan(root, inp, budget, compiled, lora, transfer, run.get("offload", True),
+                         run.get("offload_streamed", False))
         predict = make_predict(memory_plan=plan, compile_blocks=compiled)
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -311,9 +314,9 @@ def stream_equality(root, inputs, dev, model, gpu, steps=3, budget=24.0) -> dict
     inp = inputs[shape]
     finals = []
     plans = []
-    for b, tr in ((None, "bf16"), (budget, "bf16"), (budget, "fp8")):
+    for b, tr, offs in ((None, "bf16", False), (budget, "bf16", False), (budget, "fp8", False), (budget, "bf16", True)):
         lora, opt = _lora_and_opt(root, dev, seed=1)
-        plan = make_plan(root, inp, b, True, lora, tr)
+        plan = make_plan(root, inp, b, True, lora, tr, offload_streamed=offs)
         # the same kernels either way: compare the resident plan's modes with streaming added
         plans.append(plan)
         predict = make_predict(memory_plan=plan, compile_blocks=True)
@@ -323,7 +326,7 @@ def stream_equality(root, inputs, dev, model, gpu, steps=3, budget=24.0) -> dict
         lora.detach()
         del lora, opt, predict
         torch.cuda.empty_cache()
-    (wa, la), (wb, lb), (wc, lc) = finals
+    (wa, la), (wb, lb), (wc, lc), (wd, ld) = finals
     den = sum(float(wa[k].norm() ** 2) for k in wa) ** 0.5
     num = sum(float((wa[k] - wb[k]).norm() ** 2) for k in wa) ** 0.5
     rec = {"check": "streamed equals resident", "model": model, "shape": shape, "gpu": gpu, "steps": steps,
@@ -336,6 +339,13 @@ def stream_equality(root, inputs, dev, model, gpu, steps=3, budget=24.0) -> dict
     emit({"check": "fp8-streamed vs resident (frozen weights of streamed blocks rounded to fp8)", "model": model,
           "shape": shape, "gpu": gpu, "steps": steps, "budget_gib": budget, "streamed_blocks": len(plans[2].streamed),
           "losses_resident": la, "losses_fp8_streamed": lc, "lora_rel_diff": num8 / max(den, 1e-30)})
+    num_s = sum(float((wa[k] - wd[k]).norm() ** 2) for k in wa) ** 0.5
+    emit({"check": "streamed, with some streamed blocks keeping their activations in host memory, equals resident",
+          "model": model, "shape": shape, "gpu": gpu, "steps": steps, "budget_gib": budget,
+          "streamed_blocks": len(plans[3].streamed), "offloaded_blocks": plans[3].modes.count("offload"),
+          "offloaded_streamed_blocks": sum(plans[3].modes[i] == "offload" for i in plans[3].streamed),
+          "losses_resident": la, "losses_streamed": ld, "lora_rel_diff": num_s / max(den, 1e-30),
+          "max_abs_diff": max(float((wa[k] - wd[k]).abs().max()) for k in wa)})
     return rec
 
 
@@ -382,7 +392,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default="ltx-2.0,ltx-2.3")
     ap.add_argument("--runs", default="768x512x121:none,512x512x33:none,768x512x121:24,768x512x121:16",
-                    help="shape:budget[:eager][:nocal][:fp8][:nooff] for LTX-2.0; LTX-2.3 runs its first entry only")
+                    help="shape:budget[:eager][:nocal][:fp8][:nooff][:offs] for LTX-2.0; LTX-2.3 runs its first entry only")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-equality", action="store_true")
@@ -401,7 +411,8 @@ def main() -> int:
             continue
         runs.append({"shape": parts[0], "budget": None if parts[1] == "none" else float(parts[1]),
                      "compile": "eager" not in parts[2:], "calibrate": "nocal" not in parts[2:],
-                     "transfer": "fp8" if "fp8" in parts[2:] else "bf16", "offload": "nooff" not in parts[2:]})
+                     "transfer": "fp8" if "fp8" in parts[2:] else "bf16", "offload": "nooff" not in parts[2:],
+                     "offload_streamed": "offs" in parts[2:]})
     gpu = torch.cuda.get_device_name().replace(" ", "_")
     out = Path(a.out) if a.out else Path(__file__).parent / "results" / f"train_step_{gpu}.json"
     _SINK["path"] = str(out)

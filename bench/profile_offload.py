@@ -1,5 +1,6 @@
 """Where a streamed step spends its time: the 19B layout at 768×512×121 under a VRAM budget,
-for plan variants on one machine (activations offloaded to host memory, or recomputed). Per variant: every step's time,
+for plan variants on one machine: ``offload`` (resident blocks keep their activations in host
+memory), ``offs`` (some streamed blocks too), ``nooff`` (recomputed); ``-fp8`` streams as fp8. Per variant: every step's time,
 forward/backward split, and a torch.profiler pass over one step that sums the copies by
 direction and the host-side CUDA calls that can stall the GPU (synchronizations, mallocs).
 With ``--cap`` the caching allocator is held to the budget as on a card of that size.
@@ -61,7 +62,8 @@ def main() -> int:
     recs = []
     for var in a.variants.split(","):
         lora, opt = _lora_and_opt(root, dev)
-        plan = make_plan(root, inp, a.budget, True, lora, "bf16", offload=var != "nooff")
+        plan = make_plan(root, inp, a.budget, True, lora, "fp8" if var.endswith("fp8") else "bf16",
+                         offload=not var.startswith("nooff"), offload_streamed=var.startswith("offs"))
         predict = make_predict(memory_plan=plan, compile_blocks=True)
         rec = {"variant": var, "plan": plan.summary(), "budget_gib": a.budget, "cap": a.cap}
         try:

@@ -68,6 +68,7 @@ class TrainConfig:
     compile_blocks: str = "auto"  # auto (on for CUDA) | on | off
     stream_transfer: str = "bf16"  # how streamed block weights travel: bf16 (exact) | fp8 (half the bytes)
     offload_activations: bool = True  # with streaming: resident blocks keep activations in host RAM, not recompute
+    offload_streamed_activations: bool = False  # some streamed blocks too (CPU-tested; not yet measured on a GPU)
     divergence_factor: float = 10.0
     trigger_word: str = ""
 

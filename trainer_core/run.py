@@ -142,4 +142,5 @@ def plan_for_training(root: torch.nn.Module, cache_dir: str, cfg: TrainConfig, b
                        trainable_bytes=n_lora * per_param, compiled=compiled,
                        allow_keep=True, transfer=getattr(cfg, "stream_transfer", "bf16") or "bf16",
                        offload=bool(getattr(cfg, "offload_activations", True)),
+                       offload_streamed=bool(getattr(cfg, "offload_streamed_activations", False)),
                        host_budget_bytes=host_available_bytes() // 2)

@@ -343,3 +343,30 @@ def test_trains_with_comfyui_fp8_weight_dtype(comfy, tmp_path, budget):
     _assert_same_lora(comfy, a, b, rel=1e-2)
     assert [h["loss"] for h in a.result[2]] == pytest.approx([h["loss"] for h in b.result[2]], rel=1e-4)
     assert all(p.dtype == torch.float8_e4m3fn for k, p in r8.named_parameters() if k in p8 and p8[k].dtype == torch.float8_e4m3fn)
+
+
+def test_quantized_streamed_blocks_recompute_when_planned_to_keep_activations(comfy, tmp_path):
+    """A plan that asks streamed blocks to keep their activations in host memory falls back
+    to recomputing them when their weights are ComfyUI's quantized tensors (those cannot be
+    re-viewed from a slot in backward): no offloader, and the same output as recomputing."""
+    from tests.core.test_ltx2_forward import step_inputs
+    from trainer_core.ltx2 import LTX2Config, make_predict
+    from trainer_core.ltx2.memory import MemoryPlan
+    from trainer_core.tiny_checkpoint import quantize_checkpoint_fp8, save_safetensors, tiny_state_dict
+
+    sd, meta = tiny_state_dict("ltx-2.0", 4, torch.float32)
+    q, qmeta, _ = quantize_checkpoint_fp8(sd, meta)
+    save_safetensors(q, comfy.base / "models" / "checkpoints" / "tiny_fp8_offload.safetensors", qmeta)
+    with torch.inference_mode():
+        m8 = comfy.nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]().load_checkpoint("tiny_fp8_offload.safetensors")[0]
+    root = m8.model.diffusion_model
+    root.requires_grad_(False)
+    inp = step_inputs(LTX2Config.from_module(root), "text_to_audio_video", seed=4)
+    n = len(root.transformer_blocks)
+    outs = []
+    for modes in (["offload"] * n, ["full"] * n):
+        pred = make_predict(memory_plan=MemoryPlan(modes, streamed=list(range(n))), offload_min_bytes=0)
+        outs.append(pred(root, inp))
+        assert pred.offloader is None and pred.streamer is not None
+        pred.release()
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])

@@ -98,10 +98,18 @@ def test_offloaded_activations_equal_kept_ones(variant, compiled):
     l_mix, w_mix, copies = _train(root, c, MemoryPlan(["offload", "full", "offload", "keep", "full", "offload"],
                                                       streamed=[1, 4]), **kw)
     assert copies >= 2 and _train.offloaded[1] == 3 * 3  # two streamed blocks: both slots hold them
-    assert l_off == l_keep and l_mix == l_keep
+    # streamed blocks that keep their activations in host memory too: their saved weights are
+    # taken from the slots in backward (three streamed blocks through two slots: block 1
+    # comes back for its backward, brought by block 3's backward)
+    _train.offloaded = (0, 0)
+    l_so, w_so, copies = _train(root, c, MemoryPlan(["offload", "offload", "full", "offload", "keep", "offload"],
+                                                    streamed=[1, 3, 5]), **kw)
+    assert _train.offloaded[1] == 3 * 4 and copies >= 3 * 2
+    assert l_off == l_keep and l_mix == l_keep and l_so == l_keep
     for k in w_keep:
         assert torch.equal(w_off[k], w_keep[k]), k
         assert torch.equal(w_mix[k], w_keep[k]), k
+        assert torch.equal(w_so[k], w_keep[k]), k
 
 
 def test_offloader_frees_device_copies_and_reuses_host_buffers():
@@ -306,3 +314,60 @@ def test_plans_offload_resident_blocks_only_when_weights_stream():
     assert "offload" not in none.modes and none.modes == plain.modes  # one block is not worth it
     roomy = plan_memory(blocks, budget_gib=80, **kw)
     assert not roomy.streamed and "offload" not in roomy.modes
+    # offload_streamed: some streamed blocks keep their activations too, as many as balance
+    # backward's compute against its copies — more when weights travel as fp8 (cheaper)
+    def streamed_off(plan):
+        return sum(plan.modes[i] == "offload" for i in plan.streamed)
+
+    assert streamed_off(p) == 0
+    s16 = plan_memory(blocks, budget_gib=24, offload_streamed=True, **kw)
+    s8 = plan_memory(blocks, budget_gib=24, offload_streamed=True, transfer="fp8", **kw)
+    assert 0 < streamed_off(s16) < len(s16.streamed) and streamed_off(s8) > streamed_off(s16)
+    assert s16.streamed == p.streamed and s16.expected_peak_gib == p.expected_peak_gib  # device memory alike
+    assert "of them streamed" in s16.notes[-1]
+    p8 = plan_memory(blocks, budget_gib=24, transfer="fp8", **kw)
+    tight_host = plan_memory(blocks, budget_gib=24, offload_streamed=True, transfer="fp8",
+                             host_budget_bytes=(p8.modes.count("offload") + 2) * per_block, **kw)
+    assert streamed_off(tight_host) == 2
+
+
+@pytest.mark.parametrize("transfer", ["bf16", "fp8"])
+def test_streamed_offloaded_blocks_take_their_weights_from_wherever_the_streamer_has_them(transfer):
+    """A streamed block that keeps its activations saves its weights by reference to the
+    streamer, not to the slot it ran in: with the slots emptied, scrambled and refilled in
+    another order between forward and backward, the gradients still equal the resident run
+    (fp8: the run that recomputes the same streamed, fp8-rounded blocks)."""
+    c, root = _tree("2.0", layers=4)
+    inp = step_inputs(c, "text_to_audio_video", seed=8)
+    lora = LoRASet.for_model(root, LoRASpec(rank=4, alpha=4, preset="all attention"), seed=1)
+    with torch.no_grad():
+        for p in lora.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    lora.attach(root)
+
+    def grads(plan, scramble):
+        pred = make_predict(memory_plan=plan, offload_min_bytes=0)
+        v, a = pred(root, inp)
+        if scramble:
+            st = pred.streamer
+            st.park()
+            with torch.no_grad():
+                for slot in st.slots:
+                    for t in slot:
+                        t.normal_()
+            st.last_slot = 1 - st.last_slot  # the next load goes to the other slot than before
+        (v.float().square().mean() + a.float().square().mean()).backward()
+        g = {k: p.grad.clone() for k, p in lora.named_parameters()}
+        lora.zero_grad(set_to_none=True)
+        pred.release()
+        return g
+
+    if transfer == "bf16":
+        ref = grads(MemoryPlan(["keep"] * 4), False)
+    else:
+        ref = grads(MemoryPlan(["full"] * 4, streamed=[0, 1, 3], transfer="fp8"), False)
+        assert not all(torch.equal(ref[k], v) for k, v in grads(MemoryPlan(["keep"] * 4), False).items())
+    got = grads(MemoryPlan(["offload", "offload", "full", "offload"], streamed=[0, 1, 3], transfer=transfer), True)
+    lora.detach()
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k

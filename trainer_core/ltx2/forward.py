@@ -688,13 +688,16 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
     grad = torch.is_grad_enabled()
     for i, block in enumerate(blocks):
         recompute = (modes[i] == "full") if modes is not None else checkpointing
+        offload = grad and offloader is not None and modes is not None and modes[i] == "offload"
+        if streamer is not None and i in getattr(streamer, "params", {}) and not offload:
+            recompute = True  # a streamed block's weights leave its slot: never save them for backward
         if streamer is not None:
             run = _StreamedBlock(fn, streamer, i)
         else:
             run = fn
         if recompute and grad:
             vx, ax = checkpoint(run, block, c, vx, ax, v, a, use_reentrant=False)
-        elif grad and offloader is not None and modes is not None and modes[i] == "offload":
+        elif offload:
             args = (vx, ax, v, a)
             with offloader.saving(i, args):
                 vx, ax = run(block, c, *args)
@@ -833,20 +836,26 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
                 aud = (_normal(inputs.audio.tokens), _normal(inputs.audio.sigma), tuple(inputs.audio.grid))
             modes = None
             if memory_plan is not None:
-                modes = memory_plan.modes
-                if "offload" in modes and state["offloader"] is None:
-                    from .memory import ActivationOffloader
-
-                    state["offloader"] = ActivationOffloader(
-                        root.transformer_blocks, [i for i, m in enumerate(modes) if m == "offload"], ref.device,
-                        min_bytes=offload_min_bytes)
-                    predict.offloader = state["offloader"]  # type: ignore[attr-defined]
+                modes = state["modes"] or list(memory_plan.modes)
                 if memory_plan.streamed and state["streamer"] is None:
                     from .memory import BlockStreamer
 
                     state["streamer"] = BlockStreamer(root.transformer_blocks, memory_plan.streamed, ref.device,
                                                       transfer=getattr(memory_plan, "transfer", "bf16"))
                     predict.streamer = state["streamer"]  # type: ignore[attr-defined]
+                    for i in memory_plan.streamed:
+                        # quantized weights cannot be re-viewed from a slot in backward: recompute
+                        if modes[i] == "offload" and any(_is_quantized(p)
+                                                         for p in root.transformer_blocks[i].parameters()):
+                            modes[i] = "full"
+                state["modes"] = modes
+                if "offload" in modes and state["offloader"] is None:
+                    from .memory import ActivationOffloader
+
+                    state["offloader"] = ActivationOffloader(
+                        root.transformer_blocks, [i for i, m in enumerate(modes) if m == "offload"], ref.device,
+                        min_bytes=offload_min_bytes, streamer=state["streamer"])
+                    predict.offloader = state["offloader"]  # type: ignore[attr-defined]
             fn = block_fn
             if cg_fn is not None and ref.is_cuda and state["streamer"] is None:
                 all_keep = (all(m == "keep" for m in modes) if modes is not None else not checkpointing)
@@ -865,7 +874,7 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
                                   block_fn=fn, modes=modes, streamer=state["streamer"],
                                   offloader=state["offloader"])
 
-    state: dict[str, Any] = {"streamer": None, "offloader": None}
+    state: dict[str, Any] = {"streamer": None, "offloader": None, "modes": None}
 
     def release() -> None:
         if state["streamer"] is not None:
@@ -876,6 +885,7 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
             state["offloader"].release()
             state["offloader"] = None
             predict.offloader = None  # type: ignore[attr-defined]
+        state["modes"] = None
 
     predict.checkpointing = checkpointing  # type: ignore[attr-defined]
     predict.rope_cache = cache  # type: ignore[attr-defined]

@@ -46,6 +46,11 @@ KEEP_EAGER_B_PER_TOKEN = 196_000
 KEEP_COMPILED_B_PER_TOKEN = 121_000  # compiled block, activation budget 0.7: 0.67 GiB/block at 6270 tokens
 FULL_B_PER_TOKEN = 4096 * 2 + 512  # the block's input (bf16 video stream; audio rides along)
 WORK_B_PER_TOKEN = 260_000
+# For choosing how many streamed blocks also keep their activations in host memory: the
+# bytes a PCIe link moves while one block's forward computes, per token (H200: 8.1 ms per
+# block at 6270 tokens, 55 GB/s), and backward's compute relative to forward's (0.62/0.39 s).
+COMPUTE_B_PER_TOKEN = 72_000
+BACKWARD_FACTOR = 1.6
 RESERVE_BYTES = int(1.25 * GIB)  # allocator slack, cuBLAS/cuDNN workspaces, CUDA context excluded
 
 
@@ -110,7 +115,7 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
                 budget_gib: Optional[float] = None, trainable_bytes: int = 0, compiled: bool = False,
                 block_bytes: Optional[Sequence[int]] = None, allow_keep: bool = True,
                 stream_for_speed: bool = True, transfer: str = "bf16", offload: bool = True,
-                host_budget_bytes: Optional[int] = None) -> MemoryPlan:
+                host_budget_bytes: Optional[int] = None, offload_streamed: bool = False) -> MemoryPlan:
     """The plan for a VRAM budget.
 
     blocks: the transformer blocks (or a ModuleList); ``other_bytes``: every other frozen
@@ -127,6 +132,10 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
     activations in host memory ("offload") instead of recomputing them — up to
     ``host_budget_bytes`` of (pinned) host memory (None: no limit). On the device this costs
     one block's activations (the next block's, fetched ahead in backward).
+    ``offload_streamed``: some streamed blocks keep their activations in host memory too
+    (their weights come back for their backward as for a recomputation): as many as balance
+    backward's compute, which shrinks, against its host -> device copies, which grow —
+    estimated with ``COMPUTE_B_PER_TOKEN``.
     """
     if transfer not in ("bf16", "fp8"):
         raise ValueError(f"transfer must be 'bf16' or 'fp8', not {transfer!r}")
@@ -188,6 +197,24 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
             peak_extra = keep_b
             notes = notes + [f"{len(rest)} blocks keep their activations in host memory instead of recomputing "
                              f"them (≈ {len(rest) * keep_b / GIB:.1f} GiB of RAM)"]
+    # 2c) streamed blocks too, as many as the estimated step time favours
+    if offloaded and offload_streamed:
+        c_b = COMPUTE_B_PER_TOKEN * tokens
+        w_b = blk // 2 if transfer == "fp8" else blk
+        n_s, n_r = len(streamed), len(offloaded)
+        cap = n_s if host_budget_bytes is None else max(0, int(host_budget_bytes // max(1, keep_b)) - n_r)
+
+        def est(k: int) -> float:
+            fwd = max(n * c_b, n_s * w_b, (n_r + k) * keep_b)
+            bwd = max(BACKWARD_FACTOR * n * c_b + (n_s - k) * c_b, n_s * w_b + (n_r + k) * keep_b)
+            return fwd + bwd
+
+        k_s = min(range(min(n_s, cap) + 1), key=lambda k: (est(k), k))
+        if k_s:
+            more = [streamed[j] for j in _spread(n_s, k_s)]
+            offloaded = sorted(offloaded + more)
+            notes[-1] = (f"{len(offloaded)} blocks ({k_s} of them streamed) keep their activations in host memory "
+                         f"instead of recomputing them (≈ {len(offloaded) * keep_b / GIB:.1f} GiB of RAM)")
     # 3) trade: when weights are all resident but some blocks still recompute, streaming the
     #    recomputed blocks (their copies overlap the neighbouring blocks' compute) frees room
     #    for more "keep" blocks; take the largest keep count that fits with every other block
@@ -376,20 +403,27 @@ class BlockStreamer:
             deq(self.staging[s][k], sc, out=self.slots[s][k])
         self.fresh[s] = False
 
+    def bind(self, i: int) -> list[torch.Tensor]:
+        """Block ``i``'s weights on the device (loading them now if they were not prefetched),
+        the compute stream waiting for their copy, its parameters bound to them; returns the
+        slot (one device tensor per parameter, in ``named_parameters`` order)."""
+        s = self.slot_of.get(i)
+        if s is None:  # not prefetched (first block, or a jump): load now into the other slot
+            s = 1 - self.last_slot
+            self._load(i, s)
+        if self.cuda and self.ready[s] is not None:
+            torch.cuda.current_stream(self.device).wait_event(self.ready[s])
+        if self.fresh[s]:
+            self._dequantize(i, s)
+        for (owner, leaf, _), view in zip(self.params[i], self.slots[s]):
+            owner._parameters[leaf].data = view
+        self.last_slot = s
+        return self.slots[s]
+
     def enter(self, i: int) -> None:
         backward = torch._C._current_graph_task_id() != -1
         if i in self.params:
-            s = self.slot_of.get(i)
-            if s is None:  # not prefetched (first block, or a jump): load now into the other slot
-                s = 1 - self.last_slot
-                self._load(i, s)
-            if self.cuda and self.ready[s] is not None:
-                torch.cuda.current_stream(self.device).wait_event(self.ready[s])
-            if self.fresh[s]:
-                self._dequantize(i, s)
-            for (owner, leaf, _), view in zip(self.params[i], self.slots[s]):
-                owner._parameters[leaf].data = view
-            self.last_slot = s
+            self.bind(i)
         nxt = self._next(i, backward)
         if nxt is not None and nxt not in self.slot_of:
             self._load(nxt, 1 - self.last_slot)
@@ -483,6 +517,18 @@ class _Saved:
         self.left = 0  # unpacks still to come before the fetched device copy is let go
 
 
+class _Weight:
+    """A streamed block's weight (or a view of it) saved for backward: the slot it sat in
+    will hold other blocks' weights by then, so it is saved by parameter index and layout and
+    taken from wherever the streamer has the block when its backward runs."""
+
+    __slots__ = ("block", "k", "size", "stride", "offset")
+
+    def __init__(self, block: int, k: int, t: torch.Tensor):
+        self.block, self.k = block, k
+        self.size, self.stride, self.offset = tuple(t.shape), tuple(t.stride()), t.storage_offset()
+
+
 class ActivationOffloader:
     """Keeps the activations of some blocks in (pinned) host memory between forward and
     backward, instead of recomputing those blocks.
@@ -506,13 +552,17 @@ class ActivationOffloader:
     ALIGN = 512  # bytes; host views start on this boundary
 
     def __init__(self, blocks: Sequence[nn.Module], offloaded: Sequence[int], device: torch.device | str,
-                 pin: bool = True, min_bytes: int = 1 << 20):
+                 pin: bool = True, min_bytes: int = 1 << 20, streamer: Optional["BlockStreamer"] = None):
         self.blocks = list(blocks)
         self.offloaded = sorted(set(int(i) for i in offloaded))
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.pin = pin and self.cuda
         self.min_bytes = int(min_bytes)
+        # offloaded blocks whose weights stream too: their saved weights are taken from the
+        # streamer in backward, and their backward brings the next streamed block in
+        self.streamer = streamer
+        self.weights: Optional[dict[int, int]] = None  # current block: parameter storage -> index
         self.host: dict[int, torch.Tensor] = {}  # flat uint8 buffer per block
         # per block, the last forward's saved tensors (weak: the autograd graph owns them)
         self.saved: dict[int, list[weakref.ref]] = {}
@@ -551,8 +601,8 @@ class ActivationOffloader:
         """Context manager for block ``i``'s forward: saved tensors go to the host."""
         self.current = i
         self.skip = {p for p in (_storage_ptr(t) for t in _tensors_in(args)) if p is not None}
-        self.skip |= {p for p in (_storage_ptr(t) for t in self.blocks[i].parameters()) if p is not None}
         self.skip |= {p for p in (_storage_ptr(t) for t in self.blocks[i].buffers()) if p is not None}
+        self.weights = None  # looked up at the first save, once the block's weights are bound
         if any(r() is not None for r in self.saved.get(i, [])):
             # a graph from an earlier forward still holds this block's tensors (no backward
             # yet, or a kept graph): give this forward its own buffer, the old one lives on
@@ -563,8 +613,28 @@ class ActivationOffloader:
         self.fetched.discard(i)
         return torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
 
+    def _streamed(self, i: int) -> bool:
+        return self.streamer is not None and i in self.streamer.params
+
     def _pack(self, t: torch.Tensor):
-        if (self.current is None or t.device != self.device or is_quantized(t)
+        if self.current is None:
+            return t
+        if self.weights is None:
+            i = self.current
+            if self._streamed(i):
+                self.weights = {_storage_ptr(owner._parameters[leaf]): k
+                                for k, (owner, leaf, _) in enumerate(self.streamer.params[i])}
+            else:
+                self.weights = {_storage_ptr(p): -1 for p in self.blocks[i].parameters()}
+        k = self.weights.get(_storage_ptr(t))
+        if k is not None:  # a weight: resident ones are saved as they are, streamed ones by index
+            if k < 0:
+                return t
+            if is_quantized(t):
+                raise RuntimeError("a streamed block with quantized weights cannot keep its activations in host "
+                                   "memory; plan it as recomputed")
+            return _Weight(self.current, k, t)
+        if (t.device != self.device or is_quantized(t)
                 or t.numel() * t.element_size() < self.min_bytes or not _dense(t)
                 or _storage_ptr(t) in self.skip):
             return t
@@ -634,6 +704,8 @@ class ActivationOffloader:
             # block i's backward is next: make sure it is on its way, and fetch the next below
             if self.inflight:
                 self._reap(force=True)
+            if self._streamed(i):  # its weights (prefetched by the block above) + the next streamed below
+                self.streamer.enter(i)
             self._fetch(i)
             below = [j for j in self.offloaded if j < i]
             if below:
@@ -668,6 +740,9 @@ class ActivationOffloader:
         self.fetches += 1
 
     def _unpack(self, s):
+        if isinstance(s, _Weight):
+            slot = self.streamer.bind(s.block)
+            return slot[s.k].as_strided(s.size, s.stride, s.offset)
         if not isinstance(s, _Saved):
             return s
         if s.dev is None and s.block not in self.fetched:  # not prefetched (e.g. no hook ran): fetch now
