@@ -689,13 +689,13 @@ class ActivationOffloader:
                 ref.register_hook(self._hook(i))
 
     def _span(self, s: _Saved) -> int:
-        n = math.prod(s.size) * torch.empty((), dtype=s.dtype).element_size()
+        n = math.prod(s.size) * s.dtype.itemsize
         return (n + self.ALIGN - 1) // self.ALIGN * self.ALIGN
 
     @staticmethod
     def _host_view(buf: torch.Tensor, off: int, s: _Saved) -> torch.Tensor:
         n = math.prod(s.size)
-        flat = buf[off:off + n * torch.empty((), dtype=s.dtype).element_size()].view(s.dtype)
+        flat = buf[off:off + n * s.dtype.itemsize].view(s.dtype)
         return flat.as_strided(s.size, s.stride)
 
     # --------------------------------------------------------------- backward
