@@ -371,3 +371,26 @@ def test_streamed_offloaded_blocks_take_their_weights_from_wherever_the_streamer
     lora.detach()
     for k in ref:
         assert torch.equal(got[k], ref[k]), k
+
+
+def test_plans_offload_instead_of_recomputing_where_the_copies_hide_behind_compute():
+    """Between "the weights don't fit" and "everything fits", blocks that would recompute
+    keep their activations in host memory instead — also when every weight stays resident
+    (then instead of streaming recomputed blocks to make room for "keep" ones) — but only as
+    many as the forward's compute hides the copies out behind (the plan's estimate)."""
+    from trainer_core.ltx2.memory import COMPUTE_B_PER_TOKEN, KEEP_COMPILED_B_PER_TOKEN
+
+    blocks = [torch.nn.Identity()] * 48
+    kw = dict(other_bytes=int(1.2e9), video_tokens=6144, audio_tokens=126, trainable_bytes=int(0.3e9),
+              compiled=True, block_bytes=[int(0.872e9)] * 48)
+    for b in (40, 48, 56, 64, 72):
+        p = plan_memory(blocks, budget_gib=b, **kw)
+        q = plan_memory(blocks, budget_gib=b, offload=False, **kw)
+        n_off = p.modes.count("offload")
+        assert n_off >= 2 and p.expected_peak_gib <= b + 1e-6, b
+        assert n_off * KEEP_COMPILED_B_PER_TOKEN <= 48 * COMPUTE_B_PER_TOKEN * 1.05, b
+        assert p.modes.count("full") < q.modes.count("full"), b
+        assert len(p.streamed) <= len(q.streamed) + 1, b
+        if b >= 48:  # weights fit: no streaming needed, where the old plan streamed for speed
+            assert not p.streamed and q.streamed and any("so that" in x for x in q.notes), b
+    assert "offload" not in plan_memory(blocks, budget_gib=None, **kw).modes

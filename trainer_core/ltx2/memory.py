@@ -127,15 +127,15 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
     recomputes. ``transfer="fp8"``: streamed weights travel as fp8 (each slot then also holds
     an fp8 staging copy: 1.5 slots' worth per slot).
 
-    ``offload``: when weights stream, the forward is bound by host -> device copies and the
-    device -> host direction is idle, so the blocks whose weights stay resident keep their
-    activations in host memory ("offload") instead of recomputing them — up to
-    ``host_budget_bytes`` of (pinned) host memory (None: no limit). On the device this costs
-    one block's activations (the next block's, fetched ahead in backward).
-    ``offload_streamed``: some streamed blocks keep their activations in host memory too
-    (their weights come back for their backward as for a recomputation): as many as balance
-    backward's compute, which shrinks, against its host -> device copies, which grow —
-    estimated with ``COMPUTE_B_PER_TOKEN``.
+    ``offload``: blocks that would recompute may keep their activations in host memory
+    instead ("offload"): copied out after their forward while the forward computes (or while
+    streamed weights come in: PCIe carries both directions at once), and back one block ahead
+    in backward. It is chosen against the plan without it, and its count — too many and the
+    copies out bound the forward — by an estimate of the step time from
+    ``COMPUTE_B_PER_TOKEN``, within ``host_budget_bytes`` of (pinned) host memory (None: no
+    limit). On the device it costs one block's activations (the block fetched ahead).
+    ``offload_streamed``: streamed blocks may keep theirs too (their weights come back for
+    their backward as for a recomputation), counted by the same estimate.
     """
     if transfer not in ("bf16", "fp8"):
         raise ValueError(f"transfer must be 'bf16' or 'fp8', not {transfer!r}")
@@ -176,45 +176,23 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
         return (set(candidates[j] for j in _spread(len(candidates), k)) if k else set()), k
 
     base = fixed + n * full_b
+    c_b = COMPUTE_B_PER_TOKEN * tokens
+    w_b = blk // 2 if transfer == "fp8" else blk
+    host_cap = n if host_budget_bytes is None else max(0, int(host_budget_bytes // max(1, keep_b)))
+
+    def est(n_s: int, n_full: int, n_off: int, w: int = w_b) -> float:
+        """Estimated step time, in bytes a PCIe link moves meanwhile: the forward is bound by
+        compute, weights coming in or activations going out; the backward by compute (plus
+        recomputation) or everything coming in."""
+        fwd = max(n * c_b, n_s * w, n_off * keep_b)
+        bwd = max(BACKWARD_FACTOR * n * c_b + n_full * c_b, n_s * w + n_off * keep_b)
+        return fwd + bwd
+
+    # A) no offload: 1) stream the fewest blocks the weights need, 2) spend what is left on
+    #    "keep" blocks, everything else recomputes
     streamed, resident, notes = weights(base)
-    # fp8 transfers only where the weights do not fit; the speed trade below stays exact (bf16)
-    transfer = transfer if streamed else "bf16"
+    needed = bool(streamed)  # streamed because the weights do not fit (fp8 transfers apply)
     keep_idx, k_keep = keeps(streamed, budget - base - resident)
-    offloaded: list[int] = []
-    peak_extra = 0
-    # 2b) offload: where weights stream, the resident blocks that would recompute keep their
-    #     activations in host memory instead (one block's worth of device memory for the fetch)
-    if streamed and offload and allow_keep:
-        o_streamed, o_resident, o_notes = weights(base + keep_b)
-        o_keep, o_k = keeps(o_streamed, budget - base - keep_b - o_resident)
-        rest = [i for i in range(n) if i not in set(o_streamed) and i not in o_keep]
-        cap = len(rest) if host_budget_bytes is None else max(0, int(host_budget_bytes // max(1, keep_b)))
-        if cap < len(rest):
-            rest = [rest[j] for j in _spread(len(rest), cap)]
-        if len(rest) >= 2:
-            streamed, resident, notes, keep_idx, k_keep = o_streamed, o_resident, o_notes, o_keep, o_k
-            offloaded = rest
-            peak_extra = keep_b
-            notes = notes + [f"{len(rest)} blocks keep their activations in host memory instead of recomputing "
-                             f"them (≈ {len(rest) * keep_b / GIB:.1f} GiB of RAM)"]
-    # 2c) streamed blocks too, as many as the estimated step time favours
-    if offloaded and offload_streamed:
-        c_b = COMPUTE_B_PER_TOKEN * tokens
-        w_b = blk // 2 if transfer == "fp8" else blk
-        n_s, n_r = len(streamed), len(offloaded)
-        cap = n_s if host_budget_bytes is None else max(0, int(host_budget_bytes // max(1, keep_b)) - n_r)
-
-        def est(k: int) -> float:
-            fwd = max(n * c_b, n_s * w_b, (n_r + k) * keep_b)
-            bwd = max(BACKWARD_FACTOR * n * c_b + (n_s - k) * c_b, n_s * w_b + (n_r + k) * keep_b)
-            return fwd + bwd
-
-        k_s = min(range(min(n_s, cap) + 1), key=lambda k: (est(k), k))
-        if k_s:
-            more = [streamed[j] for j in _spread(n_s, k_s)]
-            offloaded = sorted(offloaded + more)
-            notes[-1] = (f"{len(offloaded)} blocks ({k_s} of them streamed) keep their activations in host memory "
-                         f"instead of recomputing them (≈ {len(offloaded) * keep_b / GIB:.1f} GiB of RAM)")
     # 3) trade: when weights are all resident but some blocks still recompute, streaming the
     #    recomputed blocks (their copies overlap the neighbouring blocks' compute) frees room
     #    for more "keep" blocks; take the largest keep count that fits with every other block
@@ -237,6 +215,34 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
             resident = total - len(streamed) * blk + 2 * blk
             notes.append(f"{len(streamed)} recomputed blocks stream their weights so that {best} blocks can keep "
                          "their activations")
+    plan = (streamed, resident, notes, keep_idx, k_keep, [], 0, needed)
+    cost = est(len(streamed), n - k_keep, 0, w_b if needed else blk)
+    # B) offload: blocks that would recompute keep their activations in host memory instead
+    #    (one block's worth of device memory for the fetch ahead): copied out while the
+    #    forward's copies come in, back in backward while it computes. How many — of the
+    #    resident blocks, and with ``offload_streamed`` of the streamed ones — the estimate
+    #    decides (too many, and the copies out bound the forward).
+    if offload and allow_keep and host_cap >= 2:
+        o_streamed, o_resident, o_notes = weights(base + keep_b)
+        o_keep, o_k = keeps(o_streamed, budget - base - keep_b - o_resident)
+        rest = [i for i in range(n) if i not in set(o_streamed) and i not in o_keep]
+        n_s = len(o_streamed)
+        best_o = None
+        for k_r in range(min(len(rest), host_cap), 1, -1):  # ties: resident blocks first, then fewer
+            for k_s in range(0, (min(n_s, host_cap - k_r) if offload_streamed else 0) + 1):
+                e = est(n_s, len(rest) - k_r + n_s - k_s, k_r + k_s)
+                if best_o is None or e < best_o[0]:
+                    best_o = (e, k_r, k_s)
+        if best_o is not None and best_o[0] < cost:
+            _, k_r, k_s = best_o
+            offloaded = [rest[j] for j in _spread(len(rest), k_r)] + [o_streamed[j] for j in _spread(n_s, k_s)]
+            what = f" ({k_s} of them streamed)" if k_s else ""
+            o_notes = o_notes + [f"{len(offloaded)} blocks{what} keep their activations in host memory instead of "
+                                 f"recomputing them (≈ {len(offloaded) * keep_b / GIB:.1f} GiB of RAM)"]
+            plan = (o_streamed, o_resident, o_notes, o_keep, o_k, sorted(offloaded), keep_b, bool(o_streamed))
+    streamed, resident, notes, keep_idx, k_keep, offloaded, peak_extra, needed = plan
+    # fp8 transfers only where the weights do not fit; the speed trade stays exact (bf16)
+    transfer = transfer if needed else "bf16"
     off = set(offloaded)
     modes = ["keep" if i in keep_idx else "offload" if i in off else "full" for i in range(n)]
     peak = base + resident + k_keep * extra + peak_extra
