@@ -92,33 +92,30 @@ def main() -> int:
             act_host.copy_(act, non_blocking=True)
         torch.cuda.current_stream().wait_stream(s_out)
 
-    def both():
-        s_in.wait_stream(torch.cuda.current_stream())
-        s_out.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s_out):
-            act_host.copy_(act, non_blocking=True)
-        with torch.cuda.stream(s_in):
-            for d, h in zip(dev, host):
-                d.copy_(h, non_blocking=True)
-        torch.cuda.current_stream().wait_stream(s_in)
-        torch.cuda.current_stream().wait_stream(s_out)
-
-    def in_twice():  # two host -> device copies at once (weights and fetched activations in backward)
-        s_in.wait_stream(torch.cuda.current_stream())
-        s_out.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s_out):
-            act.copy_(act_host, non_blocking=True)
-        with torch.cuda.stream(s_in):
-            for d, h in zip(dev, host):
-                d.copy_(h, non_blocking=True)
-        torch.cuda.current_stream().wait_stream(s_in)
-        torch.cuda.current_stream().wait_stream(s_out)
+    def with_weights(act_out: bool):
+        """The block's weights in on one stream while the activations go out (act_out) or
+        also come in (a second host -> device copy, as weights and fetched activations in
+        backward) on the other."""
+        def run():
+            s_in.wait_stream(torch.cuda.current_stream())
+            s_out.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s_out):
+                if act_out:
+                    act_host.copy_(act, non_blocking=True)
+                else:
+                    act.copy_(act_host, non_blocking=True)
+            with torch.cuda.stream(s_in):
+                for d, h in zip(dev, host):
+                    d.copy_(h, non_blocking=True)
+            torch.cuda.current_stream().wait_stream(s_in)
+            torch.cuda.current_stream().wait_stream(s_out)
+        return run
 
     rec["act_gb"] = round(act.numel() * 2 / 1e9, 3)
     rec["h2d_block_ms"] = timed(copy_in)
     rec["d2h_act_ms"] = timed(copy_out)
-    rec["duplex_both_ms"] = timed(both)
-    rec["h2d_block_plus_act_ms"] = timed(in_twice)
+    rec["duplex_both_ms"] = timed(with_weights(act_out=True))
+    rec["h2d_block_plus_act_ms"] = timed(with_weights(act_out=False))
     rec["d2h_GBps"] = round(rec["act_gb"] / rec["d2h_act_ms"] * 1e3, 1)
     rec["matmul40_alone_ms"] = timed(lambda: [x @ w for _ in range(40)])
     rec["overlap_bf16_ms"] = timed(overlap("bf16"))
