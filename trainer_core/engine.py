@@ -67,7 +67,7 @@ class TrainConfig:
     vram_budget_gb: float = 0.0  # 0 = automatic (the free memory the host reports); see ltx2.memory
     compile_blocks: str = "auto"  # auto (on for CUDA) | on | off
     stream_transfer: str = "bf16"  # how streamed block weights travel: bf16 (exact) | fp8 (half the bytes)
-    offload_activations: bool = True  # with streaming: resident blocks keep activations in host RAM, not recompute
+    offload_activations: bool = True  # blocks that would recompute keep activations in host RAM (plan estimate)
     offload_streamed_activations: bool = False  # some streamed blocks too (CPU-tested; not yet measured on a GPU)
     divergence_factor: float = 10.0
     trigger_word: str = ""
