@@ -17,6 +17,7 @@ the GPU's dense bf16 peak.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import sys
@@ -28,12 +29,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer_core import objective as ob  # noqa: E402
-from trainer_core.engine import ModalityInput, StepInputs  # noqa: E402
+from trainer_core.engine import ModalityInput, QuietGC, StepInputs  # noqa: E402
 from trainer_core.lora import LoRASet, LoRASpec  # noqa: E402
 from trainer_core.ltx2 import LTX2Config, build_tree, make_predict, plan_memory  # noqa: E402
 from trainer_core.tiny_checkpoint import full_config, text_context_width  # noqa: E402
 
 _SINK: dict = {"path": None, "records": []}
+_GC = {"ms": 0.0, "t": 0.0}  # time spent in Python's garbage collector (gc.callbacks)
+
+
+def _gc_cb(phase, info):
+    if phase == "start":
+        _GC["t"] = time.perf_counter()
+    else:
+        _GC["ms"] += (time.perf_counter() - _GC["t"]) * 1e3
+
+
+gc.callbacks.append(_gc_cb)
 
 
 def emit(rec: dict) -> None:
@@ -126,24 +138,33 @@ def _step(predict, root, inp, lora, opt):
     return loss.detach()
 
 
+def timed_step(predict, root, inp, lora, opt):
+    """The step of ``_step`` with CUDA events at its forward/backward boundary; returns a
+    function giving (forward s, backward + optimizer s) once the device is synchronized."""
+    e = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+    e[0].record()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        v, a = predict(root, inp)
+    loss = ob.masked_mse(v, inp.video.noised.target, inp.video.noised.loss_mask).mean() + \
+        ob.masked_mse(a, inp.audio.noised.target, inp.audio.noised.loss_mask).mean()
+    e[1].record()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(list(lora.parameters()), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    e[2].record()
+    return lambda: (e[0].elapsed_time(e[1]) / 1e3, e[1].elapsed_time(e[2]) / 1e3)
+
+
 def split_step(predict, root, inp, lora, opt, n: int = 2) -> tuple[float, float]:
     """(forward s, backward + optimizer s) of one step, CUDA events, median of ``n``."""
     fw, bw = [], []
     for _ in range(n):
-        e = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
-        e[0].record()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            v, a = predict(root, inp)
-        loss = ob.masked_mse(v, inp.video.noised.target, inp.video.noised.loss_mask).mean() + \
-            ob.masked_mse(a, inp.audio.noised.target, inp.audio.noised.loss_mask).mean()
-        e[1].record()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        e[2].record()
+        times = timed_step(predict, root, inp, lora, opt)
         torch.cuda.synchronize()
-        fw.append(e[0].elapsed_time(e[1]) / 1e3)
-        bw.append(e[1].elapsed_time(e[2]) / 1e3)
+        f, b = times()
+        fw.append(f)
+        bw.append(b)
     return sorted(fw)[n // 2], sorted(bw)[n // 2]
 
 
@@ -239,6 +260,8 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         times = []
         split = (float("nan"), float("nan"))
         retries0 = 0
+        quiet = QuietGC()  # as the engine: after the first step no collection inside steps
+        gc0, gc_ms = _GC["ms"], float("nan")
         t_first = time.perf_counter()
         try:
             for i in range(warmup + steps):
@@ -246,8 +269,10 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                 t0 = time.perf_counter()
                 _step(predict, root, inp, lora, opt)
                 torch.cuda.synchronize()
+                quiet.tick()  # as the engine: young garbage collected between steps
                 if i == 0:
                     t_first = time.perf_counter() - t_first
+                    quiet.settle()
                 if i >= warmup:
                     times.append(time.perf_counter() - t0)
                 if i == 0 and budget is not None:
@@ -258,8 +283,10 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                         min(1.0, budget * 2**30 / torch.cuda.get_device_properties(dev).total_memory),
                         torch.cuda.current_device())
                 if i == warmup - 1:  # setup (streamer, compile) is not the steady state
+                    gc0 = _GC["ms"]
                     torch.cuda.reset_peak_memory_stats()
                     retries0 = torch.cuda.memory_stats().get("num_alloc_retries", 0)
+            gc_ms = _GC["ms"] - gc0  # Python's collector during the timed steps
             split = split_step(predict, root, inp, lora, opt)
             err = None
         except torch.OutOfMemoryError as e:
@@ -269,6 +296,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
 
             traceback.print_exc()
             err = f"{type(e).__name__}: {str(e)[:300]}"
+        quiet.release()
         peak = torch.cuda.max_memory_allocated() / 2**30
         peak_reserved = torch.cuda.max_memory_reserved() / 2**30
         retries = torch.cuda.memory_stats().get("num_alloc_retries", 0) - retries0
@@ -294,7 +322,8 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                "first_step_s": round(t_first, 1), "fwd_tflop": round(flops[shape] / 1e12, 2),
                "params_b": round(n_params / 1e9, 2), "video_tokens": inp.video.tokens.shape[1],
                "audio_tokens": inp.audio.tokens.shape[1], "lora": "rank 32, all attention", "batch": 1,
-               "steps_timed": len(times), "torch": torch.__version__,
+               "steps_timed": len(times), "steps_s": [round(t, 4) for t in times],
+               "gc_ms_per_step": round(gc_ms / len(times), 1) if times else None, "torch": torch.__version__,
                "calibration": calibrated.get(shape)}
         if err:
             rec["error"] = err

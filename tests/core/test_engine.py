@@ -230,3 +230,52 @@ def test_on_validate_runs_at_its_steps_and_changes_nothing(tmp_path):
     assert [s for s, _ in seen] == [5, 10]
     got = lora_tensors(res)
     assert all(torch.equal(plain[k], got[k]) for k in plain)
+
+
+def test_collector_kept_out_of_steps_and_given_back(tmp_path):
+    import gc
+    import weakref
+
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+
+    class Junk:
+        pass
+
+    made = []
+
+    def predict(root, inputs):
+        j = Junk()
+        j.me = j  # a reference cycle per step: only the collector frees it
+        made.append(weakref.ref(j))
+        return toy_predict(root, inputs)
+
+    seen = []
+
+    def on_step(rec):
+        seen.append((rec["step"], gc.get_freeze_count() > 0, gc.isenabled(), sum(r() is not None for r in made)))
+
+    en.Trainer(ToyRoot(), predict, ToySource(), cfg(steps=5), tmp_path,
+               callbacks=en.Callbacks(on_step=on_step)).train()
+    # from the end of the first step on: old objects frozen, no automatic collection inside
+    # steps, and still every step's cycles collected between steps
+    assert seen == [(s, True, False, 0) for s in range(1, 6)], seen
+    # ... and everything handed back when training ends
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    # a second freeze owner is respected: training neither freezes more nor unfreezes theirs
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        en.Trainer(ToyRoot(), toy_predict, ToySource(), cfg(steps=2), tmp_path / "b").train()
+        # (frozen objects may die meanwhile; a freeze of ours would add the run's objects)
+        assert 0 < gc.get_freeze_count() <= before and gc.isenabled()
+    finally:
+        gc.unfreeze()
+
+
+def test_collector_given_back_when_training_stops_early(tmp_path):
+    import gc
+
+    with pytest.raises(en.TrainingStopped):
+        en.Trainer(ToyRoot(), toy_predict, ToySource(), cfg(steps=6), tmp_path,
+                   callbacks=en.Callbacks(should_stop=iter([False, False, True]).__next__)).train()
+    assert gc.isenabled() and gc.get_freeze_count() == 0

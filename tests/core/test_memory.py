@@ -323,12 +323,15 @@ def test_plans_offload_resident_blocks_only_when_weights_stream():
     s16 = plan_memory(blocks, budget_gib=24, offload_streamed=True, **kw)
     s8 = plan_memory(blocks, budget_gib=24, offload_streamed=True, transfer="fp8", **kw)
     assert 0 < streamed_off(s16) < len(s16.streamed) and streamed_off(s8) > streamed_off(s16)
-    assert s16.streamed == p.streamed and s16.expected_peak_gib == p.expected_peak_gib  # device memory alike
+    # on the device, a second block's activations (a streamed block's come back next to its
+    # weights while the next block's are on their way): here one more block streams for it
+    assert len(s16.streamed) == len(p.streamed) + 1 and s16.expected_peak_gib <= 24 + 1e-6
     assert "of them streamed" in s16.notes[-1]
     p8 = plan_memory(blocks, budget_gib=24, transfer="fp8", **kw)
     tight_host = plan_memory(blocks, budget_gib=24, offload_streamed=True, transfer="fp8",
                              host_budget_bytes=(p8.modes.count("offload") + 2) * per_block, **kw)
-    assert streamed_off(tight_host) == 2
+    # the host budget caps the count; what it allows beyond the resident-only plan goes to streamed blocks
+    assert tight_host.modes.count("offload") == p8.modes.count("offload") + 2 and streamed_off(tight_host) >= 2
 
 
 @pytest.mark.parametrize("transfer", ["bf16", "fp8"])

@@ -223,23 +223,28 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
     #    resident blocks, and with ``offload_streamed`` of the streamed ones — the estimate
     #    decides (too many, and the copies out bound the forward).
     if offload and allow_keep and host_cap >= 2:
-        o_streamed, o_resident, o_notes = weights(base + keep_b)
-        o_keep, o_k = keeps(o_streamed, budget - base - keep_b - o_resident)
-        rest = [i for i in range(n) if i not in set(o_streamed) and i not in o_keep]
-        n_s = len(o_streamed)
+        # device memory for the fetch ahead: one block's activations; where streamed blocks
+        # offload too, two (measured +1.0 GiB at full size: a streamed block's activations come
+        # back next to its weights while the next block's are on their way)
         best_o = None
-        for k_r in range(min(len(rest), host_cap), 1, -1):  # ties: resident blocks first, then fewer
-            for k_s in range(0, (min(n_s, host_cap - k_r) if offload_streamed else 0) + 1):
-                e = est(n_s, len(rest) - k_r + n_s - k_s, k_r + k_s)
-                if best_o is None or e < best_o[0]:
-                    best_o = (e, k_r, k_s)
+        for dev_extra, with_s in ((keep_b, False),) + (((2 * keep_b, True),) if offload_streamed else ()):
+            o_streamed, o_resident, o_notes = weights(base + dev_extra)
+            o_keep, o_k = keeps(o_streamed, budget - base - dev_extra - o_resident)
+            rest = [i for i in range(n) if i not in set(o_streamed) and i not in o_keep]
+            n_s = len(o_streamed)
+            for k_r in range(min(len(rest), host_cap), 1, -1):  # ties: no streamed ones, resident first, fewer
+                for k_s in (range(1, min(n_s, host_cap - k_r) + 1) if with_s else (0,)):
+                    e = est(n_s, len(rest) - k_r + n_s - k_s, k_r + k_s)
+                    if best_o is None or e < best_o[0]:
+                        best_o = (e, k_r, k_s, o_streamed, o_resident, o_notes, o_keep, o_k, rest, dev_extra)
         if best_o is not None and best_o[0] < cost:
-            _, k_r, k_s = best_o
+            _, k_r, k_s, o_streamed, o_resident, o_notes, o_keep, o_k, rest, dev_extra = best_o
+            n_s = len(o_streamed)
             offloaded = [rest[j] for j in _spread(len(rest), k_r)] + [o_streamed[j] for j in _spread(n_s, k_s)]
             what = f" ({k_s} of them streamed)" if k_s else ""
             o_notes = o_notes + [f"{len(offloaded)} blocks{what} keep their activations in host memory instead of "
                                  f"recomputing them (≈ {len(offloaded) * keep_b / GIB:.1f} GiB of RAM)"]
-            plan = (o_streamed, o_resident, o_notes, o_keep, o_k, sorted(offloaded), keep_b, bool(o_streamed))
+            plan = (o_streamed, o_resident, o_notes, o_keep, o_k, sorted(offloaded), dev_extra, bool(o_streamed))
     streamed, resident, notes, keep_idx, k_keep, offloaded, peak_extra, needed = plan
     # fp8 transfers only where the weights do not fit; the speed trade stays exact (bf16)
     transfer = transfer if needed else "bf16"
