@@ -354,13 +354,17 @@ class QuietGC:
     the streamer's host copies, ComfyUI's own objects) collects once, moves what exists then
     out of the collector's reach (``gc.freeze``) and turns automatic collection off.
     ``tick()`` (between steps, where the host waits for the device anyway) collects the young
-    generations, which is where a step's garbage is — so nothing accumulates. ``release()``
+    generations, which is where a step's garbage is, and every ``full_every`` ticks everything
+    not frozen (cycles that outlived a tick; cheap, as the old objects are frozen) — so
+    nothing accumulates over a long run. ``release()``
     gives everything back as it was. Does nothing when the collector is already off or
     something else has frozen objects (then that owner decides).
     """
 
-    def __init__(self):
+    def __init__(self, full_every: int = 100):
         self.active = False
+        self.full_every = max(1, int(full_every))
+        self.ticks = 0
 
     def settle(self) -> None:
         if self.active or not gc.isenabled() or gc.get_freeze_count():
@@ -372,7 +376,8 @@ class QuietGC:
 
     def tick(self) -> None:
         if self.active:
-            gc.collect(1)
+            self.ticks += 1
+            gc.collect(2 if self.ticks % self.full_every == 0 else 1)
 
     def release(self) -> None:
         if self.active:
