@@ -1,8 +1,10 @@
 """Where a streamed step spends its time: the 19B layout at 768×512×121 under a VRAM budget,
 for plan variants on one machine: ``offload`` (resident blocks keep their activations in host
-memory), ``offs`` (some streamed blocks too), ``nooff`` (recomputed); ``-fp8`` streams as fp8. Per variant: every step's time
-and its forward/backward split (CUDA events), the time Python's garbage collector took in it, and a torch.profiler pass over one step that sums the copies by
-direction and the host-side CUDA calls that can stall the GPU (synchronizations, mallocs).
+memory), ``offs`` (some streamed blocks too), ``nooff`` (recomputed); ``-fp8`` streams as
+fp8. Per variant: every step's time and its forward/backward split (CUDA events), the time
+Python's garbage collector took in it, and a torch.profiler pass over one step that sums the
+copies by direction and the host-side CUDA calls that can stall the GPU (synchronizations,
+mallocs).
 With ``--cap`` the caching allocator is held to the budget as on a card of that size.
 
     python bench/profile_offload.py --budget 24 --variants offload,nooff --cap --out $OUT
@@ -54,7 +56,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--cap", action="store_true")
     ap.add_argument("--default-gc", action="store_true",
-                    help="leave Python's collector as it is (the engine freezes old objects after step 1)")
+                    help="leave Python's collector as it is (the engine keeps it out of the steps)")
     ap.add_argument("--out", default="/tmp/po")
     a = ap.parse_args()
     dev = torch.device("cuda")

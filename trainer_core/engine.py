@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-
 import json
 import math
 import time
@@ -356,9 +355,9 @@ class QuietGC:
     ``tick()`` (between steps, where the host waits for the device anyway) collects the young
     generations, which is where a step's garbage is, and every ``full_every`` ticks everything
     not frozen (cycles that outlived a tick; cheap, as the old objects are frozen) — so
-    nothing accumulates over a long run. ``release()``
-    gives everything back as it was. Does nothing when the collector is already off or
-    something else has frozen objects (then that owner decides).
+    nothing accumulates over a long run. ``release()`` gives everything back as it was.
+    Does nothing when the collector is already off or something else has frozen objects
+    (then that owner decides).
     """
 
     def __init__(self, full_every: int = 100):
