@@ -304,6 +304,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         host_act = predict.offloader.host_bytes() / 2**30 if predict.offloader is not None else 0.0
         host_allocs = predict.offloader.host_allocs if predict.offloader is not None else 0
         predict.release()
+        pinned_left = torch.cuda.host_memory_stats().get("allocated_bytes.all.current", 0) / 2**30
         lora.detach()
         del lora, opt, predict
         import torch._dynamo as dynamo
@@ -318,7 +319,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                "mfu": round(2 * flops[shape] / s / gpu_peak(name), 4) if times and not math.isnan(gpu_peak(name)) else None,
                "gpu": name, "compiled": compiled, "stream_transfer": plan.transfer, "plan": plan.summary(), "plan_keep": plan.modes.count("keep"),
                "plan_streamed": len(plan.streamed), "plan_offloaded": plan.modes.count("offload"),
-               "host_activation_gib": round(host_act, 2), "host_buffer_allocs": host_allocs, "expected_peak_gib": round(plan.expected_peak_gib, 2),
+               "host_activation_gib": round(host_act, 2), "pinned_after_release_gib": round(pinned_left, 2), "host_buffer_allocs": host_allocs, "expected_peak_gib": round(plan.expected_peak_gib, 2),
                "first_step_s": round(t_first, 1), "fwd_tflop": round(flops[shape] / 1e12, 2),
                "params_b": round(n_params / 1e9, 2), "video_tokens": inp.video.tokens.shape[1],
                "audio_tokens": inp.audio.tokens.shape[1], "lora": "rank 32, all attention", "batch": 1,

@@ -397,3 +397,33 @@ def test_plans_offload_instead_of_recomputing_where_the_copies_hide_behind_compu
         if b >= 48:  # weights fit: no streaming needed, where the old plan streamed for speed
             assert not p.streamed and q.streamed and any("so that" in x for x in q.notes), b
     assert "offload" not in plan_memory(blocks, budget_gib=None, **kw).modes
+
+
+def test_release_gives_pinned_host_memory_back(monkeypatch):
+    """PyTorch caches freed pinned blocks for the life of the process; after training let go of
+    the streamer's host copies and the activation buffers, ``release()`` must hand that cache
+    back to the system (where CUDA is in use), once the copies are dropped."""
+    import trainer_core.ltx2.memory as mem
+
+    c, root = _tree("2.0", layers=4)
+    inp = step_inputs(c, "text_to_audio_video", seed=8)
+    lora = LoRASet.for_model(root, LoRASpec(rank=4, alpha=4, preset="all attention"), seed=1)
+    lora.attach(root)
+    pred = make_predict(memory_plan=MemoryPlan(["offload", "full", "offload", "full"], streamed=[1, 2]),
+                        offload_min_bytes=0)
+    v, a = pred(root, inp)
+    (v.float().square().mean() + a.float().square().mean()).backward()
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch._C, "_host_emptyCache",
+                        lambda: calls.append((pred.streamer, pred.offloader)), raising=False)
+    assert pred.streamer is not None and pred.offloader is not None
+    pred.release()
+    assert calls == [(None, None)]  # once, after the streamer and the offloader are gone
+    mem.free_pinned_cache()
+    assert len(calls) == 2
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    mem.free_pinned_cache()  # CUDA never used: nothing to give back, nothing touched
+    assert len(calls) == 2
+    lora.detach()

@@ -877,6 +877,8 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
     state: dict[str, Any] = {"streamer": None, "offloader": None, "modes": None}
 
     def release() -> None:
+        from .memory import free_pinned_cache
+
         if state["streamer"] is not None:
             state["streamer"].restore()
             state["streamer"] = None
@@ -886,6 +888,7 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
             state["offloader"] = None
             predict.offloader = None  # type: ignore[attr-defined]
         state["modes"] = None
+        free_pinned_cache()  # what they pinned goes back to the system, not to PyTorch's cache
 
     predict.checkpointing = checkpointing  # type: ignore[attr-defined]
     predict.rope_cache = cache  # type: ignore[attr-defined]

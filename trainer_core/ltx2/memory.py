@@ -254,6 +254,19 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
     return MemoryPlan(modes, streamed, float(budget_gib), peak / GIB, notes, transfer)
 
 
+def free_pinned_cache() -> None:
+    """Give cached pinned host memory back to the system.
+
+    PyTorch's pinned-memory allocator keeps freed blocks for reuse until the process ends. After
+    training has let go of the streamer's host copies and the activation buffers (tens of GB
+    at a 24 GB budget) they would otherwise stay pinned: RAM neither ComfyUI nor the system
+    can use, and a second training in the same process pins as much again."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        empty = getattr(torch._C, "_host_emptyCache", None)
+        if empty is not None:
+            empty()
+
+
 def host_available_bytes() -> int:
     """Host memory available now (Linux: MemAvailable; elsewhere psutil when present)."""
     try:
