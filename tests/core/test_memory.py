@@ -427,3 +427,25 @@ def test_release_gives_pinned_host_memory_back(monkeypatch):
     mem.free_pinned_cache()  # CUDA never used: nothing to give back, nothing touched
     assert len(calls) == 2
     lora.detach()
+
+
+def test_weights_that_live_in_host_memory_come_back_pageable(monkeypatch):
+    """Streamed blocks of a model kept in host memory (ComfyUI's streaming placement) get their
+    weights back as ordinary memory, not as the streamer's pinned copies (pinned RAM cannot be
+    swapped and escapes ComfyUI's own pinning limit). On this CPU-only machine nothing can be
+    pinned, so every tensor reports pinned here; the values must come back unchanged."""
+    c, root = _tree("2.0", layers=4)
+    ref = {k: v.clone() for k, v in root.state_dict().items()}
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self, *a, **k: True)
+    streamer = BlockStreamer(root.transformer_blocks, [1, 3], "cpu", pin=False)
+    hosts = {h.data_ptr() for i in (1, 3) for _, _, h in streamer.params[i]}
+    streamer.restore()
+    for i in (1, 3):
+        for p in root.transformer_blocks[i].parameters():
+            assert p.data_ptr() not in hosts
+    assert all(torch.equal(v, ref[k]) for k, v in root.state_dict().items())
+    monkeypatch.undo()
+    plain = BlockStreamer(root.transformer_blocks, [2], "cpu", pin=False)
+    ptrs = [h.data_ptr() for _, _, h in plain.params[2]]
+    plain.restore()  # not pinned: handed back as it is, no copy
+    assert [p.data_ptr() for p in root.transformer_blocks[2].parameters()] == ptrs

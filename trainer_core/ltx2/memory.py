@@ -69,6 +69,15 @@ def is_quantized(t: torch.Tensor) -> bool:
     return type(t) not in (torch.Tensor, nn.Parameter) and hasattr(t, "_qdata")
 
 
+def _pageable(host: torch.Tensor) -> torch.Tensor:
+    """A host copy going back to a model that lives in host memory, in ordinary (pageable)
+    memory: pinned memory cannot be swapped, and ComfyUI keeps its own pinning within a share
+    of the RAM — tens of GB left pinned after training would escape that."""
+    if is_quantized(host):
+        return host._copy_with(qdata=host._qdata.clone()) if host._qdata.is_pinned() else host
+    return host.clone() if host.is_pinned() else host
+
+
 def _host_copy(p: torch.Tensor, pin: bool) -> torch.Tensor:
     """A host copy of a frozen weight (pinned for asynchronous copies when asked)."""
     if is_quantized(p):
@@ -470,7 +479,7 @@ class BlockStreamer:
             self._unbind(j)
         for i, items in self.params.items():
             for (owner, leaf, host), dev in zip(items, self.origin[i]):
-                owner._parameters[leaf].data = host.to(dev)
+                owner._parameters[leaf].data = _pageable(host) if dev.type == "cpu" else host.to(dev)
         self.params.clear()
         self.q.clear()
         self.slots.clear()
