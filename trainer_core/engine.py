@@ -373,10 +373,10 @@ class QuietGC:
         gc.disable()
         self.active = True
 
-    def tick(self) -> None:
+    def tick(self, full: bool = False) -> None:
         if self.active:
             self.ticks += 1
-            gc.collect(2 if self.ticks % self.full_every == 0 else 1)
+            gc.collect(2 if full or self.ticks % self.full_every == 0 else 1)
 
     def release(self) -> None:
         if self.active:
@@ -509,6 +509,7 @@ class Trainer:
                     self.cb.on_step(dict(rec, steps=cfg.steps, smoothed=smoothed(history)))
                 if self.cb.on_validate and self.cb.validate_every > 0 and step % self.cb.validate_every == 0:
                     self.cb.on_validate(step, opt)
+                    quiet.tick(full=True)  # what sampling left in cycles (GPU tensors too) goes now
                 if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                     self._checkpoint(lora, opt, step, epoch, pos, history, ckpts)
             p = plateau(history)

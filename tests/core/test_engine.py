@@ -312,3 +312,36 @@ def test_quiet_gc_collects_cycles_that_outlived_a_tick():
         assert rb() is None
     finally:
         q.release()
+
+
+def test_validation_garbage_is_collected_before_training_goes_on(tmp_path):
+    """Sampling inside training (the validation callback) may leave GPU tensors in reference
+    cycles that outlive a young-generation collection; a full collection follows it."""
+    import gc
+    import weakref
+
+    class Held:
+        pass
+
+    refs = []
+    old = {}
+
+    def validate(step, opt):
+        keep = Held()
+        keep.me = keep
+        refs.append(weakref.ref(keep))
+        old["obj"] = keep  # survives the next young collection: promoted to the oldest generation
+        gc.collect(1)
+        del old["obj"], keep  # now cyclic garbage in the oldest generation
+
+    alive_after = []
+
+    def on_step(rec):
+        alive_after.append(sum(r() is not None for r in refs))
+
+    en.Trainer(ToyRoot(), toy_predict, ToySource(), cfg(steps=6), tmp_path,
+               callbacks=en.Callbacks(on_validate=validate, validate_every=2, on_step=on_step)).train()
+    assert len(refs) == 3
+    assert all(r() is None for r in refs)
+    # on_step runs before validation; by the next step the previous validation's cycle is gone
+    assert alive_after == [0, 0, 0, 0, 0, 0], alive_after
