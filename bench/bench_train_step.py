@@ -126,34 +126,36 @@ def _lora_and_opt(root, dev, seed=0):
     return lora, opt
 
 
-def _step(predict, root, inp, lora, opt):
+def step_loss(v, a, inp):
+    """The benchmark's loss: masked MSE on video plus audio."""
+    return ob.masked_mse(v, inp.video.noised.target, inp.video.noised.loss_mask).mean() + \
+        ob.masked_mse(a, inp.audio.noised.target, inp.audio.noised.loss_mask).mean()
+
+
+def timed_step(predict, root, inp, lora, opt, events: bool = True):
+    """One LoRA training step (bf16 autocast, clipping, AdamW). With ``events``, CUDA events
+    at its forward/backward boundary: returns a function giving (forward s, backward +
+    optimizer s) once the device is synchronized; without, the detached loss."""
+    e = [torch.cuda.Event(enable_timing=True) for _ in range(3)] if events else None
+    if e:
+        e[0].record()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         v, a = predict(root, inp)
-    loss = ob.masked_mse(v, inp.video.noised.target, inp.video.noised.loss_mask).mean() + \
-        ob.masked_mse(a, inp.audio.noised.target, inp.audio.noised.loss_mask).mean()
+    loss = step_loss(v, a, inp)
+    if e:
+        e[1].record()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(list(lora.parameters()), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return loss.detach()
-
-
-def timed_step(predict, root, inp, lora, opt):
-    """The step of ``_step`` with CUDA events at its forward/backward boundary; returns a
-    function giving (forward s, backward + optimizer s) once the device is synchronized."""
-    e = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
-    e[0].record()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        v, a = predict(root, inp)
-    loss = ob.masked_mse(v, inp.video.noised.target, inp.video.noised.loss_mask).mean() + \
-        ob.masked_mse(a, inp.audio.noised.target, inp.audio.noised.loss_mask).mean()
-    e[1].record()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(list(lora.parameters()), 1.0)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    if not e:
+        return loss.detach()
     e[2].record()
     return lambda: (e[0].elapsed_time(e[1]) / 1e3, e[1].elapsed_time(e[2]) / 1e3)
+
+
+def _step(predict, root, inp, lora, opt):
+    return timed_step(predict, root, inp, lora, opt, events=False)
 
 
 def split_step(predict, root, inp, lora, opt, n: int = 2) -> tuple[float, float]:

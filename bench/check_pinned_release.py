@@ -17,7 +17,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer_core import objective as ob  # noqa: E402
 from trainer_core.ltx2 import make_predict  # noqa: E402
 from trainer_core.ltx2.memory import MemoryPlan, free_pinned_cache  # noqa: E402
 
@@ -34,7 +33,7 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     a = ap.parse_args()
     dev = a.device
-    from bench_train_step import step_inputs
+    from bench_train_step import step_inputs, step_loss
     from trainer_core.lora import LoRASet, LoRASpec
     from trainer_core.ltx2 import LTX2Config, build_tree
     from trainer_core.tiny_checkpoint import text_context_width, tiny_config
@@ -62,8 +61,7 @@ def main() -> int:
     moved = step_inputs(text_context_width(cfg, processed=False), 64, 64, 9, 24.0, dev,
                         torch.Generator(device=dev).manual_seed(0))
     v, a_ = predict(root, moved)
-    loss = ob.masked_mse(v, moved.video.noised.target, moved.video.noised.loss_mask).mean() + \
-        ob.masked_mse(a_, moved.audio.noised.target, moved.audio.noised.loss_mask).mean()
+    loss = step_loss(v, a_, moved)
     loss.backward()
     if cuda:
         torch.cuda.synchronize()

@@ -20,8 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train_step import build_full, step_inputs, timed_steps  # noqa: E402
-from trainer_core import objective as ob  # noqa: E402
+from bench_train_step import build_full, step_inputs, step_loss, timed_steps  # noqa: E402
 from trainer_core.lora import LoRASet, LoRASpec  # noqa: E402
 from trainer_core.ltx2 import make_predict  # noqa: E402
 from trainer_core.tiny_checkpoint import text_context_width  # noqa: E402
@@ -30,8 +29,7 @@ from trainer_core.tiny_checkpoint import text_context_width  # noqa: E402
 def one_step(predict, root, inp, params, opt):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         v, a = predict(root, inp)
-    loss = ob.masked_mse(v, inp.video.noised.target, inp.video.noised.loss_mask).mean() + \
-        ob.masked_mse(a, inp.audio.noised.target, inp.audio.noised.loss_mask).mean()
+    loss = step_loss(v, a, inp)
     loss.backward()
     if params:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
