@@ -72,6 +72,12 @@ def prepare_training_model(model, cfg, cache_dir=None) -> tuple:
             if budget <= 0:
                 budget = max(1.0, mm.get_free_memory(device) / GIB - 1.0)
             plan = plan_for_training(root, cache_dir, cfg, budget, compiled=compiled)
+            if device.type == "cuda":
+                from ..trainer_core.ltx2.memory import allocator_note
+
+                note = allocator_note(torch.cuda.get_allocator_backend(), plan)
+                if note:
+                    plan.notes.append(note)
         base["budget_gib"] = plan.budget_gib
         base["memory_plan"] = plan.summary() + ("; " + "; ".join(plan.notes) if plan.notes else "")
         if quantized:

@@ -449,3 +449,24 @@ def test_weights_that_live_in_host_memory_come_back_pageable(monkeypatch):
     ptrs = [h.data_ptr() for _, _, h in plain.params[2]]
     plain.restore()  # not pinned: handed back as it is, no copy
     assert [p.data_ptr() for p in root.transformer_blocks[2].parameters()] == ptrs
+
+
+def test_plans_under_cuda_malloc_async_tell_the_user_what_the_pool_may_add():
+    from trainer_core.ltx2.memory import ASYNC_OVER_CAP_GIB, allocator_note
+
+    c, root = _tree("2.0", layers=8)
+    sizes = [int(0.8 * GIB)] * 8
+    kw = dict(other_bytes=GIB, video_tokens=6144, block_bytes=sizes)
+    streamed = plan_memory(root.transformer_blocks, budget_gib=7, **kw)
+    fp8 = plan_memory(root.transformer_blocks, budget_gib=7, transfer="fp8", **kw)
+    resident = plan_memory(root.transformer_blocks, budget_gib=80, **kw)
+    unlimited = plan_memory(root.transformer_blocks, budget_gib=None, **kw)
+    assert streamed.streamed and fp8.streamed and fp8.transfer == "fp8" and not resident.streamed
+    note = allocator_note("cudaMallocAsync", streamed)
+    assert note and "--disable-cuda-malloc" in note and f"{ASYNC_OVER_CAP_GIB['bf16']:.1f} GiB" in note
+    assert "7.0 GiB budget" in note
+    assert f"{ASYNC_OVER_CAP_GIB['fp8']:.1f} GiB" in allocator_note("cudaMallocAsync", fp8)
+    # the native allocator, and plans that stream nothing, need no word
+    assert allocator_note("native", streamed) is None
+    assert allocator_note("cudaMallocAsync", resident) is None
+    assert allocator_note("cudaMallocAsync", unlimited) is None
