@@ -32,11 +32,15 @@ multiplies by ``timestep_scale_multiplier`` (1000) before the sinusoidal embeddi
 per-token σ ∈ [0, 1] of the training objective is exactly the model's per-token timestep
 input: AdaLN sees 1000·σ, conditioning tokens (σ = 0) see 0. The model predicts the flow
 velocity ε − x₀ (ComfyUI's denoised = x − σ·v). The audio–video cross-attention AdaLN
-follows ComfyUI's formulation: the audio side's scale/shift from the video σ (its max, raw),
-the video side's from the audio σ, the gates from the other stream's max σ scaled by
-``av_ca_timestep_scale_multiplier / timestep_scale_multiplier``. ComfyUI takes these maxima
-over the whole batch; this forward takes them per sample, which is the same whenever the
-samples of a batch share their σ (always, in ComfyUI sampling).
+follows Lightricks' formulation (ltx-core's ``MultiModalTransformerArgsPreprocessor``, and
+ComfyUI since its May 2026 fix, 0.33 here): each stream's scale/shift AdaLN takes that
+stream's own per-token timestep σ·1000; the gate AdaLN of the attention into a stream takes
+the *other* stream's σ·1000 times ``av_ca_timestep_scale_multiplier /
+timestep_scale_multiplier``. The other stream's σ is per sample (its largest token σ, which
+is the sample's drawn σ: conditioning tokens have 0), as ltx-core's ``Modality.sigma``;
+ComfyUI takes the maximum over the whole batch, which is the same whenever the samples of a
+batch share their σ (always, in ComfyUI sampling). ComfyUI before that fix (e.g. 0.20.1)
+fed the other stream's raw maximum σ to the scale/shift: 16–24 % output error on A+V.
 
 Modes
 -----
@@ -665,12 +669,15 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
                                            c.rope_type == "split", c.frequencies_precision == "float64", dtype))
         a = StreamArgs(a_ctx.to(dtype), mod, prompt, pe)
     if v is not None and a is not None:
-        vmax, amax = vsig.amax(dim=1), asig.amax(dim=1)  # per sample, raw σ (ComfyUI's formulation)
+        # Lightricks' formulation (ltx-core; ComfyUI since its May 2026 fix): each stream's
+        # scale/shift from its own per-token timestep σ·1000, each gate from the other
+        # stream's σ·1000 · av_ca/ts multiplier — per sample (ComfyUI takes the batch maximum)
+        vmax, amax = vsig.amax(dim=1), asig.amax(dim=1)
         factor = c.av_ca_timestep_scale_multiplier / tsm
-        a.cross_ss = _per_sample_mod(root.av_ca_audio_scale_shift_adaln_single, vmax, dtype, 4)
-        v.cross_ss = _per_sample_mod(root.av_ca_video_scale_shift_adaln_single, amax, dtype, 4)
-        v.cross_gate = _per_sample_mod(root.av_ca_a2v_gate_adaln_single, amax * factor, dtype, 1)
-        a.cross_gate = _per_sample_mod(root.av_ca_v2a_gate_adaln_single, vmax * factor, dtype, 1)
+        a.cross_ss, _ = _per_token_mod(root.av_ca_audio_scale_shift_adaln_single, asig * tsm, dtype, 4)
+        v.cross_ss, _ = _per_token_mod(root.av_ca_video_scale_shift_adaln_single, vsig * tsm, dtype, 4)
+        v.cross_gate = _per_sample_mod(root.av_ca_a2v_gate_adaln_single, amax * tsm * factor, dtype, 1)
+        a.cross_gate = _per_sample_mod(root.av_ca_v2a_gate_adaln_single, vmax * tsm * factor, dtype, 1)
         max_pos = [max(c.positional_embedding_max_pos[0], c.audio_positional_embedding_max_pos[0])]
         split, f64 = c.rope_type == "split", c.frequencies_precision == "float64"
         grid_v = tuple(int(g) for g in video[2])
