@@ -9,8 +9,25 @@ from __future__ import annotations
 WEB_DIRECTORY = "./web"
 
 
+def _check_comfyui_version() -> None:
+    """Say in ComfyUI's log, at load time, when this ComfyUI is older than the pack needs."""
+    import logging
+
+    try:
+        from comfyui_version import __version__ as version
+    except Exception:  # a ComfyUI without the generated version module
+        version = None
+    from .trainer_core.compat import comfyui_problem
+
+    problem = comfyui_problem(version)
+    if problem:
+        logging.warning(problem)
+
+
 async def comfy_entrypoint():
     from comfy_api.latest import ComfyExtension
+
+    _check_comfyui_version()
 
     class LTX2TrainerExtension(ComfyExtension):
         async def get_node_list(self):

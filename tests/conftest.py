@@ -44,8 +44,41 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def _strict() -> bool:
+    """In CI (``CI=true``, or ``LTX2_REQUIRE_ALL_LAYERS=1``) every layer must run: a skipped
+    test fails the run, so a green CI means the whole suite ran."""
+    flag = os.environ.get("LTX2_REQUIRE_ALL_LAYERS")
+    if flag is not None:
+        return flag.strip() not in ("", "0", "false", "no")
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+_SKIPPED: list[str] = []
+
+
 def pytest_report_header(config):
-    return [f"ComfyUI layers: {'will run — ' if COMFYUI else 'SKIPPED — '}{COMFYUI_WHY}"]
+    lines = [f"ComfyUI layers: {'will run — ' if COMFYUI else 'SKIPPED — '}{COMFYUI_WHY}"]
+    if _strict():
+        lines.append("strict layers (CI): a skipped test fails the run")
+    return lines
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and _strict():
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPPED.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SKIPPED and _strict() and session.exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _SKIPPED and _strict():
+        terminalreporter.section("skipped tests fail this run (CI: every layer must run)", red=True)
+        for line in _SKIPPED:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

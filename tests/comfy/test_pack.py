@@ -30,3 +30,12 @@ def test_object_info_shape(comfy):
         assert info["name"] == node_id
         assert info["display_name"].endswith("(LTX-2 Trainer)")
         assert info["input"]["required"], node_id
+
+
+def test_reference_comfyui_passes_the_version_check(comfy):
+    """The ComfyUI these layers run against is one the pack supports: no load-time warning."""
+    from comfyui_version import __version__
+
+    from trainer_core.compat import comfyui_problem
+
+    assert comfyui_problem(__version__) is None, __version__
