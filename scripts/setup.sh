@@ -2,7 +2,8 @@
 # Sets up a Python environment for this pack in ./.venv: ComfyUI's matched torch set
 # (torch 2.11.0, torchvision 0.26.0, torchaudio 2.11.0), this pack's requirements, the test
 # requirements, and ComfyUI's own requirements when a ComfyUI checkout is found
-# ($COMFYUI_PATH, else /opt/ComfyUI).
+# ($COMFYUI_PATH, else /opt/ComfyUI), and — for the tests only — Lightricks' ltx-core and
+# ltx-trainer from a Lightricks/LTX-2 source copy ($LTX2_SRC, see below).
 #   --deps-only   install only (CI uses this)
 # Inside an existing ComfyUI environment you only need: pip install -r requirements.txt
 set -euo pipefail
@@ -46,7 +47,7 @@ if [ -n "${LTX2_SRC:-}" ]; then
     echo "LTX2_SRC=$LTX2_SRC has no packages/ltx-core/pyproject.toml (point it at a Lightricks/LTX-2 checkout)" >&2
   fi
 elif [ -d "$LTX2_MIRROR" ] && git -C "$LTX2_MIRROR" cat-file -e "$LTX2_COMMIT^{commit}" 2>/dev/null; then
-  dest=${LTX2_SRC_CACHE:-$HOME/.cache/ltx2-src/$LTX2_COMMIT}
+  dest=${LTX2_SRC_CACHE:-${HOME:-/tmp}/.cache/ltx2-src/$LTX2_COMMIT}
   if [ ! -f "$dest/packages/ltx-core/pyproject.toml" ] || [ ! -f "$dest/packages/ltx-trainer/pyproject.toml" ]; then
     tmp="$dest.part.$$"
     rm -rf "$tmp" && mkdir -p "$tmp"
