@@ -1,11 +1,15 @@
-"""The official stack for side-by-side figures: Lightricks' ltx-core (PyPI) transformer with
-a PEFT LoRA on the attention projections, ltx-core's own per-block gradient checkpointing
-and AdamW — the way ltx-trainer trains a LoRA — at the same full-size layout and shapes as
-our benchmark (random bf16 weights).
+"""The official stack for side-by-side figures: Lightricks' ltx-core transformer with a PEFT
+LoRA on the attention projections, ltx-core's own per-block gradient checkpointing and AdamW —
+the way ltx-trainer trains a LoRA — at the same full-size layout and shapes as our benchmark
+(random bf16 weights).
 
-ltx-core is imported from the environment, else from ``bench/wheels/`` (the pure-Python
-wheel from PyPI, ltx-core 1.0.0, Apache-2.0), so the GPU machine needs nothing installed
-but PEFT.
+ltx-core is imported from the environment — ``scripts/setup.sh`` installs it from a
+Lightricks/LTX-2 source copy at commit 203d484 (ltx-core 1.1.4, with the audio-video
+cross-attention AdaLN fix), else PyPI's 1.0.0 — or else from a pure-Python wheel in
+``bench/wheels/`` (``pip wheel --no-deps ~/.cache/ltx2-src/203d484/packages/ltx-core -w
+bench/wheels``, or PyPI's ``ltx_core-1.0.0``), so the GPU machine needs nothing installed but
+PEFT. The two versions take the same calls here; :func:`describe` says which one ran (speed is
+the same: the fix changes which timestep feeds two small AdaLN MLPs, not the work).
 """
 from __future__ import annotations
 
@@ -35,6 +39,25 @@ def _import_ltx_core():
     from ltx_core.model.transformer.model_configurator import LTXModelConfigurator
 
     return LTXModelConfigurator, Modality, BatchedPerturbationConfig
+
+
+def describe() -> str:
+    """"ltx-core <version> (<where>), with|without the 203d484 A/V cross-attention AdaLN fix"."""
+    import inspect
+
+    _import_ltx_core()
+    import ltx_core
+    from ltx_core.model.transformer.transformer_args import MultiModalTransformerArgsPreprocessor as M
+
+    try:
+        from importlib.metadata import version
+
+        ver = version("ltx-core")
+    except Exception:
+        ver = "?"
+    fixed = "modality_timesteps" in inspect.signature(M._prepare_cross_attention_timestep).parameters
+    return (f"ltx-core {ver} ({Path(ltx_core.__file__).parent}), "
+            f"{'with' if fixed else 'without'} the 203d484 A/V cross-attention AdaLN fix")
 
 
 def build_official(transformer_cfg: dict, device, dtype=torch.bfloat16, seed: int = 0, rank: int = 32):
@@ -132,4 +155,4 @@ def lora_param_count(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["build_official", "official_inputs", "official_step_fn", "LORA_TARGETS", "lora_param_count", "math"]
+__all__ = ["describe", "build_official", "official_inputs", "official_step_fn", "LORA_TARGETS", "lora_param_count", "math"]

@@ -3,8 +3,10 @@
 As in Lightricks' ltx-trainer:
   x_t = (1 - σ) · x0 + σ · ε,   target v = ε − x0,
 σ per token (conditioning tokens get σ = 0 and no loss), σ drawn from a shifted logit-normal
-whose shift grows with the token count, video and audio drawing their own σ, and a masked
-MSE normalised by the masked fraction.
+whose shift grows linearly with the modality's own token count (video: all F'·H'·W' tokens,
+first-frame conditioning ones included; audio: its T tokens), video and audio drawing their
+own σ (ltx-trainer's flexible strategy: ``timestep_sampler.sample_for(latents)`` per
+modality), and a masked MSE normalised by the masked fraction.
 
 Then better:
 - every random draw goes through an explicit ``torch.Generator`` so a run repeats exactly and
@@ -69,10 +71,12 @@ def get_mode(name: str, first_frame_prob: Optional[float] = None, audio: Optiona
 
 def shift_for_tokens(n_tokens: int, min_tokens: int = 1024, max_tokens: int = 4096,
                      min_shift: float = 0.95, max_shift: float = 2.05) -> float:
-    """μ of the logit-normal: linear in the token count between the two anchors, capped."""
-    n = min(n_tokens, max_tokens)
+    """μ of the logit-normal: the line through (min_tokens, min_shift) and (max_tokens,
+    max_shift), with no cap on either side — as ltx-trainer's
+    ``ShiftedLogitNormalTimestepSampler._get_shift_for_sequence_length`` (2.05 at 4096 tokens,
+    ≈2.78 at 6144, ≈4.98 at 12288)."""
     slope = (max_shift - min_shift) / (max_tokens - min_tokens)
-    return min_shift + slope * (n - min_tokens)
+    return min_shift + slope * (n_tokens - min_tokens)
 
 
 # standard-normal quantiles used to stretch the logit-normal onto [0, 1]

@@ -1,7 +1,8 @@
 """The benchmark's official-stack side (bench/official_stack.py) on CPU with tiny configs:
 ltx-core's LTXModel with a PEFT LoRA on the same 1152-projection set as ours trains, and
-only the LoRA moves. ``scripts/setup.sh`` installs both (ltx-core without its torch pin);
-skipped with the reason where either is not importable."""
+only the LoRA moves. ``scripts/setup.sh`` installs both (ltx-core from a Lightricks/LTX-2
+source copy at 203d484 — 1.1.4 — else PyPI's 1.0.0, without its torch pin; the calls used
+here are the same in both); skipped with the reason where either is not importable."""
 from __future__ import annotations
 
 import sys
@@ -32,6 +33,7 @@ def test_official_step_trains_only_the_lora(variant):
     from trainer_core.tiny_checkpoint import tiny_config
 
     cfg = tiny_config(variant)["transformer"]
+    assert off.describe().startswith("ltx-core ")
     model = off.build_official(cfg, "cpu", rank=4)
     video, audio, vt, at = off.official_inputs(cfg, 128, 64, 17, 24.0, "cpu", text_tokens=16)
     step = off.official_step_fn(model, video, audio, vt, at, lr=1e-2)
