@@ -96,12 +96,14 @@ class SplitScenes(io.ComfyNode):
                 Clips.Input("clips", tooltip="From Load Clips."),
                 io.Boolean.Input("enabled", default=True,
                                  tooltip="Off: each clip stays one continuous segment (only the length limits apply)."),
-                io.Combo.Input("detector", options=["content", "adaptive"], default="content",
+                io.Combo.Input("detector", options=["content", "adaptive", "dissolve"], default="content",
                                tooltip="content: cuts on large frame changes (hard cuts). adaptive: compares "
-                                       "against a rolling average, fewer false cuts in fast motion."),
+                                       "against a rolling average, fewer false cuts in fast motion. dissolve: "
+                                       "hard cuts plus gradual transitions (cross-dissolves up to 0.8 s) that "
+                                       "the other two miss."),
                 io.Float.Input("threshold", default=0.0, min=0.0, max=100.0, step=0.5,
                                tooltip="Detector sensitivity; 0 uses the detector's default "
-                                       "(content 27, adaptive 3). Lower finds more cuts."),
+                                       "(content 27, adaptive 3, dissolve 20). Lower finds more cuts."),
                 io.Float.Input("min_seconds", default=1.0, min=0.0, max=600.0, step=0.1,
                                tooltip="Scenes shorter than this are dropped."),
                 io.Float.Input("max_seconds", default=10.0, min=0.0, max=3600.0, step=0.5,
