@@ -177,14 +177,24 @@ class Bucket(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, preset=None, buckets=None, **kw):
+    def validate_inputs(cls, buckets=None):
+        """Checks the custom bucket list before anything runs.
+
+        Only ``buckets`` is declared on purpose: ComfyUI hands a ``validate_inputs`` the
+        inputs it names (all of them with ``**kwargs``), skips its own min/max/list checks
+        for exactly those, and reports a failure once per named input. Naming ``buckets``
+        alone keeps the range checks of target_fps and the others, and puts the message on
+        the input it is about. A list that is there is checked whatever the preset (it is
+        what 'custom' would use); an empty one is refused by execute when preset is custom.
+        """
         from ..trainer_core.buckets import BucketError, parse_buckets
 
-        if preset == "custom" and buckets is not None:
-            try:
-                parse_buckets(buckets)
-            except BucketError as e:
-                return str(e)
+        if buckets is None or not str(buckets).strip():  # linked (not known yet) or empty
+            return True
+        try:
+            parse_buckets(buckets)
+        except BucketError as e:
+            return f"{e} (the bucket list is what preset 'custom' uses: fix it, or clear it)"
         return True
 
     @classmethod

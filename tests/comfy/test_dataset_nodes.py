@@ -85,7 +85,7 @@ def test_bucket_assignment_spans_and_report(comfy, dataset):
     clips = _run(comfy, "LTX2TrainLoadClips", folder="ds", path="").result[0]
     split = _run(comfy, "LTX2TrainSplitScenes", clips=clips, enabled=True, detector="content", threshold=0.0,
                  min_seconds=0.5, max_seconds=10.0).result[0]
-    assert comfy.pack["LTX2TrainBucket"].validate_inputs(preset="custom", buckets="65x64x9") != True  # noqa: E712
+    assert comfy.pack["LTX2TrainBucket"].validate_inputs(buckets="65x64x9") != True  # noqa: E712
     out = _run(comfy, "LTX2TrainBucket", clips=split, preset="custom", buckets="96x64x17;64x96x17;64x64x9",
                target_fps=24.0, audio=True, static_threshold=1.0)
     ds, report, gallery = out.result
@@ -111,3 +111,55 @@ def test_bucket_assignment_spans_and_report(comfy, dataset):
     for item in g["items"]:
         assert (folder / item["thumb"]).is_file()
         assert item["still"] or (folder / item["clip"]).is_file(), item
+
+
+# ---------------------------------------------------------------- validation through ComfyUI
+
+
+def _validate(comfy, bucket_inputs: dict, folder: str):
+    """ComfyUI's own prompt validation of Load Clips -> Bucket: (ok, errors of the Bucket node)."""
+    import asyncio
+
+    import execution
+
+    inputs = dict(preset="custom", buckets="96x64x17", target_fps=24.0, audio=True, static_threshold=1.0)
+    inputs.update(bucket_inputs)
+    prompt = {
+        "1": {"class_type": "LTX2TrainLoadClips",
+              "inputs": {"folder": "(type a path below)", "path": folder, "recursive": True}},
+        "2": {"class_type": "LTX2TrainBucket", "inputs": {"clips": ["1", 0], **inputs}},
+    }
+    ok, errors, _ = asyncio.run(execution.validate_inputs("test", prompt, "2", {}))
+    return ok, errors
+
+
+def test_bucket_ranges_are_checked_and_the_custom_error_is_reported_once(comfy, dataset):
+    ok, errors = _validate(comfy, {}, dataset.root)
+    assert ok and not errors, errors
+    for fps, kind in ((500.0, "value_bigger_than_max"), (-5.0, "value_smaller_than_min")):
+        ok, errors = _validate(comfy, {"target_fps": fps}, dataset.root)
+        assert not ok and [(e["type"], e["extra_info"]["input_name"]) for e in errors] == [(kind, "target_fps")]
+    ok, errors = _validate(comfy, {"static_threshold": 80.0}, dataset.root)
+    assert not ok and errors[0]["extra_info"]["input_name"] == "static_threshold"
+    ok, errors = _validate(comfy, {"preset": "no such preset"}, dataset.root)
+    assert not ok and [e["type"] for e in errors] == ["value_not_in_list"]
+    ok, errors = _validate(comfy, {"buckets": "65x64x10"}, dataset.root)
+    assert not ok and len(errors) == 1, errors
+    assert errors[0]["type"] == "custom_validation_failed" and errors[0]["extra_info"]["input_name"] == "buckets"
+    assert "multiple of 32" in errors[0]["details"] and "8n+1" in errors[0]["details"]
+
+
+def test_no_node_of_the_pack_takes_over_validation_of_inputs_it_does_not_check(comfy):
+    """A validate_inputs with **kwargs makes ComfyUI skip min/max/list checks of every input
+    and repeat its error on each; one naming an input it does not check skips that one's."""
+    import inspect
+
+    for node_id, cls in comfy.pack.items():
+        fn = cls.__dict__.get("validate_inputs")
+        if fn is None:
+            continue
+        spec = inspect.getfullargspec(fn.__func__)
+        assert spec.varkw is None, f"{node_id}.validate_inputs takes **{spec.varkw}"
+        src = inspect.getsource(fn.__func__)
+        for arg in spec.args[1:]:
+            assert src.count(arg) >= 3, f"{node_id}.validate_inputs names {arg!r} but hardly uses it"
