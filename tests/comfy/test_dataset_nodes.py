@@ -163,3 +163,83 @@ def test_no_node_of_the_pack_takes_over_validation_of_inputs_it_does_not_check(c
         src = inspect.getsource(fn.__func__)
         for arg in spec.args[1:]:
             assert src.count(arg) >= 3, f"{node_id}.validate_inputs names {arg!r} but hardly uses it"
+
+
+# ---------------------------------------------------------------- typed paths on an open server
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A dataset folder outside ComfyUI's input folder, and a missing sibling."""
+    d = tmp_path / "elsewhere"
+    d.mkdir()
+    mg.write_image(d / "a.png", size=(96, 64))
+    return d, tmp_path / "missing"
+
+
+@pytest.fixture
+def listen(comfy, monkeypatch):
+    import comfy.cli_args
+
+    def set_(value):
+        monkeypatch.setattr(comfy.cli_args.args, "listen", value)
+    return set_
+
+
+def _settings(comfy, text):
+    f = Path(comfy.folder_paths.get_user_directory()) / "ltx2_trainer" / "settings.yaml"
+    f.parent.mkdir(parents=True, exist_ok=True)
+    if text is None:
+        f.unlink(missing_ok=True)
+    else:
+        f.write_text(text)
+    return f
+
+
+def test_local_server_reads_absolute_paths_anywhere(comfy, outside, listen):
+    listen("127.0.0.1")
+    _settings(comfy, None)
+    d, missing = outside
+    out = _run(comfy, "LTX2TrainLoadClips", folder="(type a path below)", path=str(d))
+    assert [c.name for c in out.result[0].clips] == ["a.png"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        _run(comfy, "LTX2TrainLoadClips", folder="(type a path below)", path=str(missing))
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0,::", "192.168.1.20"])
+def test_open_server_refuses_paths_outside_input_alike_for_existing_and_missing(comfy, dataset, outside,
+                                                                               listen, address):
+    listen(address)
+    sfile = _settings(comfy, None)
+    d, missing = outside
+    msgs = {}
+    for name, p in (("existing", d), ("missing", missing), ("file", d / "a.png")):
+        with pytest.raises(PermissionError) as e:
+            _run(comfy, "LTX2TrainLoadClips", folder="(type a path below)", path=str(p))
+        msgs[name] = str(e.value).replace(str(p), "<path>")
+        fp = comfy.pack["LTX2TrainLoadClips"].fingerprint_inputs(folder="(type a path below)", path=str(p))
+        assert fp.replace(str(p), "<path>") == "error:" + msgs[name]
+    assert msgs["existing"] == msgs["missing"] == msgs["file"], msgs
+    assert str(sfile) in msgs["existing"] and "dataset_roots" in msgs["existing"]
+    # a link inside the input folder that points out is judged by where it points
+    link = comfy.base / "input" / "link_out"
+    link.unlink(missing_ok=True)
+    link.symlink_to(d, target_is_directory=True)
+    try:
+        with pytest.raises(PermissionError):
+            _run(comfy, "LTX2TrainLoadClips", folder="(type a path below)", path=str(link))
+    finally:
+        link.unlink()
+    # the input folder itself stays readable, typed absolute or relative, and by the list
+    for folder, path in (("(type a path below)", str(comfy.base / "input" / "ds")), ("(type a path below)", "ds"),
+                         ("ds", "")):
+        assert _run(comfy, "LTX2TrainLoadClips", folder=folder, path=path, recursive=False).result[0].clips
+    # a folder listed in the settings file is readable again
+    _settings(comfy, f"dataset_roots:\n  - {d.parent}\n")
+    try:
+        out = _run(comfy, "LTX2TrainLoadClips", folder="(type a path below)", path=str(d))
+        assert [c.name for c in out.result[0].clips] == ["a.png"]
+        with pytest.raises(FileNotFoundError):  # inside a root: existence may be told
+            _run(comfy, "LTX2TrainLoadClips", folder="(type a path below)", path=str(missing))
+    finally:
+        _settings(comfy, None)
