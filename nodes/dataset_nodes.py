@@ -203,14 +203,25 @@ class Bucket(io.ComfyNode):
         from ..trainer_core import buckets as bk
         from ..trainer_core import preview
 
+        from ..trainer_core.media import Cancelled
+        from ._common import interrupted
+
         spec = buckets if preset == "custom" else bk.PRESETS[preset]
         blist = bk.parse_buckets(spec)
-        progress = make_progress(1, cls)
-        progress(0, 1, "measuring motion and assigning buckets")
-        ds, report = bk.build_dataset(clips, blist, target_fps=target_fps, audio_planned=audio,
-                                      static_threshold=static_threshold,
-                                      measure_motion=bk.motion_measurer(clips))
-        progress(1, 1)
+        n = len(clips.all_segments())
+        progress = make_progress(n, cls)
+        progress(0, n, "measuring motion and assigning buckets")
+        try:  # cancel is checked per segment (progress) and inside each clip's decode (should_stop)
+            ds, report = bk.build_dataset(clips, blist, target_fps=target_fps, audio_planned=audio,
+                                          static_threshold=static_threshold,
+                                          measure_motion=bk.motion_measurer(clips, should_stop=interrupted),
+                                          progress=progress)
+        except Cancelled:
+            import comfy.model_management
+
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            raise
+        progress(n, n)
         text = report.summary()
         if not ds.samples:
             raise ValueError("no segment fits any bucket: " + text.replace("\n", "; ")

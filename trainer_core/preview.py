@@ -164,8 +164,21 @@ def clips_summary(clipset) -> str:
     if vfr:
         lines.append(f"variable frame rate (read by timestamp): {', '.join(vfr[:6])}")
     for s in clipset.skipped:
-        lines.append(f"skipped {s.path.rsplit('/', 1)[-1]}: {s.reason}")
+        lines.append(f"skipped {_rel(clipset, s.path)}: {s.reason}")
+    for s in getattr(clipset, "warnings", []):
+        lines.append(f"warning {_rel(clipset, s.path)}: {s.reason}")
     return "\n".join(lines)
+
+
+def _rel(clipset, path: str) -> str:
+    """``path`` relative to the dataset folder when inside it, else its file name."""
+    import os
+
+    try:
+        rel = os.path.relpath(path, clipset.root)
+    except ValueError:
+        return os.path.basename(path)
+    return os.path.basename(path) if rel.startswith("..") else rel.replace(os.sep, "/")
 
 
 def segments_contact_sheet(clipset, thumb_height: int = 96, max_items: int = 48) -> np.ndarray:

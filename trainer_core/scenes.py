@@ -318,7 +318,8 @@ def split_scenes(
         raise ValueError(f"unknown detector {detector!r}; use one of {', '.join(DETECTORS)}")
     report = _caller(progress)
     msl = min(0.25, min_len) if min_scene_len is None else min_scene_len
-    out = ClipSet(root=clipset.root, clips=list(clipset.clips), skipped=list(clipset.skipped), segments=[])
+    out = ClipSet(root=clipset.root, clips=list(clipset.clips), skipped=list(clipset.skipped), segments=[],
+                  warnings=list(getattr(clipset, "warnings", [])))
     n = len(clipset.clips)
     for ci, clip in enumerate(clipset.clips):
         if should_stop is not None and should_stop():
