@@ -243,3 +243,48 @@ def test_open_server_refuses_paths_outside_input_alike_for_existing_and_missing(
             _run(comfy, "LTX2TrainLoadClips", folder="(type a path below)", path=str(missing))
     finally:
         _settings(comfy, None)
+
+
+# ---------------------------------------------------------------- cancel, sound and names at the node
+
+
+def _pack_module(comfy, name):
+    import sys
+
+    pkg = comfy.pack["LTX2TrainBucket"].__module__.rsplit(".nodes.", 1)[0]
+    return sys.modules[f"{pkg}.{name}"]
+
+
+def test_cancel_during_motion_measurement_stops_at_the_next_clip(comfy, dataset, monkeypatch):
+    import comfy.model_management as mm
+
+    clips = _run(comfy, "LTX2TrainLoadClips", folder="ds", path="").result[0]
+    bk = _pack_module(comfy, "trainer_core.buckets")
+    real = bk.motion_score
+    scored = []
+
+    def score_then_cancel(frames):
+        scored.append(1)
+        if len(scored) == 2:
+            mm.interrupt_current_processing(True)  # the user presses cancel while clip 2 is measured
+        return real(frames)
+
+    monkeypatch.setattr(bk, "motion_score", score_then_cancel)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            _run(comfy, "LTX2TrainBucket", clips=clips, preset="custom", buckets="96x64x9;64x96x9;64x64x9",
+                 target_fps=24.0, audio=True, static_threshold=1.0)
+    finally:
+        mm.interrupt_current_processing(False)
+    videos = sum(c.kind == "video" for c in clips.clips)
+    assert len(scored) == 2 < videos  # not the whole phase
+
+
+def test_bucket_node_says_before_encode_which_samples_have_no_sound(comfy, dataset):
+    clips = _run(comfy, "LTX2TrainLoadClips", folder="ds", path="").result[0]
+    ds, report, _ = _run(comfy, "LTX2TrainBucket", clips=clips, preset="custom", buckets="96x64x17;64x96x17;64x64x9",
+                         target_fps=24.0, audio=True, static_threshold=1.0).result
+    silent = {ds.segments[s.segment].key(ds.clipset.clips) for s in ds.samples if not s.has_audio}
+    assert {"card.jpg#0", "still.png#0", "silent.mov#0"} <= silent
+    assert f"{len(silent)} of {len(ds.samples)} samples have no sound" in report
+    assert sorted(ds.settings["soundless"]) == sorted(silent)
