@@ -156,6 +156,7 @@ class InspectionReport:
     skipped_files: list[tuple[str, str]]
     target_fps: float
     audio_planned: bool
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # files used with a caveat (captions)
 
     def flagged(self, flag: str) -> list[ReportEntry]:
         return [e for e in self.entries if flag in e.flags]
@@ -167,6 +168,7 @@ class InspectionReport:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["skipped_files"] = [list(s) for s in self.skipped_files]
+        d["warnings"] = [list(w) for w in self.warnings]
         return d
 
     def soundless(self) -> list[ReportEntry]:
@@ -195,6 +197,8 @@ class InspectionReport:
                 lines.append(f"{len(hits)} {verb} — {text}: {names}")
         for path, why in self.skipped_files:
             lines.append(f"skipped file {path}: {why}")
+        for path, why in self.warnings:
+            lines.append(f"warning {path}: {why}")
         return "\n".join(lines)
 
 
@@ -285,6 +289,7 @@ def build_dataset(
                                          if not s.has_audio]})
     report = InspectionReport(entries=entries, counts=counts,
                               skipped_files=[(s.path, s.reason) for s in clipset.skipped],
+                              warnings=[(w.path, w.reason) for w in getattr(clipset, "warnings", [])],
                               target_fps=target_fps, audio_planned=audio_planned)
     return ds, report
 

@@ -87,7 +87,7 @@ def probe(path: str | os.PathLike, root: Optional[str | os.PathLike] = None) -> 
         info = _probe_still(p)
     else:
         info = _probe_av(p)
-    info.path = str(p)
+    info.path = str(listed) if listed.is_symlink() else str(p)  # a link stays itself (its own .txt)
     info.name = name
     info.size_bytes = size
     return info
@@ -888,12 +888,12 @@ def decode_caption(data: bytes) -> tuple[str, Optional[str]]:
     raise AssertionError("latin-1 decodes every byte")  # pragma: no cover
 
 
-def _txt_caption(f: Path, root: Optional[Path] = None,
-                 warnings: Optional[list[Skipped]] = None) -> Optional[str]:
-    """The same-name ``.txt`` caption of ``f``: decoded by :func:`decode_caption`, at most
-    MAX_CAPTION_BYTES read. A .txt link pointing outside ``root`` is not read. Problems go to
-    ``warnings`` (naming the .txt file)."""
-    t = f.with_suffix(".txt")
+def read_caption_file(t: Path, root: Optional[Path] = None,
+                      warnings: Optional[list[Skipped]] = None) -> Optional[str]:
+    """A caption ``.txt``: decoded by :func:`decode_caption`, at most MAX_CAPTION_BYTES read;
+    None when missing or empty. A link pointing outside ``root`` is not read. Problems go to
+    ``warnings`` (naming the file)."""
+    t = Path(t)
     if not t.is_file():
         return None
 
@@ -924,6 +924,12 @@ def _txt_caption(f: Path, root: Optional[Path] = None,
     if cut:
         warn(f"caption file is larger than {MAX_CAPTION_BYTES // 1024} KB; only its start was read")
     return s or None
+
+
+def _txt_caption(f: Path, root: Optional[Path] = None,
+                 warnings: Optional[list[Skipped]] = None) -> Optional[str]:
+    """The same-name ``.txt`` caption of media file ``f`` (see :func:`read_caption_file`)."""
+    return read_caption_file(f.with_suffix(".txt"), root, warnings)
 
 
 def _inside(path: Path, root: Path) -> bool:

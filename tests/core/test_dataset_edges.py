@@ -34,6 +34,7 @@ def test_file_links_out_of_the_folder_are_refused_and_links_inside_keep_their_na
     assert "outside the dataset folder" in skipped["out.png"]
     assert "folder" in skipped["linkdir"] and "not followed" in skipped["linkdir"]
     alias = next(c for c in cs.clips if c.name == "alias.png")
+    assert alias.path == str(root.resolve() / "alias.png")  # the link itself (its own .txt, gallery name)
     assert alias.caption is None  # its .txt is a link out: not read ...
     assert any(w.path.endswith("alias.txt") and "outside" in w.reason for w in cs.warnings)  # ... and said so
     from trainer_core import preview
@@ -58,6 +59,9 @@ def test_non_utf8_caption_is_decoded_as_cp1252_with_a_warning(tmp_path):
     warns = [w for w in cs.warnings if w.path.endswith("a.txt")]
     assert len(warns) == 1 and "not UTF-8" in warns[0].reason and "Windows-1252" in warns[0].reason
     assert not any(w.path.endswith("b.txt") for w in cs.warnings)
+    # ... and Bucket's report repeats it, so it is seen before encoding
+    _, report = bk.build_dataset(cs, bk.parse_buckets("64x64x1"), audio_planned=False)
+    assert "a.txt" in report.summary() and "not UTF-8" in report.summary()
     # bytes Windows-1252 leaves undefined still decode (Latin-1), never to U+FFFD
     text, note = media.decode_caption(b"x\x81y")
     assert text == "x\x81y" and "Latin-1" in note
@@ -78,6 +82,17 @@ def test_huge_caption_is_flagged_cut_and_shortened_in_the_gallery(tmp_path):
     item = g["items"][0]
     assert len(item["caption"]) < GALLERY_CAPTION_CHARS + 60 and item["caption_chars"] == len(clip.caption)
     assert item["caption"].startswith("word word") and "characters in all" in item["caption"]
+
+
+def test_caption_keeps_an_existing_non_utf8_txt_decoded_with_a_warning(tmp_path):
+    from trainer_core.caption import caption_clips
+
+    mg.write_image(tmp_path / "a.png", size=(64, 48))
+    cs = media.load_clips(tmp_path)
+    (tmp_path / "a.txt").write_bytes("déjà vu".encode("cp1252"))  # written after Load Clips ran
+    out, rep = caption_clips(cs, None, writable_roots=[tmp_path])
+    assert rep.kept == ["a.png#0"] and out.segments[0].caption == "déjà vu"
+    assert any(w.path.endswith("a.txt") and "not UTF-8" in w.reason for w in out.warnings)
 
 
 # ------------------------------------------------------------------ audio coverage per sample
