@@ -75,6 +75,10 @@ def test_split_scenes_finds_cuts_and_keeps_audio_aligned(comfy, dataset):
         assert abs(mg.dominant_frequency(pcm, rate) - tone) < 30, (s, tone)
     assert all(s.caption == dataset.captions["scenes.mp4"] for s in segs)
     assert sheet.shape[0] == 1 and sheet.shape[-1] == 3
+    # the dissolve detector keeps the hard cuts (and adds none to the fades)
+    dis = _run(comfy, "LTX2TrainSplitScenes", clips=clips, enabled=True, detector="dissolve", threshold=0.0,
+               min_seconds=0.5, max_seconds=10.0).result[0]
+    assert sum(s.clip == idx for s in dis.segments) == len(truth.scenes)
     # off switch: one continuous segment per clip
     whole = _run(comfy, "LTX2TrainSplitScenes", clips=clips, enabled=False, detector="content", threshold=0.0,
                  min_seconds=0.0, max_seconds=0.0).result[0]
@@ -200,8 +204,11 @@ def test_local_server_reads_absolute_paths_anywhere(comfy, outside, listen):
     listen("127.0.0.1")
     _settings(comfy, None)
     d, missing = outside
+    (d / "a.txt").write_bytes("un café".encode("cp1252"))
     out = _run(comfy, "LTX2TrainLoadClips", folder="(type a path below)", path=str(d))
     assert [c.name for c in out.result[0].clips] == ["a.png"]
+    assert out.result[0].clips[0].caption == "un café"
+    assert "warning a.txt: not UTF-8" in out.result[2]  # the summary names the file
     with pytest.raises(FileNotFoundError, match="does not exist"):
         _run(comfy, "LTX2TrainLoadClips", folder="(type a path below)", path=str(missing))
 
