@@ -94,22 +94,61 @@ def dataset_folder_options() -> list[str]:
     return [TYPED_PATH_HINT] + subs
 
 
+SETTINGS_SUBFOLDER = "ltx2_trainer"
+SETTINGS_NAME = "settings.yaml"
+
+
+def settings_file() -> Path:
+    """The pack's settings file: ``<ComfyUI user folder>/ltx2_trainer/settings.yaml``
+    (``ComfyUI/user/ltx2_trainer/settings.yaml`` in a default install)."""
+    import folder_paths
+
+    return Path(folder_paths.get_user_directory()) / SETTINGS_SUBFOLDER / SETTINGS_NAME
+
+
+def server_listen() -> Optional[str]:
+    """ComfyUI's ``--listen`` value (None when ComfyUI's arguments are not parsed)."""
+    try:
+        import comfy.cli_args
+
+        return getattr(comfy.cli_args.args, "listen", None)
+    except Exception:
+        return None
+
+
 def resolve_dataset_folder(folder: str, typed_path: str) -> Path:
     """The folder to read clips from.
 
-    A typed path wins when given: absolute paths are read where they are (reading only —
-    the pack never writes there), relative ones are taken under ComfyUI's input folder. A
-    ``..`` component is refused in either case, as is a list entry that leaves the input
-    folder.
+    A typed path wins when given: relative ones are taken under ComfyUI's input folder; a
+    ``..`` component is refused, as is a list entry that leaves the input folder. Absolute
+    paths are read where they are (reading only — the pack never writes there) while
+    ComfyUI listens on this computer only. When it listens beyond localhost (``--listen``),
+    any client of the server could otherwise list the disk and get thumbnails of media
+    anywhere, so a typed path must then lie (symlinks resolved) in the input folder or under
+    a ``dataset_roots`` entry of :func:`settings_file`; the refusal reads the same whether
+    the folder exists or not, and comes before any look at the disk.
     """
-    from ..trainer_core.fsutil import UnsafePathError, safe_join
+    from ..trainer_core.fsutil import UnsafePathError, read_dataset_roots, readable_under, safe_join
+    from ..trainer_core.fsutil import is_loopback_only
 
-    typed_path = (typed_path or "").strip().strip('"').strip("'")
-    if typed_path:
-        p = Path(os.path.expanduser(typed_path))
+    listen = server_listen()
+    exposed = not is_loopback_only(listen)
+    raw = (typed_path or "").strip().strip('"').strip("'")
+    if raw:
+        # no '~' expansion for remote clients: '~name' would tell which users exist
+        p = Path(raw if exposed else os.path.expanduser(raw))
         if ".." in p.parts:
-            raise UnsafePathError(f"dataset path {typed_path!r} contains '..'; give the folder itself")
-        target = p if p.is_absolute() else safe_join(input_dir(), typed_path)
+            raise UnsafePathError(f"dataset path {raw!r} contains '..'; give the folder itself")
+        target = p if p.is_absolute() else safe_join(input_dir(), raw)
+        if exposed:
+            sfile = settings_file()
+            roots = [input_dir(), *read_dataset_roots(sfile)]
+            if not readable_under(target, roots):
+                raise PermissionError(
+                    f"dataset path {raw!r} is not readable: ComfyUI listens beyond this computer "
+                    f"(--listen {listen}), so Load Clips reads typed paths only inside ComfyUI's input "
+                    f"folder or under a dataset root listed in {sfile} (dataset_roots). Move the clips "
+                    "into the input folder, or add their folder to dataset_roots and run again.")
     else:
         if not folder or folder == TYPED_PATH_HINT:
             raise ValueError("choose a dataset folder from the list (sub-folders of ComfyUI's input "

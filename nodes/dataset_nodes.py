@@ -96,12 +96,14 @@ class SplitScenes(io.ComfyNode):
                 Clips.Input("clips", tooltip="From Load Clips."),
                 io.Boolean.Input("enabled", default=True,
                                  tooltip="Off: each clip stays one continuous segment (only the length limits apply)."),
-                io.Combo.Input("detector", options=["content", "adaptive"], default="content",
+                io.Combo.Input("detector", options=["content", "adaptive", "dissolve"], default="content",
                                tooltip="content: cuts on large frame changes (hard cuts). adaptive: compares "
-                                       "against a rolling average, fewer false cuts in fast motion."),
+                                       "against a rolling average, fewer false cuts in fast motion. dissolve: "
+                                       "hard cuts plus gradual transitions (cross-dissolves up to 0.8 s) that "
+                                       "the other two miss."),
                 io.Float.Input("threshold", default=0.0, min=0.0, max=100.0, step=0.5,
                                tooltip="Detector sensitivity; 0 uses the detector's default "
-                                       "(content 27, adaptive 3). Lower finds more cuts."),
+                                       "(content 27, adaptive 3, dissolve 20). Lower finds more cuts."),
                 io.Float.Input("min_seconds", default=1.0, min=0.0, max=600.0, step=0.1,
                                tooltip="Scenes shorter than this are dropped."),
                 io.Float.Input("max_seconds", default=10.0, min=0.0, max=3600.0, step=0.5,
@@ -175,14 +177,24 @@ class Bucket(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, preset=None, buckets=None, **kw):
+    def validate_inputs(cls, buckets=None):
+        """Checks the custom bucket list before anything runs.
+
+        Only ``buckets`` is declared on purpose: ComfyUI hands a ``validate_inputs`` the
+        inputs it names (all of them with ``**kwargs``), skips its own min/max/list checks
+        for exactly those, and reports a failure once per named input. Naming ``buckets``
+        alone keeps the range checks of target_fps and the others, and puts the message on
+        the input it is about. A list that is there is checked whatever the preset (it is
+        what 'custom' would use); an empty one is refused by execute when preset is custom.
+        """
         from ..trainer_core.buckets import BucketError, parse_buckets
 
-        if preset == "custom" and buckets is not None:
-            try:
-                parse_buckets(buckets)
-            except BucketError as e:
-                return str(e)
+        if buckets is None or not str(buckets).strip():  # linked (not known yet) or empty
+            return True
+        try:
+            parse_buckets(buckets)
+        except BucketError as e:
+            return f"{e} (the bucket list is what preset 'custom' uses: fix it, or clear it)"
         return True
 
     @classmethod
@@ -191,14 +203,25 @@ class Bucket(io.ComfyNode):
         from ..trainer_core import buckets as bk
         from ..trainer_core import preview
 
+        from ..trainer_core.media import Cancelled
+        from ._common import interrupted
+
         spec = buckets if preset == "custom" else bk.PRESETS[preset]
         blist = bk.parse_buckets(spec)
-        progress = make_progress(1, cls)
-        progress(0, 1, "measuring motion and assigning buckets")
-        ds, report = bk.build_dataset(clips, blist, target_fps=target_fps, audio_planned=audio,
-                                      static_threshold=static_threshold,
-                                      measure_motion=bk.motion_measurer(clips))
-        progress(1, 1)
+        n = len(clips.all_segments())
+        progress = make_progress(n, cls)
+        progress(0, n, "measuring motion and assigning buckets")
+        try:  # cancel is checked per segment (progress) and inside each clip's decode (should_stop)
+            ds, report = bk.build_dataset(clips, blist, target_fps=target_fps, audio_planned=audio,
+                                          static_threshold=static_threshold,
+                                          measure_motion=bk.motion_measurer(clips, should_stop=interrupted),
+                                          progress=progress)
+        except Cancelled:
+            import comfy.model_management
+
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            raise
+        progress(n, n)
         text = report.summary()
         if not ds.samples:
             raise ValueError("no segment fits any bucket: " + text.replace("\n", "; ")

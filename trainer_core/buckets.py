@@ -32,11 +32,24 @@ DEFAULT_PRESET = next(iter(PRESETS))
 
 FLAG_TEXT = {
     "too_short": "too short for any bucket",
-    "no_audio": "no audio track (audio training planned)",
+    "no_audio": "no sound (no audio track, a still, or the track misses the span; audio training planned)",
+    "partial_audio": "sound covers only part of the span (the rest is silence)",
     "static": "nearly static",
     "low_res": "below bucket resolution (will be upscaled)",
     "no_caption": "no caption",
+    "long_caption": "caption is very long (shorten it)",
 }
+MAX_CAPTION_CHARS = 2000  # as media.MAX_CAPTION_CHARS: flagged past this
+AUDIO_GAP_TOLERANCE = 0.1  # seconds of a sample's span the track may miss before it is flagged
+
+
+def audio_overlap(clip, start: float, duration: float) -> float:
+    """Seconds of ``[start, start + duration)`` that the clip's audio track covers."""
+    a = clip.audio
+    if a is None or duration <= 0:
+        return 0.0
+    a0 = float(getattr(a, "start", 0.0) or 0.0)
+    return max(0.0, min(start + duration, a0 + a.duration) - max(start, a0))
 
 
 class BucketError(ValueError):
@@ -133,6 +146,7 @@ class ReportEntry:
     flags: list[str] = field(default_factory=list)
     kept: bool = True
     caption: Optional[str] = None
+    audio_coverage: Optional[float] = None  # share of the sample's span with sound (None: not video)
 
 
 @dataclass
@@ -142,6 +156,7 @@ class InspectionReport:
     skipped_files: list[tuple[str, str]]
     target_fps: float
     audio_planned: bool
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # files used with a caveat (captions)
 
     def flagged(self, flag: str) -> list[ReportEntry]:
         return [e for e in self.entries if flag in e.flags]
@@ -153,20 +168,37 @@ class InspectionReport:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["skipped_files"] = [list(s) for s in self.skipped_files]
+        d["warnings"] = [list(w) for w in self.warnings]
         return d
+
+    def soundless(self) -> list[ReportEntry]:
+        """Kept samples with no sound at all (stills, clips without a track, spans the track misses)."""
+        return [e for e in self.entries if e.kept and "no_audio" in e.flags]
 
     def summary(self) -> str:
         lines = [f"{self.kept} samples from {len(self.entries)} segments at {self.target_fps:g} fps"]
         for b, n in sorted(self.counts.items(), key=lambda kv: -kv[1]):
             lines.append(f"  bucket {b}: {n}")
+        silent = self.soundless()
+        if self.audio_planned and silent:
+            names = ", ".join(e.key for e in silent[:4]) + (" …" if len(silent) > 4 else "")
+            lines.append(f"!! {len(silent)} of {self.kept} samples have no sound ({names}): audio-video training "
+                         "refuses a cache with soundless samples — drop them, give them sound, or train video only "
+                         "(turn 'audio' off here to stop this check)")
         for flag, text in FLAG_TEXT.items():
             hits = self.flagged(flag)
             if hits:
-                names = ", ".join(e.key for e in hits[:8]) + (" …" if len(hits) > 8 else "")
+                if flag == "partial_audio":
+                    names = ", ".join(f"{e.key} ({100 * (e.audio_coverage or 0):.0f}%)" for e in hits[:8])
+                else:
+                    names = ", ".join(e.key for e in hits[:8])
+                names += " …" if len(hits) > 8 else ""
                 verb = "dropped" if flag == "too_short" else "flagged"
                 lines.append(f"{len(hits)} {verb} — {text}: {names}")
         for path, why in self.skipped_files:
             lines.append(f"skipped file {path}: {why}")
+        for path, why in self.warnings:
+            lines.append(f"warning {path}: {why}")
         return "\n".join(lines)
 
 
@@ -177,13 +209,19 @@ def build_dataset(
     audio_planned: bool = True,
     static_threshold: float = 1.0,
     measure_motion: Optional[Callable[[int, Segment], Optional[float]]] = None,
+    progress: Optional[Callable[..., None]] = None,
 ) -> tuple[Dataset, InspectionReport]:
     """Place every segment in a bucket and inspect the result.
 
     ``target_fps`` <= 0 keeps each clip's own frame rate. ``measure_motion(clip_index,
     segment)`` is asked for a motion score (mean abs frame difference, 0..255) when the
     segment has none yet; segments below ``static_threshold`` are flagged as nearly static.
+    ``progress(i, n, text)`` is called before each segment (a host's cancel check runs there;
+    inside a long clip the measurer's own ``should_stop`` does, see :func:`motion_measurer`).
     """
+    from .media import _caller
+
+    report_progress = _caller(progress)
     if not buckets:
         raise BucketError("no buckets given")
     video_buckets = [b for b in buckets if b.frames > 1] or buckets
@@ -195,17 +233,31 @@ def build_dataset(
         clip = clipset.clips[seg.clip]
         caption = seg.caption if seg.caption is not None else clip.caption
         key = seg.key(clipset.clips)
+        report_progress(si, len(segments), f"inspecting {key}")
         flags: list[str] = []
+        coverage: Optional[float] = None
+        sound = False
         if clip.kind == "image":
             bucket: Optional[Bucket] = choose_image_bucket(clip.width, clip.height, buckets)
             fps = target_fps if target_fps > 0 else 1.0
+            if audio_planned:
+                flags.append("no_audio")  # a still is a one-frame sample without sound
         else:
             fps = target_fps if target_fps > 0 else clip.fps
             n_avail = frames_available(seg.duration, fps)
             bucket = choose_bucket(clip.width, clip.height, n_avail, video_buckets)
             if bucket is None:
                 flags.append("too_short")
-            if audio_planned and not clip.has_audio:
+            if bucket is not None and clip.has_audio:
+                span = bucket.frames / fps
+                covered = audio_overlap(clip, seg.start, span)
+                coverage = covered / span if span > 0 else 0.0
+                sound = covered >= AUDIO_GAP_TOLERANCE or covered >= 0.5 * span
+                if audio_planned and sound and span - covered > AUDIO_GAP_TOLERANCE:
+                    flags.append("partial_audio")
+            elif clip.has_audio:
+                sound = True
+            if audio_planned and not sound:
                 flags.append("no_audio")
             motion = seg.motion
             if motion is None and measure_motion is not None and bucket is not None:
@@ -217,22 +269,27 @@ def build_dataset(
             flags.append("low_res")  # covering the bucket needs upscaling
         if not caption or not caption.strip():
             flags.append("no_caption")
+        elif len(caption) > MAX_CAPTION_CHARS:
+            flags.append("long_caption")
         kept = bucket is not None
         entries.append(ReportEntry(key=key, clip=seg.clip, segment=si, duration=seg.duration,
                                    bucket=str(bucket) if bucket else None, flags=flags,
-                                   kept=kept, caption=caption))
+                                   kept=kept, caption=caption, audio_coverage=coverage))
         if kept:
             counts[str(bucket)] = counts.get(str(bucket), 0) + 1
             samples.append(Sample(clip=seg.clip, segment=si, bucket=bucket, start=seg.start, fps=fps,
-                                  caption=caption, has_audio=clip.has_audio and bucket.frames > 1,
+                                  caption=caption, has_audio=sound and bucket.frames > 1,
                                   flags=list(flags)))
     used = sorted({s.bucket for s in samples}, key=lambda b: (-b.frames, -(b.width * b.height), b.width))
     ds = Dataset(clipset=clipset, segments=segments, buckets=used, samples=samples,
                  target_fps=target_fps,
                  settings={"buckets": ";".join(map(str, buckets)), "target_fps": target_fps,
-                           "audio_planned": audio_planned, "static_threshold": static_threshold})
+                           "audio_planned": audio_planned, "static_threshold": static_threshold,
+                           "soundless": [segments[s.segment].key(clipset.clips) for s in samples
+                                         if not s.has_audio]})
     report = InspectionReport(entries=entries, counts=counts,
                               skipped_files=[(s.path, s.reason) for s in clipset.skipped],
+                              warnings=[(w.path, w.reason) for w in getattr(clipset, "warnings", [])],
                               target_fps=target_fps, audio_planned=audio_planned)
     return ds, report
 
@@ -252,18 +309,28 @@ def motion_score(frames) -> float:
     return float(np.abs(np.diff(f, axis=0)).mean())
 
 
-def motion_measurer(clipset: ClipSet, samples: int = 8, size: tuple[int, int] = (64, 64)):
-    """A ``measure_motion`` for build_dataset that decodes a few small frames per segment."""
+def motion_measurer(clipset: ClipSet, samples: int = 8, size: tuple[int, int] = (64, 64),
+                    should_stop: Optional[Callable[[], bool]] = None):
+    """A ``measure_motion`` for build_dataset that decodes a few small frames per segment.
+
+    ``should_stop()`` is asked before each segment and while its frames decode (every 16
+    frames); True raises ``media.Cancelled``. A segment that fails to decode gets no score."""
     from . import media
 
     def measure(ci: int, seg: Segment) -> Optional[float]:
         clip = clipset.clips[ci]
         if clip.kind != "video" or seg.duration <= 0:
             return None
+        if should_stop is not None and should_stop():
+            raise media.Cancelled("motion measurement cancelled")
         times = [seg.start + seg.duration * (k + 0.5) / samples for k in range(samples)]
         try:
-            return motion_score(media.frames_at(clip.path, times, size=size))
-        except Exception:
+            return motion_score(media.frames_at(clip.path, times, size=size, should_stop=should_stop))
+        except media.Cancelled:
+            raise
+        except Exception as e:
+            if e.__class__.__name__ in ("InterruptProcessingException", "KeyboardInterrupt"):
+                raise
             return None
 
     return measure

@@ -270,7 +270,9 @@ def caption_clips(clipset: ClipSet, captioner: Optional[Captioner], *, prompt: s
         if not overwrite:
             existing = None
             if path.is_file():
-                existing = path.read_text(encoding="utf-8", errors="replace").strip() or None
+                from .media import read_caption_file
+
+                existing = read_caption_file(path, warnings=cs.warnings)  # strict UTF-8, else cp1252 + warning
                 source = "txt"
             elif (seg.caption or (counts[seg.clip] == 1 and clip.caption)):
                 existing, source = seg.caption or clip.caption, seg.caption_source or clip.caption_source

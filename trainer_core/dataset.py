@@ -27,6 +27,11 @@ class AudioInfo:
     channels: int
     duration: float  # seconds
     codec: str = ""
+    start: float = 0.0  # where the track starts on the clip's timeline (video start = 0), seconds
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
 
 
 @dataclass
@@ -104,6 +109,7 @@ class ClipSet:
     clips: list[ClipInfo] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     segments: Optional[list[Segment]] = None  # None until Split Scenes ran
+    warnings: list[Skipped] = field(default_factory=list)  # files used, but with something to say
 
     def all_segments(self) -> list[Segment]:
         """Segments if split, else one whole-clip segment per clip."""
@@ -132,6 +138,7 @@ class ClipSet:
             clips=clips,
             skipped=[Skipped(**s) for s in d.get("skipped", [])],
             segments=None if segs is None else [Segment(**s) for s in segs],
+            warnings=[Skipped(**s) for s in d.get("warnings", [])],
         )
 
 

@@ -56,6 +56,60 @@ def is_within(path: str | os.PathLike, base: str | os.PathLike) -> bool:
     return p == b or b in p.parents
 
 
+# ------------------------------------------------------------------ reading typed paths
+
+LOOPBACK_NAMES = {"localhost", "::1", "ip6-localhost", "ip6-loopback"}
+
+
+def is_loopback_only(listen: str | None) -> bool:
+    """True when a server bound to ``listen`` (ComfyUI's ``--listen`` value: one address or a
+    comma-separated list) can only be reached from this computer."""
+    if not listen:
+        return True
+    for a in str(listen).split(","):
+        a = a.strip().strip("[]").lower()
+        if not a:
+            continue
+        if a in LOOPBACK_NAMES or a.startswith("127.") or a == "0:0:0:0:0:0:0:1":
+            continue
+        return False
+    return True
+
+
+def read_dataset_roots(settings_file: str | os.PathLike) -> list[Path]:
+    """``dataset_roots`` of the pack's settings file (YAML), as resolved absolute folders.
+
+    The file may be missing (no extra roots). An entry that is not an absolute path is
+    ignored; a file that cannot be parsed raises ValueError naming it (so a typo never
+    silently widens or narrows what is readable without the user knowing)."""
+    import yaml
+
+    p = Path(settings_file)
+    if not p.is_file():
+        return []
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except Exception as e:
+        raise ValueError(f"the settings file {p} cannot be read ({e.__class__.__name__}: {e}); "
+                         "fix its YAML (see the Load Clips help page)") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"the settings file {p} must hold a mapping such as 'dataset_roots: [/data/clips]'")
+    roots = data.get("dataset_roots") or []
+    if isinstance(roots, str):
+        roots = [roots]
+    out = []
+    for r in roots:
+        r = os.path.expanduser(str(r).strip())
+        if r and os.path.isabs(r):
+            out.append(Path(r).resolve())
+    return out
+
+
+def readable_under(path: str | os.PathLike, roots: list[str | os.PathLike]) -> bool:
+    """Whether ``path`` (symlinks resolved, existing or not) lies in one of ``roots``."""
+    return any(is_within(path, r) for r in roots)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it over ``target``."""

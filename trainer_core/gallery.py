@@ -21,6 +21,18 @@ from .buckets import FLAG_TEXT, crop_to_bucket, sample_times
 from .fsutil import atomic_path
 
 AUDIO_RATE = 48000
+GALLERY_CAPTION_CHARS = 600  # captions longer than this reach the web gallery shortened
+
+
+def short_caption(text: Optional[str], limit: int = GALLERY_CAPTION_CHARS) -> str:
+    """``text`` cut at a word boundary to at most ``limit`` characters, with the length said."""
+    text = text or ""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    if " " in cut[limit // 2:]:
+        cut = cut[:cut.rindex(" ")]
+    return f"{cut.rstrip()} … [{len(text):,} characters in all]"
 
 
 def _even(v: int) -> int:
@@ -98,7 +110,8 @@ def build_gallery(dataset, folder: str | Path, *, max_items: int = 48, thumb_hei
     ``{"total": N, "shown": n, "items": [...]}``; each item has ``thumb`` and ``clip`` file
     names (``clip`` is None for stills — ``still`` is True — and where the clip could not be
     made, with ``error`` saying why),
-    ``caption``, ``flags`` (readable text), ``bucket``, ``fps``, ``source``, ``start``,
+    ``caption`` (shortened past GALLERY_CAPTION_CHARS; ``caption_chars`` is the full length),
+    ``flags`` (readable text), ``bucket``, ``fps``, ``source``, ``start``,
     ``duration``, ``audio``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -110,8 +123,9 @@ def build_gallery(dataset, folder: str | Path, *, max_items: int = 48, thumb_hei
         s = dataset.samples[i]
         clip = dataset.clipset.clips[s.clip]
         key = sample_key(dataset, i)
-        item = {"index": i, "caption": s.caption or "", "flags": [FLAG_TEXT.get(f, f) for f in s.flags],
-                "bucket": str(s.bucket), "fps": s.fps, "source": Path(str(clip.path)).name,
+        item = {"index": i, "caption": short_caption(s.caption), "caption_chars": len(s.caption or ""),
+                "flags": [FLAG_TEXT.get(f, f) for f in s.flags],
+                "bucket": str(s.bucket), "fps": s.fps, "source": clip.name,
                 "start": round(s.start, 3), "duration": round(s.duration, 3), "audio": bool(s.has_audio),
                 "thumb": None, "clip": None}
         thumb, mp4 = folder / f"{key}.jpg", folder / f"{key}.mp4"

@@ -63,13 +63,18 @@ def probe(path: str | os.PathLike, root: Optional[str | os.PathLike] = None) -> 
     ``root`` only sets ``ClipInfo.name`` (path relative to it, with '/').
     """
     p = Path(path).resolve()
+    listed = Path(os.path.abspath(path))
     if root is not None:
+        rp = Path(root).resolve()
         try:
-            name = p.relative_to(Path(root).resolve()).as_posix()
+            name = listed.relative_to(rp).as_posix()  # a link inside the folder keeps its own name
         except ValueError:
-            name = p.name
+            try:
+                name = p.relative_to(rp).as_posix()
+            except ValueError:
+                name = listed.name
     else:
-        name = p.name
+        name = listed.name
     if not p.is_file():
         raise MediaError("file not found")
     size = p.stat().st_size
@@ -82,7 +87,7 @@ def probe(path: str | os.PathLike, root: Optional[str | os.PathLike] = None) -> 
         info = _probe_still(p)
     else:
         info = _probe_av(p)
-    info.path = str(p)
+    info.path = str(listed) if listed.is_symlink() else str(p)  # a link stays itself (its own .txt)
     info.name = name
     info.size_bytes = size
     return info
@@ -238,10 +243,11 @@ def _probe_av(p: Path) -> ClipInfo:
         ts = _timestamps_from_index(vs)
         last_dur = 0
         a_end = None
+        a_first = None
         index_span = _presentation_span_from_tail(c, vs) if ts is not None else None
         if ts is None:
             pts, durs = [], []
-            a_first, a_last = None, None
+            a_last = None
             streams = [vs] + ([a] if a is not None else [])
             try:
                 for pkt in c.demux(*streams):
@@ -311,9 +317,17 @@ def _probe_av(p: Path) -> ClipInfo:
                 adur = a_end
             else:
                 adur = c.duration / 1e6 if c.duration else duration
+            # where the track starts on the picture's timeline (a late track starts after 0)
+            v_origin = float(vs.start_time * tb) if vs.start_time is not None else 0.0
+            if a.start_time is not None:
+                a_start = float(a.start_time * a.time_base) - v_origin
+            elif a_first is not None:
+                a_start = float(a_first * a.time_base) - v_origin
+            else:
+                a_start = 0.0
             if rate > 0 and ch > 0:
                 audio = AudioInfo(sample_rate=rate, channels=ch, duration=round(adur, 6),
-                                  codec=a.codec_context.name or "")
+                                  codec=a.codec_context.name or "", start=round(a_start, 6))
     finally:
         c.close()
     return ClipInfo(path=str(p), name=p.name, kind="video", width=w, height=h, fps=fps,
@@ -559,7 +573,8 @@ def iter_frames(path: str | os.PathLike, start: float = 0.0, end: Optional[float
 
 
 def frames_at(path: str | os.PathLike, times: Sequence[float],
-              size: Optional[tuple[int, int]] = None) -> np.ndarray:
+              size: Optional[tuple[int, int]] = None,
+              should_stop: Optional[Callable[[], bool]] = None) -> np.ndarray:
     """The frame on screen at each of ``times`` (seconds), upright, as [N, H, W, 3] uint8 RGB.
 
     "On screen at t" is the last frame whose presentation time is <= t; times before the
@@ -567,6 +582,8 @@ def frames_at(path: str | os.PathLike, times: Sequence[float],
     any order and repeat. One sequential decode pass from a seek near the earliest time;
     it seeks forward again only where a keyframe lies well ahead (sparse times in long
     clips). ``size=(w, h)`` resizes (display orientation) in the decoder's converter.
+    ``should_stop()`` is asked every 16 decoded frames (a long clip can take seconds);
+    True raises :class:`Cancelled`.
     """
     path = str(path)
     times = [float(t) for t in times]
@@ -602,10 +619,14 @@ def frames_at(path: str | os.PathLike, times: Sequence[float],
         prev_arr = None
         it = d.decode_from(times[order[0]])
         jumped: set = set()  # never jump twice to the same place (a seek may land before it)
+        decoded = 0
         while pos < n:
             item = next(it, None)
             if item is None:
                 break
+            decoded += 1
+            if should_stop is not None and (decoded & 15) == 1 and should_stop():
+                raise Cancelled(f"{os.path.basename(path)}: decoding cancelled")
             t, fr = item
             while pos < n and times[order[pos]] < t - _EPS:
                 if prev is None:  # before the first frame: show the first frame
@@ -777,6 +798,10 @@ def read_caption_table(root: str | os.PathLike) -> tuple[dict[str, tuple[str, st
         p = root / fname
         if not p.is_file():
             continue
+        if p.is_symlink() and not _inside(p, root):
+            problems.append(Skipped(str(p), "a symbolic link pointing outside the dataset folder; its captions "
+                                            "were not read (copy the file in)"))
+            continue
         try:
             rows = _rows_from(p)
         except Exception as e:
@@ -801,13 +826,23 @@ def _natural_key(s: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)] + [s]
 
 
-def list_media(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
-    """Media files under ``root`` (hidden files and folders skipped), in natural name order."""
+def list_media(root: str | os.PathLike, recursive: bool = True,
+               skipped: Optional[list[Skipped]] = None) -> list[Path]:
+    """Media files under ``root`` (hidden files and folders skipped), in natural name order.
+
+    Symbolic links to folders are not followed (a link could lead anywhere on the disk, or
+    in a loop); with ``skipped`` given, each one met is added to it with that reason."""
     root = Path(root).resolve()
     exts = set(VIDEO_EXTS) | set(IMAGE_EXTS)
     found = []
     for dirpath, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__") if recursive else []
+        if skipped is not None:
+            for d in dirs:
+                if os.path.islink(os.path.join(dirpath, d)):
+                    skipped.append(Skipped(os.path.join(dirpath, d), "a symbolic link to a folder; links to "
+                                                                      "folders are not followed — move or copy "
+                                                                      "the clips into the dataset folder"))
         for f in files:
             if f.startswith("."):
                 continue
@@ -829,15 +864,78 @@ def _caller(progress: Optional[Callable[..., None]]):
     return (lambda i, n, text=None: progress(i, n, text)) if takes_text else (lambda i, n, text=None: progress(i, n))
 
 
-def _txt_caption(f: Path) -> Optional[str]:
-    t = f.with_suffix(".txt")
+MAX_CAPTION_CHARS = 2000  # longer captions are flagged (LTX-2's text encoder reads far fewer tokens)
+MAX_CAPTION_BYTES = 64 * 1024  # a caption file is read up to this size; the rest is cut, with a warning
+CAPTION_FALLBACK = "cp1252"  # the legacy encoding tried after UTF-8 (then Latin-1, which always decodes)
+
+
+def decode_caption(data: bytes) -> tuple[str, Optional[str]]:
+    """Caption bytes -> (text, note). UTF-8 (a BOM is dropped) strictly; if that fails,
+    Windows-1252, and Latin-1 for the few bytes Windows-1252 leaves undefined. ``note`` says
+    which fallback was used (None for UTF-8)."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        where = f"byte 0x{data[e.start]:02x} at offset {e.start}"
+    for enc, label in ((CAPTION_FALLBACK, "Windows-1252"), ("latin-1", "Latin-1")):
+        try:
+            return data.decode(enc), (f"not UTF-8 ({where}); read as {label} — check the accents, "
+                                      "or save the file as UTF-8")
+        except UnicodeDecodeError:
+            continue
+    raise AssertionError("latin-1 decodes every byte")  # pragma: no cover
+
+
+def read_caption_file(t: Path, root: Optional[Path] = None,
+                      warnings: Optional[list[Skipped]] = None) -> Optional[str]:
+    """A caption ``.txt``: decoded by :func:`decode_caption`, at most MAX_CAPTION_BYTES read;
+    None when missing or empty. A link pointing outside ``root`` is not read. Problems go to
+    ``warnings`` (naming the file)."""
+    t = Path(t)
     if not t.is_file():
         return None
-    try:
-        s = t.read_text(encoding="utf-8-sig", errors="replace").strip()
-    except OSError:
+
+    def warn(reason: str) -> None:
+        if warnings is not None:
+            warnings.append(Skipped(str(t), reason))
+
+    if root is not None and t.is_symlink() and not _inside(t, root):
+        warn("a symbolic link pointing outside the dataset folder; not read (copy the caption in)")
         return None
+    try:
+        with open(t, "rb") as fh:
+            data = fh.read(MAX_CAPTION_BYTES + 1)
+    except OSError as e:
+        warn(f"caption file could not be read ({_short(e)})")
+        return None
+    cut = len(data) > MAX_CAPTION_BYTES
+    if cut:
+        data = data[:MAX_CAPTION_BYTES]
+        while data and (data[-1] & 0xC0) == 0x80:  # do not split a UTF-8 character
+            data = data[:-1]
+        if data and data[-1] >= 0xC0:
+            data = data[:-1]
+    s, note = decode_caption(data)
+    if note:
+        warn(note)
+    s = s.strip()
+    if cut:
+        warn(f"caption file is larger than {MAX_CAPTION_BYTES // 1024} KB; only its start was read")
     return s or None
+
+
+def _txt_caption(f: Path, root: Optional[Path] = None,
+                 warnings: Optional[list[Skipped]] = None) -> Optional[str]:
+    """The same-name ``.txt`` caption of media file ``f`` (see :func:`read_caption_file`)."""
+    return read_caption_file(f.with_suffix(".txt"), root, warnings)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    r = Path(root).resolve()
+    p = Path(path).resolve()
+    return p == r or r in p.parents
 
 
 def load_clips(root: str | os.PathLike, recursive: bool = True,
@@ -855,15 +953,19 @@ def load_clips(root: str | os.PathLike, recursive: bool = True,
     if not rootp.is_dir():
         raise FileNotFoundError(f"dataset folder {rootp} does not exist or is not a folder")
     report = _caller(progress)
-    files = list_media(rootp, recursive=recursive)
-    table, problems = read_caption_table(rootp)
     cs = ClipSet(root=str(rootp))
+    files = list_media(rootp, recursive=recursive, skipped=cs.skipped)
+    table, problems = read_caption_table(rootp)
     cs.skipped.extend(problems)
     n = len(files)
     for i, f in enumerate(files):
         if should_stop is not None and should_stop():
             raise Cancelled(f"loading clips cancelled after {i} of {n} files")
         report(i, n, f"probing {f.relative_to(rootp).as_posix()}")
+        if f.is_symlink() and not _inside(f, rootp):
+            cs.skipped.append(Skipped(str(f), "a symbolic link pointing outside the dataset folder; only links "
+                                              "to files inside it are read — copy the file in instead"))
+            continue
         try:
             info = probe(f, root=rootp)
         except MediaError as e:
@@ -872,13 +974,17 @@ def load_clips(root: str | os.PathLike, recursive: bool = True,
         except Exception as e:  # anything else a broken file can throw
             cs.skipped.append(Skipped(str(f), f"unreadable ({e.__class__.__name__}: {_short(e)})"))
             continue
-        cap = _txt_caption(f)
+        cap = _txt_caption(f, rootp, cs.warnings)
         if cap is not None:
             info.caption, info.caption_source = cap, "txt"
         else:
-            hit = table.get(os.path.normcase(str(f.resolve())))
+            hit = table.get(os.path.normcase(str(f.absolute()))) or table.get(os.path.normcase(str(f.resolve())))
             if hit is not None and hit[0]:
                 info.caption, info.caption_source = hit
+        if info.caption and len(info.caption) > MAX_CAPTION_CHARS:
+            cs.warnings.append(Skipped(str(f), f"caption is {len(info.caption):,} characters long (from "
+                                               f"{info.caption_source}); LTX-2's text encoder reads a few hundred "
+                                               "words at most — shorten it"))
         cs.clips.append(info)
     report(n, n, f"{len(cs.clips)} clips, {len(cs.skipped)} skipped")
     return cs

@@ -30,7 +30,9 @@ def loss_curve(history: list[dict], markers: Iterable[int] = (), size: tuple[int
     d.rectangle([L, T, W - R, H - B], outline=(90, 90, 100))
     steps = [h["step"] for h in history]
     loss = [h["loss"] for h in history if math.isfinite(h["loss"])]
-    d.text((L, 6), title or "training loss", fill=(230, 230, 230), font=font)
+    from .fonts import draw_text
+
+    draw_text(d, (L, 6), title or "training loss", fill=(230, 230, 230), size=11)  # titles may name files
     if len(loss) < 1:
         d.text((W // 2 - 40, H // 2), "no steps yet", fill=(200, 200, 200), font=font)
         return np.asarray(img)

@@ -15,15 +15,6 @@ DIM = (150, 150, 160)
 WARN = (255, 170, 60)
 
 
-def _font(size: int = 12):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # older Pillow
-        return ImageFont.load_default()
-
-
 def _thumb(img, height: int):
     from PIL import Image
 
@@ -38,7 +29,8 @@ def contact_sheet(items: Sequence[tuple[object, str]], cols: Optional[int] = Non
     (image or None, label); a None image draws a grey placeholder (e.g. an unreadable frame)."""
     from PIL import Image, ImageDraw
 
-    font = _font(11)
+    from .fonts import draw_text
+
     shown = list(items[:max_items])
     more = len(items) - len(shown)
     if more > 0:
@@ -56,7 +48,7 @@ def contact_sheet(items: Sequence[tuple[object, str]], cols: Optional[int] = Non
     sheet = Image.new("RGB", (cols * (cell_w + 8) + 8, top + rows * (cell_h + 8) + 8), BG)
     d = ImageDraw.Draw(sheet)
     if title:
-        d.text((8, 5), title, fill=FG, font=font)
+        draw_text(d, (8, 5), title, fill=FG, size=11)
     for i, (t, label) in enumerate(thumbs):
         x = 8 + (i % cols) * (cell_w + 8)
         y = top + 8 + (i // cols) * (cell_h + 8)
@@ -66,7 +58,7 @@ def contact_sheet(items: Sequence[tuple[object, str]], cols: Optional[int] = Non
             sheet.paste(t, (x + (cell_w - t.width) // 2, y))
         for j, line in enumerate(label.splitlines()):
             colour = WARN if line.startswith("!") else (FG if j == 0 else DIM)
-            d.text((x + 2, y + thumb_height + 4 + 13 * j), line.lstrip("!"), fill=colour, font=font)
+            draw_text(d, (x + 2, y + thumb_height + 4 + 13 * j), line.lstrip("!"), fill=colour, size=11)
     return np.asarray(sheet)
 
 
@@ -164,8 +156,21 @@ def clips_summary(clipset) -> str:
     if vfr:
         lines.append(f"variable frame rate (read by timestamp): {', '.join(vfr[:6])}")
     for s in clipset.skipped:
-        lines.append(f"skipped {s.path.rsplit('/', 1)[-1]}: {s.reason}")
+        lines.append(f"skipped {_rel(clipset, s.path)}: {s.reason}")
+    for s in getattr(clipset, "warnings", []):
+        lines.append(f"warning {_rel(clipset, s.path)}: {s.reason}")
     return "\n".join(lines)
+
+
+def _rel(clipset, path: str) -> str:
+    """``path`` relative to the dataset folder when inside it, else its file name."""
+    import os
+
+    try:
+        rel = os.path.relpath(path, clipset.root)
+    except ValueError:
+        return os.path.basename(path)
+    return os.path.basename(path) if rel.startswith("..") else rel.replace(os.sep, "/")
 
 
 def segments_contact_sheet(clipset, thumb_height: int = 96, max_items: int = 48) -> np.ndarray:

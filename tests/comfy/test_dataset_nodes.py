@@ -75,6 +75,10 @@ def test_split_scenes_finds_cuts_and_keeps_audio_aligned(comfy, dataset):
         assert abs(mg.dominant_frequency(pcm, rate) - tone) < 30, (s, tone)
     assert all(s.caption == dataset.captions["scenes.mp4"] for s in segs)
     assert sheet.shape[0] == 1 and sheet.shape[-1] == 3
+    # the dissolve detector keeps the hard cuts (and adds none to the fades)
+    dis = _run(comfy, "LTX2TrainSplitScenes", clips=clips, enabled=True, detector="dissolve", threshold=0.0,
+               min_seconds=0.5, max_seconds=10.0).result[0]
+    assert sum(s.clip == idx for s in dis.segments) == len(truth.scenes)
     # off switch: one continuous segment per clip
     whole = _run(comfy, "LTX2TrainSplitScenes", clips=clips, enabled=False, detector="content", threshold=0.0,
                  min_seconds=0.0, max_seconds=0.0).result[0]
@@ -85,7 +89,7 @@ def test_bucket_assignment_spans_and_report(comfy, dataset):
     clips = _run(comfy, "LTX2TrainLoadClips", folder="ds", path="").result[0]
     split = _run(comfy, "LTX2TrainSplitScenes", clips=clips, enabled=True, detector="content", threshold=0.0,
                  min_seconds=0.5, max_seconds=10.0).result[0]
-    assert comfy.pack["LTX2TrainBucket"].validate_inputs(preset="custom", buckets="65x64x9") != True  # noqa: E712
+    assert comfy.pack["LTX2TrainBucket"].validate_inputs(buckets="65x64x9") != True  # noqa: E712
     out = _run(comfy, "LTX2TrainBucket", clips=split, preset="custom", buckets="96x64x17;64x96x17;64x64x9",
                target_fps=24.0, audio=True, static_threshold=1.0)
     ds, report, gallery = out.result
@@ -111,3 +115,183 @@ def test_bucket_assignment_spans_and_report(comfy, dataset):
     for item in g["items"]:
         assert (folder / item["thumb"]).is_file()
         assert item["still"] or (folder / item["clip"]).is_file(), item
+
+
+# ---------------------------------------------------------------- validation through ComfyUI
+
+
+def _validate(comfy, bucket_inputs: dict, folder: str):
+    """ComfyUI's own prompt validation of Load Clips -> Bucket: (ok, errors of the Bucket node)."""
+    import asyncio
+
+    import execution
+
+    inputs = dict(preset="custom", buckets="96x64x17", target_fps=24.0, audio=True, static_threshold=1.0)
+    inputs.update(bucket_inputs)
+    prompt = {
+        "1": {"class_type": "LTX2TrainLoadClips",
+              "inputs": {"folder": "(type a path below)", "path": folder, "recursive": True}},
+        "2": {"class_type": "LTX2TrainBucket", "inputs": {"clips": ["1", 0], **inputs}},
+    }
+    ok, errors, _ = asyncio.run(execution.validate_inputs("test", prompt, "2", {}))
+    return ok, errors
+
+
+def test_bucket_ranges_are_checked_and_the_custom_error_is_reported_once(comfy, dataset):
+    ok, errors = _validate(comfy, {}, dataset.root)
+    assert ok and not errors, errors
+    for fps, kind in ((500.0, "value_bigger_than_max"), (-5.0, "value_smaller_than_min")):
+        ok, errors = _validate(comfy, {"target_fps": fps}, dataset.root)
+        assert not ok and [(e["type"], e["extra_info"]["input_name"]) for e in errors] == [(kind, "target_fps")]
+    ok, errors = _validate(comfy, {"static_threshold": 80.0}, dataset.root)
+    assert not ok and errors[0]["extra_info"]["input_name"] == "static_threshold"
+    ok, errors = _validate(comfy, {"preset": "no such preset"}, dataset.root)
+    assert not ok and [e["type"] for e in errors] == ["value_not_in_list"]
+    ok, errors = _validate(comfy, {"buckets": "65x64x10"}, dataset.root)
+    assert not ok and len(errors) == 1, errors
+    assert errors[0]["type"] == "custom_validation_failed" and errors[0]["extra_info"]["input_name"] == "buckets"
+    assert "multiple of 32" in errors[0]["details"] and "8n+1" in errors[0]["details"]
+
+
+def test_no_node_of_the_pack_takes_over_validation_of_inputs_it_does_not_check(comfy):
+    """A validate_inputs with **kwargs makes ComfyUI skip min/max/list checks of every input
+    and repeat its error on each; one naming an input it does not check skips that one's."""
+    import inspect
+
+    for node_id, cls in comfy.pack.items():
+        fn = cls.__dict__.get("validate_inputs")
+        if fn is None:
+            continue
+        spec = inspect.getfullargspec(fn.__func__)
+        assert spec.varkw is None, f"{node_id}.validate_inputs takes **{spec.varkw}"
+        src = inspect.getsource(fn.__func__)
+        for arg in spec.args[1:]:
+            assert src.count(arg) >= 3, f"{node_id}.validate_inputs names {arg!r} but hardly uses it"
+
+
+# ---------------------------------------------------------------- typed paths on an open server
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A dataset folder outside ComfyUI's input folder, and a missing sibling."""
+    d = tmp_path / "elsewhere"
+    d.mkdir()
+    mg.write_image(d / "a.png", size=(96, 64))
+    return d, tmp_path / "missing"
+
+
+@pytest.fixture
+def listen(comfy, monkeypatch):
+    import comfy.cli_args
+
+    def set_(value):
+        monkeypatch.setattr(comfy.cli_args.args, "listen", value)
+    return set_
+
+
+def _settings(comfy, text):
+    f = Path(comfy.folder_paths.get_user_directory()) / "ltx2_trainer" / "settings.yaml"
+    f.parent.mkdir(parents=True, exist_ok=True)
+    if text is None:
+        f.unlink(missing_ok=True)
+    else:
+        f.write_text(text)
+    return f
+
+
+def test_local_server_reads_absolute_paths_anywhere(comfy, outside, listen):
+    listen("127.0.0.1")
+    _settings(comfy, None)
+    d, missing = outside
+    (d / "a.txt").write_bytes("un café".encode("cp1252"))
+    out = _run(comfy, "LTX2TrainLoadClips", folder="(type a path below)", path=str(d))
+    assert [c.name for c in out.result[0].clips] == ["a.png"]
+    assert out.result[0].clips[0].caption == "un café"
+    assert "warning a.txt: not UTF-8" in out.result[2]  # the summary names the file
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        _run(comfy, "LTX2TrainLoadClips", folder="(type a path below)", path=str(missing))
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0,::", "192.168.1.20"])
+def test_open_server_refuses_paths_outside_input_alike_for_existing_and_missing(comfy, dataset, outside,
+                                                                               listen, address):
+    listen(address)
+    sfile = _settings(comfy, None)
+    d, missing = outside
+    msgs = {}
+    for name, p in (("existing", d), ("missing", missing), ("file", d / "a.png")):
+        with pytest.raises(PermissionError) as e:
+            _run(comfy, "LTX2TrainLoadClips", folder="(type a path below)", path=str(p))
+        msgs[name] = str(e.value).replace(str(p), "<path>")
+        fp = comfy.pack["LTX2TrainLoadClips"].fingerprint_inputs(folder="(type a path below)", path=str(p))
+        assert fp.replace(str(p), "<path>") == "error:" + msgs[name]
+    assert msgs["existing"] == msgs["missing"] == msgs["file"], msgs
+    assert str(sfile) in msgs["existing"] and "dataset_roots" in msgs["existing"]
+    # a link inside the input folder that points out is judged by where it points
+    link = comfy.base / "input" / "link_out"
+    link.unlink(missing_ok=True)
+    link.symlink_to(d, target_is_directory=True)
+    try:
+        with pytest.raises(PermissionError):
+            _run(comfy, "LTX2TrainLoadClips", folder="(type a path below)", path=str(link))
+    finally:
+        link.unlink()
+    # the input folder itself stays readable, typed absolute or relative, and by the list
+    for folder, path in (("(type a path below)", str(comfy.base / "input" / "ds")), ("(type a path below)", "ds"),
+                         ("ds", "")):
+        assert _run(comfy, "LTX2TrainLoadClips", folder=folder, path=path, recursive=False).result[0].clips
+    # a folder listed in the settings file is readable again
+    _settings(comfy, f"dataset_roots:\n  - {d.parent}\n")
+    try:
+        out = _run(comfy, "LTX2TrainLoadClips", folder="(type a path below)", path=str(d))
+        assert [c.name for c in out.result[0].clips] == ["a.png"]
+        with pytest.raises(FileNotFoundError):  # inside a root: existence may be told
+            _run(comfy, "LTX2TrainLoadClips", folder="(type a path below)", path=str(missing))
+    finally:
+        _settings(comfy, None)
+
+
+# ---------------------------------------------------------------- cancel, sound and names at the node
+
+
+def _pack_module(comfy, name):
+    import sys
+
+    pkg = comfy.pack["LTX2TrainBucket"].__module__.rsplit(".nodes.", 1)[0]
+    return sys.modules[f"{pkg}.{name}"]
+
+
+def test_cancel_during_motion_measurement_stops_at_the_next_clip(comfy, dataset, monkeypatch):
+    import comfy.model_management as mm
+
+    clips = _run(comfy, "LTX2TrainLoadClips", folder="ds", path="").result[0]
+    bk = _pack_module(comfy, "trainer_core.buckets")
+    real = bk.motion_score
+    scored = []
+
+    def score_then_cancel(frames):
+        scored.append(1)
+        if len(scored) == 2:
+            mm.interrupt_current_processing(True)  # the user presses cancel while clip 2 is measured
+        return real(frames)
+
+    monkeypatch.setattr(bk, "motion_score", score_then_cancel)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            _run(comfy, "LTX2TrainBucket", clips=clips, preset="custom", buckets="96x64x9;64x96x9;64x64x9",
+                 target_fps=24.0, audio=True, static_threshold=1.0)
+    finally:
+        mm.interrupt_current_processing(False)
+    videos = sum(c.kind == "video" for c in clips.clips)
+    assert len(scored) == 2 < videos  # not the whole phase
+
+
+def test_bucket_node_says_before_encode_which_samples_have_no_sound(comfy, dataset):
+    clips = _run(comfy, "LTX2TrainLoadClips", folder="ds", path="").result[0]
+    ds, report, _ = _run(comfy, "LTX2TrainBucket", clips=clips, preset="custom", buckets="96x64x17;64x96x17;64x64x9",
+                         target_fps=24.0, audio=True, static_threshold=1.0).result
+    silent = {ds.segments[s.segment].key(ds.clipset.clips) for s in ds.samples if not s.has_audio}
+    assert {"card.jpg#0", "still.png#0", "silent.mov#0"} <= silent
+    assert f"{len(silent)} of {len(ds.samples)} samples have no sound" in report
+    assert sorted(ds.settings["soundless"]) == sorted(silent)

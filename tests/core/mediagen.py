@@ -69,9 +69,11 @@ class MediaTruth:
     scene_frames: list[tuple[int, int]] = field(default_factory=list)  # [first, end) frame indices
     tones: list[Optional[float]] = field(default_factory=list)
     fades: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each fade-through-black
+    dissolves: list[tuple[float, float]] = field(default_factory=list)  # (first, last) frame time of each dissolve
     audio_rate: Optional[int] = None
     audio_channels: Optional[int] = None
     audio_duration: Optional[float] = None
+    audio_start: float = 0.0  # where the track's sound starts on the timeline
     rotation: int = 0  # degrees clockwise to turn stored frames upright
     vfr: bool = False
     stored_width: int = 0
@@ -207,6 +209,8 @@ def write_clip(
     counter: bool = True,
     threads: int = 0,
     grain: float = 0.0,
+    dissolve: int = 0,
+    audio_span: Optional[tuple[float, float]] = None,
 ) -> MediaTruth:
     """Write a clip of consecutive scenes and return its ground truth.
 
@@ -220,6 +224,11 @@ def write_clip(
     at the sum of scene durations. Container by extension: mp4/mov/mkv (h264 + AAC) or
     webm (VP9 + Opus, 48 kHz). ``grain`` > 0 adds changing sensor-like noise of about that
     many 8-bit levels, which gives real-footage bitrates (and decoding cost) for benchmarks.
+    ``dissolve`` > 0: a cross-dissolve of that many frames at every scene boundary, centred on
+    it (frame k of it mixes (k + 1) / (dissolve + 1) of the next scene); ``cuts`` stay at the
+    boundaries and ``dissolves`` lists each one's (first, last) frame time.
+    ``audio_span=(start, end)``: the audio track holds sound only from ``start`` to ``end``
+    seconds (its first packet is at ``start``: a track that starts late and/or ends early).
     """
     import av
 
@@ -297,13 +306,18 @@ def write_clip(
                     tt = np.arange(a, b) / sample_rate
                     pcm[:, a:b] = (0.3 * np.sin(2 * np.pi * s.tone * tt)).astype(np.float32)[None, :]
         a_pos = 0
+        a_stop = None
+        if audio and audio_span is not None:
+            a_pos = int(round(audio_span[0] * sample_rate))
+            a_stop = int(round(audio_span[1] * sample_rate))
         a_chunk = 960 if acodec == "libopus" else 1024
 
         def feed_audio(until_t: float) -> None:
             nonlocal a_pos
             if pcm is None:
                 return
-            stop = min(pcm.shape[1], int(round(until_t * sample_rate)))
+            stop = min(pcm.shape[1], int(round(until_t * sample_rate)),
+                       a_stop if a_stop is not None else pcm.shape[1])
             while a_pos < stop:
                 m = min(a_chunk, pcm.shape[1] - a_pos)
                 buf = np.zeros((channels, a_chunk), np.float32)
@@ -318,6 +332,29 @@ def write_clip(
                 a_pos += m
 
         textures: dict[int, np.ndarray] = {}
+        # per boundary b (first frame of scene b): the dissolve's frames [b - d//2, b - d//2 + d)
+        bframes = [int(np.searchsorted(np.asarray(times), bounds[i] - 1e-9)) for i in range(1, len(sc))]
+        d_first = [b - dissolve // 2 for b in bframes]
+
+        def _scene_img(sj: int, j: int) -> np.ndarray:
+            if sj not in textures:
+                n_in = sum(1 for x in scene_of if x == sj)
+                extra = int(math.ceil(sc[sj].motion * (n_in + dissolve))) + 2
+                textures[sj] = _scene_texture(seed * 1000 + sj, sh, sw + extra, sc[sj].colour)
+            off = max(0, int(sc[sj].motion * j))
+            return textures[sj][:, off:off + sw]
+
+        def _dissolved(img: np.ndarray, k: int, si: int) -> np.ndarray:
+            for bi, f0 in enumerate(d_first):
+                if f0 <= k < f0 + dissolve:
+                    a = (k - f0 + 1) / (dissolve + 1)  # share of the next scene
+                    b = bframes[bi]
+                    frm = _scene_img(bi, k - (bframes[bi - 1] if bi > 0 else 0))
+                    to = _scene_img(bi + 1, k - b)
+                    return np.clip(frm.astype(np.float32) * (1 - a) + to.astype(np.float32) * a + 0.5,
+                                   0, 255).astype(np.uint8)
+            return img
+
         noise = None
         if grain > 0:
             nrng = np.random.default_rng(seed + 7)
@@ -329,12 +366,9 @@ def write_clip(
             if si not in scene_first_frame:
                 scene_first_frame[si] = k
             j = k - scene_first_frame[si]
-            if si not in textures:
-                n_in = sum(1 for x in scene_of if x == si)
-                extra = int(math.ceil(s.motion * n_in)) + 2
-                textures[si] = _scene_texture(seed * 1000 + si, sh, sw + extra, s.colour)
-            off = int(s.motion * j)
-            img = textures[si][:, off:off + sw]
+            img = _scene_img(si, j)
+            if dissolve > 0:
+                img = _dissolved(img, k, si)
             f = 1.0
             if fade > 0:
                 if si < len(sc) - 1 and t > bounds[si + 1] - fade:
@@ -373,13 +407,19 @@ def write_clip(
     fades = []
     if fade > 0:
         fades = [(float(bounds[i] - fade), float(bounds[i] + fade)) for i in range(1, len(sc))]
+    dissolves = [(times[max(0, f0)], times[min(n - 1, f0 + dissolve - 1)]) for f0 in d_first] if dissolve > 0 else []
+    if audio and audio_span is not None:
+        a_dur = (min(pcm.shape[1], int(round(audio_span[1] * sample_rate)))
+                 - int(round(audio_span[0] * sample_rate))) / sample_rate
+    else:
+        a_dur = (int(round(total * sample_rate)) / sample_rate) if audio else None
     return MediaTruth(
         path=path, kind="video", width=dw, height=dh,
         fps=float(rate_hint) if not vfr else (n / total),
         num_frames=n, duration=total, frame_times=times, cuts=cuts, cut_frames=cut_frames,
         scenes=scene_times, scene_frames=scene_frames, tones=[s.tone if audio else None for s in sc],
         fades=fades, audio_rate=sample_rate if audio else None, audio_channels=channels if audio else None,
-        audio_duration=(int(round(total * sample_rate)) / sample_rate) if audio else None,
+        audio_duration=a_dur, audio_start=(audio_span[0] if audio and audio_span else 0.0), dissolves=dissolves,
         rotation=rotation, vfr=vfr, stored_width=sw, stored_height=sh, counter=counter,
     )
 

@@ -44,13 +44,37 @@ def _within_frames(found, truth, fps, frames=2):
         assert abs(f - c) <= frames / fps + 1e-9, (found, truth)
 
 
-@pytest.mark.parametrize("detector", ["content", "adaptive"])
+@pytest.fixture(scope="module")
+def dissolve(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dissolve")
+    return mg.write_clip(d / "dissolve.mp4", [2.0, 2.0, 2.0], fps=25, size=(320, 180), dissolve=16, seed=3)
+
+
+@pytest.mark.parametrize("detector", ["content", "adaptive", "dissolve"])
 def test_cuts_found_within_two_frames(multi, detector):
     spans, motion = scenes.detect_scenes(media.probe(multi.path), detector=detector)
     assert len(motion) == len(spans) and all(2.0 < m < 60.0 for m in motion)  # textures scroll 2 px/frame
     _within_frames([s for s, _ in spans[1:]], multi.cuts, multi.fps)
     assert spans[0][0] == 0.0 and spans[-1][1] == pytest.approx(multi.duration)
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # contiguous
+
+
+def test_a_16_frame_dissolve_is_cut_by_the_dissolve_detector(dissolve):
+    info = media.probe(dissolve.path)
+    # the hard-cut detectors see only small per-frame changes: no cut at their defaults
+    assert scenes.analyze_scenes(info, detector="content").cuts == []
+    assert scenes.analyze_scenes(info, detector="adaptive").cuts == []
+    a = scenes.analyze_scenes(info, detector="dissolve")
+    assert len(a.cuts) == len(dissolve.dissolves) == 2, (a.cuts, dissolve.dissolves)
+    for c, (first, last) in zip(a.cuts, dissolve.dissolves):
+        assert first <= c <= last + 1e-6, (c, first, last)  # inside the dissolve
+    cs = scenes.split_scenes(ClipSet(root="/", clips=[info]), detector="dissolve", min_len=1.0, max_len=0)
+    assert len(cs.segments) == 3
+
+
+def test_dissolve_detector_adds_no_cut_to_steady_motion(tmp_path):
+    fast = mg.write_clip(tmp_path / "pan.mp4", [mg.Scene(4.0, motion=8)], fps=25, size=(320, 180), seed=5)
+    assert scenes.analyze_scenes(media.probe(fast.path), detector="dissolve").cuts == []
 
 
 def test_cuts_on_vfr_and_gif_use_timestamps(ds):
