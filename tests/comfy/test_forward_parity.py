@@ -577,7 +577,10 @@ def test_comfyui_blocks_give_wrong_gradients_under_checkpointing(pair, artifacts
     # every checkpointed variant either raised or was wrong by far more than float error
     for key, r in results.items():
         assert "raised" in r or r["max_rel_error"] > 1e-2, (key, r)
-    assert any("max_rel_error" in r and r["max_rel_error"] > 1e-2 for r in results.values()), results
+    # ComfyUI 0.33's kernels without an autograd formula (comfy_kitchen rms_adaln, on the
+    # cross-attention-AdaLN models 2.3 / 2.5) may make every checkpointed run raise instead
+    assert any("max_rel_error" in r and r["max_rel_error"] > 1e-2 for r in results.values()) or \
+        all("inplace" in r["raised"] or "autograd" in r["raised"] for r in results.values()), results
 
 
 # -------------------------------------------------------------------- (d) inference mode
