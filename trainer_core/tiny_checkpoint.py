@@ -1031,6 +1031,9 @@ SPLIT_FILES_25 = {
     "video_vae": ("vae", "ltx-2.5-video-vae-bf16.safetensors"),
     "audio_vae": ("vae", "ltx-2.5-audio-vae-bf16.safetensors"),
 }
+# the same set under names that cannot be mistaken for the real files (install checks)
+TINY_SPLIT_FILES_25 = {part: (sub, f"ltx2-tiny-2.5-{part.replace('_', '-')}.safetensors")
+                       for part, (sub, _) in SPLIT_FILES_25.items()}
 GEMMA4_12B_HIDDEN = 3840  # Gemma 4 12B: 48 layers + embeddings, 3840 wide (the projection takes 3840·49, as Gemma 3's)
 
 
@@ -1082,15 +1085,17 @@ def tiny_split_state_dicts(variant: str = "ltx-2.5", seed: int = 0, dtype: torch
     return out
 
 
-def make_tiny_set(folder, variant: str = "ltx-2.5", seed: int = 0, dtype: torch.dtype = torch.float32
-                  ) -> dict[str, Path]:
+def make_tiny_set(folder, variant: str = "ltx-2.5", seed: int = 0, dtype: torch.dtype = torch.float32,
+                  tiny_names: bool = False) -> dict[str, Path]:
     """Write the tiny split set under ``folder`` as ComfyUI's ``models`` folder lays it out
-    (``diffusion_models/``, ``text_encoders/``, ``vae/``) with the real files' names.
-    Deterministic. Returns {part: path}."""
+    (``diffusion_models/``, ``text_encoders/``, ``vae/``) with the real files' names
+    (``tiny_names``: ``ltx2-tiny-2.5-*.safetensors`` instead). Deterministic. Returns
+    {part: path}."""
     folder = Path(folder)
     paths = {}
+    names = TINY_SPLIT_FILES_25 if tiny_names else SPLIT_FILES_25
     for part, (psd, m) in tiny_split_state_dicts(variant, seed, dtype).items():
-        sub, name = SPLIT_FILES_25[part]
+        sub, name = names[part]
         p = folder / sub / name
         p.parent.mkdir(parents=True, exist_ok=True)
         paths[part] = save_safetensors(psd, p, m)
@@ -1154,6 +1159,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--cache", default=None, help="also write a tiny latent cache for it into this folder")
+    ap.add_argument("--tiny-names", action="store_true",
+                    help="ltx-2.5: name the split files ltx2-tiny-2.5-*.safetensors, not as the real ones")
     a = ap.parse_args(argv)
     try:
         variant = normalize_variant(a.variant)
@@ -1162,7 +1169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from safetensors import safe_open
 
     if variant in SPLIT_VARIANTS:
-        ps = list(make_tiny_set(a.out, variant, a.seed, getattr(torch, a.dtype)).values())
+        ps = list(make_tiny_set(a.out, variant, a.seed, getattr(torch, a.dtype), tiny_names=a.tiny_names).values())
     else:
         ps = [make_tiny_checkpoint(a.out, variant, a.seed, getattr(torch, a.dtype))]
     for p in ps:

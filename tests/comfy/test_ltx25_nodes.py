@@ -79,7 +79,7 @@ def test_encode_train_sample_on_the_split_25_set(comfy, split25):
     lora_path = comfy.base / "models" / "loras" / lora_rel
     sd, meta = load_lora(lora_path)
     assert sd and meta["steps"] == "4"
-    assert any(v == "2.5" for v in meta.values()), meta  # the base model's variant is recorded
+    assert meta["base_model"] == "2.5", meta  # the base model's variant is recorded
     run_dir = comfy.base / "output" / "ltx2_lora_runs" / "l25"
     assert sorted(p.name for p in (run_dir / "samples").glob("step_*.mp4")) == ["step_000002_0.mp4",
                                                                                  "step_000004_0.mp4"]
