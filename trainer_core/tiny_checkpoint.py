@@ -971,7 +971,7 @@ def tiny_state_dict(variant: str = "ltx-2.0", seed: int = 0, dtype: torch.dtype 
 
 
 _ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
-              torch.float8_e4m3fn: "F8_E4M3"}
+              torch.float8_e4m3fn: "F8_E4M3", torch.int8: "I8"}
 
 
 def save_safetensors(state_dict, path, metadata: dict) -> Path:

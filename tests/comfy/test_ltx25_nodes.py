@@ -102,3 +102,57 @@ def test_split_files_names_are_the_template_names():
         "video_vae": ("vae", "ltx-2.5-video-vae-bf16.safetensors"),
         "audio_vae": ("vae", "ltx-2.5-audio-vae-bf16.safetensors"),
     }
+
+
+def _int8_convrot(sd: dict, meta: dict, group: int = 16):
+    """The tiny transformer in the layout of the template's ``comfy-int8-convrot`` file:
+    every block linear as ComfyUI's ``int8_tensorwise`` with ConvRot (per-channel scales),
+    quantized by ComfyUI's own layout code and listed in ``_quantization_metadata``."""
+    import json
+
+    import comfy.quant_ops as qo
+
+    out, layers = {}, {}
+    for k, t in sd.items():
+        if k.startswith("model.diffusion_model.transformer_blocks.") and k.endswith(".weight") and t.dim() == 2 \
+                and min(t.shape) >= group and t.shape[1] % group == 0:
+            q, params = qo.TensorWiseINT8Layout.quantize(t.float(), is_weight=True, per_channel=True, convrot=True,
+                                                         convrot_groupsize=group)
+            layer = k[: -len(".weight")]
+            out[k], out[layer + ".weight_scale"] = q, params.scale
+            layers[layer] = {"format": "int8_tensorwise", "convrot": True, "convrot_groupsize": group}
+        else:
+            out[k] = t
+    m = dict(meta)
+    m["_quantization_metadata"] = json.dumps({"format_version": "1.0", "layers": layers}, sort_keys=True)
+    return out, m, len(layers)
+
+
+def test_trains_on_an_int8_convrot_25_transformer(comfy, tmp_path):
+    """ComfyUI's LTX-2.5 template ships the transformer as ``comfy-int8-convrot``: the Train
+    node trains on such a file (loaded by Load Diffusion Model as int8 QuantizedTensors) and
+    its losses follow the unquantized weights' to within int8's error."""
+    from trainer_core.tiny_checkpoint import make_tiny_cache, save_safetensors, tiny_split_state_dicts
+
+    sd, meta = tiny_split_state_dicts("ltx-2.5", seed=5)["transformer"]
+    q, qmeta, n = _int8_convrot(sd, meta)
+    assert n >= 40
+    dm_dir = comfy.base / "models" / "diffusion_models"
+    save_safetensors(q, dm_dir / "tiny25_int8_convrot.safetensors", qmeta)
+    loader = comfy.nodes.NODE_CLASS_MAPPINGS["UNETLoader"]()
+    with torch.inference_mode():
+        m8 = loader.load_unet("tiny25_int8_convrot.safetensors", "default")[0]
+    w = m8.model.diffusion_model.transformer_blocks[0].attn1.to_q.weight
+    assert type(w).__name__ == "QuantizedTensor"
+    # the reference: the unquantized weights (int8 per-channel error is well under 1 %)
+    save_safetensors(sd, dm_dir / "tiny25_int8_ref.safetensors", meta)
+    with torch.inference_mode():
+        mref = loader.load_unet("tiny25_int8_ref.safetensors", "default")[0]
+    cache = make_tiny_cache(tmp_path / "c25", "ltx-2.5", n=2, seed=1)
+    args = dict(latents={"path": str(cache)}, recipe="Character", steps=3, learning_rate=1e-3, rank=2, seed=2,
+                resume="none", precision="fp32", checkpoint_every=0, caption_dropout=0.0)
+    a = _run(comfy, "LTX2TrainLoRA", model=m8, lora_name="int8a", **args)
+    b = _run(comfy, "LTX2TrainLoRA", model=mref, lora_name="int8b", **args)
+    la, lb = [h["loss"] for h in a.result[2]], [h["loss"] for h in b.result[2]]
+    assert la == pytest.approx(lb, rel=2e-2), (la, lb)
+    assert "quantized weights stay quantized" in a.ui["text"][0]
