@@ -13,16 +13,22 @@ from typing import Callable
 
 
 def model_variant(model) -> dict:
-    """Base-model identity for metadata: variant and sizes from the loaded diffusion model."""
+    """Base-model identity for metadata: variant and sizes from the loaded diffusion model
+    (``LTX2Config.from_module``: 2.0, 2.3 or 2.5 from what ComfyUI built — the 2.5 switches
+    ``ff_bias`` / ``keyframes_abs_pos_embedding`` come from the checkpoint it loaded)."""
+    from ..trainer_core.ltx2 import ConfigError, LTX2Config
+
     dm = model.model.diffusion_model
-    blocks = len(getattr(dm, "transformer_blocks", []))
-    gated = any(getattr(getattr(b, "attn1", None), "to_gate_logits", None) is not None
-                for b in list(getattr(dm, "transformer_blocks", []))[:1])
     name = type(dm).__name__
     if name != "LTXAVModel":
-        raise ValueError(f"this is a {name} model; the trainer needs an LTX-2 audio-video model (LTXAVModel) "
-                         "loaded with Load Checkpoint from ltx-2-19b-dev or ltx-2.3-22b-dev")
-    return {"variant": "2.3" if gated else "2.0", "blocks": blocks,
+        raise ValueError(f"this is a {name} model; the trainer needs an LTX-2 audio-video model (LTXAVModel): "
+                         "ltx-2-19b-dev / ltx-2.3-22b-dev with Load Checkpoint, or the LTX-2.5 transformer "
+                         "(ltx-2.5-22b-*-transformer*.safetensors) with Load Diffusion Model")
+    try:
+        c = LTX2Config.from_module(dm)
+    except ConfigError as e:
+        raise ValueError(f"the MODEL is not an LTX-2 audio-video transformer the trainer knows: {e}") from e
+    return {"variant": c.variant, "blocks": len(dm.transformer_blocks),
             "checkpoint": getattr(model, "cached_patcher_init", [None, [""]])[1][0]
             if isinstance(getattr(model, "cached_patcher_init", None), tuple) else ""}
 

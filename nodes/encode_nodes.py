@@ -20,8 +20,8 @@ class EncodeLatents(io.ComfyNode):
                 "entries are re-encoded; an interrupted run resumes."),
             inputs=[
                 DatasetT.Input("dataset", tooltip="From Bucket."),
-                io.Vae.Input("vae", tooltip="The LTX-2 video VAE (Load Checkpoint's VAE output)."),
-                io.Clip.Input("clip", tooltip="The LTX-2 text encoder (Gemma 3 12B via the LTX text encoder loader)."),
+                io.Vae.Input("vae", tooltip="The LTX-2 video VAE (Load Checkpoint's VAE output; for LTX-2.5 the video VAE file via Load VAE)."),
+                io.Clip.Input("clip", tooltip="The LTX-2 text encoder (Gemma 3 12B via the LTX text encoder loader; for LTX-2.5 Gemma 4 12B with its projections via Load CLIP, type ltxv)."),
                 io.Vae.Input("audio_vae", optional=True,
                              tooltip="The LTX-2 audio VAE (LTXV Audio VAE Loader). Leave empty for video-only training."),
                 io.String.Input("trigger_word", default="", optional=True,

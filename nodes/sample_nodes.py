@@ -83,7 +83,7 @@ class SampleWithLoRA(io.ComfyNode):
                 "LTX-2 workflow with the LoRA loaded by Load LoRA — and saves it as an mp4 with AAC audio."),
             inputs=[
                 io.Model.Input("model", tooltip="An LTX-2 model: the Train node's output or any loaded LTX-2 model."),
-                io.Vae.Input("vae", tooltip="The LTX-2 video VAE (Load Checkpoint)."),
+                io.Vae.Input("vae", tooltip="The LTX-2 video VAE (Load Checkpoint; for LTX-2.5 the video VAE file via Load VAE)."),
                 io.Vae.Input("audio_vae", tooltip="The LTX-2 audio VAE (LTXV Audio VAE Loader)."),
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="What happens, what it looks like and what it sounds like, in order. "

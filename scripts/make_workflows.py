@@ -6,7 +6,11 @@ convert UI workflows to the API format that ``/prompt`` and ``comfy run`` take.
 
 Model files are named by their standard names (drop them in place):
 ltx-2-19b-dev.safetensors in models/checkpoints, gemma_3_12B_it.safetensors in
-models/text_encoders, a Qwen Omni folder in models/captioners.
+models/text_encoders, a Qwen Omni folder in models/captioners. The LTX-2.5 workflows
+(``ltx25_*``) load the split files the way ComfyUI's own LTX-2.5 template does, under its
+file names: Load Diffusion Model (models/diffusion_models/TRANSFORMER_25), Load CLIP type
+ltxv (models/text_encoders/GEMMA4_25), Load VAE twice (models/vae/VIDEO_VAE_25 and
+AUDIO_VAE_25).
 """
 from __future__ import annotations
 
@@ -19,6 +23,12 @@ from typing import Any, Optional
 CKPT = "ltx-2-19b-dev.safetensors"
 GEMMA = "gemma_3_12B_it.safetensors"
 CAPTIONER = "Qwen2.5-Omni-7B"
+# LTX-2.5: the file names of ComfyUI's LTX-2.5 templates (comfyui_workflow_templates
+# video_ltx2_5_t2v / _i2v; huggingface.co/Lightricks/LTX-2.5), one loader node each
+TRANSFORMER_25 = "ltx-2.5-22b-distilled-transformer-comfy-int8-convrot.safetensors"
+GEMMA4_25 = "gemma4-12b-with-proj-ltx-2.5-comfy-int8-convrot.safetensors"
+VIDEO_VAE_25 = "ltx-2.5-video-vae-bf16.safetensors"
+AUDIO_VAE_25 = "ltx-2.5-audio-vae-bf16.safetensors"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
@@ -121,12 +131,30 @@ def to_api(ui: dict, object_info: dict) -> dict:
     return prompt
 
 
-def _pipeline(info: dict, *, recipe: str, split: bool, first_frame: bool, prompt: str, mode: str,
-              folder: str = "my_dataset") -> Graph:
-    g = Graph(info)
+class _Out:
+    """(node, slot) pairs of the loaders: MODEL, VAE, audio VAE, CLIP."""
+
+    def __init__(self, model, vae, audio_vae, clip):
+        self.model, self.vae, self.audio_vae, self.clip = model, vae, audio_vae, clip
+
+
+def _loaders(g: Graph, ltx25: bool) -> _Out:
+    if ltx25:  # split files, loaded as ComfyUI's LTX-2.5 template loads them
+        un = g.add("UNETLoader", (0, 0), unet_name=TRANSFORMER_25, weight_dtype="default")
+        vv = g.add("VAELoader", (0, 130), vae_name=VIDEO_VAE_25)
+        av = g.add("VAELoader", (0, 240), vae_name=AUDIO_VAE_25)
+        te = g.add("CLIPLoader", (0, 350), clip_name=GEMMA4_25, type="ltxv", device="default")
+        return _Out((un, 0), (vv, 0), (av, 0), (te, 0))
     ck = g.add("CheckpointLoaderSimple", (0, 0), ckpt_name=CKPT)
     av = g.add("LTXVAudioVAELoader", (0, 180), ckpt_name=CKPT)
     te = g.add("LTXAVTextEncoderLoader", (0, 340), text_encoder=GEMMA, ckpt_name=CKPT)
+    return _Out((ck, 0), (ck, 2), (av, 0), (te, 0))
+
+
+def _pipeline(info: dict, *, recipe: str, split: bool, first_frame: bool, prompt: str, mode: str,
+              folder: str = "my_dataset", ltx25: bool = False) -> Graph:
+    g = Graph(info)
+    L = _loaders(g, ltx25)
     lc = g.add("LTX2TrainLoadClips", (360, 0), folder=folder)
     sp = g.add("LTX2TrainSplitScenes", (720, 0), enabled=split)
     g.link(lc, 0, sp, "clips")
@@ -136,22 +164,23 @@ def _pipeline(info: dict, *, recipe: str, split: bool, first_frame: bool, prompt
     g.link(cp, 0, bk, "clips")
     en = g.add("LTX2TrainEncodeLatents", (1440, 300), trigger_word="sks", cache_name=folder)
     g.link(bk, 0, en, "dataset")
-    g.link(ck, 2, en, "vae")
-    g.link(te, 0, en, "clip")
-    g.link(av, 0, en, "audio_vae")
-    tr = g.add("LTX2TrainLoRA", (1800, 0), recipe=recipe, lora_name=f"my_{recipe.lower()}_lora", mode=mode,
+    g.link(*L.vae, en, "vae")
+    g.link(*L.clip, en, "clip")
+    g.link(*L.audio_vae, en, "audio_vae")
+    tr = g.add("LTX2TrainLoRA", (1800, 0), recipe=recipe,
+               lora_name=f"my_{'ltx25_' if ltx25 else ''}{recipe.lower()}_lora", mode=mode,
                validation_every=250, validation_prompts=prompt)
-    g.link(ck, 0, tr, "model")
+    g.link(*L.model, tr, "model")
     g.link(en, 0, tr, "latents")
     # validation previews during training: the same text encoder and VAEs as the Sample node
-    g.link(te, 0, tr, "validation_clip")
-    g.link(ck, 2, tr, "validation_vae")
-    g.link(av, 0, tr, "validation_audio_vae")
+    g.link(*L.clip, tr, "validation_clip")
+    g.link(*L.vae, tr, "validation_vae")
+    g.link(*L.audio_vae, tr, "validation_audio_vae")
     sm = g.add("LTX2TrainSample", (2160, 0), prompt=prompt)
     g.link(tr, 0, sm, "model")
-    g.link(ck, 2, sm, "vae")
-    g.link(av, 0, sm, "audio_vae")
-    g.link(te, 0, sm, "clip")
+    g.link(*L.vae, sm, "vae")
+    g.link(*L.audio_vae, sm, "audio_vae")
+    g.link(*L.clip, sm, "clip")
     if first_frame:
         li = g.add("LoadImage", (1800, 400), image="first_frame.png")
         g.link(li, 0, sm, "first_frame")
@@ -178,9 +207,21 @@ WORKFLOWS = {
 }
 
 
+# LTX-2.5 variants (split files): the same graphs with the LTX-2.5 loaders
+WORKFLOWS_25 = {
+    "ltx25_lora_character_audio_video": dict(WORKFLOWS["ltx2_lora_character_audio_video"],
+                                             title="LTX-2.5: Character (audio + video)", ltx25=True),
+}
+
+
 TINY_CKPT = "ltx2-tiny-2.0.safetensors"
 INSTALL_CACHE = "ltx2_install_check"
 INSTALL = "ltx2_validate_install"
+# the LTX-2.5 install check: the tiny 2.5 transformer (split like the real one)
+TINY_TRANSFORMER_25 = "ltx2-tiny-2.5-transformer.safetensors"
+INSTALL_CACHE_25 = "ltx25_install_check"
+INSTALL_25 = "ltx25_validate_install"
+INSTALLS = (INSTALL, INSTALL_25)
 
 
 def _install_check(info: dict) -> Graph:
@@ -197,12 +238,33 @@ def _install_check(info: dict) -> Graph:
     return g
 
 
+def _install_check_25(info: dict) -> Graph:
+    """The LTX-2.5 install check: the tiny 2.5 transformer through Load Diffusion Model (as
+    the real split file loads) + a tiny 2.5 latent cache (``python -m
+    trainer_core.tiny_checkpoint --variant ltx-2.5 --tiny-names --out models --cache
+    output/ltx2_cache/ltx25_install_check``) -> 20 training steps."""
+    g = Graph(info)
+    un = g.add("UNETLoader", (0, 0), unet_name=TINY_TRANSFORMER_25, weight_dtype="default")
+    lc = g.add("LTX2TrainLoadLatentCache", (0, 200), cache_name=INSTALL_CACHE_25)
+    tr = g.add("LTX2TrainLoRA", (380, 0), recipe="Character", lora_name="install_check_ltx25", steps=20, rank=4,
+               learning_rate=1e-3, precision="fp32", checkpoint_every=0, resume="none")
+    g.link(un, 0, tr, "model")
+    g.link(lc, 0, tr, "latents")
+    return g
+
+
+def all_workflows() -> dict[str, dict]:
+    """Every pipeline workflow's spec (2.0-style single file and LTX-2.5 split files)."""
+    return {**WORKFLOWS, **WORKFLOWS_25}
+
+
 def build(object_info: dict) -> dict[str, dict]:
     out = {}
-    for name, spec in WORKFLOWS.items():
+    for name, spec in all_workflows().items():
         kw = {k: v for k, v in spec.items() if k != "title"}
         out[name] = _pipeline(object_info, **kw).ui(spec["title"])
     out[INSTALL] = _install_check(object_info).ui("Validate my install (tiny model, CPU, ~1 min)")
+    out[INSTALL_25] = _install_check_25(object_info).ui("LTX-2.5: validate my install (tiny model, CPU, ~1 min)")
     return out
 
 
@@ -241,6 +303,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--url", default="http://127.0.0.1:8188")
     ap.add_argument("--object-info", default=None, help="a saved /object_info JSON instead of --url")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "example_workflows"))
+    ap.add_argument("--only", default=None, help="comma-separated workflow names to write (default: all)")
     a = ap.parse_args(argv)
     if a.object_info:
         info = json.loads(Path(a.object_info).read_text())
@@ -249,7 +312,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             info = json.loads(r.read())
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    only = set(a.only.split(",")) if a.only else None
     for name, ui in build(info).items():
+        if only is not None and name not in only:
+            continue
         (out / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n")
         thumbnail(ui, out / f"{name}.jpg")
         print("wrote", out / f"{name}.json")

@@ -100,6 +100,13 @@ for 24 kHz — the structure ComfyUI loads, not a verified copy of the 2.0 heade
 Usage::
 
     python -m trainer_core.tiny_checkpoint --variant ltx-2.3 --out tiny.safetensors [--seed N]
+    python -m trainer_core.tiny_checkpoint --variant ltx-2.5 --out ComfyUI/models   # the split set
+
+LTX-2.5 (``make_tiny_set``): 2.3's layout with the 2.5 switches (``ff_bias`` false: no
+``ff.net.*.bias``; ``keyframes_abs_pos_embedding`` [1, D]; prompt AdaLN kept), as split
+files under the names of ComfyUI's LTX-2.5 templates (see ``SPLIT_FILES_25``), each with
+``model_version`` "2.5.0" metadata; the transformer's also carries ``config`` and
+``gemma_source_checkpoint``. Latents keep the 2.x format.
 """
 from __future__ import annotations
 
@@ -116,7 +123,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-VARIANTS = ("ltx-2.0", "ltx-2.3")
+VARIANTS = ("ltx-2.0", "ltx-2.3", "ltx-2.5")
+SPLIT_VARIANTS = ("ltx-2.5",)  # shipped as split files (transformer, text encoder, video VAE, audio VAE)
 DIFFUSION_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "vae."
 AUDIO_VAE_PREFIX = "audio_vae."
@@ -152,6 +160,8 @@ def normalize_variant(variant: str) -> str:
         return "ltx-2.0"
     if v in ("2.3", "2.3.0", "22b", "2.3-22b"):
         return "ltx-2.3"
+    if v in ("2.5", "2.5.0", "2.5-22b"):
+        return "ltx-2.5"
     raise ValueError(f"unknown LTX-2 variant {variant!r}: use one of {', '.join(VARIANTS)}")
 
 
@@ -242,6 +252,14 @@ _TRANSFORMER_23 = {  # ltx-2.3-22b
     "text_encoder_norm_type": "per_token_rms",
 }
 
+# ltx-2.5-22b: 2.3's architecture plus the switches ltx-core's configurator names for the
+# Gemma 4 generation (ff_bias false, the keyframe embedding). use_prompt_adaln_single stays
+# true: ComfyUI 0.33's forward cannot run a cross-attention-AdaLN model without it.
+_TRANSFORMER_25 = dict(_TRANSFORMER_23, ff_bias=False, audio_ff_bias=True, use_prompt_adaln_single=True,
+                       use_keyframes_abs_pos_embedding=True)
+MODEL_VERSION_25 = "2.5.0"
+GEMMA_SOURCE_25 = {"gemma_version": "gemma-4-12b"}  # ltx-core checks this against the Gemma config
+
 _VAE = {
     "_class_name": "CausalVideoAutoencoder",
     "dims": 3,
@@ -324,7 +342,7 @@ def full_config(variant: str) -> dict:
     """
     v = normalize_variant(variant)
     t = dict(_TRANSFORMER_COMMON)
-    t.update(_TRANSFORMER_20 if v == "ltx-2.0" else _TRANSFORMER_23)
+    t.update({"ltx-2.0": _TRANSFORMER_20, "ltx-2.3": _TRANSFORMER_23, "ltx-2.5": _TRANSFORMER_25}[v])
     return copy.deepcopy({
         "transformer": t,
         "vae": _VAE,
@@ -484,9 +502,9 @@ def _attention(L: _L, query_dim: int, context_dim: int, heads: int, dim_head: in
     L.linear("to_out.0", inner, query_dim)
 
 
-def _feed_forward(L: _L, dim: int, mult: int = 4) -> None:
-    L.linear("net.0.proj", dim, dim * mult)
-    L.linear("net.2", dim * mult, dim)
+def _feed_forward(L: _L, dim: int, mult: int = 4, bias: bool = True) -> None:
+    L.linear("net.0.proj", dim, dim * mult, bias)
+    L.linear("net.2", dim * mult, dim, bias)
 
 
 def _adaln_single(L: _L, dim: int, coefficient: int) -> None:
@@ -521,6 +539,9 @@ def transformer_layout(tcfg: dict, prefix: str = DIFFUSION_PREFIX) -> "OrderedDi
     before = bool(g("caption_proj_before_connector", False))
     first_linear = bool(g("caption_projection_first_linear", True))
     n_ada = 9 if xadaln else 6
+    prompt_adaln = xadaln and bool(g("use_prompt_adaln_single", True))
+    ff_bias, a_ff_bias = bool(g("ff_bias", True)), bool(g("audio_ff_bias", True))
+    keyframes = bool(g("use_keyframes_abs_pos_embedding", False))
     c_heads, c_dh = int(g("connector_num_attention_heads", 30)), int(g("connector_attention_head_dim", 128))
     ac_heads = int(g("audio_connector_num_attention_heads", c_heads))
     ac_dh = int(g("audio_connector_attention_head_dim", c_dh))
@@ -537,8 +558,10 @@ def transformer_layout(tcfg: dict, prefix: str = DIFFUSION_PREFIX) -> "OrderedDi
     R = _L(out, prefix)
     # video input, timestep, text projection
     R.linear("patchify_proj", in_ch, D)
+    if keyframes:
+        R.add("keyframes_abs_pos_embedding", (1, D), "table")
     _adaln_single(R.sub("adaln_single"), D, n_ada)
-    if xadaln:
+    if prompt_adaln:
         _adaln_single(R.sub("prompt_adaln_single"), D, 2)
     if not before:
         R.linear("caption_projection.linear_1", int(cap), D)
@@ -548,7 +571,7 @@ def transformer_layout(tcfg: dict, prefix: str = DIFFUSION_PREFIX) -> "OrderedDi
     # audio input and the cross-modal AdaLNs
     R.linear("audio_patchify_proj", a_in, Da)
     _adaln_single(R.sub("audio_adaln_single"), Da, n_ada)
-    if xadaln:
+    if prompt_adaln:
         _adaln_single(R.sub("audio_prompt_adaln_single"), Da, 2)
     _adaln_single(R.sub("av_ca_video_scale_shift_adaln_single"), D, 4)
     _adaln_single(R.sub("av_ca_a2v_gate_adaln_single"), D, 1)
@@ -570,8 +593,8 @@ def transformer_layout(tcfg: dict, prefix: str = DIFFUSION_PREFIX) -> "OrderedDi
         _attention(B.sub("audio_attn2"), Da, a_ctx, a_heads, a_dh, gated)
         _attention(B.sub("audio_to_video_attn"), D, Da, a_heads, a_dh, gated)
         _attention(B.sub("video_to_audio_attn"), Da, D, a_heads, a_dh, gated)
-        _feed_forward(B.sub("ff"), D)
-        _feed_forward(B.sub("audio_ff"), Da)
+        _feed_forward(B.sub("ff"), D, bias=ff_bias)
+        _feed_forward(B.sub("audio_ff"), Da, bias=a_ff_bias)
         B.add("scale_shift_table", (n_ada, D), "table")
         B.add("audio_scale_shift_table", (n_ada, Da), "table")
         if xadaln:
@@ -948,7 +971,7 @@ def tiny_state_dict(variant: str = "ltx-2.0", seed: int = 0, dtype: torch.dtype 
 
 
 _ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
-              torch.float8_e4m3fn: "F8_E4M3"}
+              torch.float8_e4m3fn: "F8_E4M3", torch.int8: "I8"}
 
 
 def save_safetensors(state_dict, path, metadata: dict) -> Path:
@@ -986,11 +1009,97 @@ def save_safetensors(state_dict, path, metadata: dict) -> Path:
 def make_tiny_checkpoint(path, variant: str = "ltx-2.0", seed: int = 0,
                          dtype: torch.dtype = torch.float32) -> Path:
     """Write the tiny ``variant`` checkpoint to ``path`` (one safetensors file, seeded and
-    deterministic: same arguments, same bytes). Returns the path."""
+    deterministic: same arguments, same bytes). Returns the path. LTX-2.5 ships as split
+    files: use :func:`make_tiny_set` for it."""
+    if normalize_variant(variant) in SPLIT_VARIANTS:
+        raise ValueError(f"{variant} ships as split files (transformer, text encoder, video VAE, audio VAE): "
+                         "use make_tiny_set(folder, variant) / --out FOLDER")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sd, meta = tiny_state_dict(variant, seed, dtype)
     return save_safetensors(sd, path, meta)
+
+
+# ---- split files (LTX-2.5) -----------------------------------------------------------------
+# The file names and folders of ComfyUI's own LTX-2.5 templates (comfyui_workflow_templates:
+# video_ltx2_5_t2v / video_ltx2_5_i2v; hosted at huggingface.co/Lightricks/LTX-2.5), and the
+# stock loader that reads each: UNETLoader (Load Diffusion Model), CLIPLoader (type "ltxv"),
+# VAELoader (video VAE, and the audio VAE too: ComfyUI's VAE tells it by its vocoder keys).
+SPLIT_FILES_25 = {
+    "transformer": ("diffusion_models", "ltx-2.5-22b-distilled-transformer-comfy-int8-convrot.safetensors"),
+    "text_encoder": ("text_encoders", "gemma4-12b-with-proj-ltx-2.5-comfy-int8-convrot.safetensors"),
+    "video_vae": ("vae", "ltx-2.5-video-vae-bf16.safetensors"),
+    "audio_vae": ("vae", "ltx-2.5-audio-vae-bf16.safetensors"),
+}
+# the same set under names that cannot be mistaken for the real files (install checks)
+TINY_SPLIT_FILES_25 = {part: (sub, f"ltx2-tiny-2.5-{part.replace('_', '-')}.safetensors")
+                       for part, (sub, _) in SPLIT_FILES_25.items()}
+GEMMA4_12B_HIDDEN = 3840  # Gemma 4 12B: 48 layers + embeddings, 3840 wide (the projection takes 3840·49, as Gemma 3's)
+
+
+def tiny_split_state_dicts(variant: str = "ltx-2.5", seed: int = 0, dtype: torch.dtype = torch.float32
+                           ) -> dict[str, tuple["OrderedDict[str, torch.Tensor]", dict]]:
+    """{part: (state dict, metadata)} of the tiny split set — the same tensors as
+    :func:`tiny_state_dict`, cut the way the real split files are:
+
+    - ``transformer``: ``model.diffusion_model.*``; metadata ``config`` (``transformer`` +
+      ``scheduler``), ``model_version``, ``gemma_source_checkpoint`` (JSON);
+    - ``text_encoder``: the bundled ``text_embedding_projection.{video,audio}_aggregate_embed``
+      (dual linear, with biases: what ComfyUI's ``sd_detect`` looks for beside Gemma 4 12B's
+      weights — which have no tiny form, so the tiny file holds the projection alone);
+    - ``video_vae``: the VAE's keys without the ``vae.`` prefix (VAELoader), ``config``
+      with the ``vae`` section;
+    - ``audio_vae``: ``audio_vae.*`` and ``vocoder.*`` (the audio VAE file holds the
+      vocoder), ``config`` with ``audio_vae`` and ``vocoder``.
+    """
+    v = normalize_variant(variant)
+    if v not in SPLIT_VARIANTS:
+        raise ValueError(f"{variant} ships as one file: use make_tiny_checkpoint")
+    sd, meta = tiny_state_dict(v, seed, dtype)
+    cfg = json.loads(meta["config"])
+    facts = json.loads(meta["tiny_ltx2"])
+    mv = MODEL_VERSION_25
+    parts: dict = {k: OrderedDict() for k in SPLIT_FILES_25}
+    for k, t in sd.items():
+        if k.startswith(DIFFUSION_PREFIX):
+            parts["transformer"][k] = t
+        elif k.startswith(TEXT_PROJECTION_PREFIX):
+            parts["text_encoder"][k] = t
+        elif k.startswith(VAE_PREFIX):
+            parts["video_vae"][k[len(VAE_PREFIX):]] = t
+        elif k.startswith((AUDIO_VAE_PREFIX, VOCODER_PREFIX)):
+            parts["audio_vae"][k] = t
+        else:
+            raise AssertionError(f"key {k} belongs to no split file")
+    out = {}
+    for part, psd in parts.items():
+        m = {"model_version": mv, "tiny_ltx2": json.dumps(dict(facts, part=part, file=SPLIT_FILES_25[part][1]))}
+        if part == "transformer":
+            m["config"] = json.dumps({"transformer": cfg["transformer"], "scheduler": cfg["scheduler"]})
+            m["gemma_source_checkpoint"] = json.dumps(GEMMA_SOURCE_25)
+        elif part == "video_vae":
+            m["config"] = json.dumps({"vae": cfg["vae"]})
+        elif part == "audio_vae":
+            m["config"] = json.dumps({"audio_vae": cfg["audio_vae"], "vocoder": cfg["vocoder"]})
+        out[part] = (psd, m)
+    return out
+
+
+def make_tiny_set(folder, variant: str = "ltx-2.5", seed: int = 0, dtype: torch.dtype = torch.float32,
+                  tiny_names: bool = False) -> dict[str, Path]:
+    """Write the tiny split set under ``folder`` as ComfyUI's ``models`` folder lays it out
+    (``diffusion_models/``, ``text_encoders/``, ``vae/``) with the real files' names
+    (``tiny_names``: ``ltx2-tiny-2.5-*.safetensors`` instead). Deterministic. Returns
+    {part: path}."""
+    folder = Path(folder)
+    paths = {}
+    names = TINY_SPLIT_FILES_25 if tiny_names else SPLIT_FILES_25
+    for part, (psd, m) in tiny_split_state_dicts(variant, seed, dtype).items():
+        sub, name = names[part]
+        p = folder / sub / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        paths[part] = save_safetensors(psd, p, m)
+    return paths
 
 
 def quantize_checkpoint_fp8(sd: dict, meta: dict, prefix: str = "model.diffusion_model.transformer_blocks."):
@@ -1044,22 +1153,29 @@ def make_tiny_cache(root, variant: str = "ltx-2.0", n: int = 2, seed: int = 0) -
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trainer_core.tiny_checkpoint",
                                  description="Write a tiny LTX-2 checkpoint with the real key structure.")
-    ap.add_argument("--variant", default="ltx-2.0", help="ltx-2.0 or ltx-2.3")
-    ap.add_argument("--out", required=True, help="output .safetensors path")
+    ap.add_argument("--variant", default="ltx-2.0", help="ltx-2.0, ltx-2.3 or ltx-2.5")
+    ap.add_argument("--out", required=True, help="output .safetensors path (ltx-2.5: a models folder; the split "
+                                                 "files go into its diffusion_models/, text_encoders/, vae/)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--cache", default=None, help="also write a tiny latent cache for it into this folder")
+    ap.add_argument("--tiny-names", action="store_true",
+                    help="ltx-2.5: name the split files ltx2-tiny-2.5-*.safetensors, not as the real ones")
     a = ap.parse_args(argv)
     try:
         variant = normalize_variant(a.variant)
     except ValueError as e:
         ap.error(str(e))
-    p = make_tiny_checkpoint(a.out, variant, a.seed, getattr(torch, a.dtype))
     from safetensors import safe_open
 
-    with safe_open(str(p), framework="pt") as f:
-        n = len(list(f.keys()))
-    print(f"wrote {p} ({variant}, seed {a.seed}, {n} tensors, {p.stat().st_size / 1e6:.2f} MB)")
+    if variant in SPLIT_VARIANTS:
+        ps = list(make_tiny_set(a.out, variant, a.seed, getattr(torch, a.dtype), tiny_names=a.tiny_names).values())
+    else:
+        ps = [make_tiny_checkpoint(a.out, variant, a.seed, getattr(torch, a.dtype))]
+    for p in ps:
+        with safe_open(str(p), framework="pt") as f:
+            n = len(list(f.keys()))
+        print(f"wrote {p} ({variant}, seed {a.seed}, {n} tensors, {p.stat().st_size / 1e6:.2f} MB)")
     if a.cache:
         print(f"wrote a tiny latent cache in {make_tiny_cache(a.cache, variant, seed=a.seed)}")
     return 0

@@ -25,7 +25,7 @@ PACK_DIR_NAME = "comfyui-ltx2-lora-trainer"
 def comfy_base(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("comfy_base")
     for sub in ("input", "output", "temp", "user", "models/checkpoints", "models/loras",
-                "models/vae", "models/text_encoders", "custom_nodes"):
+                "models/vae", "models/text_encoders", "models/diffusion_models", "custom_nodes"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     link = base / "custom_nodes" / PACK_DIR_NAME
     link.symlink_to(REPO, target_is_directory=True)
@@ -56,7 +56,7 @@ def comfy(comfy_base):
     folder_paths.set_output_directory(str(comfy_base / "output"))
     folder_paths.set_temp_directory(str(comfy_base / "temp"))
     for kind, sub in (("checkpoints", "checkpoints"), ("loras", "loras"), ("vae", "vae"),
-                      ("text_encoders", "text_encoders")):
+                      ("text_encoders", "text_encoders"), ("diffusion_models", "diffusion_models")):
         folder_paths.add_model_folder_path(kind, str(comfy_base / "models" / sub), is_default=True)
 
     import comfy.model_management  # noqa: F401  (after args.cpu is set)

@@ -161,13 +161,13 @@ def test_text_projection_matches_comfy_layout(comfy, written, variant):
 
     shapes, _ = _file_state(written[variant])
     tp = {k: s for k, s in shapes.items() if k.startswith("text_embedding_projection.")}
-    detected = lt.sd_detect([{k: None for k in shapes}])
+    detected = lt.sd_detect([{k: torch.empty(s, device="meta") for k, s in shapes.items()}])["text_projection_type"]
     n_in = tc.TINY_TEXT_HIDDEN * tc.GEMMA_LAYERS
     if variant == "ltx-2.0":
-        assert detected == {"text_projection_type": "single_linear"}
+        assert detected == "single_linear"
         ref = {"text_embedding_projection.aggregate_embed.weight": (40, n_in)}
     else:
-        assert detected == {"text_projection_type": "dual_linear"}
+        assert detected == "dual_linear"
         mod = lt.DualLinearProjection(n_in, 64, 32, operations=disable_weight_init, device="meta")
         ref = {f"text_embedding_projection.{k}": tuple(v.shape) for k, v in mod.state_dict().items()}
     assert tp == ref
@@ -279,7 +279,7 @@ def test_diffusion_forward_is_finite(comfy, loaded, variant):
     assert torch.isfinite(denoised).all()
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS + ["ltx-2.5"])
 def test_full_size_layout_matches_comfy_modules(comfy, variant):
     """``full_config`` + the generator's layout code give exactly the keys and shapes of the
     real-size modules ComfyUI builds from that config (built on the meta device: nothing
@@ -311,3 +311,149 @@ def test_full_size_layout_matches_comfy_modules(comfy, variant):
     check(vae, "vae.")
     check(avae, ("audio_vae.", "vocoder."),
           lambda k: "autoencoder." + k[len("audio_vae."):] if k.startswith("audio_vae.") else k)
+
+
+# ------------------------------------------------------------------ LTX-2.5: the split set
+
+def _load_logged(fn):
+    h = _Capture()
+    root = logging.getLogger()
+    old = root.level
+    root.addHandler(h)
+    root.setLevel(logging.DEBUG)
+    try:
+        return fn(), h.records
+    finally:
+        root.removeHandler(h)
+        root.setLevel(old)
+
+
+@pytest.fixture(scope="module")
+def set25(comfy):
+    """The tiny LTX-2.5 split set written into ComfyUI's models folder under the real names,
+    and each part loaded by its stock node: Load Diffusion Model (UNETLoader), VAELoader for
+    the video VAE and for the audio VAE (as ComfyUI's own LTX-2.5 templates load them)."""
+    paths = tc.make_tiny_set(comfy.base / "models", "ltx-2.5", seed=2)
+    n = comfy.nodes.NODE_CLASS_MAPPINGS
+    out = {"paths": paths}
+    for part, cls, kw in (("transformer", "UNETLoader", dict(unet_name=paths["transformer"].name, weight_dtype="default")),
+                          ("video_vae", "VAELoader", dict(vae_name=paths["video_vae"].name)),
+                          ("audio_vae", "VAELoader", dict(vae_name=paths["audio_vae"].name))):
+        node = n[cls]()
+        out[part] = _load_logged(lambda: getattr(node, n[cls].FUNCTION)(**kw)[0])
+    return out
+
+
+def test_25_set_files_and_names(set25):
+    paths = set25["paths"]
+    assert {p: (paths[p].parent.name, paths[p].name) for p in paths} == tc.SPLIT_FILES_25
+    for part, p in paths.items():
+        shapes, meta = _file_state(p)
+        assert meta["model_version"] == "2.5.0"
+        prefixes = {"transformer": (DM,), "text_encoder": ("text_embedding_projection.",),
+                    "video_vae": ("encoder.", "decoder.", "per_channel_statistics."),
+                    "audio_vae": ("audio_vae.", "vocoder.")}[part]
+        assert shapes and all(k.startswith(prefixes) for k in shapes), part
+    with pytest.raises(ValueError, match="split files"):
+        tc.make_tiny_checkpoint(paths["transformer"].parent / "x.safetensors", "ltx-2.5")
+
+
+def test_25_transformer_loads_via_load_diffusion_model(comfy, set25):
+    from comfy.ldm.lightricks.av_model import LTXAVModel
+
+    from trainer_core.ltx2 import LTX2Config, read_checkpoint_config
+
+    model, records = set25["transformer"]
+    dm = model.model.diffusion_model
+    assert type(dm) is LTXAVModel and len(dm.transformer_blocks) == 2
+    assert not _bad_messages(records), _bad_messages(records)
+    shapes, meta = _file_state(set25["paths"]["transformer"])
+    file_dm = {k[len(DM):]: s for k, s in shapes.items() if k.startswith(DM)}
+    comfy_dm = {k: tuple(v.shape) for k, v in dm.state_dict().items()}
+    assert file_dm == comfy_dm, (sorted(set(comfy_dm) ^ set(file_dm))[:20])
+    # the 2.5 switches, as ComfyUI built them
+    assert dm.keyframes_abs_pos_embedding is not None and tuple(dm.keyframes_abs_pos_embedding.shape) == (1, 64)
+    assert dm.transformer_blocks[0].ff.net[0].proj.bias is None and dm.transformer_blocks[0].ff.net[2].bias is None
+    assert dm.transformer_blocks[0].audio_ff.net[0].proj.bias is not None
+    assert dm.prompt_adaln_single is not None and dm.transformer_blocks[0].attn1.to_gate_logits is not None
+    c = read_checkpoint_config(set25["paths"]["transformer"])
+    assert c.variant == "2.5" and c.model_version == "2.5.0"
+    assert (c.ff_bias, c.audio_ff_bias, c.use_prompt_adaln_single, c.use_keyframes_abs_pos_embedding) == \
+        (False, True, True, True)
+    from dataclasses import replace
+
+    assert LTX2Config.from_module(dm) == replace(c, model_version="")
+    # the weights are the file's
+    from safetensors import safe_open
+
+    with safe_open(str(set25["paths"]["transformer"]), framework="pt") as f:
+        assert torch.equal(dm.keyframes_abs_pos_embedding.float(), f.get_tensor(DM + "keyframes_abs_pos_embedding"))
+
+
+def test_25_video_vae_loads_via_vaeloader(set25):
+    vae, records = set25["video_vae"]
+    assert not _bad_messages(records), _bad_messages(records)
+    shapes, meta = _file_state(set25["paths"]["video_vae"])
+    assert {k: tuple(v.shape) for k, v in vae.first_stage_model.state_dict().items()} == shapes
+    assert vae.latent_channels == 128
+    video = torch.rand(9, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        lat = vae.encode(video)
+        img = vae.decode(lat)
+    assert tuple(lat.shape) == (1, 128, 2, 2, 2) and torch.isfinite(lat).all() and lat.std() > 1e-3
+    assert tuple(img.shape) == (1, 9, 64, 64, 3) and torch.isfinite(img).all()
+
+
+def test_25_audio_vae_loads_via_vaeloader(comfy, set25):
+    avae, records = set25["audio_vae"]
+    assert not _bad_messages(records), _bad_messages(records)
+    fsm = avae.first_stage_model
+    assert type(fsm).__name__ == "AudioVAE" and type(fsm.vocoder).__name__ == "VocoderWithBWE"
+    assert fsm.latent_channels == 8 and fsm.latents_per_second == 25.0 and fsm.output_sample_rate == 48000
+    shapes, _ = _file_state(set25["paths"]["audio_vae"])
+    file_keys = {("autoencoder." + k[len("audio_vae."):] if k.startswith("audio_vae.") else k): s
+                 for k, s in shapes.items()}
+    assert {k: tuple(v.shape) for k, v in fsm.state_dict().items()} == file_keys
+    sr = 16000
+    t = torch.arange(sr) / sr
+    wave = torch.stack([torch.sin(2 * math.pi * 440 * t), torch.sin(2 * math.pi * 660 * t)])[None] * 0.3
+    enc = comfy.nodes.NODE_CLASS_MAPPINGS["LTXVAudioVAEEncode"]
+    dec = comfy.nodes.NODE_CLASS_MAPPINGS["LTXVAudioVAEDecode"]
+    with torch.inference_mode():
+        latent = enc.execute(audio={"waveform": wave, "sample_rate": sr}, audio_vae=avae).result[0]
+        assert latent["samples"].shape[1] == 8 and 23 <= latent["samples"].shape[2] <= 27
+        audio = dec.execute(samples=latent, audio_vae=avae).result[0]
+    assert audio["sample_rate"] == 48000 and torch.isfinite(audio["waveform"]).all()
+
+
+def test_25_text_projection_is_what_comfys_gemma4_ltx_encoder_loads(set25):
+    """The bundled projection: ComfyUI's ``sd_detect`` sees the dual projection with biases
+    (what makes comfy.sd pick the LTX-AV encoder for a Gemma 4 12B file), and the keys and
+    shapes are those of its ``DualLinearProjection`` at the tiny Gemma width."""
+    from comfy.ops import disable_weight_init
+    from comfy.text_encoders import lt
+
+    shapes, meta = _file_state(set25["paths"]["text_encoder"])
+    assert "text_embedding_projection.video_aggregate_embed.weight" in shapes
+    det = lt.sd_detect([{k: torch.empty(s, device="meta") for k, s in shapes.items()}])
+    assert det == {"text_projection_type": "dual_linear", "video_projection_dim": 64, "audio_projection_dim": 32,
+                   "video_projection_bias": True, "audio_projection_bias": True}
+    n_in = tc.TINY_TEXT_HIDDEN * tc.GEMMA_LAYERS
+    mod = lt.DualLinearProjection(n_in, 64, 32, operations=disable_weight_init, device="meta")
+    assert shapes == {f"text_embedding_projection.{k}": tuple(v.shape) for k, v in mod.state_dict().items()}
+
+
+def test_25_forward_through_comfys_apply_path(comfy, set25):
+    from comfy.utils import pack_latents
+
+    model, _ = set25["transformer"]
+    dm = model.model.diffusion_model
+    gen = torch.Generator().manual_seed(3)
+    v, a, raw, ctx = _inputs(dm, "ltx-2.5", gen)
+    with torch.inference_mode():
+        packed, shapes = pack_latents([v, a])
+        conds = model.model.extra_conds(cross_attn=raw, unprocessed_ltxav_embeds=True,
+                                        device=torch.device("cpu"), latent_shapes=shapes, frame_rate=25, noise=packed)
+        kwargs = {k: c.cond for k, c in conds.items() if k != "c_crossattn"}
+        den = model.model.apply_model(packed, torch.tensor([0.7]), c_crossattn=conds["c_crossattn"].cond, **kwargs)
+    assert den.shape == packed.shape and torch.isfinite(den).all()

@@ -25,7 +25,7 @@ from trainer_core.ltx2 import (
 # variant. LTX-2.0: caption projection after the connectors (connector width = caption
 # channels). LTX-2.3: projection in the text encoder (context = video ‖ audio widths),
 # gated attention, cross-attention AdaLN.
-TINY = {v: tiny_checkpoint.tiny_config(v)["transformer"] for v in ("2.0", "2.3")}
+TINY = {v: tiny_checkpoint.tiny_config(v)["transformer"] for v in ("2.0", "2.3", "2.5")}
 
 
 def tiny_config(variant: str) -> LTX2Config:
@@ -60,7 +60,7 @@ def step_inputs(c: LTX2Config, mode: str, B=2, F=2, H=2, W=3, T=5, L=7, seed=0, 
 MODES = ["text_to_audio_video", "video_only", "audio_only", "video_to_audio"]
 
 
-@pytest.mark.parametrize("variant", ["2.0", "2.3"])
+@pytest.mark.parametrize("variant", ["2.0", "2.3", "2.5"])
 @pytest.mark.parametrize("mode", MODES)
 def test_output_shapes(variant, mode):
     c = tiny_config(variant)
@@ -330,6 +330,83 @@ def test_full_size_layout_on_meta():
 
 
 # ----------------------------------------------------------------- tiny checkpoints
+
+
+def test_config_parsing_25():
+    """LTX-2.5: the variant from ``model_version`` (pre-release tags count as their
+    generation), else from ``gemma_source_checkpoint``, else from the 2.5 switches; the
+    switches themselves from the config, the state dict's keys and the module tree."""
+    c = tiny_config("2.5")
+    assert c.variant == "2.5"
+    assert (c.ff_bias, c.audio_ff_bias, c.use_prompt_adaln_single, c.use_keyframes_abs_pos_embedding) == \
+        (False, True, True, True)
+    assert c.has_prompt_adaln and c.cross_attention_adaln and c.apply_gated_attention
+    t23 = TINY["2.3"]
+    for mv, want in (("2.5.0", "2.5"), ("2.5-rc2", "2.5"), ("2.5.rc1", "2.5"), ("2.4.0", "2.4"), ("2.3.0", "2.3")):
+        assert LTX2Config.from_metadata({"config": {"transformer": t23}, "model_version": mv}).variant == want
+    assert LTX2Config.from_metadata({"config": {"transformer": t23},
+                                     "gemma_source_checkpoint": '{"gemma_version": "x"}'}).variant == "2.5"
+    assert LTX2Config.from_metadata({"config": {"transformer": t23}}).variant == "2.3"
+    assert LTX2Config.from_transformer_config({**t23, "ff_bias": False}).variant == "2.5"
+    # ComfyUI's rule: the keyframe embedding exists iff its key does, whatever the config says
+    shapes = {f"model.diffusion_model.{k}": tuple(v.shape) for k, v in build_tree(c, init="meta").state_dict().items()}
+    no_kf = {k: v for k, v in shapes.items() if not k.endswith("keyframes_abs_pos_embedding")}
+    assert LTX2Config.from_metadata({"config": {"transformer": TINY["2.5"]}}, shapes) == c
+    got = LTX2Config.from_metadata({"config": {"transformer": TINY["2.5"]}}, no_kf)
+    assert not got.use_keyframes_abs_pos_embedding and got.variant == "2.5"  # ff_bias false still says 2.5
+    # shapes alone show every 2.5 switch
+    assert LTX2Config.from_state_dict_shapes(shapes, TINY["2.5"]) == c
+    alone = LTX2Config.from_state_dict_shapes(shapes)
+    assert (alone.ff_bias, alone.audio_ff_bias, alone.use_prompt_adaln_single, alone.use_keyframes_abs_pos_embedding,
+            alone.variant) == (False, True, True, True, "2.5")
+    # use_prompt_adaln_single false: no prompt AdaLN modules, told by shapes too
+    c2 = LTX2Config.from_transformer_config({**TINY["2.5"], "use_prompt_adaln_single": False})
+    tree2 = build_tree(c2, init="meta")
+    assert not hasattr(tree2, "prompt_adaln_single") and not hasattr(tree2, "audio_prompt_adaln_single")
+    assert hasattr(tree2.transformer_blocks[0], "prompt_scale_shift_table")  # the per-block tables stay
+    sh2 = {k: tuple(v.shape) for k, v in tree2.state_dict().items()}
+    assert LTX2Config.from_state_dict_shapes(sh2, TINY["2.5"]).use_prompt_adaln_single is False
+    # ComfyUI's constructor names: transformer_config() carries every switch
+    tcfg = c.transformer_config()
+    assert {k: tcfg[k] for k in ("ff_bias", "audio_ff_bias", "use_prompt_adaln_single",
+                                 "use_keyframes_abs_pos_embedding")} == \
+        {"ff_bias": False, "audio_ff_bias": True, "use_prompt_adaln_single": True,
+         "use_keyframes_abs_pos_embedding": True}
+    assert LTX2Config.from_transformer_config(tcfg) == c
+
+
+def test_tree_25_structure_and_keyframe_embedding():
+    c = tiny_config("2.5")
+    root = build_tree(c, seed=2)
+    b0 = root.transformer_blocks[0]
+    assert b0.ff.net[0].proj.bias is None and b0.ff.net[2].bias is None
+    assert b0.audio_ff.net[0].proj.bias is not None
+    assert tuple(root.keyframes_abs_pos_embedding.shape) == (1, c.inner_dim)
+    assert LTX2Config.from_module(root) == c
+    # the embedding reaches exactly the first latent frame's tokens: zeroing it changes the
+    # output; with one block, the first frame's tokens are the ones that change most
+    inp = step_inputs(c, "video_only", B=1, F=3, first_frame=False)
+    with torch.no_grad():
+        v1, _ = make_predict(checkpointing=False)(root, inp)
+        root.keyframes_abs_pos_embedding.zero_()
+        v0, _ = make_predict(checkpointing=False)(root, inp)
+    assert _rel(v1, v0) > 1e-3
+    from trainer_core.ltx2.forward import keyframes_mask
+
+    m = keyframes_mask((3, 2, 3), c, torch.device("cpu"))
+    assert m.tolist() == [True] * 6 + [False] * 12
+    c_nc = LTX2Config.from_transformer_config({**TINY["2.5"], "causal_temporal_positioning": False})
+    assert keyframes_mask((3, 2, 3), c_nc, torch.device("cpu")).tolist() == [True] * 6 + [False] * 12
+
+
+def test_tiny_25_transformer_file_loads_into_the_tree(tmp_path):
+    paths = tiny_checkpoint.make_tiny_set(tmp_path, "ltx-2.5", seed=0)
+    root = load_tree_from_checkpoint(paths["transformer"])
+    c = root.ltx2_config
+    assert c.variant == "2.5" and c.model_version == "2.5.0"
+    inp = step_inputs(c, "text_to_audio_video")
+    v, a = make_predict(checkpointing=True)(root, inp)
+    assert torch.isfinite(v).all() and torch.isfinite(a).all()
 
 
 @pytest.mark.parametrize("variant", ["2.0", "2.3"])

@@ -7,6 +7,7 @@ import ast
 import hashlib
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -232,13 +233,15 @@ def test_dtype_argument(tmp_path):
 
 
 def test_variant_names():
+    assert tc.normalize_variant("2.5") == tc.normalize_variant("LTX-2.5") == "ltx-2.5"
     assert tc.normalize_variant("2.0") == tc.normalize_variant("LTX-2") == "ltx-2.0"
     assert tc.normalize_variant("ltx2.3") == tc.normalize_variant("2.3.0") == "ltx-2.3"
     with pytest.raises(ValueError, match="unknown LTX-2 variant"):
         tc.normalize_variant("ltx-1.0")
 
 
-@pytest.mark.parametrize("variant, low, high", [("ltx-2.0", 17e9, 21e9), ("ltx-2.3", 20e9, 24e9)])
+@pytest.mark.parametrize("variant, low, high", [("ltx-2.0", 17e9, 21e9), ("ltx-2.3", 20e9, 24e9),
+                                               ("ltx-2.5", 20e9, 24e9)])
 def test_full_config_layout(variant, low, high):
     """full_config describes the real models: 48 blocks, 4096/2048 wide; the transformer's
     parameter count (from shapes, nothing allocated) is the published size."""
@@ -278,3 +281,53 @@ def test_no_comfy_imports():
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module.split(".")[0])
     assert not names & {"comfy", "comfy_extras", "folder_paths", "nodes", "server", "comfy_api"}
+
+
+# ------------------------------------------------------------------ LTX-2.5: the split set
+
+def test_25_split_set(tmp_path):
+    """The tiny 2.5 set: four files under the names and folders of ComfyUI's LTX-2.5
+    template, the same tensors as the combined layout cut by prefix, deterministic, with the
+    2.5 switches in the transformer's keys and metadata."""
+    paths = tc.make_tiny_set(tmp_path / "a", "ltx-2.5", seed=1)
+    again = tc.make_tiny_set(tmp_path / "b", "ltx-2.5", seed=1)
+    other = tc.make_tiny_set(tmp_path / "c", "ltx-2.5", seed=2)
+    assert set(paths) == {"transformer", "text_encoder", "video_vae", "audio_vae"}
+    for part, p in paths.items():
+        assert (p.parent.name, p.name) == tc.SPLIT_FILES_25[part]
+        assert _sha(p) == _sha(again[part]) and _sha(p) != _sha(other[part])
+    full, _ = tc.tiny_state_dict("ltx-2.5", seed=1)
+    got = {}
+    metas = {}
+    for part, p in paths.items():
+        sd, meta = _read(p)
+        metas[part] = meta
+        assert meta["model_version"] == "2.5.0"
+        for k, v in sd.items():
+            got[("vae." + k) if part == "video_vae" else k] = v
+    assert set(got) == set(full) and all(torch.equal(got[k], full[k]) for k in full)
+    t = json.loads(metas["transformer"]["config"])["transformer"]
+    assert t["ff_bias"] is False and t["use_keyframes_abs_pos_embedding"] is True
+    assert json.loads(metas["transformer"]["gemma_source_checkpoint"]) == tc.GEMMA_SOURCE_25
+    assert set(json.loads(metas["video_vae"]["config"])) == {"vae"}
+    assert set(json.loads(metas["audio_vae"]["config"])) == {"audio_vae", "vocoder"}
+    tkeys = set(_read(paths["transformer"])[0])
+    assert DM + "keyframes_abs_pos_embedding" in tkeys
+    assert DM + "transformer_blocks.0.ff.net.0.proj.weight" in tkeys
+    assert DM + "transformer_blocks.0.ff.net.0.proj.bias" not in tkeys and DM + "transformer_blocks.0.ff.net.2.bias" not in tkeys
+    assert DM + "transformer_blocks.1.audio_ff.net.2.bias" in tkeys
+    assert DM + "prompt_adaln_single.linear.weight" in tkeys
+    # 2.3's keys minus the FFN biases plus the keyframe embedding: nothing else differs
+    k23 = {k for k in tc.tiny_state_dict("ltx-2.3")[0] if k.startswith(DM)}
+    assert tkeys - k23 == {DM + "keyframes_abs_pos_embedding"}
+    assert k23 - tkeys == {k for k in k23 if re.search(r"transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)\.bias$", k)}
+    te = set(_read(paths["text_encoder"])[0])
+    assert te == {f"text_embedding_projection.{m}_aggregate_embed.{w}" for m in ("video", "audio") for w in ("weight", "bias")}
+    with pytest.raises(ValueError, match="split files"):
+        tc.make_tiny_checkpoint(tmp_path / "one.safetensors", "ltx-2.5")
+
+
+def test_25_cli(tmp_path):
+    assert tc.main(["--variant", "ltx-2.5", "--out", str(tmp_path / "models"), "--seed", "3"]) == 0
+    for part, (sub, name) in tc.SPLIT_FILES_25.items():
+        assert (tmp_path / "models" / sub / name).is_file(), part

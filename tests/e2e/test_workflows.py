@@ -2,12 +2,13 @@
 pack): every node and widget exists in the running server, the converter gives an API prompt
 that ComfyUI's own validation accepts, the template route lists them, and every one of them
 runs headless through ``comfy run --workflow`` on tiny models placed under the standard file
-names (tiny LTX-2 checkpoint as ltx-2-19b-dev.safetensors, tiny Qwen2.5-Omni as the
-captioner), on clips with scene cuts and sound written by the test.
+names (tiny LTX-2 checkpoint as ltx-2-19b-dev.safetensors, the tiny LTX-2.5 split set under
+the names of ComfyUI's LTX-2.5 template, tiny Qwen2.5-Omni as the captioner), on clips with
+scene cuts and sound written by the test.
 
-The one stand-in is the text encoder at its own boundary (Gemma 3 12B has no tiny form):
-the run swaps the LTXAV text encoder loader for tests/e2e/standin_text_encoder, whose
-conditioning has the true layout. Sizes, steps and intervals are turned down so CPU runs
+The one stand-in is the text encoder at its own boundary (Gemma 3 12B and Gemma 4 12B have
+no tiny form): the run swaps the LTXAV text encoder loader (2.0) and Load CLIP (2.5) for
+tests/e2e/standin_text_encoder, whose conditioning has the variant's true layout. Sizes, steps and intervals are turned down so CPU runs
 take seconds; everything else is the shipped graph."""
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ FILES = sorted((REPO / "example_workflows").glob("*.json"))
 
 def test_every_workflow_has_a_thumbnail_and_the_set_is_complete():
     names = {f.stem for f in FILES}
-    assert names == set(mw.WORKFLOWS) | {mw.INSTALL}
+    assert names == set(mw.all_workflows()) | set(mw.INSTALLS)
     for f in FILES:
         assert f.with_suffix(".jpg").is_file(), f.name
 
@@ -38,7 +39,7 @@ def info(server):
 
     from tests.core import mediagen as mg
     from tests.core.tinycaption import make_tiny_omni
-    from trainer_core.tiny_checkpoint import make_tiny_cache, make_tiny_checkpoint
+    from trainer_core.tiny_checkpoint import make_tiny_cache, make_tiny_checkpoint, make_tiny_set
 
     base = server.base
     make_tiny_checkpoint(base / "models" / "checkpoints" / mw.CKPT, "ltx-2.0", seed=1)
@@ -51,6 +52,12 @@ def info(server):
     Image.new("RGB", (64, 64), (200, 120, 40)).save(base / "input" / "first_frame.png")
     make_tiny_checkpoint(base / "models" / "checkpoints" / mw.TINY_CKPT, "ltx-2.0", seed=1)
     make_tiny_cache(base / "output" / "ltx2_cache" / mw.INSTALL_CACHE, "ltx-2.0")
+    # LTX-2.5: the tiny split set under the real files' names (the text encoder file holds the
+    # bundled projection only: Gemma 4 12B is stood in for at run time) and the install check's
+    paths = make_tiny_set(base / "models", "ltx-2.5", seed=1)
+    assert {p.name for p in paths.values()} == {mw.TRANSFORMER_25, mw.GEMMA4_25, mw.VIDEO_VAE_25, mw.AUDIO_VAE_25}
+    make_tiny_set(base / "models", "ltx-2.5", seed=1, tiny_names=True)
+    make_tiny_cache(base / "output" / "ltx2_cache" / mw.INSTALL_CACHE_25, "ltx-2.5")
     return server.get("/object_info")
 
 
@@ -65,8 +72,8 @@ def test_workflow_opens_and_validates(server, info, path):
         assert len(n["widgets_values"]) == want, f"{path.name}: {n['type']} has {len(n['widgets_values'])} widget values, expected {want}"
     prompt = mw.to_api(ui, info)
     train = next(v for v in prompt.values() if v["class_type"] == "LTX2TrainLoRA")
-    assert train["inputs"]["recipe"] == mw.WORKFLOWS.get(path.stem, {"recipe": "Character"})["recipe"]
-    if path.stem == mw.INSTALL:
+    assert train["inputs"]["recipe"] == mw.all_workflows().get(path.stem, {"recipe": "Character"})["recipe"]
+    if path.stem in mw.INSTALLS:
         return  # it runs for real below
     r = server.post("/prompt", {"prompt": prompt, "client_id": "wf-test"})
     assert r.get("prompt_id") and not r.get("node_errors"), r
@@ -77,12 +84,14 @@ def test_workflow_opens_and_validates(server, info, path):
 def test_template_route_lists_the_workflows(server):
     listing = server.get("/workflow_templates")
     ours = next(v for k, v in listing.items() if "ltx2" in k.lower())
-    assert set(ours) == set(mw.WORKFLOWS) | {mw.INSTALL}
+    assert set(ours) == set(mw.all_workflows()) | set(mw.INSTALLS)
 
 
-def test_install_check_runs_headless_with_comfy_cli(server, info):
+@pytest.mark.parametrize("install, lora_name", [(mw.INSTALL, "install_check"), (mw.INSTALL_25, "install_check_ltx25")])
+def test_install_check_runs_headless_with_comfy_cli(server, info, install, lora_name):
     """``comfy run --workflow`` (comfy-cli, UI format converted client-side) against the
-    server: the install-check workflow trains 20 steps on the tiny model and saves a LoRA."""
+    server: the install-check workflow trains 20 steps on the tiny model and saves a LoRA
+    (LTX-2.5: the tiny split transformer through Load Diffusion Model)."""
     import subprocess
     import time
 
@@ -91,13 +100,13 @@ def test_install_check_runs_headless_with_comfy_cli(server, info):
         if not q["queue_running"] and not q["queue_pending"]:
             break
         time.sleep(1)
-    wf = REPO / "example_workflows" / f"{mw.INSTALL}.json"
+    wf = REPO / "example_workflows" / f"{install}.json"
     cmd = [sys.executable, "-m", "comfy_cli", "--skip-prompt", "run", "--workflow", str(wf), "--host", "127.0.0.1",
            "--port", str(server.port), "--wait", "--timeout", "300"]
     t0 = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
-    lora = server.base / "models" / "loras" / "ltx2" / "install_check_00001.safetensors"
+    lora = server.base / "models" / "loras" / "ltx2" / f"{lora_name}_00001.safetensors"
     for _ in range(120):
         if lora.exists():
             break
@@ -107,7 +116,9 @@ def test_install_check_runs_headless_with_comfy_cli(server, info):
 
     sd, meta = load_lora(lora)
     assert meta["steps"] == "20" and sd
-    print(f"install check: {time.time() - t0:.0f} s")
+    if install == mw.INSTALL_25:
+        assert meta["base_model"] == "2.5", meta
+    print(f"{install}: {time.time() - t0:.0f} s")
 
 
 def _set(node: dict, info: dict, **values) -> None:
@@ -128,9 +139,10 @@ def _cpu_sized(ui: dict, info: dict, stem: str) -> dict:
 
     for n in ui["nodes"]:
         t = n["type"]
-        if t == "LTXAVTextEncoderLoader":  # the one stand-in: Gemma 3 12B at its own boundary
+        if t in ("LTXAVTextEncoderLoader", "CLIPLoader"):  # the one stand-in: Gemma 3 / Gemma 4 12B at its boundary
+            variant = "ltx-2.5" if t == "CLIPLoader" else "ltx-2.0"  # CLIPLoader (ltxv): the 2.5 workflows' Gemma 4
             n["type"] = "LTX2TestGemmaStandIn"
-            n["widgets_values"] = [text_context_width("ltx-2.0", processed=False)]
+            n["widgets_values"] = [text_context_width(variant, processed=False)]
             n["properties"] = {"Node name for S&R": n["type"]}
         elif t == "LTX2TrainCaption":
             _set(n, info, frames=2, max_side=112, max_words=12)
@@ -155,7 +167,7 @@ def _wait_idle(server, seconds: int = 120) -> None:
         time.sleep(1)
 
 
-@pytest.mark.parametrize("stem", sorted(mw.WORKFLOWS))
+@pytest.mark.parametrize("stem", sorted(mw.all_workflows()))
 def test_shipped_workflow_runs_headless_end_to_end(server, info, stem, tmp_path):
     """``comfy run --workflow`` on each shipped workflow: scenes are split (or not), clips are
     captioned by the captioner, bucketed, encoded, a LoRA is trained with validation previews
@@ -167,7 +179,7 @@ def test_shipped_workflow_runs_headless_end_to_end(server, info, stem, tmp_path)
 
     from trainer_core.lora import load_lora
 
-    spec = mw.WORKFLOWS[stem]
+    spec = mw.all_workflows()[stem]
     ui = _cpu_sized(json.loads((REPO / "example_workflows" / f"{stem}.json").read_text()), info, stem)
     wf = tmp_path / f"{stem}.json"
     wf.write_text(json.dumps(ui))

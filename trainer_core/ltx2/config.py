@@ -16,10 +16,22 @@ the one ComfyUI built from the same config: a key missing from a checkpoint's co
 the value ComfyUI gives it. (Lightricks' ltx-core uses other defaults for a few keys, e.g.
 ``use_middle_indices_grid``; real checkpoints spell these keys out.)
 
-The variant ("2.0" for the 19B LTX-2, "2.3" for the 22B LTX-2.3) is what the checkpoint
-declares: its ``model_version`` when present, else its transformer config's 2.3 features
-(gated attention, caption projection before the connectors). It is never inferred from
-tensor sizes.
+The variant ("2.0" for the 19B LTX-2, "2.3" for the 22B LTX-2.3, "2.5" for the 22B
+LTX-2.5) is what the checkpoint declares: its ``model_version`` when present (Lightricks'
+files carry it from 2.3 on; ltx-core requires it, with ``gemma_source_checkpoint``, from
+2.4 on); else a ``gemma_source_checkpoint`` entry (only the Gemma 4 generation declares
+one: 2.5); else its transformer config's features — 2.5's (``ff_bias`` false or the
+keyframe embedding), 2.3's (gated attention, caption projection before the connectors).
+It is never inferred from tensor sizes.
+
+LTX-2.5 switches (ComfyUI's constructor names and defaults, which ltx-core shares):
+``ff_bias`` / ``audio_ff_bias`` (biases of the blocks' video / audio feed-forward),
+``use_prompt_adaln_single`` (the prompt-side AdaLN MLP of the text cross-attention; without
+it the K/V modulation is the per-block table alone) and ``use_keyframes_abs_pos_embedding``
+(a learned [1, D] vector added after ``patchify_proj`` to the tokens of single-pixel-frame
+latents). ComfyUI reads the first three from the config and the last from the key's
+presence (``model_detection``: it overrides the config), ltx-core reads all four from the
+config; a checkpoint's state dict decides here as in ComfyUI.
 """
 from __future__ import annotations
 
@@ -53,7 +65,11 @@ class LTX2Config:
     caption_projection_first_linear: bool = True  # with the above: a norm+linear in the model (else none)
     # block switches
     apply_gated_attention: bool = False  # 2.3: per-head gates (to_gate_logits)
-    cross_attention_adaln: bool = False  # AdaLN on text cross-attention (prompt_adaln_single)
+    cross_attention_adaln: bool = False  # AdaLN on text cross-attention (9-row tables)
+    use_prompt_adaln_single: bool = True  # with the above: prompt_adaln_single MLPs (2.5 may drop them)
+    ff_bias: bool = True  # 2.5: false (video feed-forward without biases)
+    audio_ff_bias: bool = True
+    use_keyframes_abs_pos_embedding: bool = False  # 2.5: keyframes_abs_pos_embedding [1, D]
     # positions and timesteps
     positional_embedding_max_pos: tuple = (20, 2048, 2048)
     audio_positional_embedding_max_pos: tuple = (20,)
@@ -99,6 +115,11 @@ class LTX2Config:
         return 9 if self.cross_attention_adaln else 6
 
     @property
+    def has_prompt_adaln(self) -> bool:
+        """Whether the model has ``prompt_adaln_single`` / ``audio_prompt_adaln_single``."""
+        return self.cross_attention_adaln and self.use_prompt_adaln_single
+
+    @property
     def has_caption_projection(self) -> bool:
         return (not self.caption_proj_before_connector) or self.caption_projection_first_linear
 
@@ -126,7 +147,7 @@ class LTX2Config:
     # ---------------------------------------------------------------- parsing
     @classmethod
     def from_transformer_config(cls, tcfg: Mapping[str, Any], model_version: str = "",
-                                base: Optional["LTX2Config"] = None) -> "LTX2Config":
+                                base: Optional["LTX2Config"] = None, gemma_source: bool = False) -> "LTX2Config":
         """Apply a checkpoint's ``config["transformer"]`` over ``base`` (ComfyUI's defaults)."""
         c = base or cls()
         names = {f.name for f in fields(cls)}
@@ -156,7 +177,9 @@ class LTX2Config:
             raise ConfigError(f"unknown rope_type {c.rope_type!r} in the checkpoint config")
         if c.frequencies_precision not in ("float32", "float64"):
             raise ConfigError(f"unknown frequencies_precision {c.frequencies_precision!r}")
-        return replace(c, variant=variant_of(tcfg, model_version), model_version=model_version or "")
+        for k in ("ff_bias", "audio_ff_bias", "use_prompt_adaln_single", "use_keyframes_abs_pos_embedding"):
+            object.__setattr__(c, k, bool(getattr(c, k)))
+        return replace(c, variant=variant_of(tcfg, model_version, gemma_source), model_version=model_version or "")
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any], shapes: Optional[Mapping[str, tuple]] = None) -> "LTX2Config":
@@ -182,7 +205,14 @@ class LTX2Config:
                 upd["attention_head_dim"] = k[0] // 32
                 upd["cross_attention_dim"] = k[1]
             base = replace(base, **upd)
-        return cls.from_transformer_config(tcfg, str(metadata.get("model_version") or ""), base)
+        c = cls.from_transformer_config(tcfg, str(metadata.get("model_version") or ""), base,
+                                        gemma_source=bool(metadata.get("gemma_source_checkpoint")))
+        if shapes:  # ComfyUI: the key's presence, over whatever the config says
+            c = replace(c, use_keyframes_abs_pos_embedding="keyframes_abs_pos_embedding" in s)
+            c = replace(c, variant=variant_of({**tcfg, "use_keyframes_abs_pos_embedding":
+                                               c.use_keyframes_abs_pos_embedding},
+                                              c.model_version, bool(metadata.get("gemma_source_checkpoint"))))
+        return c
 
     @classmethod
     def from_state_dict_shapes(cls, shapes: Mapping[str, tuple], transformer_config: Optional[Mapping] = None,
@@ -220,6 +250,10 @@ class LTX2Config:
             caption_proj_before_connector=before, caption_projection_first_linear=first_linear if before else True,
             connector_apply_gated_attention=conn_gated,
             connector_num_layers=_count_blocks(s, "video_embeddings_connector.transformer_1d_blocks."),
+            ff_bias="transformer_blocks.0.ff.net.0.proj.bias" in s,
+            audio_ff_bias="transformer_blocks.0.audio_ff.net.0.proj.bias" in s,
+            use_prompt_adaln_single=(not adaln9) or "prompt_adaln_single.linear.weight" in s,
+            use_keyframes_abs_pos_embedding="keyframes_abs_pos_embedding" in s,
         )
         if cap is not None:
             upd["caption_channels"] = cap
@@ -237,11 +271,17 @@ class LTX2Config:
         reg = s.get("video_embeddings_connector.learnable_registers")
         upd["connector_num_learnable_registers"] = reg[0] if reg is not None else 0
         base = replace(cls(), **upd)
-        c = cls.from_transformer_config(transformer_config or {}, model_version, base) if transformer_config \
-            else replace(base, variant=variant_of({"apply_gated_attention": gated,
-                                                    "caption_proj_before_connector": before}, model_version),
-                         model_version=model_version)
-        return c
+        shown = {k: upd[k] for k in ("ff_bias", "audio_ff_bias", "use_prompt_adaln_single",
+                                     "use_keyframes_abs_pos_embedding")}
+        if transformer_config:
+            c = cls.from_transformer_config(transformer_config, model_version, base)
+            # what the keys show wins, as in ComfyUI (a config cannot add or drop tensors)
+            c = replace(c, **shown)
+        else:
+            c = replace(base, model_version=model_version)
+        return replace(c, variant=variant_of({"apply_gated_attention": c.apply_gated_attention,
+                                              "caption_proj_before_connector": c.caption_proj_before_connector,
+                                              **shown}, model_version))
 
     @classmethod
     def from_module(cls, root) -> "LTX2Config":
@@ -272,6 +312,10 @@ class LTX2Config:
             caption_projection_first_linear=bool(g("caption_projection_first_linear", True)),
             apply_gated_attention=getattr(blk.attn1, "to_gate_logits", None) is not None,
             cross_attention_adaln=bool(g("cross_attention_adaln", False)),
+            use_prompt_adaln_single=bool(g("use_prompt_adaln_single", True)),
+            ff_bias=getattr(blk.ff.net[0].proj, "bias", None) is not None,
+            audio_ff_bias=getattr(blk.audio_ff.net[0].proj, "bias", None) is not None,
+            use_keyframes_abs_pos_embedding=getattr(root, "keyframes_abs_pos_embedding", None) is not None,
             positional_embedding_max_pos=tuple(g("positional_embedding_max_pos")),
             audio_positional_embedding_max_pos=tuple(g("audio_positional_embedding_max_pos")),
             causal_temporal_positioning=bool(g("causal_temporal_positioning", False)),
@@ -292,17 +336,28 @@ class LTX2Config:
         )
         if not getattr(vconn, "double_precision_rope", True):
             raise ConfigError("connectors without double-precision RoPE are not supported")
-        return replace(c, variant=variant_of({"apply_gated_attention": c.apply_gated_attention,
-                                              "caption_proj_before_connector": c.caption_proj_before_connector}))
+        mv = str(getattr(root, "ltx2_model_version", "") or "")
+        return replace(c, model_version=mv, variant=variant_of(
+            {"apply_gated_attention": c.apply_gated_attention,
+             "caption_proj_before_connector": c.caption_proj_before_connector,
+             "ff_bias": c.ff_bias, "use_keyframes_abs_pos_embedding": c.use_keyframes_abs_pos_embedding}, mv))
 
 
-def variant_of(tcfg: Mapping[str, Any], model_version: str = "") -> str:
-    """"2.0" or "2.3": the declared ``model_version`` when present, else the config's 2.3
-    features (gated attention, caption projection before the connectors)."""
+def variant_of(tcfg: Mapping[str, Any], model_version: str = "", gemma_source: bool = False) -> str:
+    """"2.0", "2.3" or "2.5" (or whatever ``model_version`` declares, e.g. "2.4"): the declared
+    ``model_version`` when present (major.minor; pre-release tags "2.5-rc1" / "2.5.rc1" count
+    as their generation, as in ltx-pipelines); else "2.5" when the file declares a
+    ``gemma_source_checkpoint`` (the Gemma 4 generation); else the config's features: 2.5's
+    (``ff_bias`` false, or ``use_keyframes_abs_pos_embedding``), then 2.3's (gated attention,
+    caption projection before the connectors)."""
     if model_version:
-        m = re.match(r"\s*(\d+)\.(\d+)", str(model_version))
+        m = re.match(r"\s*v?(\d+)[.\-_](\d+)", str(model_version))
         if m:
             return f"{int(m.group(1))}.{int(m.group(2))}"
+    if gemma_source:
+        return "2.5"
+    if tcfg.get("ff_bias", True) is False or tcfg.get("use_keyframes_abs_pos_embedding"):
+        return "2.5"
     if tcfg.get("apply_gated_attention") or tcfg.get("caption_proj_before_connector"):
         return "2.3"
     return "2.0"

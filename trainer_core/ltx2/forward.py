@@ -54,6 +54,19 @@ Modes
 - video → audio / audio → video: the video + audio forward with σ = 0 on every token of the
   given modality (the engine then takes no loss on it).
 
+LTX-2.5
+-------
+``ff_bias`` false: the video feed-forward has no biases (the modules say so; nothing to do
+here). ``use_keyframes_abs_pos_embedding``: the learned [1, D] vector is added right after
+``patchify_proj`` to the tokens of the first latent frame (:func:`keyframes_mask`), as
+ComfyUI's ``apply_keyframes_abs_pos_embedding`` and ltx-core's
+``apply_keyframes_absolute_embedding`` do. ``use_prompt_adaln_single`` false (no prompt
+AdaLN MLPs): the text cross-attention's K/V modulation is the per-block
+``prompt_scale_shift_table`` alone, as in ltx-core (ComfyUI 0.33 builds such a model but
+its forward raises: ``apply_cross_attention_adaln`` reshapes the missing prompt timestep).
+With the MLPs (the default), the prompt timestep is the sample's largest token σ·1000, as in
+ComfyUI (``compute_prompt_timestep``) and ltx-core (``Modality.sigma``).
+
 Not supported (yet): ComfyUI's keyframe / guide tokens (``keyframe_idxs``, guide attention
 masks), reference audio (``ref_audio``), text attention masks (ComfyUI's LTX-2 text encoder
 gives none: the connectors replace padding with their learnable registers).
@@ -283,6 +296,17 @@ def video_positions(grid: tuple, c: LTX2Config, fps: float, device) -> torch.Ten
     return torch.cat([(pix[:, 0] * (1.0 / fps)).unsqueeze(1), pix[:, 1:]], dim=1)
 
 
+def keyframes_mask(grid: tuple, c: LTX2Config, device) -> torch.Tensor:
+    """[N] bool: the video tokens that get LTX-2.5's ``keyframes_abs_pos_embedding`` — those
+    whose latent encodes a single standalone pixel frame, told as ComfyUI tells them
+    (``keyframes_abs_pos_mask``): temporal start == 0 in pixel coordinates. The causal video
+    VAE's first latent frame covers one pixel frame, so with or without causal temporal
+    positioning this is latent frame 0 (ltx-core's ``keyframes_mask``: the target's first
+    latent frame). The training forward has no guide / keyframe-slot tokens, which both mark
+    otherwise."""
+    return video_positions(grid, c, 1.0, device)[0, 0, :, 0] == 0
+
+
 def audio_positions(t: int, device) -> torch.Tensor:
     """[1, 1, T, 2] float32: (start, end) of each audio latent in seconds (causal mel frames)."""
     def secs(a, b):
@@ -489,8 +513,11 @@ def _text_cross(x, args: StreamArgs, attn, table, prompt_table, cross_adaln: boo
     if cross_adaln:
         shift_q, scale_q, gate = args.mod.get(table, slice(6, 9))
         b = x.shape[0]
-        shift_kv, scale_kv = (prompt_table.to(device=x.device, dtype=x.dtype)[None, None]
-                              + args.prompt.reshape(b, args.prompt.shape[1], 2, -1)).unbind(dim=2)
+        kv = prompt_table.to(device=x.device, dtype=x.dtype)[None, None]
+        if args.prompt is not None:  # the prompt AdaLN MLP's σ-dependent part
+            kv = kv + args.prompt.reshape(b, args.prompt.shape[1], 2, -1)
+        # else (use_prompt_adaln_single false): the per-block table alone, as ltx-core
+        shift_kv, scale_kv = kv.unbind(dim=2)
         q_in = rms(x) * (1 + scale_q) + shift_q
         ctx = args.context * (1 + scale_kv) + shift_kv
         return attention(attn, q_in, ctx) * gate
@@ -643,9 +670,13 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
             raise ValueError(f"video grid {grid} has {math.prod(grid)} tokens, the input has {n}")
         vsig = _sigma_bn(sigma, b, n)
         vx = root.patchify_proj(tokens.to(dtype))
+        kf = getattr(root, "keyframes_abs_pos_embedding", None) if c.use_keyframes_abs_pos_embedding else None
+        if kf is not None:
+            mask = cache.get(("kf", grid, device, _ckey(c)), lambda: keyframes_mask(grid, c, device))
+            vx = vx + mask.to(dtype).unsqueeze(-1) * kf.to(device=device, dtype=dtype)
         mod, v_out_mod = _per_token_mod(root.adaln_single, vsig * tsm, dtype, c.adaln_params)
         prompt = None
-        if c.cross_attention_adaln:
+        if c.has_prompt_adaln:
             prompt = _per_sample_mod(root.prompt_adaln_single, (vsig * tsm).amax(dim=1), dtype, 2).values
         pe = cache.get(("v", grid, float(fps), device, dtype, _ckey(c)),
                        lambda: rope_tables(video_positions(grid, c, fps, device), c.inner_dim, c.num_attention_heads,
@@ -661,7 +692,7 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
         ax = root.audio_patchify_proj(tokens.to(dtype))
         mod, a_out_mod = _per_token_mod(root.audio_adaln_single, asig * tsm, dtype, c.adaln_params)
         prompt = None
-        if c.cross_attention_adaln:
+        if c.has_prompt_adaln:
             prompt = _per_sample_mod(root.audio_prompt_adaln_single, (asig * tsm).amax(dim=1), dtype, 2).values
         pe = cache.get(("a", t, device, dtype, _ckey(c)),
                        lambda: rope_tables(audio_positions(t, device), c.audio_inner_dim, c.audio_num_attention_heads,

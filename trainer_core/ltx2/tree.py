@@ -40,15 +40,18 @@ class Attention(nn.Module):
 
 
 class _GeluProj(nn.Module):
-    def __init__(self, dim_in: int, dim_out: int):
+    def __init__(self, dim_in: int, dim_out: int, bias: bool = True):
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out)
+        self.proj = nn.Linear(dim_in, dim_out, bias=bias)
 
 
 class FeedForward(nn.Module):
-    def __init__(self, dim: int, mult: int = 4):
+    """GELU-tanh MLP; ``bias=False`` drops both linears' biases (LTX-2.5's ``ff_bias``)."""
+
+    def __init__(self, dim: int, mult: int = 4, bias: bool = True):
         super().__init__()
-        self.net = nn.Sequential(_GeluProj(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim))
+        self.net = nn.Sequential(_GeluProj(dim, dim * mult, bias), nn.Dropout(0.0),
+                                 nn.Linear(dim * mult, dim, bias=bias))
 
 
 class _TimestepEmbedder(nn.Module):
@@ -125,8 +128,8 @@ class AVBlock(nn.Module):
         self.audio_attn2 = Attention(a, ah, ad, context_dim=c.audio_cross_attention_dim, gated=g)
         self.audio_to_video_attn = Attention(v, ah, ad, context_dim=a, gated=g)  # Q video, K/V audio
         self.video_to_audio_attn = Attention(a, ah, ad, context_dim=v, gated=g)  # Q audio, K/V video
-        self.ff = FeedForward(v)
-        self.audio_ff = FeedForward(a)
+        self.ff = FeedForward(v, bias=c.ff_bias)
+        self.audio_ff = FeedForward(a, bias=c.audio_ff_bias)
         k = c.adaln_params
         self.scale_shift_table = nn.Parameter(torch.empty(k, v))
         self.audio_scale_shift_table = nn.Parameter(torch.empty(k, a))
@@ -149,8 +152,10 @@ class LTX2AVTransformer(nn.Module):
         self.ltx2_config = c
         v, a = c.inner_dim, c.audio_inner_dim
         self.patchify_proj = nn.Linear(c.in_channels, v)
+        if c.use_keyframes_abs_pos_embedding:  # 2.5: added to single-pixel-frame tokens
+            self.keyframes_abs_pos_embedding = nn.Parameter(torch.zeros(1, v))
         self.adaln_single = AdaLNSingle(v, c.adaln_params)
-        if c.cross_attention_adaln:
+        if c.has_prompt_adaln:
             self.prompt_adaln_single = AdaLNSingle(v, 2)
         if not c.caption_proj_before_connector:
             self.caption_projection = PixArtTextProjection(c.caption_channels, v)
@@ -158,7 +163,7 @@ class LTX2AVTransformer(nn.Module):
             self.caption_projection = NormLinearTextProjection(c.caption_channels, v)
         self.audio_patchify_proj = nn.Linear(c.audio_in_channels, a)
         self.audio_adaln_single = AdaLNSingle(a, c.adaln_params)
-        if c.cross_attention_adaln:
+        if c.has_prompt_adaln:
             self.audio_prompt_adaln_single = AdaLNSingle(a, 2)
         self.av_ca_video_scale_shift_adaln_single = AdaLNSingle(v, 4)
         self.av_ca_a2v_gate_adaln_single = AdaLNSingle(v, 1)

@@ -1,9 +1,10 @@
 """Test-only ComfyUI node pack, loaded into the e2e server beside the real pack: stands in
-for the LTX-2 text encoder (Gemma 3 12B, which has no tiny form) at its own boundary and
-nowhere else. Its CLIP object answers the calls ComfyUI's CLIPTextEncode and our Encode
+for the LTX-2 text encoder (Gemma 3 12B for LTX-2.0/2.3, Gemma 4 12B with the bundled
+projections for LTX-2.5; neither has a tiny form) at its own boundary and nowhere else. Its CLIP object answers the calls ComfyUI's CLIPTextEncode and our Encode
 Latents make, and returns conditioning of the true layout: the LTX-AV text encoder's
 unprocessed output, [1, tokens, width], flagged ``unprocessed_ltxav_embeds`` exactly as
-ComfyUI's LTXAV encoder flags it. Same text, same tensor (seeded by the text)."""
+ComfyUI's LTXAV encoder flags it (width: 2.0's single projection, or for 2.3 / 2.5 the dual
+video ‖ audio projection's cross_attention_dim + audio_cross_attention_dim). Same text, same tensor (seeded by the text)."""
 import hashlib
 
 import torch
