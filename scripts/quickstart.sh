@@ -12,6 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 COMFY=${COMFYUI_PATH:-/opt/ComfyUI}
+# this project's own machines keep the reference ComfyUI beside the repository
+if [ -z "${COMFYUI_PATH:-}" ] && [ ! -f "$COMFY/main.py" ] && [ -f ../shared/ComfyUI/main.py ]; then
+  COMFY=$(cd ../shared/ComfyUI && pwd)
+fi
 if [ ! -f "$COMFY/main.py" ]; then
   echo "ComfyUI not found at $COMFY: set COMFYUI_PATH to your ComfyUI checkout" >&2
   exit 1
@@ -24,6 +28,9 @@ ln -sfn "$REPO" "$BASE/custom_nodes/comfyui-ltx2-lora-trainer"
 [ -f "$BASE/models/checkpoints/ltx2-tiny-2.0.safetensors" ] || \
   "$PY" -m trainer_core.tiny_checkpoint --variant ltx-2.0 --out "$BASE/models/checkpoints/ltx2-tiny-2.0.safetensors" \
     --cache "$BASE/output/ltx2_cache/ltx2_install_check"
+[ -f "$BASE/models/diffusion_models/ltx2-tiny-2.5-transformer.safetensors" ] || \
+  "$PY" -m trainer_core.tiny_checkpoint --variant ltx-2.5 --tiny-names --out "$BASE/models" \
+    --cache "$BASE/output/ltx2_cache/ltx25_install_check"
 [ -d "$BASE/input/demo" ] || "$PY" -c "import sys; sys.path.insert(0, '.'); from tests.core.mediagen import make_dataset; make_dataset(sys.argv[1])" "$BASE/input/demo"
 CPU=""
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || CPU="--cpu"
