@@ -63,10 +63,20 @@ def pytest_report_header(config):
     return lines
 
 
+# Tests against Lightricks' own code (ltx-core / ltx-trainer) need a Lightricks/LTX-2 source
+# outside the repo (scripts/setup.sh). Where none is on the machine they skip with this text,
+# and only LTX2_REQUIRE_OFFICIAL=1 (set by .ci/run whenever a source is there) makes that fail.
+OFFICIAL_UNAVAILABLE = "official stack unavailable"
+_OFFICIAL_SKIPS: list[str] = []
+
+
 def pytest_runtest_logreport(report):
     if report.skipped and _strict():
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        _SKIPPED.append(f"{report.nodeid}: {reason}")
+        if OFFICIAL_UNAVAILABLE in reason and not os.environ.get("LTX2_REQUIRE_OFFICIAL"):
+            _OFFICIAL_SKIPS.append(f"{report.nodeid}: {reason}")
+        else:
+            _SKIPPED.append(f"{report.nodeid}: {reason}")
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -78,6 +88,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if _SKIPPED and _strict():
         terminalreporter.section("skipped tests fail this run (CI: every layer must run)", red=True)
         for line in _SKIPPED:
+            terminalreporter.write_line(line)
+    if _OFFICIAL_SKIPS:
+        terminalreporter.section("no Lightricks/LTX-2 source on this machine: official-stack tests skipped",
+                                 yellow=True)
+        for line in _OFFICIAL_SKIPS[:5]:
             terminalreporter.write_line(line)
 
 

@@ -86,7 +86,7 @@ def _why_unavailable():
 WHY = _why_unavailable()
 if WHY and os.environ.get("LTX2_REQUIRE_OFFICIAL"):
     raise RuntimeError(f"LTX2_REQUIRE_OFFICIAL is set but the official stack is unavailable: {WHY}")
-pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
+pytestmark = pytest.mark.skipif(WHY is not None, reason=f"official stack unavailable: {WHY}")
 
 F_, H_, W_, T_, L_, FPS = 3, 2, 3, 20, 16, 24.0
 _CACHE: dict = {}

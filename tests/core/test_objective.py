@@ -56,7 +56,7 @@ def _official_sampler_module():
 
 
 OFFICIAL, WHY_NO_OFFICIAL = _official_sampler_module()
-needs_official = pytest.mark.skipif(OFFICIAL is None, reason=WHY_NO_OFFICIAL or "")
+needs_official = pytest.mark.skipif(OFFICIAL is None, reason=f"official stack unavailable: {WHY_NO_OFFICIAL}")
 
 
 @needs_official

@@ -22,7 +22,7 @@ try:
     off._import_ltx_core()
     WHY = None
 except Exception as e:  # pragma: no cover - depends on the environment
-    WHY = f"ltx-core / PEFT not importable: {e}"
+    WHY = f"official stack unavailable: ltx-core / PEFT not importable: {e}"
 
 
 @pytest.mark.skipif(WHY is not None, reason=WHY or "")
