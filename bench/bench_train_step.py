@@ -383,7 +383,7 @@ def stream_equality(root, inputs, dev, model, gpu, steps=3, budget=24.0) -> dict
 
 def bench_official(variant: str, shapes: list[str], steps: int, warmup: int) -> list[dict]:
     """The official stack (ltx-core + PEFT, see official_stack.py) at the same shapes."""
-    from official_stack import build_official, lora_param_count, official_inputs, official_step_fn
+    from official_stack import build_official, describe, lora_param_count, official_inputs, official_step_fn
 
     dev = torch.device("cuda")
     tcfg = full_config(variant)["transformer"]
@@ -407,8 +407,8 @@ def bench_official(variant: str, shapes: list[str], steps: int, warmup: int) -> 
         rec = {"stack": "official", "model": "ltx-2.0-19b" if variant == "ltx-2.0" else "ltx-2.3-22b", "shape": shape,
                "audio": True, "budget_gib": None, "s_per_step": round(s, 4), "peak_vram_gib": round(peak, 2),
                "mfu": round(2 * fl / s / gpu_peak(name), 4) if (fl and times) else None, "gpu": name,
-               "what": "ltx-core 1.0.0 LTXModel, PEFT LoRA r32 on to_q/to_k/to_v/to_out.0, per-block checkpointing, "
-                       "bf16 autocast, fused AdamW", "lora_params": lora_param_count(model), "steps_timed": len(times),
+               "what": f"{describe()}: LTXModel, PEFT LoRA r32 on to_q/to_k/to_v/to_out.0, "
+                       "per-block checkpointing, bf16 autocast, fused AdamW", "lora_params": lora_param_count(model), "steps_timed": len(times),
                "torch": torch.__version__}
         if err:
             rec["error"] = err
