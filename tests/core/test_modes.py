@@ -22,7 +22,7 @@ from trainer_core import modes as md
 from trainer_core import objective as ob
 from trainer_core import tiny_checkpoint
 from trainer_core.ltx2 import LTX2Config
-from trainer_core.ltx2.forward import audio_positions, video_positions
+from trainer_core.ltx2.forward import audio_positions, forward_av, video_positions
 
 MODES_COMMIT = os.environ.get("LTX2_MODES_COMMIT", "400fd31")
 
@@ -319,3 +319,59 @@ def test_prepare_draws_through_the_generator_only():
     b = md.prepare(mode, lat, grids, torch.Generator().manual_seed(5), references=refs, config=CFG, fps=FPS)
     for k in ("video", "audio"):
         assert torch.equal(getattr(a, k).x_t, getattr(b, k).x_t) and torch.equal(getattr(a, k).sigma, getattr(b, k).sigma)
+
+
+# ---------------------------------------------------------------------------- the forward with references
+
+
+def _parity():
+    from tests.core import test_ltxcore_parity as P
+    return P
+
+
+@needs_official
+@pytest.mark.parametrize("case", ["v2v_scaled_half", "av2av_scaled", "frozen_video_with_reference"])
+def test_forward_with_references_matches_ltx_core(case, tmp_path):
+    """Our forward_av with video_reference / audio_reference against ltx-core's LTXModel on the
+    official flexible strategy's own Modality (reference tokens in front, σ = 0, their
+    positions), same weights: the target tokens' velocities agree."""
+    P = _parity()
+    if P.WHY:
+        pytest.skip(P.WHY)
+    from ltx_core.guidance.perturbations import BatchedPerturbationConfig
+
+    variant = "2.3"
+    ours, off_model, proc, c = P.models(variant)
+    feats, (venc, aenc, bmask) = P.text(variant, proc, B)
+    mode, scale = COMPOSED[case]
+    off, _, mine, _, _ = _run_both(mode, tmp_path, seed=4, ref_scale=scale)
+    _check_inputs(off, mine)
+    tv = dataclasses.replace(off.video, context=venc, context_mask=bmask) if off.video is not None else None
+    ta = dataclasses.replace(off.audio, context=aenc, context_mask=bmask) if off.audio is not None else None
+
+    def args(si):
+        if si is None:
+            return None, None
+        ref = None if si.ref_tokens is None else (si.ref_tokens, si.ref_positions)
+        return (si.x_t, si.sigma, si.grid), ref
+
+    (mv, vref), (ma, aref) = args(mine.video), args(mine.audio)
+    with torch.no_grad():
+        v1, a1 = forward_av(ours, mv, ma, context=feats, text=P.our_text(variant, B), fps=FPS, dtype=torch.float32,
+                            config=c, video_reference=vref, audio_reference=aref)
+        v2, a2 = off_model(tv, ta, BatchedPerturbationConfig.empty(B))
+        v0, a0 = forward_av(ours, mv, ma, context=feats, text=P.our_text(variant, B), fps=FPS, dtype=torch.float32,
+                            config=c)
+    # the references matter: without them the outputs are far from ltx-core's
+    gen = mine.video if mine.video.target is not None else mine.audio
+    far = P.rel(v0, v2[:, mine.video.n_ref:]) if gen is mine.video else P.rel(a0, a2[:, mine.audio.n_ref:])
+    assert far > 1e-3, far
+    errs = {}
+    if v1 is not None:
+        assert v1.shape == mine.video.x_t.shape
+        errs["video"] = P.rel(v1, v2[:, mine.video.n_ref:])
+    if a1 is not None:
+        assert a1.shape == mine.audio.x_t.shape
+        errs["audio"] = P.rel(a1, a2[:, mine.audio.n_ref:])
+    print(f"forward with references vs ltx-core, {case}: {errs}")
+    assert errs and all(e < P.TOL for e in errs.values()), errs
