@@ -375,3 +375,50 @@ def test_forward_with_references_matches_ltx_core(case, tmp_path):
         errs["audio"] = P.rel(a1, a2[:, mine.audio.n_ref:])
     print(f"forward with references vs ltx-core, {case}: {errs}")
     assert errs and all(e < P.TOL for e in errs.values()), errs
+
+
+# ---------------------------------------------------------------------------- training on the tiny tree
+
+
+@pytest.mark.parametrize("name", ["av2av_ic_lora"])
+def test_mode_trains_tiny_tree_with_lora(name):
+    """A mode's inputs through our tiny tree (build_tree + init_weights) with a LoRA: the loss
+    of one sample (fixed draws) falls when overfitting it, and only the LoRA learns."""
+    from trainer_core.lora import LoRASet, LoRASpec
+    from trainer_core.ltx2 import build_tree
+    from trainer_core.ltx2.tree import init_weights
+
+    c = CFG
+    root = init_weights(build_tree(c, init="empty"), seed=3)
+    for p in root.parameters():
+        p.requires_grad_(False)
+    lora = LoRASet.for_model(root, LoRASpec(rank=4, alpha=4, preset="all attention"), seed=0).attach(root)
+    opt = torch.optim.Adam(lora.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    b, f, h, w, t = 1, 3, 2, 4, 8
+    mode = _adapt(md.PRESETS[name])
+    lat = {"video": torch.randn(b, f * h * w, C, generator=g), "audio": torch.randn(b, t, C, generator=g)}
+    refs = {"video": md.VideoRef(torch.randn(b, f * 1 * 2, C, generator=g), (f, 1, 2), FPS),
+            "audio": torch.randn(b, 5, C, generator=g)}
+    masks = {"video": torch.rand(b, f, h, w, generator=g)}
+    ctx = torch.randn(b, 6, tiny_checkpoint.text_context_width("2.3", processed=False), generator=g)
+    grids = {"video": (f, h, w), "audio": (t,)}
+    from trainer_core.ltx2.forward import prepare_text
+    with torch.no_grad():  # the text path is frozen: prepared once
+        text = prepare_text(root, c, ctx, torch.float32)
+    losses = []
+    for _ in range(12):
+        inp = md.prepare(mode, lat, grids, torch.Generator().manual_seed(1), masks=masks, references=refs,
+                         config=c, fps=FPS)
+        ref = lambda si: None if si is None or si.ref_tokens is None else (si.ref_tokens, si.ref_positions)  # noqa: E731
+        arg = lambda si: None if si is None else (si.x_t, si.sigma, si.grid)  # noqa: E731
+        v, a = forward_av(root, arg(inp.video), arg(inp.audio), context=ctx, text=text, fps=FPS, config=c,
+                          video_reference=ref(inp.video), audio_reference=ref(inp.audio))
+        loss = inp.loss(v, a).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert all(map(lambda x: x == x, losses))
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert all(p.grad is None for p in root.parameters() if not p.requires_grad)
