@@ -422,3 +422,35 @@ def test_mode_trains_tiny_tree_with_lora(name):
     assert all(map(lambda x: x == x, losses))
     assert losses[-1] < 0.8 * losses[0], losses
     assert all(p.grad is None for p in root.parameters() if not p.requires_grad)
+
+
+def test_make_predict_passes_a_streams_reference():
+    """The engine's predict forwards an optional ``reference`` (tokens, positions) of a
+    stream's input to forward_av, and without one the output is the plain forward's."""
+    from types import SimpleNamespace
+
+    from trainer_core.ltx2 import build_tree, make_predict
+
+    root = build_tree(CFG, seed=5)
+    g = torch.Generator().manual_seed(2)
+    f, h, w = 2, 2, 2
+    tok = torch.randn(1, f * h * w, C, generator=g)
+    sig = torch.full((1, f * h * w), 0.6)
+    rt = torch.randn(1, 2, C, generator=g)
+    rp = md.reference_video_positions((2, 1, 1), (f, h, w), CFG, FPS)  # half-size reference
+    ctx = torch.randn(1, 5, tiny_checkpoint.text_context_width("2.3", processed=False), generator=g)
+    predict = make_predict(checkpointing=False)
+    with_ref = SimpleNamespace(video=SimpleNamespace(tokens=tok, sigma=sig, grid=(f, h, w), reference=(rt, rp)),
+                               audio=None, text={"context": ctx}, fps=FPS)
+    plain = SimpleNamespace(video=SimpleNamespace(tokens=tok, sigma=sig, grid=(f, h, w)), audio=None,
+                            text={"context": ctx}, fps=FPS)
+    v_ref, _ = predict(root, with_ref)
+    v_plain, _ = predict(root, plain)
+    with torch.no_grad():
+        direct, _ = forward_av(root, (tok, sig, (f, h, w)), None, context=ctx, fps=FPS, config=CFG,
+                               video_reference=(rt, rp))
+        direct_plain, _ = forward_av(root, (tok, sig, (f, h, w)), None, context=ctx, fps=FPS, config=CFG)
+    assert v_ref.shape == tok.shape
+    torch.testing.assert_close(v_ref.detach(), direct, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(v_plain.detach(), direct_plain, atol=1e-5, rtol=1e-5)
+    assert (v_ref.detach() - v_plain.detach()).abs().max() > 1e-4

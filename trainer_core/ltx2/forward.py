@@ -825,6 +825,15 @@ def _ckey(c: LTX2Config) -> tuple:
 
 # ============================================================================ predict
 
+def _reference_of(stream) -> Optional[tuple]:
+    """A stream's IC-LoRA reference (tokens [B, R, C], positions) if it carries one: an
+    optional ``reference`` attribute of the engine's per-modality input (None: none)."""
+    ref = getattr(stream, "reference", None) if stream is not None else None
+    if ref is None:
+        return None
+    return _normal(ref[0]), ref[1]
+
+
 def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = None,
                  fix_inference_weights: bool = True, rope_cache_size: int = 8,
                  config: Optional[LTX2Config] = None, compile_blocks: Any = False,
@@ -953,7 +962,9 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
                 return forward_av(root, vid, aud, context=ctx, fps=float(inputs.fps), checkpointing=checkpointing,
                                   dtype=cd, config=c, unprocessed_text=unproc, rope_cache=cache,
                                   block_fn=fn, modes=modes, streamer=state["streamer"],
-                                  offloader=state["offloader"])
+                                  offloader=state["offloader"],
+                                  video_reference=_reference_of(inputs.video),
+                                  audio_reference=_reference_of(inputs.audio))
 
     state: dict[str, Any] = {"streamer": None, "offloader": None, "modes": None}
 
