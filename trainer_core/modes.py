@@ -87,7 +87,8 @@ class TrainingMode:
         if self.audio is not None:
             for c in self.audio.conditions:
                 if c.kind in VIDEO_ONLY_KINDS:
-                    raise ValueError(f"mode {self.name}: {c.kind} is video-only (audio takes prefix, suffix, mask, reference)")
+                    raise ValueError(f"mode {self.name}: {c.kind} is video-only "
+                                     "(audio takes prefix, suffix, mask, reference)")
 
     @property
     def needs_video(self) -> bool:
@@ -164,7 +165,8 @@ def from_objective(m: "ob.Mode") -> TrainingMode:
     def s(role, conds=()):
         return None if role == ob.ABSENT else Stream(GENERATED if role == ob.GENERATED else FROZEN, conds)
     vc = (Condition("first_frame", m.first_frame_prob),) if m.first_frame_prob > 0 else ()
-    return TrainingMode(m.name, s(m.video, vc), s(m.audio), get(m.name).description if m.name in LEGACY or m.name in PRESETS else "")
+    desc = get(m.name).description if m.name in LEGACY or m.name in PRESETS else ""
+    return TrainingMode(m.name, s(m.video, vc), s(m.audio), desc)
 
 
 def table() -> list[tuple[str, str]]:
@@ -385,10 +387,10 @@ def build(mode: TrainingMode, latents: dict, draws: Draws, grids: dict, *, masks
                 continue
             ref = (references or {}).get(key)
             if ref is None:
-                raise ValueError(f"mode {mode.name}: the {key} reference condition needs reference latents for every sample")
+                raise ValueError(f"mode {mode.name}: the {key} reference condition needs reference latents "
+                                 "for every sample")
             toks = ref.tokens if isinstance(ref, VideoRef) else ref
             if key == "video":
-                from .ltx2.forward import video_positions  # noqa: F401  (config needed)
                 if config is None:
                     raise ValueError("video references need the model config (positions)")
                 pos = reference_video_positions(ref.grid, grid, config, fps, ref.fps, x0.device)
