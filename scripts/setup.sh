@@ -60,6 +60,24 @@ elif [ -d "$LTX2_MIRROR" ] && git -C "$LTX2_MIRROR" cat-file -e "$LTX2_COMMIT^{c
   fi
   [ -f "$dest/packages/ltx-core/pyproject.toml" ] && LTX2_TREE=$dest
 fi
+# Test-only, not installed: ltx-trainer's `flexible` training strategy (every training mode;
+# tests/core/test_modes.py compares our mode losses with it) appeared after $LTX2_COMMIT. Its
+# packages/ltx-trainer at $LTX2_MODES_COMMIT (default 400fd31) is extracted next to the other,
+# to ${HOME}/.cache/ltx2-src/<commit>; the test loads flexible.py from there by file path.
+LTX2_MODES_COMMIT=${LTX2_MODES_COMMIT:-400fd31}
+if [ -z "${LTX2_SRC:-}" ] && [ -d "$LTX2_MIRROR" ] && git -C "$LTX2_MIRROR" cat-file -e "$LTX2_MODES_COMMIT^{commit}" 2>/dev/null; then
+  mdest=${HOME:-/tmp}/.cache/ltx2-src/$LTX2_MODES_COMMIT
+  if [ ! -f "$mdest/packages/ltx-trainer/src/ltx_trainer/training_strategies/flexible.py" ]; then
+    tmp="$mdest.part.$$"
+    rm -rf "$tmp" && mkdir -p "$tmp"
+    if git -C "$LTX2_MIRROR" archive "$LTX2_MODES_COMMIT" packages/ltx-trainer | tar -x -C "$tmp"; then
+      rm -rf "$mdest" && mv "$tmp" "$mdest"
+    else
+      rm -rf "$tmp"
+      echo "could not extract ltx-trainer $LTX2_MODES_COMMIT: the training-mode parity tests will be skipped" >&2
+    fi
+  fi
+fi
 LTX_FIXED='import inspect; from ltx_core.model.transformer.transformer_args import MultiModalTransformerArgsPreprocessor as M; assert "modality_timesteps" in inspect.signature(M._prepare_cross_attention_timestep).parameters'
 if [ -n "$LTX2_TREE" ]; then
   pkgs=("$LTX2_TREE/packages/ltx-core")

@@ -612,12 +612,20 @@ def _sigma_bn(sigma: torch.Tensor, b: int, n: int) -> torch.Tensor:
     return sigma
 
 
+def _with_reference(positions: torch.Tensor, ref_positions: torch.Tensor) -> torch.Tensor:
+    """Reference positions in front of the target's, on a common batch size."""
+    ref_positions = ref_positions.to(device=positions.device, dtype=positions.dtype)
+    b = max(positions.shape[0], ref_positions.shape[0])
+    return torch.cat([ref_positions.expand(b, *ref_positions.shape[1:]), positions.expand(b, *positions.shape[1:])], dim=2)
+
+
 def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[tuple] = None, *,
                context: torch.Tensor, fps: float = 25.0, checkpointing: bool = False,
                dtype: Optional[torch.dtype] = None, config: Optional[LTX2Config] = None,
                unprocessed_text: bool = True, rope_cache: Optional[RopeCache] = None,
                text: Optional[tuple] = None, block_fn: Optional[Callable] = None,
                modes: Optional[Sequence[str]] = None, streamer: Any = None, offloader: Any = None,
+               video_reference: Optional[tuple] = None, audio_reference: Optional[tuple] = None,
                ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """The LTX-2 audio-video transformer forward, out of place.
 
@@ -637,6 +645,11 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
         the start of block ``i`` (forward and recomputation) to bring its weights in.
     offloader: an :class:`~trainer_core.ltx2.memory.ActivationOffloader` for the
         "offload" blocks (without one they run as "keep").
+    video_reference / audio_reference: (tokens [B, R, 128], RoPE positions [1 | B, n, R, 2])
+        of IC-LoRA reference latents (:func:`trainer_core.modes.reference_video_positions`,
+        :func:`audio_positions`): put in front of the stream's tokens (ltx-trainer's order),
+        clean (σ = 0), attending with them both ways; their outputs are dropped, so the
+        returned velocities cover the target tokens only. Without them the path is unchanged.
 
     Returns (video velocity [B, N, 128] or None, audio velocity [B, T, 128] or None).
     Must run with gradients enabled and outside inference mode to be trainable (use
@@ -669,19 +682,29 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
         if math.prod(grid) != n:
             raise ValueError(f"video grid {grid} has {math.prod(grid)} tokens, the input has {n}")
         vsig = _sigma_bn(sigma, b, n)
+        if video_reference is not None:
+            tokens = torch.cat([video_reference[0].to(tokens.dtype), tokens], dim=1)
+            vsig = torch.cat([vsig.new_zeros(b, video_reference[0].shape[1]), vsig], dim=1)
         vx = root.patchify_proj(tokens.to(dtype))
         kf = getattr(root, "keyframes_abs_pos_embedding", None) if c.use_keyframes_abs_pos_embedding else None
         if kf is not None:
             mask = cache.get(("kf", grid, device, _ckey(c)), lambda: keyframes_mask(grid, c, device))
+            if video_reference is not None:  # ltx-core marks the target's first frame only
+                mask = torch.cat([mask.new_zeros(video_reference[0].shape[1]), mask])
             vx = vx + mask.to(dtype).unsqueeze(-1) * kf.to(device=device, dtype=dtype)
         mod, v_out_mod = _per_token_mod(root.adaln_single, vsig * tsm, dtype, c.adaln_params)
         prompt = None
         if c.has_prompt_adaln:
             prompt = _per_sample_mod(root.prompt_adaln_single, (vsig * tsm).amax(dim=1), dtype, 2).values
-        pe = cache.get(("v", grid, float(fps), device, dtype, _ckey(c)),
-                       lambda: rope_tables(video_positions(grid, c, fps, device), c.inner_dim, c.num_attention_heads,
-                                           c.positional_embedding_max_pos, c.use_middle_indices_grid,
-                                           c.rope_type == "split", c.frequencies_precision == "float64", dtype))
+        if video_reference is None:
+            pe = cache.get(("v", grid, float(fps), device, dtype, _ckey(c)),
+                           lambda: rope_tables(video_positions(grid, c, fps, device), c.inner_dim, c.num_attention_heads,
+                                               c.positional_embedding_max_pos, c.use_middle_indices_grid,
+                                               c.rope_type == "split", c.frequencies_precision == "float64", dtype))
+        else:
+            v_pos = _with_reference(video_positions(grid, c, fps, device), video_reference[1])
+            pe = rope_tables(v_pos, c.inner_dim, c.num_attention_heads, c.positional_embedding_max_pos,
+                             c.use_middle_indices_grid, c.rope_type == "split", c.frequencies_precision == "float64", dtype)
         v = StreamArgs(v_ctx.to(dtype), mod, prompt, pe)
     if audio is not None:
         tokens, sigma, grid = audio
@@ -689,15 +712,23 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
         if tuple(int(g) for g in grid) != (t,):
             raise ValueError(f"audio grid {tuple(grid)} does not match {t} audio tokens")
         asig = _sigma_bn(sigma, b, t)
+        if audio_reference is not None:
+            tokens = torch.cat([audio_reference[0].to(tokens.dtype), tokens], dim=1)
+            asig = torch.cat([asig.new_zeros(b, audio_reference[0].shape[1]), asig], dim=1)
         ax = root.audio_patchify_proj(tokens.to(dtype))
         mod, a_out_mod = _per_token_mod(root.audio_adaln_single, asig * tsm, dtype, c.adaln_params)
         prompt = None
         if c.has_prompt_adaln:
             prompt = _per_sample_mod(root.audio_prompt_adaln_single, (asig * tsm).amax(dim=1), dtype, 2).values
-        pe = cache.get(("a", t, device, dtype, _ckey(c)),
-                       lambda: rope_tables(audio_positions(t, device), c.audio_inner_dim, c.audio_num_attention_heads,
-                                           c.audio_positional_embedding_max_pos, c.use_middle_indices_grid,
-                                           c.rope_type == "split", c.frequencies_precision == "float64", dtype))
+        if audio_reference is None:
+            pe = cache.get(("a", t, device, dtype, _ckey(c)),
+                           lambda: rope_tables(audio_positions(t, device), c.audio_inner_dim, c.audio_num_attention_heads,
+                                               c.audio_positional_embedding_max_pos, c.use_middle_indices_grid,
+                                               c.rope_type == "split", c.frequencies_precision == "float64", dtype))
+        else:
+            a_pos = _with_reference(audio_positions(t, device), audio_reference[1])
+            pe = rope_tables(a_pos, c.audio_inner_dim, c.audio_num_attention_heads, c.audio_positional_embedding_max_pos,
+                             c.use_middle_indices_grid, c.rope_type == "split", c.frequencies_precision == "float64", dtype)
         a = StreamArgs(a_ctx.to(dtype), mod, prompt, pe)
     if v is not None and a is not None:
         # Lightricks' formulation (ltx-core; ComfyUI since its May 2026 fix): each stream's
@@ -712,12 +743,20 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
         max_pos = [max(c.positional_embedding_max_pos[0], c.audio_positional_embedding_max_pos[0])]
         split, f64 = c.rope_type == "split", c.frequencies_precision == "float64"
         grid_v = tuple(int(g) for g in video[2])
-        v.cross_pe = cache.get(("vx", grid_v, float(fps), device, dtype, _ckey(c)),
-                               lambda: rope_tables(video_positions(grid_v, c, fps, device)[:, 0:1], c.audio_cross_attention_dim,
-                                                   c.audio_num_attention_heads, max_pos, True, split, f64, dtype))
-        a.cross_pe = cache.get(("ax", ax.shape[1], device, dtype, _ckey(c)),
-                               lambda: rope_tables(audio_positions(ax.shape[1], device)[:, 0:1], c.audio_cross_attention_dim,
-                                                   c.audio_num_attention_heads, max_pos, True, split, f64, dtype))
+        if video_reference is None:
+            v.cross_pe = cache.get(("vx", grid_v, float(fps), device, dtype, _ckey(c)),
+                                   lambda: rope_tables(video_positions(grid_v, c, fps, device)[:, 0:1], c.audio_cross_attention_dim,
+                                                       c.audio_num_attention_heads, max_pos, True, split, f64, dtype))
+        else:
+            v.cross_pe = rope_tables(v_pos[:, 0:1], c.audio_cross_attention_dim, c.audio_num_attention_heads, max_pos,
+                                     True, split, f64, dtype)
+        if audio_reference is None:
+            a.cross_pe = cache.get(("ax", ax.shape[1], device, dtype, _ckey(c)),
+                                   lambda: rope_tables(audio_positions(ax.shape[1], device)[:, 0:1], c.audio_cross_attention_dim,
+                                                       c.audio_num_attention_heads, max_pos, True, split, f64, dtype))
+        else:
+            a.cross_pe = rope_tables(a_pos[:, 0:1], c.audio_cross_attention_dim, c.audio_num_attention_heads, max_pos,
+                                     True, split, f64, dtype)
 
     fn = block_fn or block_forward
     blocks = root.transformer_blocks
@@ -747,9 +786,13 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
     if vx is not None:
         shift, scale = _output_modulation(v_out_mod, root.scale_shift_table)
         v_pred = root.proj_out(root.norm_out(vx) * (1 + scale) + shift)
+        if video_reference is not None:
+            v_pred = v_pred[:, video_reference[0].shape[1]:]
     if ax is not None:
         shift, scale = _output_modulation(a_out_mod, root.audio_scale_shift_table)
         a_pred = root.audio_proj_out(root.audio_norm_out(ax) * (1 + scale) + shift)
+        if audio_reference is not None:
+            a_pred = a_pred[:, audio_reference[0].shape[1]:]
     return v_pred, a_pred
 
 
@@ -781,6 +824,15 @@ def _ckey(c: LTX2Config) -> tuple:
 
 
 # ============================================================================ predict
+
+def _reference_of(stream) -> Optional[tuple]:
+    """A stream's IC-LoRA reference (tokens [B, R, C], positions) if it carries one: an
+    optional ``reference`` attribute of the engine's per-modality input (None: none)."""
+    ref = getattr(stream, "reference", None) if stream is not None else None
+    if ref is None:
+        return None
+    return _normal(ref[0]), ref[1]
+
 
 def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = None,
                  fix_inference_weights: bool = True, rope_cache_size: int = 8,
@@ -910,7 +962,9 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
                 return forward_av(root, vid, aud, context=ctx, fps=float(inputs.fps), checkpointing=checkpointing,
                                   dtype=cd, config=c, unprocessed_text=unproc, rope_cache=cache,
                                   block_fn=fn, modes=modes, streamer=state["streamer"],
-                                  offloader=state["offloader"])
+                                  offloader=state["offloader"],
+                                  video_reference=_reference_of(inputs.video),
+                                  audio_reference=_reference_of(inputs.audio))
 
     state: dict[str, Any] = {"streamer": None, "offloader": None, "modes": None}
 
