@@ -75,7 +75,7 @@ def _load_official():
 FLEX, WHY = _load_official()
 if FLEX is None and os.environ.get("LTX2_REQUIRE_OFFICIAL"):
     raise RuntimeError(f"LTX2_REQUIRE_OFFICIAL is set but the official flexible strategy is unavailable: {WHY}")
-needs_official = pytest.mark.skipif(FLEX is None, reason=WHY or "")
+needs_official = pytest.mark.skipif(FLEX is None, reason=f"official stack unavailable: {WHY}")
 
 CFG = LTX2Config.from_transformer_config(tiny_checkpoint.tiny_config("2.3")["transformer"])
 B, C, F, H, W, T = 4, 128, 5, 4, 8, 12
@@ -339,7 +339,7 @@ def test_forward_with_references_matches_ltx_core(case, tmp_path):
     positions), same weights: the target tokens' velocities agree."""
     P = _parity()
     if P.WHY:
-        pytest.skip(P.WHY)
+        pytest.skip(f"official stack unavailable: {P.WHY}")
     from ltx_core.guidance.perturbations import BatchedPerturbationConfig
 
     variant = "2.3"
