@@ -91,7 +91,7 @@ def test_live_loss_chart_draws_and_survives_reload(server, browser):
     cache = base / "output" / "ltx2_cache" / mw.INSTALL_CACHE
     if not (cache / "manifest.json").exists():
         make_tiny_cache(cache, "ltx-2.0")
-    wf = json.loads((REPO / "example_workflows" / f"{mw.INSTALL}.json").read_text())
+    wf = json.loads((REPO / "example_workflows" / f"{mw.file_name(mw.INSTALL)}.json").read_text())
     for n in wf["nodes"]:  # a fresh LoRA name: the chart must draw this run's points
         if n["type"] == "LTX2TrainLoRA":
             n["widgets_values"][1] = "browser_check"
