@@ -230,7 +230,9 @@ class Bucket(io.ComfyNode):
         ds.settings["report"] = report.to_dict()
         sheet = preview.dataset_gallery(ds, report)
         img = image_batch(sheet)
-        ui = preview_ui(img, text, cls)
+        # the node shows the gallery (web/js/ltx2_gallery.js) and its summary: the gallery
+        # image goes to the output only, not as a second picture under the live gallery
+        ui = {"text": (text,)}
         g = gallery_payload(ds, progress)
         ui["ltx2_gallery"] = [g]
         from . import live
