@@ -35,6 +35,9 @@ async def comfy_entrypoint():
             from .nodes.live import add_routes
 
             add_routes()
+            from .nodes.folder_preview import add_routes as add_folder_preview_routes
+
+            add_folder_preview_routes()  # Load Clips' preview of the picked folder
             return all_nodes()
 
     return LTX2TrainerExtension()

@@ -51,14 +51,14 @@ class Caption(io.ComfyNode):
 
         return io.Schema(
             node_id="LTX2TrainCaption",
-            display_name="Caption (LTX-2 Trainer)",
+            display_name="Caption",
+            search_aliases=["auto caption", "lora dataset", "ltx-2 lora"],
             category=CAT_DATASET,
             description=(
-                "Writes a caption for every segment with a local multimodal model — a Qwen Omni model hears the "
-                "sound too; a Qwen VL model describes the picture only — in the order LTX-2 learns from: action, "
-                "subjects, setting, camera, lighting, then sound (speech quoted). Captions are saved as .txt "
-                "files you can edit; existing ones are kept unless 'overwrite' is on, so an interrupted run "
-                "resumes where it stopped. No download, no API key."),
+                "Writes a caption for every shot with a captioning model on your machine (put a Qwen Omni "
+                "folder in models/captioners; it hears the sound too). Captions are saved as .txt files "
+                "beside the clips: edit them and run again, they are kept unless 'overwrite' is on. Set "
+                "trigger_word to the word your prompts will use for the LoRA (e.g. 'sks')."),
             inputs=[
                 Clips.Input("clips", tooltip="From Split Scenes (or Load Clips)."),
                 io.Combo.Input("model", options=model_options(),

@@ -18,14 +18,14 @@ class LoadClips(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LTX2TrainLoadClips",
-            display_name="Load Clips (LTX-2 Trainer)",
+            display_name="Load Clips",
+            search_aliases=["lora dataset", "training videos", "ltx-2 lora"],
             category=CAT_DATASET,
             description=(
-                "Reads a folder of training media: videos (mp4, mov, mkv, webm, gif, animated webp) "
-                "and stills (png, jpg, webp). Probes frame rate (variable rate handled), duration, size, "
-                "rotation and the audio track; keeps captions already there (same-name .txt, or a "
-                "dataset.json/.jsonl as Lightricks' trainer writes). Unreadable files are skipped "
-                "with their reason in the summary."),
+                "Step 1 of a LoRA: pick the folder (inside ComfyUI's input folder) that holds your "
+                "training videos and pictures. The node shows the first frame of each clip and how many "
+                "it found; connect 'clips' to Split Scenes. Captions already there (a .txt with the same "
+                "name) are kept. Files it cannot read are listed in the summary with the reason."),
             inputs=[
                 io.Combo.Input("folder", options=dataset_folder_options(), default=TYPED_PATH_HINT,
                                tooltip="A sub-folder of ComfyUI's input folder holding the clips."),
@@ -86,12 +86,13 @@ class SplitScenes(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LTX2TrainSplitScenes",
-            display_name="Split Scenes (LTX-2 Trainer)",
+            display_name="Split Scenes",
+            search_aliases=["scene detect", "lora dataset", "ltx-2 lora"],
             category=CAT_DATASET,
             description=(
-                "Cuts clips at scene changes with PySceneDetect, drops scenes shorter than the minimum "
-                "and chops long ones into chunks, keeping each segment's audio aligned with its time "
-                "range. Turn it off for motion datasets that must stay continuous."),
+                "Cuts long clips into shots at each scene change, drops shots shorter than min_seconds and "
+                "splits ones longer than max_seconds, sound included. Connect it after Load Clips; turn "
+                "'enabled' off for motion LoRAs whose clips must stay in one piece."),
             inputs=[
                 Clips.Input("clips", tooltip="From Load Clips."),
                 io.Boolean.Input("enabled", default=True,
@@ -142,14 +143,14 @@ class Bucket(io.ComfyNode):
 
         return io.Schema(
             node_id="LTX2TrainBucket",
-            display_name="Bucket (LTX-2 Trainer)",
+            display_name="Bucket",
+            search_aliases=["lora dataset", "resolution buckets", "ltx-2 lora"],
             category=CAT_DATASET,
             description=(
-                "Places every segment in a resolution/length bucket LTX-2 can train on (W, H multiples "
-                "of 32; F = 8n+1 frames): closest aspect ratio, then the most frames that fit, then the "
-                "largest area. Frames are resampled to the target frame rate, resized to cover and "
-                "centre-cropped; the audio span matches the chosen frames exactly. Reports clips that "
-                "are too short, silent, static, low resolution or uncaptioned."),
+                "Fits every shot to a size and length LTX-2 can train on, and shows what training will "
+                "see: each sample cropped to its size. Read the report before training: it lists clips "
+                "that are too short, silent, static, too small or without a caption. Connect it after "
+                "Caption and before Encode Latents."),
             inputs=[
                 Clips.Input("clips", tooltip="From Load Clips, Split Scenes or Caption."),
                 io.Combo.Input("preset", options=[*PRESETS, "custom"], default=DEFAULT_PRESET,
@@ -229,7 +230,9 @@ class Bucket(io.ComfyNode):
         ds.settings["report"] = report.to_dict()
         sheet = preview.dataset_gallery(ds, report)
         img = image_batch(sheet)
-        ui = preview_ui(img, text, cls)
+        # the node shows the gallery (web/js/ltx2_gallery.js) and its summary: the gallery
+        # image goes to the output only, not as a second picture under the live gallery
+        ui = {"text": (text,)}
         g = gallery_payload(ds, progress)
         ui["ltx2_gallery"] = [g]
         from . import live

@@ -11,13 +11,14 @@ class EncodeLatents(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LTX2TrainEncodeLatents",
-            display_name="Encode Latents (LTX-2 Trainer)",
+            display_name="Encode Latents",
+            search_aliases=["lora latents", "latent cache", "ltx-2 lora"],
             category=CAT_TRAIN,
             description=(
-                "Encodes every sample of the bucketed dataset with the LTX-2 video VAE, audio VAE and text "
-                "encoder you loaded, into a cache on disk (safetensors + manifest) that training reads. "
-                "Re-running skips what is cached; a changed caption re-encodes only its text; damaged "
-                "entries are re-encoded; an interrupted run resumes."),
+                "Prepares the dataset for training: connect Bucket's dataset and the LTX-2 VAE, audio VAE "
+                "and text encoder, and it saves everything training needs under output/ltx2_cache/"
+                "<cache_name>. Run it once; later runs reuse what is there (only changed captions are "
+                "redone), so you can train again with Load Latent Cache without the big models."),
             inputs=[
                 DatasetT.Input("dataset", tooltip="From Bucket."),
                 io.Vae.Input("vae", tooltip="The LTX-2 video VAE (Load Checkpoint's VAE output; for LTX-2.5 the video VAE file via Load VAE)."),
@@ -91,10 +92,11 @@ class LoadLatentCache(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LTX2TrainLoadLatentCache",
-            display_name="Load Latent Cache (LTX-2 Trainer)",
+            display_name="Load Latent Cache",
+            search_aliases=["lora latents", "latent cache", "ltx-2 lora"],
             category=CAT_TRAIN,
-            description=("Reuses a latent cache that Encode Latents wrote to output/ltx2_cache/<name>: train again "
-                         "with other settings without loading the VAEs or the 12B text encoder."),
+            description=("Train again without the VAEs and text encoder: pick a cache that Encode Latents "
+                         "saved (its cache_name) and connect 'latents' to the Train node."),
             inputs=[io.Combo.Input("cache_name", options=_cache_names(),
                                    tooltip="A cache folder in output/ltx2_cache (Encode Latents' cache_name).")],
             outputs=[

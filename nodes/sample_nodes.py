@@ -75,12 +75,13 @@ class SampleWithLoRA(io.ComfyNode):
         lora = _lora_options()
         return io.Schema(
             node_id="LTX2TrainSample",
-            display_name="Sample with LoRA (LTX-2 Trainer)",
+            display_name="Sample with LoRA",
+            search_aliases=["lora sample", "test lora", "ltx-2 lora"],
             category=CAT_SAMPLE,
             description=(
-                "Generates a short video with its sound from the model (e.g. the Train node's output, which "
-                "carries the new LoRA) through ComfyUI's own LTX-2 sampling — the same result as the stock "
-                "LTX-2 workflow with the LoRA loaded by Load LoRA — and saves it as an mp4 with AAC audio."),
+                "Try your LoRA: connect the Train node's model, write a prompt that starts with the trigger "
+                "word, and it makes a short video with sound and saves it as an mp4 in the output folder. "
+                "Same result as ComfyUI's LTX-2 workflow with the LoRA loaded by Load LoRA."),
             inputs=[
                 io.Model.Input("model", tooltip="An LTX-2 model: the Train node's output or any loaded LTX-2 model."),
                 io.Vae.Input("vae", tooltip="The LTX-2 video VAE (Load Checkpoint; for LTX-2.5 the video VAE file via Load VAE)."),

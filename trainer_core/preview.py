@@ -13,6 +13,8 @@ BG = (22, 22, 26)
 FG = (230, 230, 230)
 DIM = (150, 150, 160)
 WARN = (255, 170, 60)
+LABEL_PX = 14  # contact-sheet labels: readable in a node at the default zoom
+LINE_H = 17
 
 
 def _thumb(img, height: int):
@@ -39,16 +41,18 @@ def contact_sheet(items: Sequence[tuple[object, str]], cols: Optional[int] = Non
         shown = [(None, "nothing to show")]
     thumbs = [(_thumb(im, thumb_height) if im is not None else None, label) for im, label in shown]
     cell_w = max(thumb_height * 16 // 9, max((t.width for t, _ in thumbs if t is not None), default=thumb_height))
+    # labels in a readable size: a cell is wide enough for a label line of ~26 characters
+    cell_w = max(cell_w, 16 * LABEL_PX)
     lines = max(len(label.splitlines()) for _, label in thumbs)
-    cell_h = thumb_height + 6 + 13 * lines + 6
+    cell_h = thumb_height + 6 + LINE_H * lines + 6
     n = len(thumbs)
     cols = cols or min(n, 6)
     rows = (n + cols - 1) // cols
-    top = 22 if title else 0
+    top = LINE_H + 10 if title else 0
     sheet = Image.new("RGB", (cols * (cell_w + 8) + 8, top + rows * (cell_h + 8) + 8), BG)
     d = ImageDraw.Draw(sheet)
     if title:
-        draw_text(d, (8, 5), title, fill=FG, size=11)
+        draw_text(d, (8, 5), title, fill=FG, size=LABEL_PX + 2)
     for i, (t, label) in enumerate(thumbs):
         x = 8 + (i % cols) * (cell_w + 8)
         y = top + 8 + (i // cols) * (cell_h + 8)
@@ -58,7 +62,7 @@ def contact_sheet(items: Sequence[tuple[object, str]], cols: Optional[int] = Non
             sheet.paste(t, (x + (cell_w - t.width) // 2, y))
         for j, line in enumerate(label.splitlines()):
             colour = WARN if line.startswith("!") else (FG if j == 0 else DIM)
-            draw_text(d, (x + 2, y + thumb_height + 4 + 13 * j), line.lstrip("!"), fill=colour, size=11)
+            draw_text(d, (x + 2, y + thumb_height + 4 + LINE_H * j), line.lstrip("!"), fill=colour, size=LABEL_PX)
     return np.asarray(sheet)
 
 

@@ -110,6 +110,8 @@ def test_bucket_assignment_spans_and_report(comfy, dataset):
     # the web gallery: files in ComfyUI's temp folder, one entry per sample (first 48)
     ui = out.ui.as_dict() if hasattr(out.ui, "as_dict") else out.ui
     g = ui["ltx2_gallery"][0]
+    # the node shows the live gallery and its report; the gallery image only goes to the output
+    assert "images" not in ui and "no audio" in ui["text"][0]
     assert g["type"] == "temp" and g["total"] == len(ds.samples) and g["shown"] == min(48, len(ds.samples))
     folder = Path(comfy.folder_paths.get_temp_directory()) / g["subfolder"]
     for item in g["items"]:
@@ -295,3 +297,25 @@ def test_bucket_node_says_before_encode_which_samples_have_no_sound(comfy, datas
     assert {"card.jpg#0", "still.png#0", "silent.mov#0"} <= silent
     assert f"{len(silent)} of {len(ds.samples)} samples have no sound" in report
     assert sorted(ds.settings["soundless"]) == sorted(silent)
+
+
+def test_folder_preview_reads_what_load_clips_may_read_and_refuses_the_rest_alike(comfy, outside, listen):
+    """The Load Clips preview route's resolver: on an open server a path outside the input
+    folder is refused with Load Clips' own message (the same for existing and missing
+    folders); on a local one it is previewed, counts and first frames."""
+    import importlib
+
+    pkg = comfy.pack["LTX2TrainBucket"].__module__.rsplit(".nodes.", 1)[0]
+    fp = importlib.import_module(f"{pkg}.nodes.folder_preview")
+    d, missing = outside
+    listen("0.0.0.0,::")
+    _settings(comfy, None)
+    got = [fp.preview_for("(type a path below)", str(p)) for p in (d, missing)]
+    assert not got[0]["ok"] and not got[1]["ok"]
+    assert got[0]["error"].replace(str(d), "<p>") == got[1]["error"].replace(str(missing), "<p>")
+    with pytest.raises(PermissionError) as e:
+        _run(comfy, "LTX2TrainLoadClips", folder="(type a path below)", path=str(d))
+    assert str(e.value) == got[0]["error"]
+    listen("127.0.0.1")
+    ok = fp.preview_for("(type a path below)", str(d))
+    assert ok["ok"] and ok["images"] == 1 and ok["videos"] == 0 and ok["sheet"].startswith("data:image/jpeg;base64,")

@@ -121,7 +121,8 @@ def test_clip_sheet_and_summary(clips, ds):
     sheet = preview.clips_contact_sheet(clips)
     assert sheet.dtype == np.uint8 and sheet.ndim == 3 and sheet.shape[2] == 3
     # 12 clips in 6 columns -> 2 rows of 96-pixel thumbnails plus labels and a title
-    assert 2 * 96 < sheet.shape[0] < 2 * 96 + 2 * 80 + 40 and 6 * 96 < sheet.shape[1] < 6 * 3 * 96
+    # (labels: up to 4 lines of 17 px, readable at the node's default zoom)
+    assert 2 * 96 < sheet.shape[0] < 2 * 96 + 2 * 100 + 40 and 6 * 96 < sheet.shape[1] < 6 * 3 * 96
     # real first frames, not placeholders: every generated video starts with a red scene
     n_red_videos = sum(t.kind == "video" and t.frame_times and t.counter for t in ds.files.values())
     assert _colour_mask(sheet, mg.SCENE_COLOURS[0]).sum() > n_red_videos * 96 * 40

@@ -91,7 +91,7 @@ def test_live_loss_chart_draws_and_survives_reload(server, browser):
     cache = base / "output" / "ltx2_cache" / mw.INSTALL_CACHE
     if not (cache / "manifest.json").exists():
         make_tiny_cache(cache, "ltx-2.0")
-    wf = json.loads((REPO / "example_workflows" / f"{mw.INSTALL}.json").read_text())
+    wf = json.loads((REPO / "example_workflows" / f"{mw.file_name(mw.INSTALL)}.json").read_text())
     for n in wf["nodes"]:  # a fresh LoRA name: the chart must draw this run's points
         if n["type"] == "LTX2TrainLoRA":
             n["widgets_values"][1] = "browser_check"
@@ -112,6 +112,19 @@ def test_live_loss_chart_draws_and_survives_reload(server, browser):
     page.wait_for_timeout(1500)
     done = _points(page)
     assert done >= 30, done
+    # the Train node after its run: its summary in the status line (not the last progress
+    # line), no frontend text widget over the chart, no second chart (the loss image) under it
+    after = page.evaluate("""() => {
+        const n = (window.app.graph._nodes || window.app.graph.nodes).find(x => x.type === 'LTX2TrainLoRA');
+        const st = document.querySelector('div.ltx2-status[data-kind]');
+        const mine = n.__ltx2Status.el;
+        return {kind: mine.dataset.kind, text: mine.dataset.text,
+                widgets: (n.widgets || []).map(w => w.name), imgs: (n.imgs || []).length};
+    }""")
+    assert after["kind"] == "summary" and after["text"] and after["text"] != "running…", after
+    assert "$$node-text-preview" not in after["widgets"] and "$$canvas-image-preview" not in after["widgets"], after
+    assert after["imgs"] == 0, after
+    _shoot(page, "loss_chart_done")
     page.reload(wait_until="domcontentloaded")
     page.wait_for_function("() => window.app && window.app.graph", timeout=120_000)
     page.wait_for_function("() => [...document.querySelectorAll('canvas.ltx2-loss-chart')]"

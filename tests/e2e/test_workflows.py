@@ -27,7 +27,7 @@ FILES = sorted((REPO / "example_workflows").glob("*.json"))
 
 def test_every_workflow_has_a_thumbnail_and_the_set_is_complete():
     names = {f.stem for f in FILES}
-    assert names == set(mw.all_workflows()) | set(mw.INSTALLS)
+    assert names == {mw.file_name(k) for k in (*mw.all_workflows(), *mw.INSTALLS)}
     for f in FILES:
         assert f.with_suffix(".jpg").is_file(), f.name
 
@@ -65,15 +65,19 @@ def info(server):
 def test_workflow_opens_and_validates(server, info, path):
     ui = json.loads(path.read_text())
     for n in ui["nodes"]:
+        if n["type"] in mw.UI_ONLY:
+            continue  # notes: frontend only
         assert n["type"] in info, f"{path.name}: node {n['type']} is missing"
         want = sum(1 + (1 if mw._has_control(nm, t, o) else 0)
                    for nm, t, o, _ in mw._inputs(info[n["type"]]) if mw._is_widget(t, o)
                    and nm not in {i["name"] for i in n["inputs"] if i.get("link")})
         assert len(n["widgets_values"]) == want, f"{path.name}: {n['type']} has {len(n['widgets_values'])} widget values, expected {want}"
     prompt = mw.to_api(ui, info)
+    assert not any(v["class_type"] in mw.UI_ONLY for v in prompt.values())
+    key = mw.key_for_file(path.stem)
     train = next(v for v in prompt.values() if v["class_type"] == "LTX2TrainLoRA")
-    assert train["inputs"]["recipe"] == mw.all_workflows().get(path.stem, {"recipe": "Character"})["recipe"]
-    if path.stem in mw.INSTALLS:
+    assert train["inputs"]["recipe"] == mw.all_workflows().get(key, {"recipe": "Character"})["recipe"]
+    if key in mw.INSTALLS:
         return  # it runs for real below
     r = server.post("/prompt", {"prompt": prompt, "client_id": "wf-test"})
     assert r.get("prompt_id") and not r.get("node_errors"), r
@@ -84,7 +88,7 @@ def test_workflow_opens_and_validates(server, info, path):
 def test_template_route_lists_the_workflows(server):
     listing = server.get("/workflow_templates")
     ours = next(v for k, v in listing.items() if "ltx2" in k.lower())
-    assert set(ours) == set(mw.all_workflows()) | set(mw.INSTALLS)
+    assert set(ours) == {mw.file_name(k) for k in (*mw.all_workflows(), *mw.INSTALLS)}
 
 
 @pytest.mark.parametrize("install, lora_name", [(mw.INSTALL, "install_check"), (mw.INSTALL_25, "install_check_ltx25")])
@@ -100,7 +104,7 @@ def test_install_check_runs_headless_with_comfy_cli(server, info, install, lora_
         if not q["queue_running"] and not q["queue_pending"]:
             break
         time.sleep(1)
-    wf = REPO / "example_workflows" / f"{install}.json"
+    wf = REPO / "example_workflows" / f"{mw.file_name(install)}.json"
     cmd = [sys.executable, "-m", "comfy_cli", "--skip-prompt", "run", "--workflow", str(wf), "--host", "127.0.0.1",
            "--port", str(server.port), "--wait", "--timeout", "300"]
     t0 = time.time()
@@ -180,7 +184,7 @@ def test_shipped_workflow_runs_headless_end_to_end(server, info, stem, tmp_path)
     from trainer_core.lora import load_lora
 
     spec = mw.all_workflows()[stem]
-    ui = _cpu_sized(json.loads((REPO / "example_workflows" / f"{stem}.json").read_text()), info, stem)
+    ui = _cpu_sized(json.loads((REPO / "example_workflows" / f"{mw.file_name(stem)}.json").read_text()), info, stem)
     wf = tmp_path / f"{stem}.json"
     wf.write_text(json.dumps(ui))
     _wait_idle(server)

@@ -115,7 +115,9 @@ app.registerExtension({
       // keep wheel scrolling inside the gallery instead of zooming the canvas
       root.addEventListener("wheel", (e) => e.stopPropagation(), { passive: true });
       this.__ltx2Gallery = root;
-      this.addDOMWidget("dataset_gallery", "ltx2_dataset_gallery", root, { serialize: false, hideOnZoom: false });
+      this.addDOMWidget("dataset_gallery", "ltx2_dataset_gallery", root, {
+        serialize: false, hideOnZoom: false, getMinHeight: () => 260, getMaxHeight: () => 260,
+      });
       this.setSize([Math.max(this.size[0], 420), this.size[1] + 270]);
       // after a page reload: the server keeps the node's last gallery (node ids come after creation)
       requestAnimationFrame(() => restore(this));

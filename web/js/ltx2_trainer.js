@@ -1,10 +1,38 @@
 // LTX-2 LoRA Trainer: live loss chart inside the Train node.
 // Fed by the server's "ltx2_trainer.step" / "ltx2_trainer.marker" websocket events; after a
-// page reload it replays the run so far from GET /ltx2_trainer/live/<node id>.
+// page reload it replays the run so far from GET /ltx2_trainer/live/<node id>. A new run
+// starts from an empty chart; the loss image the node also returns (for graphs that save or
+// compose it) is not shown under the live chart, which already draws the same curve.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
 const NODE_ID = "LTX2TrainLoRA";
+const CHART_HEIGHT = 180;
+const IMAGE_PREVIEW = "$$canvas-image-preview";
+
+function isTrainNode(id) {
+  const want = String(id ?? "").split(":").pop();
+  return chartNodes().some((n) => String(n.id) === want);
+}
+
+// the loss image goes to the node's outputs, not under the live chart: drop it from the
+// "executed" message before the frontend turns it into a preview (a listener added at import
+// runs before the frontend's own when the frontend binds later; hideImage covers the rest)
+api.addEventListener("executed", ({ detail }) => {
+  if (detail?.output?.images && isTrainNode(detail.display_node ?? detail.node)) delete detail.output.images;
+});
+
+function hideImage(node) {
+  node.imgs = undefined;
+  const ws = node.widgets || [];
+  const i = ws.findIndex((w) => w.name === IMAGE_PREVIEW);
+  if (i >= 0) { try { ws[i].onRemove?.(); } catch (e) { /* detached */ } ws.splice(i, 1); }
+  try {
+    const out = app.nodeOutputs?.[String(node.id)];
+    if (out?.images) delete out.images;
+  } catch (e) { /* the store may be read-only */ }
+  node.setDirtyCanvas?.(true, true);
+}
 // Chart state lives on the node (node.__ltx2Chart): node ids are assigned after
 // onNodeCreated runs, so events are matched to nodes by looking the id up when they arrive.
 function chartNodes() {
@@ -63,6 +91,10 @@ async function replay(state) {
     const r = await api.fetchApi(`/ltx2_trainer/live/${encodeURIComponent(String(state.node.id))}`);
     if (!r.ok) return;
     const snap = await r.json();
+    // the server keeps the last run per node id: a run of another LoRA (another workflow whose
+    // Train node has this id) is not this node's
+    const name = state.node.widgets?.find((w) => w.name === "lora_name")?.value;
+    if (snap.name && name && !String(snap.name).startsWith(String(name).split("/").pop())) return;
     if (snap.points && snap.points.length >= state.points.length) {
       state.points = snap.points; state.markers = snap.markers || []; state.total = snap.total || state.total;
       state.running = !!snap.running; draw(state);
@@ -79,12 +111,28 @@ app.registerExtension({
       const r = onCreated?.apply(this, arguments);
       const canvas = document.createElement("canvas");
       canvas.className = "ltx2-loss-chart";
-      canvas.style.width = "100%"; canvas.style.height = "180px";
+      canvas.style.width = "100%"; canvas.style.height = `${CHART_HEIGHT}px`;
       const state = { node: this, canvas, points: [], markers: [], total: 0, running: false };
       this.__ltx2Chart = state;
-      this.addDOMWidget("loss_chart", "ltx2_loss_chart", canvas, { serialize: false, hideOnZoom: false });
-      this.setSize([Math.max(this.size[0], 360), this.size[1] + 190]);
+      // a new run (the status line sees the node start) begins from an empty chart
+      this.__ltx2OnRunStart = () => {
+        state.points = []; state.markers = []; state.total = 0; state.running = true; state.fresh = true; draw(state);
+        hideImage(this);
+      };
+      this.addDOMWidget("loss_chart", "ltx2_loss_chart", canvas, {
+        serialize: false, hideOnZoom: false,
+        getMinHeight: () => CHART_HEIGHT, getMaxHeight: () => CHART_HEIGHT,
+      });
+      this.setSize([Math.max(this.size[0], 360), this.size[1] + CHART_HEIGHT + 10]);
       requestAnimationFrame(() => { draw(state); replay(state); });
+      return r;
+    };
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (message) {
+      const r = onExecuted?.apply(this, arguments);
+      if (this.__ltx2Chart) this.__ltx2Chart.running = false;
+      hideImage(this);
+      setTimeout(() => hideImage(this), 0);
       return r;
     };
     const onRemoved = nodeType.prototype.onRemoved;
