@@ -992,7 +992,7 @@ class Trainer:
 
     # LoRA weights beyond this are runaway (Adam moves each weight by about the learning rate
     # per step: a healthy run stays within a few units)
-    MAX_LORA_WEIGHT = 100.0
+    MAX_LORA_WEIGHT = 50.0
 
     def _check_divergence(self, history, step, ckpts) -> None:
         cfg = self.cfg
@@ -1016,10 +1016,13 @@ class Trainer:
                     f"({cfg.learning_rate:g}) was too high and the model saturated; lower it and resume from "
                     f"{ck or 'the start'}", step, ck, reason="diverged")
         n = len(history)
-        if n < 20:
+        if n < 8:
             return
+        # the baseline: the early median, or the first three steps' (the LoRA starts as a no-op,
+        # so they are the base model's loss) when the run blew up right away
         early = sorted(x["loss"] for x in history[: max(10, n // 5)])
-        base = early[len(early) // 2]
+        first = sorted(x["loss"] for x in history[:3])[1]
+        base = min(early[len(early) // 2], first)
         recent = sorted(x["loss"] for x in history[-5:])[2]
         if base > 0 and recent > cfg.divergence_factor * base:
             ck = self._checkpoint_if_any(ckpts)
