@@ -71,12 +71,6 @@ class TrainLoRA(io.ComfyNode):
                                        "Every field below overrides it when set."),
                 io.String.Input("lora_name", default="my_ltx2_lora",
                                 tooltip="Name of the LoRA; files are numbered (my_ltx2_lora_00001.safetensors)."),
-                io.Combo.Input("init_lora", options=_lora_options(), default=NO_INIT_LORA, optional=True,
-                               tooltip="Start from this LoRA (loras folder): this pack's, the official "
-                                       "ltx-trainer's or any ComfyUI-format LTX-2 LoRA — e.g. carry a 2.3 LoRA to "
-                                       "2.5 with a short run. Its modules, rank and alpha (rank when it stores "
-                                       "none) replace rank, alpha and targets; modules the model lacks are "
-                                       "skipped and named."),
                 io.Int.Input("steps", default=0, min=0, max=100000,
                              tooltip="Optimizer steps (0 = recipe: Character 2000, Style 1500, Motion 3000, Audio 2000)."),
                 io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-5,
@@ -161,6 +155,12 @@ class TrainLoRA(io.ComfyNode):
                                advanced=True, tooltip="Guidance of validation samples (4 = the stock workflow)."),
                 io.Int.Input("validation_seed", default=42, min=0, max=0xFFFFFFFF, optional=True, advanced=True,
                              tooltip="The same seeds at every validation step, so samples compare."),
+                io.Combo.Input("init_lora", options=_lora_options(), default=NO_INIT_LORA, optional=True,
+                               tooltip="Start from this LoRA (loras folder): this pack's, the official "
+                                       "ltx-trainer's or any ComfyUI-format LTX-2 LoRA — e.g. carry a 2.3 LoRA to "
+                                       "2.5 with a short run. Its modules, rank and alpha (rank when it stores "
+                                       "none) replace rank, alpha and targets; modules the model lacks are "
+                                       "skipped and named."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The input model with the trained LoRA applied."),

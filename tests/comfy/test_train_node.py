@@ -471,4 +471,4 @@ def test_train_node_starts_from_an_official_trainer_lora(comfy, tiny_model, tmp_
     assert meta["rank"] == "2" and meta["alpha"] == "2.0" and meta["init_lora"] == f"official_{tag}.safetensors"
     assert {k for k in got if k.endswith("lora_A.weight")} == {k for k in sd if k.endswith("lora_A.weight")}
     assert a.result[2][0]["loss"] != b.result[2][0]["loss"]
-    assert "starting from official_" in a.ui["text"][0] or True  # notes go to the live text
+    assert f"starting from official_{tag}.safetensors: " in a.ui["text"][0]
