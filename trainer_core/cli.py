@@ -27,11 +27,15 @@ def check_lora_output(path: str) -> Path:
     from .fsutil import UnsafePathError, check_name
 
     p = Path(path).expanduser()
-    if p.is_dir() or str(path).endswith(("/", "\\")):
+    try:
+        is_dir = p.is_dir()
+    except OSError:  # e.g. a name too long for the file system: the name check says so below
+        is_dir = False
+    if is_dir or str(path).endswith(("/", "\\")):
         raise UnsafePathError(f"--lora {path} is a folder; give a file name such as {p / 'my_lora.safetensors'}")
+    check_name(p.stem, "the LoRA's file name (--lora)")
     if p.suffix.lower() != ".safetensors":
         raise UnsafePathError(f"--lora {path} must end in .safetensors")
-    check_name(p.stem, "the LoRA's file name")
     parent = p.parent
     while not parent.exists():
         parent = parent.parent
