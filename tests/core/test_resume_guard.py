@@ -239,3 +239,16 @@ def test_history_records_the_gradient_norm_and_largest_weight(tmp_path):
     res = en.Trainer(ToyRoot(), toy_predict, ToySource(), cfg(steps=3, max_grad_norm=0.0), tmp_path).train()
     assert all(h["grad_norm"] > 0 and 0 < h["lora_max"] < 1 for h in res.history)
     json.dumps(res.history)
+
+
+def test_ctrl_c_saves_like_a_cancel(tmp_path):
+    """The CLI's Ctrl-C (KeyboardInterrupt) is a cancel too, with checkpoint_every = 0."""
+    def on_step(rec):
+        if rec["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(en.TrainingStopped) as e:
+        en.Trainer(ToyRoot(), toy_predict, ToySource(), cfg(steps=9), tmp_path,
+                   callbacks=en.Callbacks(on_step=on_step)).train()
+    assert e.value.reason == "cancelled" and e.value.step == 3
+    assert [p.name for p in en.list_checkpoints(tmp_path)] == ["step_000003.safetensors"]
