@@ -472,3 +472,29 @@ def test_train_node_starts_from_an_official_trainer_lora(comfy, tiny_model, tmp_
     assert {k for k in got if k.endswith("lora_A.weight")} == {k for k in sd if k.endswith("lora_A.weight")}
     assert a.result[2][0]["loss"] != b.result[2][0]["loss"]
     assert f"starting from official_{tag}.safetensors: " in a.ui["text"][0]
+
+
+def test_a_node_run_resumes_headless_from_its_settings(comfy, tiny_model, tmp_path, capsys):
+    """The run folder's settings.yaml continues in the CLI (trainer_core's own tree read from
+    the same checkpoint): the fingerprint of the base model is the same in both, so the
+    CLI resumes the node's checkpoint instead of refusing it — and refuses another model."""
+    from trainer_core import cli
+    from trainer_core.tiny_checkpoint import make_tiny_checkpoint
+
+    variant, model = tiny_model
+    cache = _cache(tmp_path / "cache", variant)
+    tag = variant.replace(".", "")
+    _train(comfy, model, cache, f"hl{tag}", steps=4, checkpoint_every=2)
+    run = Path(comfy.folder_paths.get_output_directory()) / "ltx2_lora_runs" / f"hl{tag}"
+    ckpt = comfy.base / "models" / "checkpoints" / f"tiny_{variant}.safetensors"
+    out = tmp_path / "headless.safetensors"
+    rc = cli.main(["train", str(run / "settings.yaml"), "--checkpoint", str(ckpt), "--device", "cpu",
+                   "--dtype", "fp32", "--steps", "6", "--lora", str(out)])
+    text = capsys.readouterr()
+    assert rc == 0, text.err[-2000:]
+    assert "resumed from step_000004.safetensors (step 4)" in text.out, text.out
+    other = make_tiny_checkpoint(tmp_path / "other.safetensors", variant=variant, seed=99)
+    rc = cli.main(["train", str(run / "settings.yaml"), "--checkpoint", str(other), "--device", "cpu",
+                   "--dtype", "fp32", "--steps", "8", "--lora", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "belongs to a different run (base model:" in err, err
