@@ -1,6 +1,8 @@
 """Train LTX-2 LoRA: runs trainer_core's engine inside ComfyUI on the MODEL the user loaded."""
 from __future__ import annotations
 
+import logging
+
 from comfy_api.latest import io
 
 from ._common import CAT_TRAIN, LatentsT, LossT, image_batch, make_progress, send_text
@@ -14,8 +16,22 @@ def _recipe_names():
     return [*RECIPES, "Custom"]
 
 
+NO_INIT_LORA = "none"
+
+
+def _lora_options():
+    import folder_paths
+
+    try:
+        return [NO_INIT_LORA, *folder_paths.get_filename_list("loras")]
+    except Exception:
+        return [NO_INIT_LORA]
+
+
 def build_config(recipe: str, overrides: dict):
-    """TrainConfig from a recipe plus the node's overrides (0 / "recipe default" / -1 keep the recipe)."""
+    """TrainConfig from a recipe plus the node's overrides (0 / "recipe default" / -1 keep the recipe).
+    TrainConfig checks every setting (trainer_core.engine.validate_config) — the same check the
+    CLI makes — and raises SettingsError listing what is wrong."""
     from ..trainer_core.engine import RECIPES, TrainConfig
 
     base = dict(RECIPES.get(recipe, {}))
@@ -91,7 +107,8 @@ class TrainLoRA(io.ComfyNode):
                 io.Float.Input("max_grad_norm", default=1.0, min=0.0, max=100.0, advanced=True,
                                tooltip="Gradient clipping (0 = off)."),
                 io.Int.Input("checkpoint_every", default=250, min=0, max=100000, advanced=True,
-                             tooltip="Save a resumable checkpoint every N steps (0 = only on cancel)."),
+                             tooltip="Save a resumable checkpoint every N steps (0 = only on cancel and at the "
+                                     "end). Cancel always saves the last finished step."),
                 io.Int.Input("keep_checkpoints", default=3, min=1, max=100, advanced=True,
                              tooltip="Keep the newest N checkpoints."),
                 io.Combo.Input("precision", options=["bf16", "fp32"], default="bf16", advanced=True,
@@ -138,6 +155,12 @@ class TrainLoRA(io.ComfyNode):
                                advanced=True, tooltip="Guidance of validation samples (4 = the stock workflow)."),
                 io.Int.Input("validation_seed", default=42, min=0, max=0xFFFFFFFF, optional=True, advanced=True,
                              tooltip="The same seeds at every validation step, so samples compare."),
+                io.Combo.Input("init_lora", options=_lora_options(), default=NO_INIT_LORA, optional=True,
+                               tooltip="Start from this LoRA (loras folder): this pack's, the official "
+                                       "ltx-trainer's or any ComfyUI-format LTX-2 LoRA — e.g. carry a 2.3 LoRA to "
+                                       "2.5 with a short run. Its modules, rank and alpha (rank when it stores "
+                                       "none) replace rank, alpha and targets; modules the model lacks are "
+                                       "skipped and named."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The input model with the trained LoRA applied."),
@@ -155,6 +178,26 @@ class TrainLoRA(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, lora_name="my_ltx2_lora", init_lora=NO_INIT_LORA):
+        """Before the prompt runs: the LoRA name makes a valid file name everywhere, the init
+        LoRA exists. (Numbers are range-checked by ComfyUI from the input definitions, and every
+        setting again by TrainConfig before anything loads.)"""
+        from ..trainer_core.fsutil import UnsafePathError, check_name
+
+        if isinstance(lora_name, str):  # a linked input arrives later; execute checks it then
+            try:
+                check_name(lora_name, "lora_name")
+            except UnsafePathError as e:
+                return str(e)
+        if isinstance(init_lora, str) and init_lora and init_lora != NO_INIT_LORA:
+            import folder_paths
+
+            if folder_paths.get_full_path("loras", init_lora) is None:
+                return (f"init_lora {init_lora!r} is not in the loras folder; choose one of the list (or none) "
+                        "and press R to refresh it")
+        return True
+
+    @classmethod
     def execute(cls, model, latents, recipe, lora_name, steps=0, learning_rate=0.0, rank=0, mode=RECIPE_DEFAULT,
                 targets=RECIPE_DEFAULT, seed=42, resume="latest", alpha=0.0, dropout=0.0, target_patterns="",
                 audio_weight=-1.0, first_frame_prob=0.5, caption_dropout=0.05, optimizer="adamw",
@@ -163,18 +206,23 @@ class TrainLoRA(io.ComfyNode):
                 vram_budget_gb=0.0, stream_weights_as="bf16", validation_every=0, validation_prompts="", validation_clip=None,
                 validation_positive=None, validation_negative=None, validation_vae=None, validation_audio_vae=None,
                 validation_image=None, validation_width=512, validation_height=320, validation_frames=49,
-                validation_steps=20, validation_cfg=4.0, validation_seed=42) -> io.NodeOutput:
+                validation_steps=20, validation_cfg=4.0, validation_seed=42,
+                init_lora=NO_INIT_LORA) -> io.NodeOutput:
         import torch
 
         import comfy.model_management as mm
         import folder_paths
 
         from ..trainer_core import engine as en
-        from ..trainer_core.fsutil import next_numbered, safe_join
+        from ..trainer_core.fsutil import check_name, next_numbered, safe_join
         from ..trainer_core.run import run_training
         from . import live
         from .comfy_model import apply_lora_file, prepare_training_model
 
+        lora_name = check_name(lora_name, "lora_name")
+        init_path = ""
+        if init_lora and init_lora != NO_INIT_LORA:
+            init_path = folder_paths.get_full_path_or_raise("loras", init_lora)
         cfg = build_config(recipe, dict(
             steps=steps, learning_rate=learning_rate, rank=rank, alpha=alpha or (rank if rank else 0), mode=mode,
             targets=targets, seed=seed, dropout=dropout, target_patterns=target_patterns or "",
@@ -182,7 +230,7 @@ class TrainLoRA(io.ComfyNode):
             optimizer=optimizer, scheduler=scheduler, warmup_steps=warmup_steps, grad_accum=grad_accum,
             max_grad_norm=max_grad_norm, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
             mixed_precision=precision, grad_checkpointing=gradient_checkpointing, vram_budget_gb=vram_budget_gb,
-            stream_transfer=stream_weights_as,
+            stream_transfer=stream_weights_as, init_lora=init_path,
             trigger_word=latents.get("trigger_word", "") if isinstance(latents, dict) else ""))
         safe_name = safe_join(folder_paths.get_output_directory(), lora_name, allow_subdirs=False).name
         run_dir = safe_join(folder_paths.get_output_directory(), f"ltx2_lora_runs/{safe_name}")
@@ -207,12 +255,16 @@ class TrainLoRA(io.ComfyNode):
                 send_text(f"checkpoint saved: step {payload['step']}", node_id)
             elif name == "resumed":
                 send_text(f"resumed from step {payload['step']}", node_id)
+            elif name in ("notice", "cancelled"):
+                logging.info("[LTX-2 Trainer] %s", payload["message"])
+                send_text(payload["message"], node_id)
 
         spec = _validation_spec(validation_every, validation_prompts, validation_clip, validation_positive,
                                 validation_negative, validation_vae, validation_audio_vae, validation_image,
                                 validation_width, validation_height, validation_frames, validation_steps,
                                 validation_cfg, validation_seed)
-        callbacks = en.Callbacks(on_step=on_step, should_stop=mm.processing_interrupted, on_event=on_event)
+        callbacks = en.Callbacks(on_step=on_step, should_stop=mm.processing_interrupted, on_event=on_event,
+                                 is_interrupt=_is_comfy_interrupt)
         root, predict, device, base, release, patcher = prepare_training_model(model, cfg, cache_dir=cache_dir)
         if base.get("memory_plan"):
             send_text(base["memory_plan"], node_id)
@@ -229,8 +281,14 @@ class TrainLoRA(io.ComfyNode):
                 except en.TrainingStopped as e:
                     send_text(str(e), node_id)
                     if e.reason == "cancelled":
-                        mm.throw_exception_if_processing_interrupted()
-                    raise RuntimeError(str(e)) from e
+                        # ComfyUI shows a cancel only for its own exception: re-raise it (the one
+                        # that stopped training, or a fresh one when the flag did)
+                        logging.info("[LTX-2 Trainer] %s", e)
+                        mm.interrupt_current_processing(False)
+                        if isinstance(e.interrupt, mm.InterruptProcessingException):
+                            raise e.interrupt.with_traceback(None) from None
+                        raise mm.InterruptProcessingException() from None
+                    raise RuntimeError(str(e)) from None
                 finally:
                     mm.in_training = False
         finally:
@@ -249,6 +307,20 @@ class TrainLoRA(io.ComfyNode):
         sheet = image_batch(comparison_sheet(spec))
         return io.NodeOutput(patched, name, outcome.result.history, img, sheet,
                              ui=preview_ui(img, text + ("\n" + notes if notes else ""), cls))
+
+
+def _is_comfy_interrupt(e: BaseException) -> bool:
+    """ComfyUI's cancel: its InterruptProcessingException, raised by the progress hook or by a
+    layer call (comfy.ops), possibly wrapped by autograd on the way out of backward."""
+    import comfy.model_management as mm
+
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, mm.InterruptProcessingException) or type(e).__name__ == "InterruptProcessingException":
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
 
 
 def _validation_spec(every, prompts, clip, positive, negative, vae, audio_vae, image, width, height, frames, steps,

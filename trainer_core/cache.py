@@ -140,7 +140,13 @@ class LatentCache:
     def get(self, kind: str, key: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
-        return load_file(str(self.path(kind, key)))
+        p = self.path(kind, key)
+        try:
+            return load_file(str(p))
+        except Exception as e:  # SafetensorError / OSError: say which file, and what to do
+            raise CacheError(f"cached {kind} latents {p} cannot be read ({type(e).__name__}: {e}); the file is "
+                             "damaged — run Encode Latents again on this cache (it re-encodes damaged "
+                             "entries)") from e
 
     def prune(self, keep: Iterable[str]) -> int:
         """Delete entry files not in ``keep`` ("<kind>/<key>"); returns how many went."""
@@ -153,6 +159,10 @@ class LatentCache:
                     self.manifest.entries.pop(f"{kind}/{f.stem}", None)
                     n += 1
         return n
+
+
+class CacheError(ValueError):
+    """A latent cache that cannot train this model: damaged files, wrong shapes, another model."""
 
 
 class CachedLatents:
@@ -193,6 +203,83 @@ class CachedLatents:
         if not s.video:
             return None
         return self.cache.get("video", s.video).get("first_frame")
+
+    def identity(self) -> dict:
+        """What identifies the cache's contents: its samples and the entries they use (entry
+        keys hash the source, the bucket and the encoding models)."""
+        m = self.cache.manifest
+        blob = json.dumps({"samples": [[s.key, s.video, s.audio, s.text, s.bucket, s.fps] for s in self.samples],
+                           "empty": m.empty_text}, sort_keys=True)
+        return {"samples": len(self.samples), "digest": hashlib.sha256(blob.encode()).hexdigest()[:32]}
+
+    def entry_shapes(self, i: int) -> dict[str, Optional[list]]:
+        """Recorded shapes of sample ``i``'s tensors, from the manifest (no file read)."""
+        s = self.samples[i]
+        ent = self.cache.manifest.entries
+        out: dict[str, Optional[list]] = {}
+        for kind, key, name in (("video", s.video, "latents"), ("audio", s.audio, "latents"), ("text", s.text, "context")):
+            rec = ent.get(f"{kind}/{key}") if key else None
+            out[kind] = (rec or {}).get("shapes", {}).get(name) if rec else None
+        return out
+
+    def verify(self, mode=None) -> None:
+        """Before the first step: every file a sample uses exists, has the size recorded when
+        it was written, and its header opens with the recorded shapes; latents have LTX-2's
+        layout. Raises CacheError naming the file (or the first few) and what to do."""
+        from safetensors import safe_open
+
+        ent = self.cache.manifest.entries
+        bad: list[str] = []
+        layout: list[str] = []
+        needed: list[tuple[str, str]] = [("text", self.cache.manifest.empty_text)]
+        for s in self.samples:
+            if s.video and (mode is None or mode.needs_video):
+                needed.append(("video", s.video))
+            if s.audio and (mode is None or mode.needs_audio):
+                needed.append(("audio", s.audio))
+            needed.append(("text", s.text))
+        seen = set()
+        for kind, key in needed:
+            if (kind, key) in seen:
+                continue
+            seen.add((kind, key))
+            p = self.cache.path(kind, key)
+            rec = ent.get(f"{kind}/{key}")
+            if not p.is_file():
+                bad.append(f"{p.name} ({kind}) is missing")
+                continue
+            if rec is not None and rec.get("bytes") is not None and p.stat().st_size != rec["bytes"]:
+                bad.append(f"{p.name} ({kind}) has {p.stat().st_size} bytes, {rec['bytes']} were written (truncated "
+                           "or overwritten)")
+                continue
+            try:
+                with safe_open(str(p), framework="pt") as f:
+                    shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+            except Exception as e:
+                bad.append(f"{p.name} ({kind}) cannot be read ({type(e).__name__}: {e})")
+                continue
+            if rec is not None and rec.get("shapes") is not None and shapes != rec["shapes"]:
+                bad.append(f"{p.name} ({kind}) holds shapes {shapes}, the manifest recorded {rec['shapes']}")
+                continue
+            main = shapes.get("latents") if kind != "text" else shapes.get("context")
+            if main is None:
+                bad.append(f"{p.name} ({kind}) has no {'context' if kind == 'text' else 'latents'} tensor "
+                           f"(it holds {sorted(shapes)})")
+            elif kind == "video" and (len(main) != 4 or main[0] != 128):
+                layout.append(f"{p.name}: video latents {main}, LTX-2 takes [128, F', H', W'] (128 channels)")
+            elif kind == "audio" and (len(main) != 3 or main[0] != 8 or main[2] != 16):
+                layout.append(f"{p.name}: audio latents {main}, LTX-2 takes [8, T, 16]")
+            elif kind == "text" and len(main) != 2:
+                layout.append(f"{p.name}: text conditioning {main}, expected [tokens, width]")
+        where = self.cache.root
+        if bad:
+            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+            raise CacheError(f"the latent cache at {where} is damaged: {'; '.join(bad[:5])}{more}. Run Encode Latents "
+                             "again on the same clips: it re-encodes exactly the damaged entries")
+        if layout:
+            more = f" (and {len(layout) - 3} more)" if len(layout) > 3 else ""
+            raise CacheError(f"the latent cache at {where} was not made by LTX-2's VAEs: {'; '.join(layout[:3])}{more}. "
+                             "Encode the clips again with the LTX-2 video and audio VAEs")
 
     def empty_text(self) -> dict:
         if self._empty is None:

@@ -1,7 +1,11 @@
 """Headless runs of the same engine the Train node uses.
 
     python -m trainer_core.cli train <run>/settings.yaml --checkpoint ltx-2-19b-dev.safetensors \
-        [--device cuda] [--steps N] [--lora out.safetensors] [--resume latest|none|step_000500]
+        [--device cuda] [--steps N] [--lora out.safetensors] [--resume latest|none|step_000500] \
+        [--init-lora start.safetensors]
+
+Ctrl-C saves a checkpoint at the last finished step (exit code 130); run the same command
+again to continue. Settings are checked before anything loads (exit code 2 with the reasons).
 
 The settings file is the one the Train node wrote beside the LoRA (or in its run folder): it
 names the latent cache and every training setting, so the run repeats without ComfyUI. The
@@ -12,42 +16,101 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 
+def check_lora_output(path: str) -> Path:
+    """The output LoRA path, checked before training: a file name (not a folder) ending in
+    .safetensors, a valid name on every OS, in a folder that exists or can be made."""
+    from .fsutil import UnsafePathError, check_name
+
+    p = Path(path).expanduser()
+    try:
+        is_dir = p.is_dir()
+    except OSError:  # e.g. a name too long for the file system: the name check says so below
+        is_dir = False
+    if is_dir or str(path).endswith(("/", "\\")):
+        raise UnsafePathError(f"--lora {path} is a folder; give a file name such as {p / 'my_lora.safetensors'}")
+    check_name(p.stem, "the LoRA's file name (--lora)")
+    if p.suffix.lower() != ".safetensors":
+        raise UnsafePathError(f"--lora {path} must end in .safetensors")
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UnsafePathError(f"--lora {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise UnsafePathError(f"--lora {path}: the folder {parent} is not writable")
+    return p
+
+
 def _train(args) -> int:
+    from .engine import SettingsError, TrainConfig
+    from .fsutil import UnsafePathError
+    from .run import read_settings
+
+    # everything that can be checked is checked before torch and the model load
+    try:
+        doc = read_settings(args.settings)
+        cfg_d = dict(doc["train"])
+        if args.steps:
+            cfg_d["steps"] = args.steps
+        if args.init_lora:
+            ip = Path(args.init_lora).expanduser()
+            if not ip.is_file():
+                raise FileNotFoundError(f"--init-lora {args.init_lora} does not exist")
+            cfg_d["init_lora"] = str(ip.resolve())
+        cfg = TrainConfig.from_dict(cfg_d)
+        lora = args.lora or doc.get("lora")
+        if lora:
+            lora = str(check_lora_output(lora))
+        if not Path(args.checkpoint).is_file():
+            raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
+    except (SettingsError, UnsafePathError, FileNotFoundError, ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return _run(args, doc, cfg, lora)
+
+
+def _run(args, doc, cfg, lora) -> int:
     import torch
 
-    from .engine import Callbacks, TrainConfig, TrainingStopped
+    from .cache import CacheError
+    from .engine import Callbacks, CheckpointError, TrainingStopped
+    from .lora import LoRAError
     from .ltx2 import load_tree_from_checkpoint, make_predict, read_checkpoint_config
-    from .run import read_settings, run_training
+    from .run import run_training
 
-    doc = read_settings(args.settings)
-    cfg_d = dict(doc["train"])
-    if args.steps:
-        cfg_d["steps"] = args.steps
-    cfg = TrainConfig.from_dict(cfg_d)
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     mcfg = read_checkpoint_config(args.checkpoint)
     root = load_tree_from_checkpoint(args.checkpoint, device=device, dtype=dtype)
     predict = make_predict(checkpointing=cfg.grad_checkpointing)
     run_dir = Path(args.run_dir or doc.get("run_dir") or Path(args.settings).parent)
-    lora = args.lora or doc.get("lora")
 
     def on_step(rec):
         if rec["step"] % args.log_every == 0 or rec["step"] == rec["steps"]:
             print(f"step {rec['step']}/{rec['steps']} loss {rec['loss']:.4f} smoothed {rec['smoothed']:.4f} "
                   f"lr {rec['lr']:.2e} {rec['s_per_step']:.2f}s/step", flush=True)
 
+    def on_event(name, payload):
+        if name == "notice":
+            print(f"note: {payload['message']}", flush=True)
+        elif name == "resumed":
+            print(f"resumed from {Path(payload['checkpoint']).name} (step {payload['step']})", flush=True)
+
     try:
         out = run_training(root, predict, doc["cache"], cfg, run_dir, lora, device=device,
-                           callbacks=Callbacks(on_step=on_step), resume=args.resume,
+                           callbacks=Callbacks(on_step=on_step, on_event=on_event), resume=args.resume,
                            base={"variant": getattr(mcfg, "variant", "unknown"), "checkpoint": Path(args.checkpoint).name})
     except TrainingStopped as e:
         print(f"stopped: {e}", file=sys.stderr)
-        return 3
+        return 130 if e.reason == "cancelled" else 3
+    except (CheckpointError, CacheError, LoRAError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({"lora": out.lora_path, "steps": out.result.steps_done,
                       "final_loss": out.result.history[-1]["loss"] if out.result.history else None,
                       "notes": out.notes}))
@@ -66,7 +129,9 @@ def main(argv=None) -> int:
     t.add_argument("--steps", type=int, default=0, help="override the number of steps")
     t.add_argument("--lora", default=None, help="output LoRA path (default: the settings file's)")
     t.add_argument("--run-dir", default=None)
-    t.add_argument("--resume", default="latest")
+    t.add_argument("--resume", default="latest", help="latest (newest good checkpoint), none, or a checkpoint name")
+    t.add_argument("--init-lora", default=None, help="start from this LoRA file (this pack's, ltx-trainer's or "
+                   "any ComfyUI-format LTX-2 LoRA): its modules, rank and alpha")
     t.add_argument("--log-every", type=int, default=10)
     args = p.parse_args(argv)
     if args.cmd == "train":

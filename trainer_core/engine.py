@@ -36,6 +36,7 @@ class TrainingStopped(RuntimeError):
     def __init__(self, message: str, step: int, checkpoint: Optional[str] = None, reason: str = "stopped"):
         super().__init__(message)
         self.step, self.checkpoint, self.reason = step, checkpoint, reason
+        self.interrupt: Optional[BaseException] = None  # the host's cancel exception, when that stopped it
 
 
 @dataclass
@@ -43,7 +44,7 @@ class TrainConfig:
     steps: int = 2000
     learning_rate: float = 1e-4
     rank: int = 32
-    alpha: float = 32.0
+    alpha: Optional[float] = None  # None: = rank (Lightricks' loader ignores .alpha; alpha = rank agrees with it)
     dropout: float = 0.0
     targets: str = "all attention"
     target_patterns: str = ""
@@ -71,6 +72,14 @@ class TrainConfig:
     offload_streamed_activations: bool = False  # some streamed blocks too (measured not faster at 24 GiB)
     divergence_factor: float = 10.0
     trigger_word: str = ""
+    init_lora: str = ""  # a LoRA file to start from (its modules, rank and alpha replace rank/alpha/targets)
+
+    def __post_init__(self):
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)
+        if self.alpha is None and isinstance(self.rank, int) and not isinstance(self.rank, bool):
+            self.alpha = float(self.rank)
+        validate_config(self)
 
     def lora_spec(self) -> LoRASpec:
         return LoRASpec(rank=self.rank, alpha=self.alpha, dropout=self.dropout,
@@ -88,9 +97,123 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
         d = dict(d)
-        if "betas" in d:
+        if isinstance(d.get("betas"), list):
             d["betas"] = tuple(d["betas"])
         return cls(**d)
+
+
+class SettingsError(ValueError):
+    """Training settings that are out of range, of the wrong type, or would train nothing."""
+
+
+_CHOICES = {
+    "optimizer": ("adamw", "adamw8bit"),
+    "scheduler": ("constant", "linear", "cosine"),
+    "mixed_precision": ("bf16", "fp32"),
+    "sigma_sampler": ("shifted_logit_normal", "uniform"),
+    "compile_blocks": ("auto", "on", "off"),
+    "stream_transfer": ("bf16", "fp8"),
+}
+# (low, high, low inclusive, high inclusive, why) — None: unbounded
+_RANGES = {
+    "steps": (1, 10_000_000, True, True, "the number of optimizer steps"),
+    "learning_rate": (0.0, 1.0, False, True, "0 trains nothing; above 1 a LoRA only diverges"),
+    "rank": (1, 1024, True, True, ""),
+    "alpha": (0.0, 100_000.0, False, True, "0 scales the LoRA to nothing"),
+    "dropout": (0.0, 1.0, True, False, "1 drops every input: the LoRA learns nothing"),
+    "weight_decay": (0.0, 10.0, True, True, ""),
+    "warmup_steps": (0, None, True, True, ""),
+    "grad_accum": (1, 1024, True, True, "micro-batches per optimizer step"),
+    "max_grad_norm": (0.0, None, True, True, "0 = no clipping"),
+    "seed": (0, 2**63 - 1, True, True, ""),
+    "first_frame_prob": (0.0, 1.0, True, True, "a probability"),
+    "audio_weight": (0.0, 1000.0, True, True, "0 leaves audio out of the loss"),
+    "caption_dropout": (0.0, 1.0, True, True, "a probability"),
+    "checkpoint_every": (0, None, True, True, "0 = only on cancel and at the end"),
+    "keep_checkpoints": (1, 100_000, True, True, ""),
+    "vram_budget_gb": (0.0, 1_000_000.0, True, True, "0 = automatic"),
+    "divergence_factor": (0.0, None, True, True, "0 = off"),
+}
+_INTS = {"steps", "rank", "warmup_steps", "grad_accum", "seed", "checkpoint_every", "keep_checkpoints"}
+_BOOLS = {"grad_checkpointing", "offload_activations", "offload_streamed_activations"}
+_STRS = {"targets", "target_patterns", "mode", "trigger_word", "init_lora", *_CHOICES}
+
+
+def _type_problem(name: str, v) -> Optional[str]:
+    tn = type(v).__name__
+    if name in _INTS:
+        if isinstance(v, bool) or not isinstance(v, int):
+            hint = f" (write {name}: {v.strip()} without quotes)" if isinstance(v, str) and v.strip().lstrip("-").isdigit() else ""
+            return f"{name} must be a whole number, not {v!r} ({tn}){hint}"
+    elif name in _BOOLS:
+        if not isinstance(v, bool):
+            return f"{name} must be true or false, not {v!r} ({tn})"
+    elif name in _STRS:
+        if not isinstance(v, str):
+            return f"{name} must be text, not {v!r} ({tn})"
+    elif name == "betas":
+        if (not isinstance(v, tuple) or len(v) != 2
+                or any(isinstance(b, bool) or not isinstance(b, (int, float)) for b in v)):
+            return f"betas must be two numbers such as [0.9, 0.999], not {v!r}"
+    elif name in _RANGES:  # floats
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            hint = " (write it without quotes)" if isinstance(v, str) else ""
+            return f"{name} must be a number, not {v!r} ({tn}){hint}"
+        if not math.isfinite(v):
+            return f"{name} must be a finite number, not {v!r}"
+    return None
+
+
+def validate_config(cfg: "TrainConfig") -> None:
+    """Every training setting's type and range, and combinations that would train nothing —
+    the one check the Train node and the CLI share, made before anything loads. Raises
+    SettingsError listing every problem."""
+    from .lora import TARGET_PRESETS, LoRAError, _compile
+
+    problems: list[str] = []
+    for f in fields(cfg):
+        p = _type_problem(f.name, getattr(cfg, f.name))
+        if p:
+            problems.append(p)
+    bad_type = {p.split(" ")[0] for p in problems}
+    for name, (lo, hi, lo_in, hi_in, why) in _RANGES.items():
+        if name in bad_type:
+            continue
+        v = getattr(cfg, name)
+        if (lo is not None and (v < lo or (v == lo and not lo_in))) or (hi is not None and (v > hi or (v == hi and not hi_in))):
+            lo_s = "" if lo is None else f"{'≥' if lo_in else '>'} {lo:g}"
+            hi_s = "" if hi is None else f"{'≤' if hi_in else '<'} {hi:g}"
+            rng = " and ".join(x for x in (lo_s, hi_s) if x)
+            problems.append(f"{name} = {v!r} is out of range: it must be {rng}" + (f" ({why})" if why else ""))
+    for name, options in _CHOICES.items():
+        v = getattr(cfg, name)
+        if isinstance(v, str) and v not in options:
+            extra = " (fp16 is not supported: LTX-2 overflows in fp16; use bf16)" if v == "fp16" else ""
+            problems.append(f"{name} = {v!r} is not one of {', '.join(options)}{extra}")
+    if "betas" not in bad_type and not all(0.0 <= b < 1.0 for b in cfg.betas):
+        problems.append(f"betas = {list(cfg.betas)} must each be in [0, 1)")
+    if isinstance(cfg.targets, str) and cfg.targets and cfg.targets not in TARGET_PRESETS:
+        problems.append(f"targets = {cfg.targets!r} is not one of {', '.join(TARGET_PRESETS)}")
+    if isinstance(cfg.target_patterns, str):
+        try:
+            _compile(split_patterns(cfg.target_patterns))
+        except LoRAError as e:
+            problems.append(str(e))
+        if isinstance(cfg.targets, str) and not cfg.targets and not split_patterns(cfg.target_patterns) \
+                and not cfg.init_lora:
+            problems.append("no LoRA targets: choose a targets preset or give target_patterns")
+    mode = None
+    if isinstance(cfg.mode, str):
+        try:
+            mode = ob.get_mode(cfg.mode)
+        except ValueError as e:
+            problems.append(str(e))
+    if mode is not None and "audio_weight" not in bad_type and cfg.audio_weight == 0 \
+            and mode.audio == ob.GENERATED and mode.video != ob.GENERATED:
+        problems.append(f"audio_weight = 0 with mode {cfg.mode} (which learns only audio) trains nothing; "
+                        "set audio_weight above 0")
+    if problems:
+        raise SettingsError("training settings refused:\n- " + "\n- ".join(problems))
 
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -273,8 +396,29 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta) -> dict:
     return build(meta)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, damaged, or of a different run."""
+
+    def __init__(self, message: str, path: Optional[str] = None):
+        super().__init__(message)
+        self.path = path
+
+
+def payload_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes (sorted by name)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().to("cpu").contiguous()
+        h.update(f"{k}|{t.dtype}|{list(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, lora: LoRASet, opt, step: int, epoch: int, pos: int, cfg: TrainConfig,
-                    history: list[dict]) -> None:
+                    history: list[dict], fingerprint: Optional[dict] = None) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"lora.{k}": v.detach().cpu().contiguous() for k, v in lora.state_dict().items()}
@@ -282,23 +426,217 @@ def save_checkpoint(path: Path, lora: LoRASet, opt, step: int, epoch: int, pos: 
     tensors.update(ot)
     meta = {"format": "ltx2-train-checkpoint", "step": str(step), "epoch": str(epoch), "pos": str(pos),
             "config": json.dumps(cfg.to_dict()), "optimizer": json.dumps(ometa),
-            "history": json.dumps(history), "lora_names": json.dumps(lora.names)}
+            "history": json.dumps(history), "lora_names": json.dumps(lora.names),
+            "sha256": payload_digest(tensors)}
+    if fingerprint is not None:
+        meta["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+def read_checkpoint(path: Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """The checkpoint's tensors and metadata. Anything unreadable or damaged (truncated, bytes
+    changed: the payload's sha256 differs) raises CheckpointError naming the file."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != "ltx2-train-checkpoint":
-            raise ValueError(f"{path} is not a training checkpoint of this pack")
-        return {k: f.get_tensor(k) for k in f.keys()}, meta
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != "ltx2-train-checkpoint":
+                raise CheckpointError(f"{path.name} is not a training checkpoint of this pack", str(path))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except CheckpointError:
+        raise
+    except Exception as e:  # SafetensorError, OSError, a bad header: one message naming the file
+        raise CheckpointError(f"checkpoint {path.name} cannot be read ({type(e).__name__}: {e}); it is damaged "
+                              "(an interrupted copy or a full disk?)", str(path)) from e
+    want = meta.get("sha256")
+    if verify and want and payload_digest(tensors) != want:
+        raise CheckpointError(f"checkpoint {path.name} is damaged: its contents do not match the checksum "
+                              "saved with it", str(path))
+    for k in ("step", "epoch", "pos", "config", "optimizer", "history"):
+        if k not in meta:
+            raise CheckpointError(f"checkpoint {path.name} lacks its {k!r} record; it is not usable", str(path))
+    return tensors, meta
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted((Path(run_dir) / "checkpoints").glob("step_*.safetensors"))
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    tensors: dict
+    meta: dict
+    notes: list[str] = field(default_factory=list)
+
+
+def load_resume_checkpoint(run_dir: Path, resume: Optional[str]) -> Optional[LoadedCheckpoint]:
+    """The checkpoint to resume from, read and verified. ``None``/"none": no resume;
+    "latest": the newest good checkpoint (a damaged newer one is reported by name in
+    ``notes`` and the previous good one used); a file name: that one (if damaged, the error
+    names the previous good one to ask for instead)."""
+    if not resume or resume == "none":
+        return None
+    run_dir = Path(run_dir)
+    cks = list_checkpoints(run_dir)
+    if resume == "latest":
+        bad: list[str] = []
+        for c in reversed(cks):
+            try:
+                tensors, meta = read_checkpoint(c)
+            except CheckpointError as e:
+                bad.append(str(e))
+                continue
+            notes = [f"{b}; resuming from {c.name} (step {meta['step']}) instead" for b in bad]
+            return LoadedCheckpoint(c, tensors, meta, notes)
+        if bad:
+            raise CheckpointError("no usable checkpoint to resume from: " + "; ".join(bad)
+                                  + ". Set resume to none to start again (or delete the damaged files)")
+        return None
+    chosen = next((c for c in cks if c.name == resume or c.stem == resume), None)
+    if chosen is None:
+        raise FileNotFoundError(f"no checkpoint {resume!r} in {run_dir / 'checkpoints'}; "
+                                f"available: {', '.join(c.name for c in cks) or 'none'}")
+    try:
+        tensors, meta = read_checkpoint(chosen)
+    except CheckpointError as e:
+        older = [c for c in cks if c < chosen]
+        good = None
+        for c in reversed(older):
+            try:
+                read_checkpoint(c)
+                good = c
+                break
+            except CheckpointError:
+                continue
+        raise CheckpointError(f"{e}. " + (f"The previous good checkpoint is {good.name}: resume from it"
+                                         if good else "There is no earlier good checkpoint: set resume to none"),
+                              str(chosen)) from e
+    return LoadedCheckpoint(chosen, tensors, meta)
+
+
+# ----------------------------------------------------------------------------- run identity
+
+_HASHED = ("patchify_proj.bias", "audio_patchify_proj.bias", "scale_shift_table", "audio_scale_shift_table",
+           "transformer_blocks.0.attn1.to_q.bias", "transformer_blocks.0.scale_shift_table")
+
+
+def base_model_identity(root: torch.nn.Module) -> dict:
+    """What identifies a base model: its sizes and a hash of a few weight tensors' values
+    (rounded to bf16, so the same checkpoint loaded in bf16 or fp32 has the same identity)."""
+    import hashlib
+
+    params = dict(root.named_parameters())
+    blocks = getattr(root, "transformer_blocks", None)
+    n = len(blocks) if blocks is not None else 0
+    names = [k for k in _HASHED if k in params]
+    if n:
+        names += [k for k in (f"transformer_blocks.{n - 1}.attn1.to_q.bias", f"transformer_blocks.{n - 1}.scale_shift_table")
+                  if k in params and k not in names]
+    if not names:
+        names = sorted(params)[:4]
+    h = hashlib.sha256()
+    for k in names:
+        t = params[k].detach()
+        try:
+            t = t.reshape(-1)[:65536].to("cpu", torch.bfloat16).contiguous()
+            h.update(k.encode() + t.view(torch.int16).numpy().tobytes())
+        except Exception:  # a quantized tensor: its shape at least
+            h.update(f"{k}{list(params[k].shape)}".encode())
+    shapes = {}
+    for k in ("patchify_proj", "audio_patchify_proj", "proj_out", "audio_proj_out"):
+        m = getattr(root, k, None)
+        if m is not None and hasattr(m, "in_features"):
+            shapes[k] = [m.in_features, m.out_features]
+    return {"blocks": n, "shapes": shapes, "weights": h.hexdigest()[:32]}
+
+
+def data_identity(data) -> Any:
+    ident = getattr(data, "identity", None)
+    if callable(ident):
+        return ident()
+    return {"samples": len(data), "buckets": sorted({data.bucket_of(i) for i in range(len(data))})}
+
+
+def run_fingerprint(root, data, cfg: TrainConfig, lora: LoRASet, batch_size: int, init_digest: str = "") -> dict:
+    """What makes a run the same run: a checkpoint resumes only into a run with all of it
+    equal (the learning rate may change; it is reported)."""
+    import hashlib
+
+    return {
+        "base model": base_model_identity(root),
+        "latent cache": data_identity(data),
+        "mode": cfg.mode,
+        "LoRA modules": hashlib.sha256("\n".join(lora.names).encode()).hexdigest()[:16] + f" ({len(lora.names)})",
+        "targets": [cfg.targets, cfg.target_patterns] if not init_digest else "init LoRA",
+        "rank": lora.rank,
+        "alpha": lora.alpha,
+        "init LoRA": init_digest,
+        "grad_accum": cfg.grad_accum,
+        "batch size": batch_size,
+        "schedule": [cfg.scheduler, cfg.warmup_steps, None if cfg.scheduler == "constant" else cfg.steps],
+        "optimizer": [cfg.optimizer, list(cfg.betas), cfg.weight_decay],
+        "dropouts": {"lora": cfg.dropout, "caption": cfg.caption_dropout, "first_frame_prob": cfg.first_frame_prob},
+        "seed": cfg.seed,
+        "audio_weight": cfg.audio_weight,
+        "sigma_sampler": cfg.sigma_sampler,
+        "max_grad_norm": cfg.max_grad_norm,
+        "mixed_precision": cfg.mixed_precision,
+    }
+
+
+def _legacy_fingerprint(saved: TrainConfig) -> dict:
+    """What a checkpoint made before fingerprints can still be compared on (its config)."""
+    return {"mode": saved.mode, "targets": [saved.targets, saved.target_patterns], "rank": saved.rank,
+            "alpha": saved.alpha, "grad_accum": saved.grad_accum,
+            "schedule": [saved.scheduler, saved.warmup_steps, None if saved.scheduler == "constant" else saved.steps],
+            "optimizer": [saved.optimizer, list(saved.betas), saved.weight_decay], "seed": saved.seed}
+
+
+def _show(field_name: str, v) -> str:
+    if field_name == "base model" and isinstance(v, dict):
+        return f"{v.get('blocks')} blocks, weights {v.get('weights', '')[:12]}"
+    if field_name == "latent cache" and isinstance(v, dict) and "digest" in v:
+        return f"{v.get('samples')} samples, {v['digest'][:12]}"
+    if field_name == "schedule" and isinstance(v, list) and len(v) == 3:
+        return f"{v[0]}, warmup {v[1]}" + (f", over {v[2]} steps" if v[2] is not None else "")
+    if field_name == "optimizer" and isinstance(v, list) and len(v) == 3:
+        return f"{v[0]} (betas {v[1]}, weight decay {v[2]})"
+    return json.dumps(v) if not isinstance(v, str) else v
+
+
+def check_resume(ck: "LoadedCheckpoint", fingerprint: dict, cfg: TrainConfig) -> list[str]:
+    """Refuse a checkpoint of a different run, naming what differs and how to start fresh;
+    returns notes on allowed changes (the learning rate)."""
+    meta = ck.meta
+    try:
+        saved_cfg = json.loads(meta["config"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {ck.path.name} has no readable settings record", str(ck.path)) from e
+    if "fingerprint" in meta:
+        saved = json.loads(meta["fingerprint"])
+    else:
+        try:
+            saved = _legacy_fingerprint(TrainConfig.from_dict(saved_cfg))
+        except (ValueError, TypeError):
+            saved = {}
+    diffs = [k for k in saved if k in fingerprint and saved[k] != json.loads(json.dumps(fingerprint[k]))]
+    if diffs:
+        lines = [f"{k}: checkpoint {_show(k, saved[k])}, this run {_show(k, fingerprint[k])}" for k in diffs]
+        raise CheckpointError(
+            f"cannot resume from {ck.path.name}: it belongs to a different run ({'; '.join(lines)}). To continue it, "
+            "change those settings back; to start fresh, give the LoRA a new name or set resume to none "
+            "(CLI: --resume none)", str(ck.path))
+    notes = []
+    old_lr = saved_cfg.get("learning_rate")
+    if old_lr is not None and old_lr != cfg.learning_rate:
+        notes.append(f"learning rate changed on resume: {old_lr:g} -> {cfg.learning_rate:g} (from step {meta['step']})")
+    if saved_cfg.get("steps") is not None and saved_cfg.get("steps") != cfg.steps:
+        notes.append(f"steps changed on resume: {saved_cfg['steps']} -> {cfg.steps}")
+    return notes
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -312,6 +650,9 @@ class Callbacks:
     # previews (wrap the work in ``optimizer_offloaded(optimizer)`` to free the GPU meanwhile)
     on_validate: Optional[Callable[[int, Any], None]] = None
     validate_every: int = 0
+    # is this exception the host's cancel (ComfyUI's InterruptProcessingException, raised from
+    # a progress hook or from inside a layer's forward)? KeyboardInterrupt always is.
+    is_interrupt: Optional[Callable[[BaseException], bool]] = None
 
 
 @contextlib.contextmanager
@@ -419,41 +760,127 @@ class Trainer:
         if self.cb.on_event:
             self.cb.on_event(name, payload)
 
-    def train(self, resume_from: Optional[str | Path] = None) -> TrainResult:
+    def check_data(self) -> None:
+        """Before the first step: the cache's files are all readable with their recorded
+        shapes, and the latents and text conditioning fit this model — so a damaged file or a
+        cache of another variant is reported now, naming the file, not steps later."""
+        verify = getattr(self.data, "verify", None)
+        if callable(verify):
+            verify(self.mode)
+        shapes_of = getattr(self.data, "entry_shapes", None)
+        root = self.root
+        if not callable(shapes_of) or not hasattr(root, "audio_adaln_single"):
+            return  # not a cache over an LTX-2 tree (a test's toy model): nothing more to compare
+        from .cache import CacheError
+
+        where = getattr(getattr(self.data, "cache", None), "root", "the latent cache")
+        want_v = getattr(getattr(root, "patchify_proj", None), "in_features", None)
+        want_a = getattr(getattr(root, "audio_patchify_proj", None), "in_features", None)
+        widths: dict[int, int] = {}
+        for i in range(len(self.data)):
+            sh = shapes_of(i)
+            v, a, t = sh.get("video"), sh.get("audio"), sh.get("text")
+            key = getattr(self.data.samples[i], "key", str(i)) if hasattr(self.data, "samples") else str(i)
+            if self.mode.needs_video and v and want_v and v[0] != want_v:
+                raise CacheError(f"sample {key} in {where}: video latents have {v[0]} channels, this model takes "
+                                 f"{want_v}; encode the clips again with this model's LTX-2 video VAE")
+            if self.mode.needs_audio and a and want_a and a[0] * a[-1] != want_a:
+                raise CacheError(f"sample {key} in {where}: audio latents {a} do not fit this model "
+                                 f"({want_a} features per frame); encode again with this model's LTX-2 audio VAE")
+            if t:
+                widths.setdefault(int(t[-1]), i)
+        for w, i in widths.items():
+            self._probe_text(self.data.get(i), w, where)
+
+    def _probe_text(self, item: LatentItem, width: int, where) -> None:
+        """Run the model's text preparation (connectors only, no grad) on one cached caption of
+        each width: a cache of another LTX-2 variant fails here with a message that says so."""
+        from .cache import CacheError
+        from .ltx2 import LTX2Config, prepare_text
+        from .ltx2.forward import _compute_dtype
+
+        ctx = item.text.get("context")
+        if ctx is None:
+            raise CacheError(f"sample {item.key} in {where}: the cached text conditioning has no 'context' tensor; "
+                             "encode the captions again with the LTX-2 text encoder")
+        try:
+            c = LTX2Config.from_module(self.root)
+            x = ctx[None].to(self.device)
+            use_bf16 = self.cfg.mixed_precision == "bf16"
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                cd, plain = _compute_dtype(self.root, x, None)
+                with torch.autocast(self.device.type, enabled=False) if plain else contextlib.nullcontext():
+                    prepare_text(self.root, c, x, cd)
+        except (ValueError, RuntimeError) as e:
+            variant = getattr(locals().get("c"), "variant", "?")
+            raise CacheError(f"the latent cache at {where} does not fit this model (LTX-2 {variant}): its text "
+                             f"conditioning (sample {item.key}) is {width} wide and the model's text input "
+                             f"refuses it ({type(e).__name__}: {str(e)[:200]}). The cache was encoded for another "
+                             "LTX-2 variant: run Encode Latents again with this model's text encoder, or train "
+                             "the model the cache was made for") from e
+
+    def build_lora(self) -> tuple[LoRASet, str, list[str]]:
+        """The run's adapters: from the init LoRA file when the settings name one (its modules,
+        rank and alpha), else fresh ones on the settings' targets. Returns (lora, the init
+        file's digest or "", notes)."""
+        cfg = self.cfg
+        if not cfg.init_lora:
+            return LoRASet.for_model(self.root, cfg.lora_spec(), seed=cfg.seed), "", []
+        from .lora import init_lora_from_file
+
+        lora, digest, notes = init_lora_from_file(self.root, cfg.init_lora, dropout=cfg.dropout)
+        return lora, digest, notes
+
+    def train(self, resume_from: Optional[str | Path | LoadedCheckpoint] = None) -> TrainResult:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         for p in self.root.parameters():
             p.requires_grad_(False)
-        lora = LoRASet.for_model(self.root, cfg.lora_spec(), seed=cfg.seed).to(self.device)
+        self.check_data()
+        lora, init_digest, notes = self.build_lora()
+        for n in notes:
+            self._emit("notice", {"message": n})
+        lora = lora.to(self.device)
         params = [p for p in lora.parameters()]
-        opt = make_optimizer(params, cfg)
+        fingerprint = run_fingerprint(self.root, self.data, cfg, lora, self.batch_size, init_digest)
+        self.fingerprint = fingerprint
         step, epoch, pos, history = 0, 0, 0, []
-        if resume_from:
-            tensors, meta = read_checkpoint(Path(resume_from))
-            saved = TrainConfig.from_dict(json.loads(meta["config"]))
-            for k in ("rank", "alpha", "targets", "target_patterns", "seed", "mode"):
-                if getattr(saved, k) != getattr(cfg, k):
-                    raise ValueError(f"cannot resume: the checkpoint was trained with {k}={getattr(saved, k)!r}, "
-                                     f"this run asks {getattr(cfg, k)!r}")
-            lora.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("lora.")})
-            opt.load_state_dict(_unflatten_optimizer(tensors, json.loads(meta["optimizer"])))
-            step, epoch, pos = int(meta["step"]), int(meta["epoch"]), int(meta["pos"])
-            history = json.loads(meta["history"])
-            self._emit("resumed", {"step": step, "checkpoint": str(resume_from)})
+        if resume_from is not None:
+            ck = resume_from if isinstance(resume_from, LoadedCheckpoint) else None
+            if ck is None:
+                tensors, meta = read_checkpoint(Path(resume_from))
+                ck = LoadedCheckpoint(Path(resume_from), tensors, meta)
+            for n in ck.notes:
+                notes.append(n)
+                self._emit("notice", {"message": n})
+            for n in check_resume(ck, fingerprint, cfg):
+                notes.append(n)
+                self._emit("notice", {"message": n})
+        opt = make_optimizer(params, cfg)
+        if resume_from is not None:
+            try:
+                lora.load_state_dict({k[5:]: v for k, v in ck.tensors.items() if k.startswith("lora.")})
+                opt.load_state_dict(_unflatten_optimizer(ck.tensors, json.loads(ck.meta["optimizer"])))
+            except (KeyError, RuntimeError, ValueError) as e:
+                raise CheckpointError(f"cannot resume from {ck.path.name}: its LoRA or optimizer state does not fit "
+                                      f"this run ({type(e).__name__}: {e}); give the LoRA a new name or set resume "
+                                      "to none to start fresh", str(ck.path)) from e
+            step, epoch, pos = int(ck.meta["step"]), int(ck.meta["epoch"]), int(ck.meta["pos"])
+            history = json.loads(ck.meta["history"])
+            self._emit("resumed", {"step": step, "checkpoint": str(ck.path)})
+            del ck
         lora.attach(self.root)
         ckpts: list[str] = []
-        notes: list[str] = []
         use_bf16 = cfg.mixed_precision == "bf16"
         dtype = torch.float32
         batches = self._batches(epoch)
         t_last = time.perf_counter()
         quiet = QuietGC()
+        done = (step, epoch, pos)  # the state after the last finished step (what a cancel saves)
         try:
             while step < cfg.steps:
                 if self.cb.should_stop and self.cb.should_stop():
-                    ck = self._checkpoint(lora, opt, step, epoch, pos, history, ckpts)
-                    raise TrainingStopped(f"training cancelled at step {step}; checkpoint saved to {ck}",
-                                          step, ck, reason="cancelled")
+                    raise _StopRequested()
                 for g in opt.param_groups:
                     g["lr"] = cfg.learning_rate * lr_factor(step, cfg)
                 loss_sum = 0.0
@@ -480,6 +907,7 @@ class Trainer:
                     loss = ob.combine_losses(lv, la, cfg.audio_weight) / cfg.grad_accum
                     loss.backward()
                     loss_sum += loss.item()
+                    del items, inputs, v_pred, a_pred, lv, la, loss
                 if not math.isfinite(loss_sum):
                     ck = self._checkpoint_if_any(ckpts)
                     raise TrainingStopped(
@@ -487,9 +915,14 @@ class Trainer:
                         f"learning rate ({cfg.learning_rate:g}) is too high, or a cached latent is corrupt; "
                         f"lower the learning rate or re-encode the cache, then resume from {ck or 'the start'}",
                         step, ck, reason="nan")
-                gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+                if cfg.max_grad_norm > 0:
+                    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                else:
+                    gnorm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    wmax = torch.stack(torch._foreach_norm(params, float("inf"))).max()
                 step += 1
                 quiet.tick()
                 quiet.settle()  # the first step built what stays: out of the collector's way
@@ -501,9 +934,10 @@ class Trainer:
                     rec["loss_video"] = sum(parts_v) / len(parts_v)
                 if parts_a:
                     rec["loss_audio"] = sum(parts_a) / len(parts_a)
-                if gnorm is not None:
-                    rec["grad_norm"] = float(gnorm)
+                rec["grad_norm"] = float(gnorm)
+                rec["lora_max"] = float(wmax)
                 history.append(rec)
+                done = (step, epoch, pos)
                 self._check_divergence(history, step, ckpts)
                 if self.cb.on_step:
                     self.cb.on_step(dict(rec, steps=cfg.steps, smoothed=smoothed(history)))
@@ -512,10 +946,31 @@ class Trainer:
                     quiet.tick(full=True)  # what sampling left in cycles (GPU tensors too) goes now
                 if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                     self._checkpoint(lora, opt, step, epoch, pos, history, ckpts)
+            # the end is a checkpoint too: queue again with more steps to continue
+            if not ckpts or not ckpts[-1].endswith(f"step_{step:06d}.safetensors"):
+                self._checkpoint(lora, opt, step, epoch, pos, history, ckpts)
             p = plateau(history)
             if p:
                 notes.append(p)
                 self._emit("plateau", {"message": p})
+        except TrainingStopped:
+            raise
+        except BaseException as e:
+            stop = isinstance(e, (_StopRequested, KeyboardInterrupt)) or bool(self.cb.is_interrupt and self.cb.is_interrupt(e))
+            if not stop and not (self.cb.should_stop and _safe_call(self.cb.should_stop)):
+                raise
+            # cancelled: drop what the unfinished step built (its activations live in the
+            # exception's frames), save the last finished step, and say how to go on
+            opt.zero_grad(set_to_none=True)
+            _drop_frames(e)
+            s, ep, ps = done
+            ck = self._checkpoint(lora, opt, s, ep, ps, history[:s], ckpts)
+            msg = (f"cancelled at step {s} of {cfg.steps}, checkpoint saved ({Path(ck).name}) — queue again with "
+                   "resume = latest to continue")
+            self._emit("cancelled", {"step": s, "path": ck, "message": msg})
+            err = TrainingStopped(msg, s, ck, reason="cancelled")
+            err.interrupt = None if isinstance(e, _StopRequested) else e
+            raise err from None
         finally:
             quiet.release()
             lora.detach()
@@ -523,7 +978,7 @@ class Trainer:
 
     def _checkpoint(self, lora, opt, step, epoch, pos, history, ckpts) -> str:
         path = self.run_dir / "checkpoints" / f"step_{step:06d}.safetensors"
-        save_checkpoint(path, lora, opt, step, epoch, pos, self.cfg, history)
+        save_checkpoint(path, lora, opt, step, epoch, pos, self.cfg, history, getattr(self, "fingerprint", None))
         ckpts.append(str(path))
         existing = list_checkpoints(self.run_dir)
         for old in existing[:-max(1, self.cfg.keep_checkpoints)]:
@@ -535,20 +990,72 @@ class Trainer:
         existing = list_checkpoints(self.run_dir)
         return str(existing[-1]) if existing else None
 
+    # LoRA weights beyond this are runaway (Adam moves each weight by about the learning rate
+    # per step: a healthy run stays within a few units)
+    MAX_LORA_WEIGHT = 50.0
+
     def _check_divergence(self, history, step, ckpts) -> None:
-        n = len(history)
-        if n < 20 or self.cfg.divergence_factor <= 0:
+        cfg = self.cfg
+        h = history[-1]
+        if cfg.divergence_factor <= 0:
             return
-        early = sorted(h["loss"] for h in history[: max(10, n // 5)])
-        base = early[len(early) // 2]
-        recent = sorted(h["loss"] for h in history[-5:])[2]
-        if base > 0 and recent > self.cfg.divergence_factor * base:
+        if not math.isfinite(h["lora_max"]) or h["lora_max"] > self.MAX_LORA_WEIGHT:
             ck = self._checkpoint_if_any(ckpts)
             raise TrainingStopped(
-                f"loss diverged at step {step}: {recent:.4g} is over {self.cfg.divergence_factor:g}× the early "
-                f"median {base:.4g}. Likely cause: the learning rate ({self.cfg.learning_rate:g}) is too high "
-                f"for rank {self.cfg.rank}; lower it (e.g. halve it) and resume from {ck or 'the start'}",
+                f"LoRA weights ran away at step {step}: the largest is {h['lora_max']:.4g} (healthy runs stay under "
+                f"a few units). The learning rate ({cfg.learning_rate:g}) is far too high; lower it (1e-4 is "
+                f"typical) and resume from {ck or 'the start'}", step, ck, reason="diverged")
+        norms = [x.get("grad_norm") for x in history]
+        if len(norms) >= 4 and all(v is not None for v in norms[-3:]):
+            ref = max(v for v in norms[:-3] if v is not None) if any(v is not None for v in norms[:-3]) else 0.0
+            if ref > 0 and all(v <= 1e-7 * ref for v in norms[-3:]):
+                ck = self._checkpoint_if_any(ckpts)
+                raise TrainingStopped(
+                    f"the gradient vanished at step {step}: its norm fell from {ref:.3g} to {norms[-1]:.3g} for three "
+                    f"steps, so training no longer changes the LoRA. Usually the learning rate "
+                    f"({cfg.learning_rate:g}) was too high and the model saturated; lower it and resume from "
+                    f"{ck or 'the start'}", step, ck, reason="diverged")
+        n = len(history)
+        if n < 8:
+            return
+        # the baseline: the early median, or the first three steps' (the LoRA starts as a no-op,
+        # so they are the base model's loss) when the run blew up right away
+        early = sorted(x["loss"] for x in history[: max(10, n // 5)])
+        first = sorted(x["loss"] for x in history[:3])[1]
+        base = min(early[len(early) // 2], first)
+        recent = sorted(x["loss"] for x in history[-5:])[2]
+        if base > 0 and recent > cfg.divergence_factor * base:
+            ck = self._checkpoint_if_any(ckpts)
+            raise TrainingStopped(
+                f"loss diverged at step {step}: {recent:.4g} is over {cfg.divergence_factor:g}× the early "
+                f"median {base:.4g}. Likely cause: the learning rate ({cfg.learning_rate:g}) is too high "
+                f"for rank {cfg.rank}; lower it (e.g. halve it) and resume from {ck or 'the start'}",
                 step, ck, reason="diverged")
+
+
+class _StopRequested(Exception):
+    """The host asked to stop (should_stop): handled like an interrupt."""
+
+
+def _safe_call(fn) -> bool:
+    try:
+        return bool(fn())
+    except BaseException:
+        return False
+
+
+def _drop_frames(e: BaseException) -> None:
+    """Let go of the frames an exception holds (and with them the tensors of an unfinished step)."""
+    import traceback
+
+    tb = e.__traceback__
+    if tb is not None:
+        try:
+            traceback.clear_frames(tb)
+        except Exception:
+            pass
+    e.__traceback__ = None
+    gc.collect()
 
 
 def smoothed(history: list[dict], beta: float = 0.9) -> float:

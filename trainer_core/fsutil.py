@@ -153,3 +153,65 @@ def next_numbered(folder: str | os.PathLike, prefix: str, ext: str, digits: int 
     taken = [int(m.group(1)) for f in (sub.iterdir() if sub.exists() else []) if (m := pat.match(f.name))]
     n = max(taken, default=0) + 1
     return folder / f"{prefix}_{n:0{digits}d}{ext}"
+
+
+# Names Windows reserves for devices, with or without an extension ("nul.txt" opens the device).
+_WIN_DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$", *(f"COM{i}" for i in range(1, 10)),
+                *(f"LPT{i}" for i in range(1, 10)), "COM¹", "COM²", "COM³", "LPT¹", "LPT²", "LPT³"}
+MAX_NAME_CHARS = 120  # leaves room for "_00001.safetensors" and the folder within 255-byte file names
+
+
+def check_name(name, what: str = "name", max_chars: int = MAX_NAME_CHARS) -> str:
+    """A typed name that becomes one file or folder name, on every OS: returns it stripped,
+    or raises UnsafePathError saying what is wrong. Refuses empty names, ``.``/``..``,
+    folder separators, control and reserved characters, Windows device names (``CON``,
+    ``nul.txt``), trailing dots or spaces, and names over ``max_chars`` characters."""
+    if not isinstance(name, str):
+        raise UnsafePathError(f"{what} must be text, not {type(name).__name__}")
+    s = name.strip()
+    if not s:
+        raise UnsafePathError(f"{what} is empty; type a name such as my_ltx2_lora")
+    if s in (".", "..") or set(s) == {"."}:
+        raise UnsafePathError(f"{what} {s!r} is not a name; type a name such as my_ltx2_lora")
+    if "/" in s or "\\" in s:
+        raise UnsafePathError(f"{what} {s!r} contains a folder separator; give a plain name")
+    bad = sorted(set(_BAD_NAME.findall(s)))
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        raise UnsafePathError(f"{what} {s!r} contains characters not allowed in file names ({shown}); remove them")
+    if s.endswith((".", " ")):
+        raise UnsafePathError(f"{what} {s!r} ends with a dot or a space, which Windows drops; remove it")
+    if s.split(".")[0].strip().upper() in _WIN_DEVICES:
+        raise UnsafePathError(f"{what} {s!r} is a Windows device name ({s.split('.')[0]}); choose another name")
+    if len(s) > max_chars or len(s.encode("utf-8")) > 2 * max_chars:
+        raise UnsafePathError(f"{what} is {len(s)} characters long; keep it to {max_chars} or fewer")
+    return s
+
+
+# what interrupted atomic writes leave: ours (".<name>.<random>.tmp"), safetensors' and
+# tempfile's (".tmp<random>", "<name>.tmp<random>")
+_TEMP_PATTERNS = (re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$"), re.compile(r"^\.?tmp[A-Za-z0-9_]{4,}$"),
+                  re.compile(r"^.+\.safetensors\.tmp[A-Za-z0-9_]*$"))
+
+
+def clean_temp_files(folder: str | os.PathLike, prefix: str = "") -> list[Path]:
+    """Delete what interrupted atomic writes left in ``folder`` (not below it): our
+    ``.<name>.*.tmp`` files and safetensors'/tempfile's ``.tmpXXXX``. With ``prefix``, only
+    temp files of targets whose name starts with it (a shared folder such as ``loras``).
+    Returns the deleted paths."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    gone = []
+    for f in folder.iterdir():
+        n = f.name
+        if not f.is_file() or not any(p.match(n) for p in _TEMP_PATTERNS):
+            continue
+        if prefix and not n.lstrip(".").startswith(prefix):
+            continue
+        try:
+            f.unlink()
+            gone.append(f)
+        except OSError:
+            pass
+    return gone

@@ -12,7 +12,14 @@ File format (what ComfyUI's stock LoRA loaders and Lightricks' tools read)::
     diffusion_model.<module>.alpha           []           bf16
 
 plus string metadata (base model variant, rank, alpha, targets, steps, trigger word, the
-run's settings as JSON). Files are read with safetensors only.
+run's settings as JSON). ComfyUI scales each module by ``alpha / rank``; Lightricks' loader
+(ltx-core) ignores ``.alpha`` and applies ``B·A`` as it is — with alpha = rank (the default)
+both apply the same LoRA. Files are read with safetensors only.
+
+A run can start from an existing LoRA (``init_lora_from_file``): this pack's files, the
+official ltx-trainer's (PEFT ``lora_A``/``lora_B`` under ``diffusion_model.``, no alpha) and
+the other key layouts ComfyUI's loader maps for LTX-2 (``transformer.``, bare module names,
+``lora_unet_`` with underscores; ``lora_up``/``lora_down`` or ``lora_A``/``lora_B``).
 """
 from __future__ import annotations
 
@@ -138,13 +145,16 @@ class LoRASpec:
 class LoRASet(nn.Module):
     """All adapters of one LoRA, keyed by module name, attachable to a module tree."""
 
-    def __init__(self, shapes: dict[str, tuple[int, int]], rank: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, shapes: dict[str, tuple[int, int]], rank: int, alpha: float, dropout: float = 0.0,
+                 ranks: Optional[dict[str, int]] = None, alphas: Optional[dict[str, float]] = None):
         super().__init__()
         if rank < 1:
             raise LoRAError("rank must be at least 1")
         self.names = sorted(shapes)
         self.rank, self.alpha, self.dropout_p = rank, float(alpha), dropout
-        self.adapters = nn.ModuleDict({_key(n): LoRAAdapter(shapes[n][1], shapes[n][0], rank, alpha, dropout)
+        ranks, alphas = ranks or {}, alphas or {}
+        self.adapters = nn.ModuleDict({_key(n): LoRAAdapter(shapes[n][1], shapes[n][0], ranks.get(n, rank),
+                                                            alphas.get(n, alpha), dropout)
                                        for n in self.names})
         self._handles: list = []
 
@@ -193,7 +203,7 @@ class LoRASet(nn.Module):
             ad = self.adapter(n)
             sd[f"{PREFIX}{n}.lora_A.weight"] = ad.lora_A.detach().to("cpu", dtype).contiguous()
             sd[f"{PREFIX}{n}.lora_B.weight"] = ad.lora_B.detach().to("cpu", dtype).contiguous()
-            sd[f"{PREFIX}{n}.alpha"] = torch.tensor(self.alpha, dtype=dtype)
+            sd[f"{PREFIX}{n}.alpha"] = torch.tensor(ad.alpha, dtype=dtype)
         return sd
 
     def load_comfy_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
@@ -222,7 +232,7 @@ def save_lora(path, lora: LoRASet, metadata: Optional[dict] = None) -> None:
     from .fsutil import atomic_save_safetensors
 
     meta = {"format": "ltx2-lora", "rank": str(lora.rank), "alpha": str(lora.alpha),
-            "modules": str(len(lora.names))}
+            "modules": str(len(lora.names)), "alpha_note": alpha_note(lora.rank, lora.alpha)}
     for k, v in (metadata or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
     atomic_save_safetensors(lora.comfy_state_dict(), path, metadata=meta)
@@ -235,3 +245,133 @@ def load_lora(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         meta = f.metadata() or {}
         sd = {k: f.get_tensor(k) for k in f.keys()}
     return sd, meta
+
+
+def alpha_note(rank: int, alpha: float) -> str:
+    if float(alpha) == float(rank):
+        return ("ComfyUI scales by .alpha / rank; Lightricks' loader ignores .alpha (scale 1): alpha = rank here, "
+                "so both apply the same LoRA")
+    return (f"ComfyUI scales by .alpha / rank = {alpha:g}/{rank}; Lightricks' loader ignores .alpha (scale 1), so "
+            f"there it acts {rank / float(alpha):g}x as strong: use strength {float(alpha) / rank:g} in Lightricks' tools")
+
+
+# ----------------------------------------------------------------------------- other LoRA files
+
+# (A suffix, B suffix) pairs ComfyUI's loader reads (comfy/weight_adapter/lora.py)
+_PAIRS = ((".lora_A.weight", ".lora_B.weight"), (".lora_down.weight", ".lora_up.weight"),
+          (".lora_A.default.weight", ".lora_B.default.weight"), (".lora.down.weight", ".lora.up.weight"),
+          ("_lora.down.weight", "_lora.up.weight"), (".lora_A", ".lora_B"))
+# key prefixes ComfyUI maps onto an LTX-2 model (comfy/lora.py: generic, diffusers-style, LTXV bare)
+_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "transformer.")
+
+
+def parse_lora_state_dict(sd: dict[str, torch.Tensor], module_names: Iterable[str] = ()) -> tuple[dict, list[str]]:
+    """Any supported LoRA layout -> ({module name: {"A", "B", "alpha" (or None)}}, keys not
+    understood). ``module_names`` (the model's) resolve ``lora_unet_`` names whose dots
+    became underscores."""
+    under = {n.replace(".", "_"): n for n in module_names}
+    mods: dict[str, dict] = {}
+    used: set[str] = set()
+
+    def module_of(stem: str) -> str:
+        if stem.startswith("lora_unet_"):
+            s = stem[len("lora_unet_"):]
+            return under.get(s, s)
+        for p in _PREFIXES:
+            if stem.startswith(p):
+                return stem[len(p):]
+        return stem
+
+    for k in sd:
+        for a_suf, b_suf in _PAIRS:
+            if k.endswith(a_suf):
+                stem = k[:-len(a_suf)]
+                bk = stem + b_suf
+                if bk in sd:
+                    m = mods.setdefault(module_of(stem), {"A": None, "B": None, "alpha": None, "keys": []})
+                    m["A"], m["B"] = sd[k], sd[bk]
+                    m["keys"] += [k, bk]
+                    used.update((k, bk))
+                    for ak in (stem + ".alpha", stem.replace(".lora", "") + ".alpha"):
+                        if ak in sd and sd[ak].numel() == 1:
+                            m["alpha"] = float(sd[ak].float())
+                            used.add(ak)
+                            break
+                break
+    unknown = sorted(k for k in sd if k not in used)
+    return mods, unknown
+
+
+def file_digest_sha256(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def init_lora_from_file(root: nn.Module, path, dropout: float = 0.0) -> tuple["LoRASet", str, list[str]]:
+    """Adapters for ``root`` whose starting weights are the LoRA file's: its modules, each
+    with its rank (from the tensors) and alpha (``.alpha`` when stored, else = rank, as
+    Lightricks' loader assumes). Modules the model lacks or whose shapes differ are skipped
+    and named in the notes; nothing usable is an error. Returns (lora, file sha256, notes)."""
+    from pathlib import Path
+
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        raise LoRAError(f"init LoRA {path} does not exist; choose a file from the loras folder")
+    try:
+        sd, meta = load_lora(path)
+    except Exception as e:
+        raise LoRAError(f"init LoRA {name} cannot be read as safetensors ({type(e).__name__}: {e})") from e
+    mods_all = dict(root.named_modules())
+    parsed, unknown = parse_lora_state_dict(sd, mods_all)
+    if not parsed:
+        raise LoRAError(f"init LoRA {name} has no LoRA pairs (lora_A/lora_B or lora_down/lora_up) in any layout "
+                        f"this trainer reads; keys look like {list(sd)[:3]}")
+    unknown = [k for k in unknown if not k.endswith(".alpha")]
+    if unknown:
+        raise LoRAError(f"init LoRA {name} has {len(unknown)} tensors that are not plain LoRA pairs (e.g. "
+                        f"{unknown[:3]}: DoRA, LoCon or full-weight diffs?); only plain LoRA files can be a "
+                        "starting point")
+    shapes, ranks, alphas = {}, {}, {}
+    missing, mismatched = [], []
+    for m, t in sorted(parsed.items()):
+        mod = mods_all.get(m)
+        if mod is None or not is_linear(mod):
+            missing.append(m)
+            continue
+        A, B = t["A"], t["B"]
+        r = A.shape[0]
+        if A.ndim != 2 or B.ndim != 2 or B.shape[1] != r or A.shape[1] != mod.in_features or B.shape[0] != mod.out_features:
+            mismatched.append(f"{m} (file {list(B.shape)}·{list(A.shape)}, model [{mod.out_features}, {mod.in_features}])")
+            continue
+        shapes[m] = (mod.out_features, mod.in_features)
+        ranks[m] = r
+        alphas[m] = t["alpha"] if t["alpha"] is not None else float(r)
+    skipped = missing + mismatched
+    if not shapes:
+        raise LoRAError(f"init LoRA {name} fits nothing in this model: {len(missing)} of its modules are not in it "
+                        f"(e.g. {missing[:3]}) and {len(mismatched)} have other shapes (e.g. {mismatched[:2]}); "
+                        "it was made for another model")
+    rank_counts: dict[int, int] = {}
+    for r in ranks.values():
+        rank_counts[r] = rank_counts.get(r, 0) + 1
+    rank = max(rank_counts, key=rank_counts.get)
+    alpha = max(set(alphas.values()), key=list(alphas.values()).count)
+    s = LoRASet(shapes, rank, alpha, dropout, ranks=ranks, alphas=alphas)
+    with torch.no_grad():
+        for n in s.names:
+            s.adapter(n).lora_A.copy_(parsed[n]["A"].float())
+            s.adapter(n).lora_B.copy_(parsed[n]["B"].float())
+    stored_alpha = any(parsed[n]["alpha"] is not None for n in s.names)
+    notes = [f"starting from {name}: {len(s.names)} modules, rank {rank}"
+             + (" (mixed ranks)" if len(rank_counts) > 1 else "")
+             + f", alpha {alpha:g}" + ("" if stored_alpha else " (no .alpha stored: alpha = rank, as Lightricks' loader)")]
+    if skipped:
+        notes.append(f"init LoRA {name}: skipped {len(skipped)} modules this model does not have or has in other "
+                     f"shapes: {', '.join(skipped[:4])}{' …' if len(skipped) > 4 else ''}")
+    return s, file_digest_sha256(path), notes

@@ -16,8 +16,8 @@ from typing import Callable, Optional
 import torch
 
 from .cache import CachedLatents
-from .engine import Callbacks, TrainConfig, Trainer, TrainResult, list_checkpoints
-from .fsutil import atomic_write_text
+from .engine import Callbacks, TrainConfig, Trainer, TrainResult, list_checkpoints, load_resume_checkpoint
+from .fsutil import atomic_write_text, clean_temp_files
 from .lora import save_lora
 
 
@@ -50,19 +50,17 @@ class RunOutcome:
     notes: list[str] = field(default_factory=list)
 
 
-def resolve_resume(run_dir: Path, resume: Optional[str]) -> Optional[Path]:
-    """``None``/"none" -> no resume; "latest" -> newest checkpoint in the run (or none);
-    a file name -> that checkpoint inside the run's checkpoints folder."""
-    if not resume or resume == "none":
-        return None
-    cks = list_checkpoints(run_dir)
-    if resume == "latest":
-        return cks[-1] if cks else None
-    for c in cks:
-        if c.name == resume or c.stem == resume:
-            return c
-    raise FileNotFoundError(f"no checkpoint {resume!r} in {run_dir / 'checkpoints'}; "
-                            f"available: {', '.join(c.name for c in cks) or 'none'}")
+def clean_leftovers(run_dir: Path, lora_path: Optional[str | Path] = None) -> list[Path]:
+    """Delete what an interrupted earlier run left half-written: temp files of checkpoints,
+    settings, history and plots in the run folder, and of this LoRA name's outputs."""
+    run_dir = Path(run_dir)
+    gone = clean_temp_files(run_dir) + clean_temp_files(run_dir / "checkpoints")
+    if lora_path:
+        lp = Path(lora_path)
+        stem = lp.stem
+        base = stem.rsplit("_", 1)[0] if stem.rsplit("_", 1)[-1].isdigit() else stem
+        gone += clean_temp_files(lp.parent, prefix=base)
+    return gone
 
 
 def run_training(root: torch.nn.Module, predict: Callable, cache_dir: str, cfg: TrainConfig, run_dir: str | Path,
@@ -73,29 +71,45 @@ def run_training(root: torch.nn.Module, predict: Callable, cache_dir: str, cfg: 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     base = base or {}
+    early_notes = []
+    gone = clean_leftovers(run_dir, lora_path)
+    if gone:
+        early_notes.append(f"removed {len(gone)} temporary files an interrupted earlier run left "
+                           f"({', '.join(g.name for g in gone[:3])}{' …' if len(gone) > 3 else ''})")
     doc = settings_document(cfg, cache_dir, base, lora_path, run_dir)
     write_yaml(run_dir / "settings.yaml", doc)
     from .objective import get_mode
 
     mode = get_mode(cfg.mode)
     data = CachedLatents(cache_dir, require_audio=mode.needs_audio)
-    ck = resolve_resume(run_dir, resume)
+    ck = load_resume_checkpoint(run_dir, resume)
     trainer = Trainer(root, predict, data, cfg, run_dir, device=device, callbacks=callbacks, batch_size=batch_size)
+    if callbacks is not None and callbacks.on_event:
+        for n in early_notes:
+            callbacks.on_event("notice", {"message": n})
     t0 = time.time()
     result = trainer.train(resume_from=ck)
+    del ck
+    result.notes[:0] = early_notes
     elapsed = time.time() - t0
-    (run_dir / "history.json").write_text(json.dumps(result.history))
+    atomic_write_text(run_dir / "history.json", json.dumps(result.history))
     img = loss_curve(result.history, title=f"{Path(lora_path).stem if lora_path else run_dir.name}")
     try:
         from PIL import Image
 
-        Image.fromarray(img).save(run_dir / "loss.png")
+        from .fsutil import atomic_path
+
+        with atomic_path(run_dir / "loss.png") as tmp:
+            Image.fromarray(img).save(tmp, format="PNG")
     except Exception:
         pass
     out_path = None
     if lora_path:
         meta = {"base_model": base.get("variant", "unknown"), "base_checkpoint": base.get("checkpoint", ""),
-                "rank": cfg.rank, "alpha": cfg.alpha, "targets": cfg.targets, "target_patterns": cfg.target_patterns,
+                "rank": result.lora.rank, "alpha": result.lora.alpha,
+                "targets": cfg.targets if not cfg.init_lora else f"from {Path(cfg.init_lora).name}",
+                "target_patterns": cfg.target_patterns,
+                "init_lora": Path(cfg.init_lora).name if cfg.init_lora else "",
                 "steps": result.steps_done, "trigger_word": cfg.trigger_word, "mode": cfg.mode,
                 "settings": cfg.to_dict(), "train_seconds": round(elapsed, 1),
                 "final_loss": result.history[-1]["loss"] if result.history else None}

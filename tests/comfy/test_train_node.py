@@ -370,3 +370,148 @@ def test_quantized_streamed_blocks_recompute_when_planned_to_keep_activations(co
         assert pred.offloader is None and pred.streamer is not None
         pred.release()
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+_UNINTERRUPTED: dict = {}
+
+
+def _uninterrupted(comfy, model, cache, variant, steps):
+    """One uninterrupted run per variant (the reference the cancel tests compare with)."""
+    key = (variant, steps)
+    if key not in _UNINTERRUPTED:
+        tag = variant.replace(".", "")
+        _UNINTERRUPTED[key] = _train(comfy, model, cache, f"ref{tag}", steps=steps, checkpoint_every=10)
+    return _UNINTERRUPTED[key]
+
+
+@pytest.mark.parametrize("how", ["hook_raises", "flag_only", "in_layer"])
+def test_cancel_between_checkpoints_saves_the_step_and_resumes_bit_exact(comfy, tiny_model, tmp_path, how,
+                                                                        monkeypatch):
+    """ComfyUI's own cancel at step 7 (or the first progress call after it) of 30 with
+    checkpoint_every 10. hook_raises: the progress
+    hook calls comfy.model_management.interrupt_current_processing() and then, as the server's
+    hook does, throw_exception_if_processing_interrupted(). flag_only: the hook only sets the
+    flag. in_layer: the flag is set in the middle of step 8's forward, so ComfyUI's own layer
+    call (comfy.ops run_every_op) raises inside the step. Every time the node raises ComfyUI's
+    InterruptProcessingException, that step's checkpoint is saved (the periodic one at step 10 is
+    never reached), and resume = latest ends with the LoRA
+    and losses of a run that never stopped."""
+    import comfy.model_management as mm
+    import comfy.utils as cu
+
+    variant, model = tiny_model
+    cache = _cache(tmp_path / "cache", variant, seed=5)
+    tag = variant.replace(".", "") + how[:4]
+    run = Path(comfy.folder_paths.get_output_directory()) / "ltx2_lora_runs" / f"k{tag}"
+    seen, fired = [], []
+
+    # ComfyUI throttles its progress hook (one call per 100 ms); unthrottled here so the hook
+    # sees step 7 whatever the machine's speed (the logic still takes the first call ≥ 7)
+    monkeypatch.setattr(cu, "PROGRESS_THROTTLE_MIN_INTERVAL", 0.0)
+    def hook(value, total, preview, prompt_id=None, node_id=None):
+        seen.append(value)
+        if value >= 7 and not fired and how != "in_layer":
+            fired.append(value)
+            mm.interrupt_current_processing()
+        if how == "hook_raises":
+            mm.throw_exception_if_processing_interrupted()
+
+    def in_forward(mod, args):
+        if seen and max(seen) >= 7 and not fired:
+            fired.append(max(seen))  # now inside the step after it
+            mm.interrupt_current_processing()  # the next ComfyUI op raises
+
+    layer = model.model.diffusion_model.transformer_blocks[0].attn1.to_q
+    handle = layer.register_forward_pre_hook(in_forward) if how == "in_layer" else None
+    cu.set_progress_bar_global_hook(hook)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            _train(comfy, model, cache, f"k{tag}", steps=30, checkpoint_every=10)
+    finally:
+        cu.set_progress_bar_global_hook(None)
+        mm.interrupt_current_processing(False)
+        if handle is not None:
+            handle.remove()
+    assert fired == [7] and max(seen) == 7
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*.safetensors")) == [f"step_{fired[0]:06d}.safetensors"]
+    assert not mm.processing_interrupted()
+    out = _train(comfy, model, cache, f"k{tag}", steps=30, checkpoint_every=10, resume="latest")
+    ref = _uninterrupted(comfy, model, cache, variant, 30)
+    assert [h["loss"] for h in out.result[2]] == [h["loss"] for h in ref.result[2]]
+    _assert_same_lora(comfy, out, ref)
+
+
+def test_train_node_refuses_bad_names_before_running(comfy):
+    node = comfy.pack["LTX2TrainLoRA"]
+    assert node.validate_inputs(lora_name="my_lora") is True
+    for bad, says in [(".", "not a name"), ("CON", "Windows device name"), ("nul.txt", "Windows device name"),
+                      ("x" * 300, "300 characters"), ("a/b", "folder separator"), ("", "empty"), ("bad:name", "characters")]:
+        msg = node.validate_inputs(lora_name=bad)
+        assert isinstance(msg, str) and says in msg, (bad, msg)
+    msg = node.validate_inputs(lora_name="ok", init_lora="not_there.safetensors")
+    assert isinstance(msg, str) and "not in the loras folder" in msg
+
+
+def test_train_node_refuses_settings_before_loading(comfy, tiny_model, tmp_path):
+    variant, model = tiny_model
+    cache = _cache(tmp_path / "cache", variant)
+    # (the pack's own copy of trainer_core, as ComfyUI imported it: match the class by name)
+    with pytest.raises(ValueError, match="grad_accum = 0 is out of range") as e:
+        _train(comfy, model, cache, "refused", steps=2, grad_accum=0)
+    assert type(e.value).__name__ == "SettingsError"
+    run = Path(comfy.folder_paths.get_output_directory()) / "ltx2_lora_runs" / "refused"
+    assert not run.exists()  # nothing written, nothing loaded
+
+
+def test_train_node_starts_from_an_official_trainer_lora(comfy, tiny_model, tmp_path):
+    """init_lora: a file in ltx-trainer's layout (PEFT keys under diffusion_model., no alpha) in
+    the loras folder: the run's LoRA has its modules and rank, alpha = rank, and its first loss
+    is lower than a fresh LoRA's would allow only if the weights were really used (differs)."""
+    from safetensors.torch import save_file
+
+    from trainer_core.lora import resolve_targets
+
+    variant, model = tiny_model
+    root = model.model.diffusion_model
+    cache = _cache(tmp_path / "cache", variant)
+    g = torch.Generator().manual_seed(3)
+    mods = dict(root.named_modules())
+    sd = {}
+    for n in resolve_targets(root, "video attention"):
+        sd[f"diffusion_model.{n}.lora_A.weight"] = (torch.randn(2, mods[n].in_features, generator=g) * 0.3).bfloat16()
+        sd[f"diffusion_model.{n}.lora_B.weight"] = (torch.randn(mods[n].out_features, 2, generator=g) * 0.3).bfloat16()
+    tag = variant.replace(".", "")
+    save_file(sd, str(Path(comfy.folder_paths.get_folder_paths("loras")[0]) / f"official_{tag}.safetensors"))
+    a = _train(comfy, model, cache, f"init{tag}", steps=2, checkpoint_every=0, init_lora=f"official_{tag}.safetensors")
+    b = _train(comfy, model, cache, f"noinit{tag}", steps=2, checkpoint_every=0)
+    got, meta = load_lora(Path(comfy.folder_paths.get_full_path("loras", a.result[1])))
+    assert meta["rank"] == "2" and meta["alpha"] == "2.0" and meta["init_lora"] == f"official_{tag}.safetensors"
+    assert {k for k in got if k.endswith("lora_A.weight")} == {k for k in sd if k.endswith("lora_A.weight")}
+    assert a.result[2][0]["loss"] != b.result[2][0]["loss"]
+    assert f"starting from official_{tag}.safetensors: " in a.ui["text"][0]
+
+
+def test_a_node_run_resumes_headless_from_its_settings(comfy, tiny_model, tmp_path, capsys):
+    """The run folder's settings.yaml continues in the CLI (trainer_core's own tree read from
+    the same checkpoint): the fingerprint of the base model is the same in both, so the
+    CLI resumes the node's checkpoint instead of refusing it — and refuses another model."""
+    from trainer_core import cli
+    from trainer_core.tiny_checkpoint import make_tiny_checkpoint
+
+    variant, model = tiny_model
+    cache = _cache(tmp_path / "cache", variant)
+    tag = variant.replace(".", "")
+    _train(comfy, model, cache, f"hl{tag}", steps=4, checkpoint_every=2)
+    run = Path(comfy.folder_paths.get_output_directory()) / "ltx2_lora_runs" / f"hl{tag}"
+    ckpt = comfy.base / "models" / "checkpoints" / f"tiny_{variant}.safetensors"
+    out = tmp_path / "headless.safetensors"
+    rc = cli.main(["train", str(run / "settings.yaml"), "--checkpoint", str(ckpt), "--device", "cpu",
+                   "--dtype", "fp32", "--steps", "6", "--lora", str(out)])
+    text = capsys.readouterr()
+    assert rc == 0, text.err[-2000:]
+    assert "resumed from step_000004.safetensors (step 4)" in text.out, text.out
+    other = make_tiny_checkpoint(tmp_path / "other.safetensors", variant=variant, seed=99)
+    rc = cli.main(["train", str(run / "settings.yaml"), "--checkpoint", str(other), "--device", "cpu",
+                   "--dtype", "fp32", "--steps", "8", "--lora", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "belongs to a different run (base model:" in err, err

@@ -72,3 +72,71 @@ def test_cached_latents_source(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"version": 1, "samples": []}))
     with pytest.raises(ValueError, match="Encode Latents"):
         CachedLatents(tmp_path)
+
+
+# ----------------------------------------------------------------------------- checked before step 1
+
+@pytest.fixture(scope="module")
+def tiny20(tmp_path_factory):
+    from trainer_core.ltx2 import load_tree_from_checkpoint
+    from trainer_core.tiny_checkpoint import make_tiny_checkpoint
+
+    d = tmp_path_factory.mktemp("cache_check")
+    ck = make_tiny_checkpoint(d / "tiny20.safetensors", variant="ltx-2.0", seed=1)
+    return load_tree_from_checkpoint(ck, dtype=torch.float32)
+
+
+def _train_on(root, cache_dir, tmp_path, steps=3):
+    from trainer_core import engine as en
+    from trainer_core.ltx2 import make_predict
+
+    seen = []
+    cfg = en.TrainConfig(steps=steps, rank=2, mixed_precision="fp32", checkpoint_every=0)
+    en.Trainer(root, make_predict(checkpointing=False), CachedLatents(cache_dir), cfg, tmp_path / "run",
+               callbacks=en.Callbacks(on_step=lambda r: seen.append(r["step"]))).train()
+    return seen
+
+
+def test_a_damaged_latent_file_is_named_before_the_first_step(tiny20, tmp_path):
+    from trainer_core.cache import CacheError
+    from trainer_core.tiny_checkpoint import make_tiny_cache
+
+    cache = make_tiny_cache(tmp_path / "cache", "ltx-2.0", n=4, seed=1)
+    f = cache / "audio" / "a3.safetensors"
+    f.write_bytes(f.read_bytes()[:-40])  # truncated: drawn only steps later, if at all
+    with pytest.raises(CacheError) as e:
+        _train_on(tiny20, cache, tmp_path)
+    assert "a3.safetensors (audio)" in str(e.value) and "Encode Latents again" in str(e.value)
+    # a damaged header (same size): the file is named too, never a raw SafetensorError
+    data = bytearray(f.read_bytes() + b"\0" * 40)
+    data[8:16] = b"\xff" * 8
+    f.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match=r"a3\.safetensors \(audio\) cannot be read"):
+        _train_on(tiny20, cache, tmp_path)
+
+
+def test_latents_not_of_ltx2_vaes_are_refused_up_front(tiny20, tmp_path):
+    from trainer_core.cache import CacheError
+    from trainer_core.tiny_checkpoint import make_tiny_cache
+
+    cache = make_tiny_cache(tmp_path / "cache", "ltx-2.0", n=2, seed=1)
+    c = LatentCache(cache)
+    c.put("video", "v1", {"latents": torch.randn(64, 2, 2, 2)})  # 64 channels (another model's VAE)
+    c.save_manifest()
+    with pytest.raises(CacheError, match=r"v1\.safetensors: video latents \[64, 2, 2, 2\], LTX-2 takes"):
+        _train_on(tiny20, cache, tmp_path)
+
+
+def test_a_cache_of_another_variant_is_refused_before_training(tiny20, tmp_path):
+    """A 2.3 cache (dual text projection: another conditioning width) on a 2.0 model."""
+    from trainer_core.cache import CacheError
+    from trainer_core.tiny_checkpoint import make_tiny_cache
+
+    cache = make_tiny_cache(tmp_path / "cache23", "ltx-2.3", n=2, seed=1)
+    with pytest.raises(CacheError) as e:
+        _train_on(tiny20, cache, tmp_path)
+    msg = str(e.value)
+    assert "does not fit this model (LTX-2 2.0)" in msg and "another LTX-2 variant" in msg, msg
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    # and the right cache trains
+    assert _train_on(tiny20, make_tiny_cache(tmp_path / "cache20", "ltx-2.0", n=2, seed=1), tmp_path) == [1, 2, 3]

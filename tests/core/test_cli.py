@@ -39,3 +39,58 @@ def test_cli_trains_from_settings(tmp_path, capsys):
     sd, meta = load_lora(lora)
     assert meta["base_model"] == "2.0" and any(k.endswith("lora_B.weight") for k in sd)
     assert (run / "settings.yaml").exists() and (run / "history.json").exists()
+
+
+def _setup(tmp_path, **train):
+    from trainer_core.tiny_checkpoint import make_tiny_cache
+
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny.safetensors", variant="ltx-2.0", seed=0)
+    cache = make_tiny_cache(tmp_path / "cache", "ltx-2.0", n=2)
+    cfg = TrainConfig(steps=2, rank=2, mixed_precision="fp32", checkpoint_every=0, learning_rate=1e-3)
+    doc = settings_document(cfg, str(cache), {}, str(tmp_path / "out.safetensors"), str(tmp_path / "run"))
+    doc["train"].update(train)
+    write_yaml(tmp_path / "settings.yaml", doc)
+    return ckpt
+
+
+def test_cli_refuses_bad_settings_and_outputs_before_loading(tmp_path, capsys):
+    """steps "10" (a string in the YAML), audio_weight -1, a --lora that is a folder or a
+    device name: refused with exit code 2 and the reason, before the model loads and before
+    any training (no run folder appears)."""
+    ckpt = _setup(tmp_path, steps="10", audio_weight=-1)
+    rc = cli.main(["train", str(tmp_path / "settings.yaml"), "--checkpoint", str(ckpt), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "steps must be a whole number, not '10'" in err and "audio_weight = -1" in err, err
+    assert not (tmp_path / "run").exists()
+    ckpt = _setup(tmp_path)
+    (tmp_path / "a_folder").mkdir()
+    for bad, says in [(tmp_path / "a_folder", "is a folder"), (tmp_path / "nul.safetensors", "Windows device name"),
+                      (tmp_path / ("x" * 300 + ".safetensors"), "characters long"), (tmp_path / "out.bin", ".safetensors")]:
+        rc = cli.main(["train", str(tmp_path / "settings.yaml"), "--checkpoint", str(ckpt), "--lora", str(bad)])
+        err = capsys.readouterr().err
+        assert rc == 2 and says in err, (bad, err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_starts_from_an_init_lora(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from trainer_core.lora import resolve_targets
+    from trainer_core.ltx2 import load_tree_from_checkpoint
+
+    ckpt = _setup(tmp_path)
+    root = load_tree_from_checkpoint(ckpt, dtype=torch.float32)
+    mods = dict(root.named_modules())
+    sd = {}
+    for n in resolve_targets(root, "audio attention"):
+        sd[f"diffusion_model.{n}.lora_A.weight"] = torch.randn(3, mods[n].in_features).bfloat16()
+        sd[f"diffusion_model.{n}.lora_B.weight"] = torch.zeros(mods[n].out_features, 3).bfloat16()
+    save_file(sd, str(tmp_path / "start.safetensors"))
+    rc = cli.main(["train", str(tmp_path / "settings.yaml"), "--checkpoint", str(ckpt), "--device", "cpu",
+                   "--dtype", "fp32", "--init-lora", str(tmp_path / "start.safetensors")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "note: starting from start.safetensors:" in out and "rank 3" in out
+    got, meta = load_lora(tmp_path / "out.safetensors")
+    assert {k for k in got if k.endswith("lora_A.weight")} == {k for k in sd if k.endswith("lora_A.weight")}
+    assert meta["rank"] == "3" and meta["alpha"] == "3.0" and "Lightricks' loader ignores .alpha" in meta["alpha_note"]

@@ -134,8 +134,9 @@ def test_checkpoint_rotation_keeps_last_k(tmp_path):
     en.Trainer(ToyRoot(), toy_predict, ToySource(), cfg(steps=11, checkpoint_every=2, keep_checkpoints=2),
                tmp_path, callbacks=en.Callbacks(on_event=lambda n, p: events.append((n, p["step"])))).train()
     names = [p.name for p in en.list_checkpoints(tmp_path)]
-    assert names == ["step_000008.safetensors", "step_000010.safetensors"]
-    assert [s for n, s in events if n == "checkpoint"] == [2, 4, 6, 8, 10]
+    # every 2 steps, and the end (so a later run with more steps can continue it)
+    assert names == ["step_000010.safetensors", "step_000011.safetensors"]
+    assert [s for n, s in events if n == "checkpoint"] == [2, 4, 6, 8, 10, 11]
     assert not list((tmp_path / "checkpoints").glob(".*"))  # no temp files left
 
 
