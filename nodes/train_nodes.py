@@ -55,14 +55,14 @@ class TrainLoRA(io.ComfyNode):
 
         return io.Schema(
             node_id="LTX2TrainLoRA",
-            display_name="Train LTX-2 LoRA (LTX-2 Trainer)",
+            display_name="Train LTX-2 LoRA",
+            search_aliases=["lora training", "train lora", "ltx-2 lora", "finetune"],
             category=CAT_TRAIN,
             description=(
-                "Trains a LoRA for LTX-2 (audio-video) on the encoded cache, in this ComfyUI process, on the "
-                "model you loaded. Uses an out-of-place, checkpoint-safe forward over ComfyUI's own LTX-2 "
-                "modules so gradients are exact. Saves checkpoints (resumable), stops cleanly on cancel, and "
-                "writes the LoRA to models/loras/ltx2 plus its settings as YAML for headless re-runs. Returns "
-                "the model with the LoRA applied for immediate sampling."),
+                "Teaches the LTX-2 model you loaded your character, style, motion or sound from the latents "
+                "Encode Latents made. Pick a recipe, name the LoRA and queue: the loss chart shows progress, "
+                "cancel keeps a checkpoint (queue again to continue), and the LoRA lands in models/loras/ltx2 "
+                "for Load LoRA. The model output has the LoRA applied, ready for Sample with LoRA."),
             inputs=[
                 io.Model.Input("model", tooltip="The LTX-2 model from Load Checkpoint (dev, not distilled)."),
                 LatentsT.Input("latents", tooltip="From Encode Latents."),
