@@ -38,6 +38,9 @@ async def comfy_entrypoint():
             from .nodes.folder_preview import add_routes as add_folder_preview_routes
 
             add_folder_preview_routes()  # Load Clips' preview of the picked folder
+            from .nodes.prompt_guard import register as register_prompt_guard
+
+            register_prompt_guard()  # a run whose training branch would be dropped is refused whole
             return all_nodes()
 
     return LTX2TrainerExtension()

@@ -216,3 +216,38 @@ def test_shipped_workflow_runs_headless_end_to_end(server, info, stem, tmp_path)
     caps = sorted((server.base / "input" / "my_dataset").rglob("*.txt"))
     assert caps, "no captions written"
     print(f"{stem}: {took:.0f} s, LoRA {loras[-1].name} ({len(sd)} tensors), preview {outs[-1].name}")
+
+
+def test_a_missing_model_file_refuses_the_whole_run(server, info):
+    """A missing checkpoint upstream of Train: ComfyUI alone would drop the Train and Sample
+    branch and run the dataset nodes (Bucket is an output) to "Job completed". With the pack's
+    prompt guard the prompt is refused whole, with ComfyUI's own error on the loader."""
+    import time
+
+    for _ in range(120):  # let earlier prompts finish
+        q = server.get("/queue")
+        if not q["queue_running"] and not q["queue_pending"]:
+            break
+        time.sleep(1)
+    ui = json.loads((REPO / "example_workflows" / f"{mw.file_name('ltx2_lora_character_audio_video')}.json").read_text())
+    prompt = mw.to_api(ui, info)
+    ckpt = next(k for k, v in prompt.items() if v["class_type"] == "CheckpointLoaderSimple")
+    prompt[ckpt]["inputs"]["ckpt_name"] = "not_downloaded_yet.safetensors"
+    before = len(server.get("/history") or {})
+    with pytest.raises(AssertionError) as e:
+        server.post("/prompt", {"prompt": prompt, "client_id": "guard-test"})
+    msg = str(e.value)
+    assert "-> 400" in msg and "prompt_outputs_failed_validation" in msg, msg[:2000]
+    body = json.loads(msg.split(": ", 1)[1])
+    assert ckpt in body["node_errors"], body["node_errors"].keys()
+    assert "not_downloaded_yet.safetensors" in json.dumps(body["node_errors"][ckpt])
+    q = server.get("/queue")
+    assert not q["queue_running"] and not q["queue_pending"]  # nothing of it runs
+    assert len(server.get("/history") or {}) == before
+    assert "not starting a partial run" in server.log_text()
+    # the same prompt with the file in place is accepted (the guard changes nothing then)
+    prompt[ckpt]["inputs"]["ckpt_name"] = mw.CKPT
+    r = server.post("/prompt", {"prompt": prompt, "client_id": "guard-test"})
+    assert r.get("prompt_id") and not r.get("node_errors"), r
+    server.post("/interrupt", {})
+    server.post("/queue", {"clear": True})
