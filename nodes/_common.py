@@ -186,3 +186,12 @@ def make_progress(total: int, cls) -> Progress:
 
 
 ProgressFn = Callable[..., None]
+
+
+def prompt_server():
+    """ComfyUI's running ``PromptServer`` instance, or None (no server: tests, headless)."""
+    try:
+        from server import PromptServer
+    except Exception:
+        return None
+    return getattr(PromptServer, "instance", None)

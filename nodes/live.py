@@ -108,12 +108,11 @@ def add_routes() -> None:
     global _routes_added
     if _routes_added:
         return
-    try:
-        from aiohttp import web
-        from server import PromptServer
-    except Exception:
-        return
-    inst = getattr(PromptServer, "instance", None)
+    from aiohttp import web
+
+    from ._common import prompt_server
+
+    inst = prompt_server()
     if inst is None:
         return
 

@@ -85,11 +85,9 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    try:
-        from server import PromptServer
-    except Exception:
-        return
-    inst = getattr(PromptServer, "instance", None)
+    from ._common import prompt_server
+
+    inst = prompt_server()
     if inst is None:
         return
     inst.add_on_prompt_handler(guard)
