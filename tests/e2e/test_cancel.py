@@ -16,7 +16,7 @@ import make_workflows as mw  # noqa: E402
 
 def _prompt(server, **train_inputs) -> dict:
     info = server.get("/object_info")
-    ui = json.loads((REPO / "example_workflows" / f"{mw.INSTALL}.json").read_text())
+    ui = json.loads((REPO / "example_workflows" / f"{mw.file_name(mw.INSTALL)}.json").read_text())
     prompt = mw.to_api(ui, info)
     train = next(v for v in prompt.values() if v["class_type"] == "LTX2TrainLoRA")
     train["inputs"].update(train_inputs)

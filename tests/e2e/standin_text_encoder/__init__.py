@@ -13,6 +13,10 @@ import torch
 class _StandInClip:
     def __init__(self, width: int):
         self.width = int(width)
+        # like a real CLIP, a module whose weights tell one encoder from another (Encode
+        # Latents keys its text cache by them): here the one thing that differs, the width
+        self.cond_stage_model = torch.nn.Module()
+        self.cond_stage_model.register_buffer("output_width", torch.tensor([float(self.width)]))
 
     def tokenize(self, text, **kw):
         return {"standin_text": str(text)}
