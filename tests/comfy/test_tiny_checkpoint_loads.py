@@ -11,6 +11,7 @@ transformer runs one audio-video forward (directly and through ComfyUI's apply p
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -37,8 +38,9 @@ class _Capture(logging.Handler):
             self.records.append(str(record.msg))
 
 
-@pytest.fixture()
-def capture_log():
+@contextlib.contextmanager
+def _captured_log():
+    """Every log record (DEBUG and up) while the block runs."""
     h = _Capture()
     root = logging.getLogger()
     old = root.level
@@ -49,6 +51,12 @@ def capture_log():
     finally:
         root.removeHandler(h)
         root.setLevel(old)
+
+
+@pytest.fixture()
+def capture_log():
+    with _captured_log() as h:
+        yield h
 
 
 @pytest.fixture(scope="module")
@@ -316,16 +324,8 @@ def test_full_size_layout_matches_comfy_modules(comfy, variant):
 # ------------------------------------------------------------------ LTX-2.5: the split set
 
 def _load_logged(fn):
-    h = _Capture()
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(h)
-    root.setLevel(logging.DEBUG)
-    try:
+    with _captured_log() as h:
         return fn(), h.records
-    finally:
-        root.removeHandler(h)
-        root.setLevel(old)
 
 
 @pytest.fixture(scope="module")

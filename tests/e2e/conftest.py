@@ -107,3 +107,19 @@ def server(tmp_path_factory):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def install_check_files(base: Path) -> None:
+    """The install check's tiny LTX-2.0 checkpoint and latent cache in the server's folders
+    (written once per server)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import make_workflows as mw
+
+    from trainer_core.tiny_checkpoint import make_tiny_cache, make_tiny_checkpoint
+
+    ck = base / "models" / "checkpoints" / mw.TINY_CKPT
+    if not ck.exists():
+        make_tiny_checkpoint(ck, "ltx-2.0", seed=1)
+    cache = base / "output" / "ltx2_cache" / mw.INSTALL_CACHE
+    if not (cache / "manifest.json").exists():
+        make_tiny_cache(cache, "ltx-2.0")

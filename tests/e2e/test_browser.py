@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
+from tests.e2e.conftest import install_check_files
 
 sys.path.insert(0, str(REPO / "scripts"))
 import make_workflows as mw  # noqa: E402
@@ -82,15 +83,9 @@ def _points(page) -> int:
 
 
 def test_live_loss_chart_draws_and_survives_reload(server, browser):
-    from trainer_core.tiny_checkpoint import make_tiny_cache, make_tiny_checkpoint
 
     base = server.base
-    ck = base / "models" / "checkpoints" / mw.TINY_CKPT
-    if not ck.exists():
-        make_tiny_checkpoint(ck, "ltx-2.0", seed=1)
-    cache = base / "output" / "ltx2_cache" / mw.INSTALL_CACHE
-    if not (cache / "manifest.json").exists():
-        make_tiny_cache(cache, "ltx-2.0")
+    install_check_files(base)
     wf = json.loads((REPO / "example_workflows" / f"{mw.file_name(mw.INSTALL)}.json").read_text())
     for n in wf["nodes"]:  # a fresh LoRA name: the chart must draw this run's points
         if n["type"] == "LTX2TrainLoRA":

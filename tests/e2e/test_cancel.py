@@ -9,6 +9,7 @@ import sys
 import time
 
 from tests.conftest import REPO
+from tests.e2e.conftest import install_check_files
 
 sys.path.insert(0, str(REPO / "scripts"))
 import make_workflows as mw  # noqa: E402
@@ -37,15 +38,9 @@ def _history(server, pid: str, timeout: float = 300) -> dict:
 def test_interrupt_over_http_saves_a_checkpoint_and_requeue_resumes(server):
     from trainer_core.engine import list_checkpoints, read_checkpoint
     from trainer_core.lora import load_lora
-    from trainer_core.tiny_checkpoint import make_tiny_cache, make_tiny_checkpoint
 
     base = server.base
-    ck = base / "models" / "checkpoints" / mw.TINY_CKPT
-    if not ck.exists():
-        make_tiny_checkpoint(ck, "ltx-2.0", seed=1)
-    cache = base / "output" / "ltx2_cache" / mw.INSTALL_CACHE
-    if not (cache / "manifest.json").exists():
-        make_tiny_cache(cache, "ltx-2.0")
+    install_check_files(base)
     for _ in range(120):  # other tests' prompts first
         q = server.get("/queue")
         if not q["queue_running"] and not q["queue_pending"]:
