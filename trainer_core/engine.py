@@ -729,8 +729,14 @@ class QuietGC:
 class Trainer:
     def __init__(self, root: torch.nn.Module, predict: Callable, data: LatentSource, cfg: TrainConfig,
                  run_dir: str | Path, device: torch.device | str = "cpu", callbacks: Optional[Callbacks] = None,
-                 batch_size: int = 1):
+                 batch_size: int = 1, dist=None):
+        from .distributed import LOCAL
+
         self.root, self.predict, self.data, self.cfg = root, predict, data, cfg
+        # this process's place in a multi-process run (trainer_core.distributed); one process by default
+        self.dist = dist if dist is not None else LOCAL
+        if self.dist.active or self.dist.exact:
+            self.dist.check_batch(batch_size)
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
         self.cb = callbacks or Callbacks()
@@ -757,7 +763,7 @@ class Trainer:
         return [batches[j] for j in perm]
 
     def _emit(self, name: str, payload: dict) -> None:
-        if self.cb.on_event:
+        if self.cb.on_event and self.dist.is_main:
             self.cb.on_event(name, payload)
 
     def check_data(self) -> None:
@@ -831,8 +837,21 @@ class Trainer:
         lora, digest, notes = init_lora_from_file(self.root, cfg.init_lora, dropout=cfg.dropout)
         return lora, digest, notes
 
+    def sample_inputs(self, items: list[LatentItem], positions: list[int], step: int, micro: int, dtype) -> StepInputs:
+        """One forward's inputs: each sample drawn from its own generator (seeded by its
+        global position in the step's batch, see distributed.sample_generator), joined into
+        a batch — so a sample is noised alike whichever rank computes it."""
+        from .distributed import concat_samples, sample_generator
+
+        empty = self.data.empty_text()
+        return concat_samples([build_step_inputs([it], self.mode, self.cfg, sample_generator(self.cfg.seed, step, micro, j),
+                                                 empty, self.device, dtype) for it, j in zip(items, positions)])
+
     def train(self, resume_from: Optional[str | Path | LoadedCheckpoint] = None) -> TrainResult:
+        from .distributed import RankFailure, dropout_seed, exact_reduce, flat_grads, set_grads
+
         cfg = self.cfg
+        dist = self.dist
         torch.manual_seed(cfg.seed)
         for p in self.root.parameters():
             p.requires_grad_(False)
@@ -879,35 +898,58 @@ class Trainer:
         done = (step, epoch, pos)  # the state after the last finished step (what a cancel saves)
         try:
             while step < cfg.steps:
-                if self.cb.should_stop and self.cb.should_stop():
+                if dist.any(bool(self.cb.should_stop and self.cb.should_stop())):
                     raise _StopRequested()
                 for g in opt.param_groups:
                     g["lr"] = cfg.learning_rate * lr_factor(step, cfg)
                 loss_sum = 0.0
-                parts_v, parts_a = [], []
+                stats = [0.0, 0, 0.0, 0]  # video loss sum, its samples, audio loss sum, its samples
+                per_micro = []  # exact reduction: this rank's per-sample flat gradients, per micro-batch
                 for micro in range(cfg.grad_accum):
                     if pos >= len(batches):
                         epoch, pos = epoch + 1, 0
                         batches = self._batches(epoch)
-                    batch = batches[pos]
+                    batch = batches[pos]  # the global batch: the same on every rank
                     pos += 1
-                    gen = torch.Generator().manual_seed(_mix(cfg.seed, step, micro))
-                    torch.manual_seed(_mix(cfg.seed, step, micro, 1))  # LoRA dropout
-                    items = [self.data.get(i) for i in batch]
-                    inputs = build_step_inputs(items, self.mode, cfg, gen, self.data.empty_text(), self.device, dtype)
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                        v_pred, a_pred = self.predict(self.root, inputs)
-                    lv = la = None
-                    if inputs.video is not None and inputs.video.noised.target is not None:
-                        lv = ob.masked_mse(v_pred, inputs.video.noised.target, inputs.video.noised.loss_mask)
-                        parts_v.append(lv.mean().item())
-                    if inputs.audio is not None and inputs.audio.noised.target is not None:
-                        la = ob.masked_mse(a_pred, inputs.audio.noised.target, inputs.audio.noised.loss_mask)
-                        parts_a.append(la.mean().item())
-                    loss = ob.combine_losses(lv, la, cfg.audio_weight) / cfg.grad_accum
-                    loss.backward()
-                    loss_sum += loss.item()
-                    del items, inputs, v_pred, a_pred, lv, la, loss
+                    n = len(batch)
+                    mine = dist.share(n, self.batch_size) if dist.active else list(range(n))
+                    groups = [[j] for j in mine] if dist.exact else ([mine] if mine else [])
+                    leaves = []
+                    for js in groups:
+                        torch.manual_seed(dropout_seed(cfg.seed, step, micro, js[0] if dist.exact else dist.rank))
+                        items = [self.data.get(batch[j]) for j in js]
+                        inputs = self.sample_inputs(items, js, step, micro, dtype)
+                        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                            v_pred, a_pred = self.predict(self.root, inputs)
+                        lv = la = None
+                        if inputs.video is not None and inputs.video.noised.target is not None:
+                            lv = ob.masked_mse(v_pred, inputs.video.noised.target, inputs.video.noised.loss_mask)
+                            stats[0] += lv.detach().sum().item()
+                            stats[1] += lv.numel()
+                        if inputs.audio is not None and inputs.audio.noised.target is not None:
+                            la = ob.masked_mse(a_pred, inputs.audio.noised.target, inputs.audio.noised.loss_mask)
+                            stats[2] += la.detach().sum().item()
+                            stats[3] += la.numel()
+                        # this share's part of the global batch mean (× 1 for a whole batch)
+                        loss = ob.combine_losses(lv, la, cfg.audio_weight) * (len(js) / n) / cfg.grad_accum
+                        loss.backward()
+                        loss_sum += loss.item()
+                        if dist.exact:
+                            leaves.append(flat_grads(params))
+                            for p in params:
+                                p.grad = None
+                        del items, inputs, v_pred, a_pred, lv, la, loss
+                    per_micro.append(leaves)
+                if dist.active:
+                    tot = dist.all_reduce_sum(torch.tensor([loss_sum, *stats], dtype=torch.float64))
+                    loss_sum, stats = float(tot[0]), [float(v) for v in tot[1:]]
+                if dist.exact:
+                    size = sum(p.numel() for p in params)
+                    set_grads(params, exact_reduce(dist, per_micro, self.batch_size // dist.world, size,
+                                                   params[0].device))
+                elif dist.active:
+                    set_grads(params, dist.all_reduce_sum(flat_grads(params)))
+                del per_micro
                 if not math.isfinite(loss_sum):
                     ck = self._checkpoint_if_any(ckpts)
                     raise TrainingStopped(
@@ -930,18 +972,19 @@ class Trainer:
                 rec = {"step": step, "loss": loss_sum, "lr": opt.param_groups[0]["lr"],
                        "s_per_step": now - t_last}
                 t_last = now
-                if parts_v:
-                    rec["loss_video"] = sum(parts_v) / len(parts_v)
-                if parts_a:
-                    rec["loss_audio"] = sum(parts_a) / len(parts_a)
+                if stats[1]:
+                    rec["loss_video"] = stats[0] / stats[1]
+                if stats[3]:
+                    rec["loss_audio"] = stats[2] / stats[3]
                 rec["grad_norm"] = float(gnorm)
                 rec["lora_max"] = float(wmax)
                 history.append(rec)
                 done = (step, epoch, pos)
                 self._check_divergence(history, step, ckpts)
-                if self.cb.on_step:
+                if self.cb.on_step and dist.is_main:
                     self.cb.on_step(dict(rec, steps=cfg.steps, smoothed=smoothed(history)))
-                if self.cb.on_validate and self.cb.validate_every > 0 and step % self.cb.validate_every == 0:
+                if self.cb.on_validate and dist.is_main and self.cb.validate_every > 0 \
+                        and step % self.cb.validate_every == 0:
                     self.cb.on_validate(step, opt)
                     quiet.tick(full=True)  # what sampling left in cycles (GPU tensors too) goes now
                 if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < cfg.steps:
@@ -955,6 +998,22 @@ class Trainer:
                 self._emit("plateau", {"message": p})
         except TrainingStopped:
             raise
+        except RankFailure as e:
+            # another rank died (or hangs): the lowest surviving rank saves the last finished
+            # step — the LoRA and optimizer are the same on every rank — and every survivor stops
+            opt.zero_grad(set_to_none=True)
+            _drop_frames(e)
+            s, ep, ps = done
+            alive = [r for r in range(dist.world) if r not in e.dead]
+            saver = alive[0] if alive else dist.rank
+            ck = self._checkpoint(lora, opt, s, ep, ps, history[:s], ckpts, write=dist.rank == saver)
+            who = ", ".join(f"rank {r}" for r in e.dead) or "a rank that stopped answering"
+            msg = (f"{who} of {dist.world} failed at step {s + 1}: training stopped on every rank, checkpoint of step "
+                   f"{s} saved ({Path(ck).name}) — run the same command again to resume, on as many processes or "
+                   f"fewer at the same global batch ({self.batch_size}). [{e}]")
+            err = TrainingStopped(msg, s, ck, reason="rank_failed")
+            err.saved_here = dist.rank == saver
+            raise err from None
         except BaseException as e:
             stop = isinstance(e, (_StopRequested, KeyboardInterrupt)) or bool(self.cb.is_interrupt and self.cb.is_interrupt(e))
             if not stop and not (self.cb.should_stop and _safe_call(self.cb.should_stop)):
@@ -976,10 +1035,13 @@ class Trainer:
             lora.detach()
         return TrainResult(lora=lora, history=history, steps_done=step, checkpoints=ckpts, notes=notes)
 
-    def _checkpoint(self, lora, opt, step, epoch, pos, history, ckpts) -> str:
+    def _checkpoint(self, lora, opt, step, epoch, pos, history, ckpts, write: Optional[bool] = None) -> str:
+        """Save (rank 0 only, unless ``write`` says otherwise: every rank holds the same state)."""
         path = self.run_dir / "checkpoints" / f"step_{step:06d}.safetensors"
-        save_checkpoint(path, lora, opt, step, epoch, pos, self.cfg, history, getattr(self, "fingerprint", None))
         ckpts.append(str(path))
+        if not (self.dist.is_main if write is None else write):
+            return str(path)
+        save_checkpoint(path, lora, opt, step, epoch, pos, self.cfg, history, getattr(self, "fingerprint", None))
         existing = list_checkpoints(self.run_dir)
         for old in existing[:-max(1, self.cfg.keep_checkpoints)]:
             old.unlink(missing_ok=True)
