@@ -1,0 +1,155 @@
+"""Data parallel training over torch.distributed, on CPU with gloo: 2 spawned processes train
+test_engine's toy transformer (dist_worker.py) and are compared with one process.
+
+- the exact reduction: 2 ranks at global batch 4 give the one-process LoRA at batch 4 bit for
+  bit (per-global-sample draws with caption dropout, LoRA dropout, a short last batch that
+  leaves rank 1 with no sample);
+- the all-reduce: the same within float tolerance;
+- save on 2 ranks, resume on 1: bit for bit the unbroken run;
+- a rank killed mid-run: the other stops, names it, and leaves the last finished step saved.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.core import dist_worker
+from tests.core.test_engine import ToyRoot, ToySource, cfg, lora_tensors, toy_predict
+from trainer_core import distributed as D
+from trainer_core import engine as en
+
+CFG = dict(steps=6, caption_dropout=0.4, dropout=0.1, learning_rate=3e-3)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(world: int, spec: dict, timeout: float = 120.0) -> list[int]:
+    ctx = mp.get_context("spawn")
+    port = _port()
+    procs = [ctx.Process(target=dist_worker.run, args=(r, world, port, spec)) for r in range(world)]
+    for p in procs:
+        p.start()
+    end = time.time() + timeout
+    for p in procs:
+        p.join(max(1.0, end - time.time()))
+    codes = []
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+            codes.append(None)
+        else:
+            codes.append(p.exitcode)
+    return codes
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The ranks run one intra-op thread each; so does the one-process reference (a GEMM's
+    summation order may depend on the thread count)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def one_process(tmp_path, name, batch, exact, resume=None, n=6, **kw):
+    tr = en.Trainer(ToyRoot(), toy_predict, ToySource(n=n), cfg(**dict(CFG, **kw)), tmp_path / name,
+                    batch_size=batch, dist=D.Dist(exact=exact))
+    ck = None
+    if resume:
+        t, m = en.read_checkpoint(resume)
+        ck = en.LoadedCheckpoint(Path(resume), t, m)
+    return lora_tensors(tr.train(resume_from=ck))
+
+
+def two_ranks(tmp_path, name, exact, **kw):
+    out = tmp_path / f"{name}_out"
+    out.mkdir()
+    extra = kw.pop("_spec", {})
+    spec = dict(out=str(out), run_dir=str(tmp_path / name), batch=4, exact=exact, cfg=dict(CFG, **kw), **extra)
+    codes = spawn(2, spec)
+    return out, codes
+
+
+def test_two_ranks_exact_same_lora_bitwise_and_resume_on_one(tmp_path):
+    """6 samples at global batch 4: batches of 4 and 2 (rank 1 idles in the short one). Save on
+    2 ranks at step 3, finish on 2; resume that step-3 checkpoint on 1 process: all equal."""
+    out, codes = two_ranks(tmp_path, "r2", True, checkpoint_every=3)
+    assert codes == [0, 0]
+    a0, a1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
+    unbroken = one_process(tmp_path, "r1", 4, True)
+    for k, v in unbroken.items():
+        assert torch.equal(a0[k], v), k  # 2 ranks == 1 process, bit for bit
+        assert torch.equal(a1[k], v), k  # and both ranks hold the same LoRA
+    assert any(v.abs().sum() > 0 for k, v in unbroken.items() if "lora_B" in k)
+    ck = tmp_path / "r2" / "checkpoints" / "step_000003.safetensors"
+    assert ck.exists() and not list((tmp_path / "r2" / "checkpoints").glob(".*tmp"))
+    resumed = one_process(tmp_path, "r1b", 4, True, resume=ck)
+    for k, v in unbroken.items():
+        assert torch.equal(resumed[k], v), k
+    # the draws are per global sample: another batch split (batch 2) is another run
+    other = one_process(tmp_path, "b2", 2, True)
+    assert any(not torch.equal(other[k], v) for k, v in unbroken.items())
+
+
+def test_two_ranks_all_reduce_matches_one_batched_process(tmp_path):
+    """The default reduction: each rank's share in one batched forward, the gradients
+    all-reduced; equal to one plain process at batch 4 within float tolerance."""
+    out, codes = two_ranks(tmp_path, "s2", False, dropout=0.0)
+    assert codes == [0, 0]
+    a0, a1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
+    ref = lora_tensors(en.Trainer(ToyRoot(), toy_predict, ToySource(n=6), cfg(**dict(CFG, dropout=0.0)),
+                                  tmp_path / "s1", batch_size=4).train())
+    for k, v in ref.items():
+        assert torch.equal(a0[k], a1[k]), k
+        torch.testing.assert_close(a0[k], v, rtol=1e-4, atol=1e-6)
+    # only rank 0 wrote: the run folder has the final checkpoint of step 6 once
+    assert [p.name for p in (tmp_path / "s2" / "checkpoints").iterdir()] == ["step_000006.safetensors"]
+
+
+def test_killed_rank_stops_the_other_with_a_checkpoint(tmp_path):
+    """8 samples, 2 per rank per step: rank 1 is SIGKILLed in its 7th forward (step 4); rank
+    0's collective fails, it names rank 1, saves step 3 — the unbroken run's step 3 — and stops."""
+    t0 = time.time()
+    out, codes = two_ranks(tmp_path, "k2", True, steps=12, _spec=dict(kill=[1, 7], n=8))
+    assert codes[1] == -9 and codes[0] == 0, codes
+    assert time.time() - t0 < 100
+    rep = json.loads((out / "rank0.json").read_text())
+    assert rep["reason"] == "rank_failed" and "rank 1" in rep["message"], rep
+    assert rep["step"] == 3 and rep["checkpoint"].endswith("step_000003.safetensors")
+    tensors, meta = en.read_checkpoint(Path(rep["checkpoint"]))
+    assert meta["step"] == "3"
+    # what rank 0 saved is the unbroken run's step 3
+    one_process(tmp_path, "k1", 4, True, n=8, steps=4, checkpoint_every=3)
+    t_ref, _ = en.read_checkpoint(tmp_path / "k1" / "checkpoints" / "step_000003.safetensors")
+    for k in t_ref:
+        if k.startswith("lora."):
+            assert torch.equal(tensors[k], t_ref[k]), k
+
+
+def test_batch_must_split_evenly():
+    with pytest.raises(ValueError, match="multiple of the number of processes"):
+        D.Dist(rank=0, world=2).check_batch(3)
+    with pytest.raises(ValueError, match="power-of-two"):
+        D.Dist(rank=0, world=2, exact=True).check_batch(6)
+    assert D.Dist(rank=1, world=2).share(3, 4) == [2]
+    assert D.Dist(rank=1, world=2).share(2, 4) == []
+
+
+def test_tree_sum_order_is_fixed():
+    """Pairwise, level by level, an odd one carried: float32 sums that depend on the order."""
+    xs = [torch.tensor([v]) for v in (1e8, 1.0, -1e8, 1.0, 3.0)]
+    assert torch.equal(D.tree_sum(xs), ((xs[0] + xs[1]) + (xs[2] + xs[3])) + xs[4])
+    assert not torch.equal(D.tree_sum(xs[:4]), ((xs[0] + xs[1]) + xs[2]) + xs[3])
