@@ -10,7 +10,18 @@ again to continue. Settings are checked before anything loads (exit code 2 with 
 The settings file is the one the Train node wrote beside the LoRA (or in its run folder): it
 names the latent cache and every training setting, so the run repeats without ComfyUI. The
 transformer is read straight from the checkpoint (safetensors) into trainer_core's plain-torch
-LTX-2 tree. For several GPUs, run one process per GPU with different seeds/caches.
+LTX-2 tree.
+
+Several GPUs (or CPU processes): the same command under torchrun, one process per device —
+
+    torchrun --standalone --nproc_per_node 2 -m trainer_core.cli train <run>/settings.yaml \
+        --checkpoint ltx-2-19b-dev.safetensors [--batch-size 2] [--reduce sum|exact]
+
+--batch-size is the global batch (default: the settings file's, else one sample per process),
+split evenly over the processes; N processes at global batch B train the LoRA one process at
+batch B would (--reduce exact: bit for bit on CPU). Only rank 0 prints and writes. A
+checkpoint resumes on any number of processes that divides the global batch. A process that
+dies stops the others with the last finished step saved, naming its rank (exit code 4).
 """
 from __future__ import annotations
 
@@ -83,7 +94,17 @@ def _run(args, doc, cfg, lora) -> int:
     from .ltx2 import load_tree_from_checkpoint, make_predict, read_checkpoint_config
     from .run import run_training
 
-    device = torch.device(args.device)
+    from . import distributed as D
+
+    if D.launched():
+        dist = D.init(exact=args.reduce == "exact", backend="gloo" if args.device == "cpu" else None,
+                      timeout_s=args.timeout)
+    else:
+        dist = D.Dist(exact=args.reduce == "exact")
+    device = D.device_for(dist, args.device)
+    batch_size = args.batch_size or int(doc.get("batch_size") or 0) or dist.world
+    main = dist.is_main
+    stop = _stop_on_sigterm() if dist.active else None
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     mcfg = read_checkpoint_config(args.checkpoint)
     root = load_tree_from_checkpoint(args.checkpoint, device=device, dtype=dtype)
@@ -103,18 +124,39 @@ def _run(args, doc, cfg, lora) -> int:
 
     try:
         out = run_training(root, predict, doc["cache"], cfg, run_dir, lora, device=device,
-                           callbacks=Callbacks(on_step=on_step, on_event=on_event), resume=args.resume,
+                           callbacks=Callbacks(on_step=on_step, on_event=on_event, should_stop=stop),
+                           resume=args.resume, batch_size=batch_size, dist=dist,
                            base={"variant": getattr(mcfg, "variant", "unknown"), "checkpoint": Path(args.checkpoint).name})
     except TrainingStopped as e:
-        print(f"stopped: {e}", file=sys.stderr)
-        return 130 if e.reason == "cancelled" else 3
-    except (CheckpointError, CacheError, LoRAError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if main or getattr(e, "saved_here", False):
+            print(f"stopped: {e}", file=sys.stderr, flush=True)
+        return {"cancelled": 130, "rank_failed": 4}.get(e.reason, 3)
+    except (CheckpointError, CacheError, LoRAError, FileNotFoundError, ValueError) as e:
+        if main:
+            print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"lora": out.lora_path, "steps": out.result.steps_done,
-                      "final_loss": out.result.history[-1]["loss"] if out.result.history else None,
-                      "notes": out.notes}))
+    finally:
+        dist.close()
+    if main:
+        print(json.dumps({"lora": out.lora_path, "steps": out.result.steps_done,
+                          "final_loss": out.result.history[-1]["loss"] if out.result.history else None,
+                          "processes": dist.world, "batch_size": batch_size, "notes": out.notes}), flush=True)
     return 0
+
+
+def _stop_on_sigterm():
+    """Under torchrun: SIGTERM (the launcher stopping the run, e.g. after Ctrl-C or when
+    another rank died) asks for a stop at the next step — agreed by every rank, checkpoint
+    saved — instead of killing the process mid-write."""
+    import signal
+
+    flag = [False]
+
+    def handler(signum, frame):
+        flag[0] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    return lambda: flag[0]
 
 
 def main(argv=None) -> int:
@@ -133,6 +175,13 @@ def main(argv=None) -> int:
     t.add_argument("--init-lora", default=None, help="start from this LoRA file (this pack's, ltx-trainer's or "
                    "any ComfyUI-format LTX-2 LoRA): its modules, rank and alpha")
     t.add_argument("--log-every", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=0, help="global batch over all processes (default: the "
+                   "settings file's, else one sample per process)")
+    t.add_argument("--reduce", default="sum", choices=["sum", "exact"], help="several processes: all-reduce the "
+                   "LoRA gradients (sum), or one forward per sample and a fixed summation order (exact: the same "
+                   "bits on any number of processes)")
+    t.add_argument("--timeout", type=float, default=1800.0, help="seconds a process waits for another that "
+                   "stopped answering before the run stops")
     args = p.parse_args(argv)
     if args.cmd == "train":
         return _train(args)

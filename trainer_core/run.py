@@ -21,9 +21,13 @@ from .fsutil import atomic_write_text, clean_temp_files
 from .lora import save_lora
 
 
-def settings_document(cfg: TrainConfig, cache_dir: str, base: dict, lora_path: Optional[str], run_dir: str) -> dict:
-    return {"ltx2_lora_trainer": 1, "train": cfg.to_dict(), "cache": str(cache_dir), "base_model": base,
-            "lora": str(lora_path) if lora_path else None, "run_dir": str(run_dir)}
+def settings_document(cfg: TrainConfig, cache_dir: str, base: dict, lora_path: Optional[str], run_dir: str,
+                      batch_size: int = 1) -> dict:
+    doc = {"ltx2_lora_trainer": 1, "train": cfg.to_dict(), "cache": str(cache_dir), "base_model": base,
+           "lora": str(lora_path) if lora_path else None, "run_dir": str(run_dir)}
+    if batch_size != 1:  # the global batch (over every process); the CLI takes it as its default
+        doc["batch_size"] = int(batch_size)
+    return doc
 
 
 def write_yaml(path: Path, doc: dict) -> None:
@@ -65,25 +69,35 @@ def clean_leftovers(run_dir: Path, lora_path: Optional[str | Path] = None) -> li
 
 def run_training(root: torch.nn.Module, predict: Callable, cache_dir: str, cfg: TrainConfig, run_dir: str | Path,
                  lora_path: Optional[str | Path], *, device="cpu", callbacks: Optional[Callbacks] = None,
-                 resume: Optional[str] = None, base: Optional[dict] = None, batch_size: int = 1) -> RunOutcome:
+                 resume: Optional[str] = None, base: Optional[dict] = None, batch_size: int = 1,
+                 dist=None) -> RunOutcome:
+    """``dist``: this process's place in a multi-process run (trainer_core.distributed); only
+    its rank 0 writes the run folder and the LoRA and reports (every rank gets ``should_stop``). ``batch_size`` is
+    the global batch (over all ranks)."""
+    from .distributed import LOCAL
     from .plots import loss_curve
 
+    dist = dist if dist is not None else LOCAL
+    main = dist.is_main
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     base = base or {}
     early_notes = []
-    gone = clean_leftovers(run_dir, lora_path)
+    gone = clean_leftovers(run_dir, lora_path) if main else []
     if gone:
         early_notes.append(f"removed {len(gone)} temporary files an interrupted earlier run left "
                            f"({', '.join(g.name for g in gone[:3])}{' …' if len(gone) > 3 else ''})")
-    doc = settings_document(cfg, cache_dir, base, lora_path, run_dir)
-    write_yaml(run_dir / "settings.yaml", doc)
+    doc = settings_document(cfg, cache_dir, base, lora_path, run_dir, batch_size)
+    if main:
+        write_yaml(run_dir / "settings.yaml", doc)
+    dist.barrier()  # the folder is clean before any rank reads a checkpoint from it
     from .objective import get_mode
 
     mode = get_mode(cfg.mode)
     data = CachedLatents(cache_dir, require_audio=mode.needs_audio)
     ck = load_resume_checkpoint(run_dir, resume)
-    trainer = Trainer(root, predict, data, cfg, run_dir, device=device, callbacks=callbacks, batch_size=batch_size)
+    trainer = Trainer(root, predict, data, cfg, run_dir, device=device, callbacks=callbacks,
+                      batch_size=batch_size, dist=dist)
     if callbacks is not None and callbacks.on_event:
         for n in early_notes:
             callbacks.on_event("notice", {"message": n})
@@ -92,6 +106,8 @@ def run_training(root: torch.nn.Module, predict: Callable, cache_dir: str, cfg: 
     del ck
     result.notes[:0] = early_notes
     elapsed = time.time() - t0
+    if not main:
+        return RunOutcome(result, None, str(run_dir / "settings.yaml"), None, list(result.notes))
     atomic_write_text(run_dir / "history.json", json.dumps(result.history))
     img = loss_curve(result.history, title=f"{Path(lora_path).stem if lora_path else run_dir.name}")
     try:

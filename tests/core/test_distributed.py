@@ -153,3 +153,57 @@ def test_tree_sum_order_is_fixed():
     xs = [torch.tensor([v]) for v in (1e8, 1.0, -1e8, 1.0, 3.0)]
     assert torch.equal(D.tree_sum(xs), ((xs[0] + xs[1]) + (xs[2] + xs[3])) + xs[4])
     assert not torch.equal(D.tree_sum(xs[:4]), ((xs[0] + xs[1]) + xs[2]) + xs[3])
+
+
+# ---------------------------------------------------------------------------- the CLI under torchrun
+
+def _cli_setup(tmp_path, name, steps=3):
+    from trainer_core.run import settings_document, write_yaml
+    from trainer_core.tiny_checkpoint import make_tiny_cache, make_tiny_checkpoint
+
+    ckpt = tmp_path / "tiny.safetensors"
+    if not ckpt.exists():
+        make_tiny_checkpoint(ckpt, variant="ltx-2.0", seed=0)
+        make_tiny_cache(tmp_path / "cache", "ltx-2.0", n=4)
+    c = en.TrainConfig(steps=steps, rank=2, mixed_precision="fp32", checkpoint_every=0, learning_rate=1e-3,
+                       caption_dropout=0.3, sigma_sampler="uniform")
+    doc = settings_document(c, str(tmp_path / "cache"), {}, str(tmp_path / f"{name}.safetensors"),
+                            str(tmp_path / name), batch_size=2)
+    write_yaml(tmp_path / f"{name}.yaml", doc)
+    return ckpt, tmp_path / f"{name}.yaml"
+
+
+def torchrun(args: list[str], nproc: int = 2, timeout: float = 240.0):
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           str(nproc), "-m", "trainer_core.cli", *args], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_torchrun_cli_two_processes_same_lora_as_one(tmp_path, capsys):
+    """The documented command: torchrun, 2 gloo processes, the tiny LTX-2 checkpoint and the
+    settings file's global batch (2); the exact reduction gives one process's LoRA bit for bit,
+    and only rank 0 prints."""
+    from trainer_core import cli
+
+    ckpt, y2 = _cli_setup(tmp_path, "two")
+    p = torchrun(["train", str(y2), "--checkpoint", str(ckpt), "--device", "cpu", "--dtype", "fp32",
+                  "--reduce", "exact", "--log-every", "1"])
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert p.stdout.count("step 3/3") == 1, p.stdout  # rank 0 only
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res["processes"] == 2 and res["batch_size"] == 2 and res["steps"] == 3
+    _, y1 = _cli_setup(tmp_path, "one")
+    assert cli.main(["train", str(y1), "--checkpoint", str(ckpt), "--device", "cpu", "--dtype", "fp32",
+                     "--reduce", "exact"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["processes"] == 1
+    t2, _ = en.read_checkpoint(tmp_path / "two" / "checkpoints" / "step_000003.safetensors")
+    t1, _ = en.read_checkpoint(tmp_path / "one" / "checkpoints" / "step_000003.safetensors")
+    lora = [k for k in t1 if k.startswith("lora.")]
+    assert lora and all(torch.equal(t1[k], t2[k]) for k in lora)
+    assert any(t1[k].abs().sum() > 0 for k in lora if "lora_B" in k)
