@@ -108,6 +108,10 @@ def _run(args, doc, cfg, lora) -> int:
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     mcfg = read_checkpoint_config(args.checkpoint)
     root = load_tree_from_checkpoint(args.checkpoint, device=device, dtype=dtype)
+    if args.strategy == "fsdp2" and dist.active:
+        n = D.shard_base(root, dist)
+        if main:
+            print(f"note: frozen base sharded over {dist.world} processes (FSDP2, {n} layers)", flush=True)
     predict = make_predict(checkpointing=cfg.grad_checkpointing)
     run_dir = Path(args.run_dir or doc.get("run_dir") or Path(args.settings).parent)
 
@@ -180,6 +184,8 @@ def main(argv=None) -> int:
     t.add_argument("--reduce", default="sum", choices=["sum", "exact"], help="several processes: all-reduce the "
                    "LoRA gradients (sum), or one forward per sample and a fixed summation order (exact: the same "
                    "bits on any number of processes)")
+    t.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp2"], help="several processes: every one "
+                   "holds the whole frozen base (ddp), or the transformer blocks are sharded over them (fsdp2)")
     t.add_argument("--timeout", type=float, default=1800.0, help="seconds a process waits for another that "
                    "stopped answering before the run stops")
     args = p.parse_args(argv)

@@ -219,6 +219,41 @@ def device_for(d: Dist, requested: str = "") -> torch.device:
     return torch.device(requested or "cpu")
 
 
+# ---------------------------------------------------------------------- pooling the frozen base
+
+def shard_base(root: torch.nn.Module, d: Dist, reshard_after_forward: bool = True) -> int:
+    """Shard the frozen transformer blocks over the ranks with FSDP2 (``fully_shard``): each
+    rank keeps 1/world of every block Linear's weight and gathers it for the layer's forward
+    (and again for its backward). The LoRA stays whole on every rank and is reduced as under
+    DDP; the frozen weights have no gradient, so nothing is reduce-scattered.
+
+    The unit is the Linear, not the block: the LTX-2 forward calls a block's layers as modules
+    (that is where LoRA hooks in) but the block itself through a function, so a layer is where
+    FSDP's hooks fire. Weights outside the blocks (patchify, AdaLN, text connectors: a few
+    percent) stay whole. Returns the number of sharded layers."""
+    if not d.active:
+        return 0
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dev = "cuda" if d.backend == "nccl" else "cpu"
+    mesh = init_device_mesh(dev, (d.world,))
+    n = 0
+    for block in getattr(root, "transformer_blocks", []):
+        for m in block.modules():
+            if isinstance(m, torch.nn.Linear):
+                fully_shard(m, mesh=mesh, reshard_after_forward=reshard_after_forward)
+                n += 1
+    return n
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A sharded (DTensor) weight gathered whole; a plain tensor as it is. Collective under
+    FSDP: every rank calls it for the same tensors in the same order."""
+    f = getattr(t, "full_tensor", None)
+    return f() if callable(f) else t
+
+
 # ---------------------------------------------------------------------- per-sample draws
 
 def _mix(*xs: int) -> int:

@@ -538,9 +538,11 @@ def base_model_identity(root: torch.nn.Module) -> dict:
                   if k in params and k not in names]
     if not names:
         names = sorted(params)[:4]
+    from .distributed import full_tensor
+
     h = hashlib.sha256()
     for k in names:
-        t = params[k].detach()
+        t = full_tensor(params[k].detach())  # FSDP-sharded: the whole tensor (every rank asks alike)
         try:
             t = t.reshape(-1)[:65536].to("cpu", torch.bfloat16).contiguous()
             h.update(k.encode() + t.view(torch.int16).numpy().tobytes())
