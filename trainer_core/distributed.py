@@ -350,3 +350,77 @@ def exact_reduce(d: Dist, per_micro: list[list[torch.Tensor]], share: int, size:
         s = tree_sum([g[m] for g in gathered])
         total = s if total is None else total + s
     return total
+
+
+# ---------------------------------------------------------------------- sequence parallel (Ulysses)
+
+def _seq_to_heads(x: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, n, H, D] (this rank's tokens, every head) -> the send buffer [W, B, n, H/W, D]."""
+    B, n, H, D = x.shape
+    return x.reshape(B, n, world, H // world, D).permute(2, 0, 1, 3, 4).contiguous()
+
+
+def _a2a(buf: torch.Tensor, d: Dist) -> torch.Tensor:
+    import torch.distributed as td
+
+    src = d._dev(buf)
+    out = torch.empty_like(src)
+    d._guard("the sequence-parallel all-to-all", lambda: td.all_to_all_single(out, src))
+    return out.to(buf.device)
+
+
+def seq_to_heads(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    """All-to-all: [B, N/W, H, D] sharded over tokens -> [B, N, H/W, D] sharded over heads."""
+    B, n, H, D = x.shape
+    got = _a2a(_seq_to_heads(x, d.world), d)  # [W_src, B, n, H/W, D]: source s holds tokens s·n…
+    return got.permute(1, 0, 2, 3, 4).reshape(B, d.world * n, H // d.world, D)
+
+
+def heads_to_seq(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    """The inverse: [B, N, H/W, D] sharded over heads -> [B, N/W, H, D] sharded over tokens."""
+    B, N, h, D = x.shape
+    n = N // d.world
+    buf = x.reshape(B, d.world, n, h, D).permute(1, 0, 2, 3, 4).contiguous()  # to rank w: its tokens
+    got = _a2a(buf, d)  # [W_src, B, n, h, D]: source s holds head group s
+    return got.permute(1, 2, 0, 3, 4).reshape(B, n, d.world * h, D)
+
+
+class _SeqToHeads(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, d):
+        ctx.d = d
+        return seq_to_heads(x, d)
+
+    @staticmethod
+    def backward(ctx, g):
+        return heads_to_seq(g.contiguous(), ctx.d), None
+
+
+class _HeadsToSeq(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, d):
+        ctx.d = d
+        return heads_to_seq(x, d)
+
+    @staticmethod
+    def backward(ctx, g):
+        return seq_to_heads(g.contiguous(), ctx.d), None
+
+
+def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, d: Dist, attn=None) -> torch.Tensor:
+    """Self-attention over a token sequence sharded across the ranks (DeepSpeed-Ulysses):
+    q, k, v are this rank's tokens ``[B, N/W, H, D]`` (RoPE already applied at their global
+    positions); two all-to-alls give each rank the whole sequence for H/W heads, attention runs
+    there, and one all-to-all brings the output back to this rank's tokens ``[B, N/W, H, D]``.
+    Differentiable (the backward of an all-to-all is the inverse one). ``attn(q, k, v)`` takes
+    and returns ``[B, heads, N, D]`` (default: SDPA). Needs H divisible by the world size."""
+    if not d.active:
+        qh, kh, vh = q, k, v
+    else:
+        if q.shape[2] % d.world:
+            raise ValueError(f"sequence parallel over {d.world} processes needs the head count ({q.shape[2]}) "
+                             "to be a multiple of it")
+        qh, kh, vh = (_SeqToHeads.apply(t, d) for t in (q, k, v))
+    attn = attn or torch.nn.functional.scaled_dot_product_attention
+    o = attn(qh.transpose(1, 2), kh.transpose(1, 2), vh.transpose(1, 2)).transpose(1, 2)
+    return _HeadsToSeq.apply(o.contiguous(), d) if d.active else o

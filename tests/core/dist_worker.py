@@ -50,3 +50,32 @@ def run(rank: int, world: int, port: int, spec: dict) -> None:
                                                           "checkpoint": e.checkpoint}))
     finally:
         d.close()
+
+
+def sp_check(rank: int, world: int, port: int, spec: dict) -> None:
+    """Ulysses attention on this rank's quarter of a sequence vs full attention in one process:
+    the output and the q/k/v gradients of this rank's tokens."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    import torch
+
+    torch.set_num_threads(1)
+    from trainer_core import distributed as D
+
+    d = D.init(backend="gloo", timeout_s=60)
+    g = torch.Generator().manual_seed(0)
+    B, N, H, Dh = 2, 12, 4, 8
+    q, k, v, up = (torch.randn(B, N, H, Dh, generator=g, dtype=torch.float64) for _ in range(4))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    full = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    ref = sdpa(*(t.transpose(1, 2) for t in full)).transpose(1, 2)
+    (ref * up).sum().backward()
+    n = N // world
+    sl = slice(rank * n, (rank + 1) * n)
+    mine = [t[:, sl].clone().requires_grad_(True) for t in (q, k, v)]
+    out = D.ulysses_attention(*mine, d)
+    (out * up[:, sl]).sum().backward()
+    err = max([(out - ref[:, sl]).abs().max().item()]
+              + [(m.grad - f.grad[:, sl]).abs().max().item() for m, f in zip(mine, full)])
+    Path(spec["out"], f"sp{rank}.json").write_text(json.dumps({"err": err, "shape": list(out.shape)}))
+    d.close()

@@ -34,10 +34,10 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(world: int, spec: dict, timeout: float = 120.0) -> list[int]:
+def spawn(world: int, spec: dict, timeout: float = 120.0, target=None) -> list[int]:
     ctx = mp.get_context("spawn")
     port = _port()
-    procs = [ctx.Process(target=dist_worker.run, args=(r, world, port, spec)) for r in range(world)]
+    procs = [ctx.Process(target=target or dist_worker.run, args=(r, world, port, spec)) for r in range(world)]
     for p in procs:
         p.start()
     end = time.time() + timeout
@@ -137,6 +137,15 @@ def test_killed_rank_stops_the_other_with_a_checkpoint(tmp_path):
     for k in t_ref:
         if k.startswith("lora."):
             assert torch.equal(tensors[k], t_ref[k]), k
+
+
+def test_ulysses_attention_matches_full_attention(tmp_path):
+    """Sequence parallel: 12 tokens split over 2 processes, two all-to-alls around attention;
+    each rank's output and q/k/v gradients equal full attention's for its tokens (float64)."""
+    assert spawn(2, {"out": str(tmp_path)}, target=dist_worker.sp_check) == [0, 0]
+    for r in range(2):
+        rep = json.loads((tmp_path / f"sp{r}.json").read_text())
+        assert rep["shape"] == [2, 6, 4, 8] and rep["err"] < 1e-12, rep
 
 
 def test_batch_must_split_evenly():
