@@ -161,6 +161,11 @@ class TrainLoRA(io.ComfyNode):
                                        "2.5 with a short run. Its modules, rank and alpha (rank when it stores "
                                        "none) replace rank, alpha and targets; modules the model lacks are "
                                        "skipped and named."),
+                io.String.Input("devices", default="this GPU", advanced=True, optional=True,
+                                tooltip="Where to train: this GPU (ComfyUI's, in its process), all GPUs, or GPU "
+                                        "numbers such as 0,1 — one worker process per GPU (torchrun), the global "
+                                        "batch one sample per GPU; ComfyUI's GPU is freed meanwhile. cpu:2 runs "
+                                        "2 CPU processes (tests). Needs the model from Load Checkpoint."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The input model with the trained LoRA applied."),
@@ -207,7 +212,7 @@ class TrainLoRA(io.ComfyNode):
                 validation_positive=None, validation_negative=None, validation_vae=None, validation_audio_vae=None,
                 validation_image=None, validation_width=512, validation_height=320, validation_frames=49,
                 validation_steps=20, validation_cfg=4.0, validation_seed=42,
-                init_lora=NO_INIT_LORA) -> io.NodeOutput:
+                init_lora=NO_INIT_LORA, devices="this GPU") -> io.NodeOutput:
         import torch
 
         import comfy.model_management as mm
@@ -217,7 +222,10 @@ class TrainLoRA(io.ComfyNode):
         from ..trainer_core.fsutil import check_name, next_numbered, safe_join
         from ..trainer_core.run import run_training
         from . import live
-        from .comfy_model import apply_lora_file, prepare_training_model
+        from .comfy_model import apply_lora_file, model_variant, prepare_training_model
+        from .multi_gpu import parse_devices, train_on_devices
+
+        multi = parse_devices(devices)  # None: in this process, on ComfyUI's GPU
 
         lora_name = check_name(lora_name, "lora_name")
         init_path = ""
@@ -265,7 +273,17 @@ class TrainLoRA(io.ComfyNode):
                                 validation_cfg, validation_seed)
         callbacks = en.Callbacks(on_step=on_step, should_stop=mm.processing_interrupted, on_event=on_event,
                                  is_interrupt=_is_comfy_interrupt)
-        root, predict, device, base, release, patcher = prepare_training_model(model, cfg, cache_dir=cache_dir)
+        if multi is None:
+            root, predict, device, base, release, patcher = prepare_training_model(model, cfg, cache_dir=cache_dir)
+        else:  # the workers load their own copies: ComfyUI's GPU is freed for the run
+            if spec is not None:
+                raise ValueError("validation samples need devices = this GPU (set validation_every to 0 to train "
+                                 f"on {devices})")
+            base, release = model_variant(model), (lambda: None)
+            mm.unload_all_models()
+            mm.soft_empty_cache()
+            send_text(f"training on {len(multi[1])} {'CPU processes' if multi[0] == 'cpu' else 'GPUs'} "
+                      f"({', '.join(multi[1])})", node_id)
         if base.get("memory_plan"):
             send_text(base["memory_plan"], node_id)
         if spec is not None:
@@ -276,8 +294,13 @@ class TrainLoRA(io.ComfyNode):
             with torch.inference_mode(False):
                 mm.in_training = True
                 try:
-                    outcome = run_training(root, predict, cache_dir, cfg, run_dir, lora_path, device=device,
-                                           callbacks=callbacks, resume=resume, base=base)
+                    if multi is None:
+                        outcome = run_training(root, predict, cache_dir, cfg, run_dir, lora_path, device=device,
+                                               callbacks=callbacks, resume=resume, base=base)
+                    else:
+                        outcome = train_on_devices(multi, base.get("checkpoint", ""), cfg, cache_dir, run_dir,
+                                                   lora_path, resume, callbacks, base,
+                                                   should_stop=mm.processing_interrupted)
                 except en.TrainingStopped as e:
                     send_text(str(e), node_id)
                     if e.reason == "cancelled":

@@ -116,11 +116,15 @@ def _run(args, doc, cfg, lora) -> int:
     run_dir = Path(args.run_dir or doc.get("run_dir") or Path(args.settings).parent)
 
     def on_step(rec):
+        if args.progress_json:  # one machine-readable line per step (the Train node reads them)
+            print(PROGRESS + json.dumps(rec), flush=True)
         if rec["step"] % args.log_every == 0 or rec["step"] == rec["steps"]:
             print(f"step {rec['step']}/{rec['steps']} loss {rec['loss']:.4f} smoothed {rec['smoothed']:.4f} "
                   f"lr {rec['lr']:.2e} {rec['s_per_step']:.2f}s/step", flush=True)
 
     def on_event(name, payload):
+        if args.progress_json:
+            print(EVENT + json.dumps({"name": name, **payload}, default=str), flush=True)
         if name == "notice":
             print(f"note: {payload['message']}", flush=True)
         elif name == "resumed":
@@ -146,6 +150,9 @@ def _run(args, doc, cfg, lora) -> int:
                           "final_loss": out.result.history[-1]["loss"] if out.result.history else None,
                           "processes": dist.world, "batch_size": batch_size, "notes": out.notes}), flush=True)
     return 0
+
+
+PROGRESS, EVENT = "@ltx2-progress ", "@ltx2-event "
 
 
 def _stop_on_sigterm():
@@ -184,6 +191,7 @@ def main(argv=None) -> int:
     t.add_argument("--reduce", default="sum", choices=["sum", "exact"], help="several processes: all-reduce the "
                    "LoRA gradients (sum), or one forward per sample and a fixed summation order (exact: the same "
                    "bits on any number of processes)")
+    t.add_argument("--progress-json", action="store_true", help="also print every step and event as a JSON line")
     t.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp2"], help="several processes: every one "
                    "holds the whole frozen base (ddp), or the transformer blocks are sharded over them (fsdp2)")
     t.add_argument("--timeout", type=float, default=1800.0, help="seconds a process waits for another that "
