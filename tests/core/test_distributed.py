@@ -194,12 +194,13 @@ def torchrun(args: list[str], nproc: int = 2, timeout: float = 240.0):
                           text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+# ddp under torchrun runs in tests/comfy/test_train_devices.py and the bench smoke test; bit
+# for bit against one process in the toy tests above. Here: the real LTX-2 forward with FSDP2.
+@pytest.mark.parametrize("strategy", ["fsdp2"])
 def test_torchrun_cli_two_processes_same_lora_as_one(tmp_path, capsys, strategy):
     """The documented command: torchrun, 2 gloo processes, the tiny LTX-2 checkpoint and the
-    settings file's global batch (2); the exact reduction gives one process's LoRA bit for bit,
-    with the whole base on each process (ddp) or its blocks sharded over both (fsdp2); only
-    rank 0 prints."""
+    settings file's global batch (2), the blocks sharded over both (fsdp2): one process's LoRA
+    within float tolerance (ddp: bit for bit with --reduce exact); only rank 0 prints."""
     from trainer_core import cli
 
     ckpt, y2 = _cli_setup(tmp_path, "two")
