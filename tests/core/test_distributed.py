@@ -84,23 +84,24 @@ def two_ranks(tmp_path, name, exact, **kw):
 
 
 def test_two_ranks_exact_same_lora_bitwise_and_resume_on_one(tmp_path):
-    """6 samples at global batch 4: batches of 4 and 2 (rank 1 idles in the short one). Save on
-    2 ranks at step 3, finish on 2; resume that step-3 checkpoint on 1 process: all equal."""
-    out, codes = two_ranks(tmp_path, "r2", True, checkpoint_every=3)
+    """6 samples at global batch 4, 2 micro-batches a step: batches of 4 and 2 (rank 1 idles in
+    the short one). Save on 2 ranks at step 3, finish on 2; resume that step-3 checkpoint on 1
+    process: all equal."""
+    out, codes = two_ranks(tmp_path, "r2", True, checkpoint_every=3, grad_accum=2)
     assert codes == [0, 0]
     a0, a1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
-    unbroken = one_process(tmp_path, "r1", 4, True)
+    unbroken = one_process(tmp_path, "r1", 4, True, grad_accum=2)
     for k, v in unbroken.items():
         assert torch.equal(a0[k], v), k  # 2 ranks == 1 process, bit for bit
         assert torch.equal(a1[k], v), k  # and both ranks hold the same LoRA
     assert any(v.abs().sum() > 0 for k, v in unbroken.items() if "lora_B" in k)
     ck = tmp_path / "r2" / "checkpoints" / "step_000003.safetensors"
     assert ck.exists() and not list((tmp_path / "r2" / "checkpoints").glob(".*tmp"))
-    resumed = one_process(tmp_path, "r1b", 4, True, resume=ck)
+    resumed = one_process(tmp_path, "r1b", 4, True, resume=ck, grad_accum=2)
     for k, v in unbroken.items():
         assert torch.equal(resumed[k], v), k
     # the draws are per global sample: another batch split (batch 2) is another run
-    other = one_process(tmp_path, "b2", 2, True)
+    other = one_process(tmp_path, "b2", 2, True, grad_accum=2)
     assert any(not torch.equal(other[k], v) for k, v in unbroken.items())
 
 
