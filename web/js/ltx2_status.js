@@ -10,6 +10,8 @@ import { api } from "../../../scripts/api.js";
 
 const PREFIX = "LTX2Train";
 const FRONTEND_TEXT = "$$node-text-preview";
+// the option nodes only pass settings on: no status line (they stay small)
+const NO_STATUS = new Set(["LTX2TrainOptions", "LTX2TrainValidation"]);
 export const STATUS_HEIGHT = 44;
 
 function graphNodes() {
@@ -52,7 +54,7 @@ function setStatus(node, text, kind) {
 app.registerExtension({
   name: "ltx2_lora_trainer.status_line",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!String(nodeData.name || "").startsWith(PREFIX)) return;
+    if (!String(nodeData.name || "").startsWith(PREFIX) || NO_STATUS.has(nodeData.name)) return;
     const onCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const r = onCreated?.apply(this, arguments);

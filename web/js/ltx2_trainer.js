@@ -7,7 +7,7 @@ import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
 const NODE_ID = "LTX2TrainLoRA";
-const CHART_HEIGHT = 180;
+const CHART_HEIGHT = 140; // the node stays no taller than core Train LoRA (measured in tests/e2e/test_browser.py)
 const IMAGE_PREVIEW = "$$canvas-image-preview";
 
 function isTrainNode(id) {
