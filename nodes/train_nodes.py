@@ -123,6 +123,61 @@ def flat_inputs(**flat) -> dict:
     return flat
 
 
+# the old single Train node's API inputs that are not on the Train node any more
+_OLD_ONLY = set(OPTION_FIELDS) - {"alpha_ratio"} | {"alpha"} | {f"validation_{k}" for k in VALIDATION_NAMES}
+
+
+def upgrade_old_prompt(prompt: dict, recipes: dict) -> list[str]:
+    """Rewrite, in place, the Train nodes of an API prompt made for the old single Train node
+    (``targets``, ``precision``, ``validation_every``, ... on the Train node; 0 / -1 /
+    "recipe default" for "the recipe's value"): their settings go to a new LTX-2 Training
+    Options node and, when validation was on, a new LTX-2 Validation node (links included).
+    ``recipes``: :func:`recipe_fields`. Returns the ids of the Train nodes rewritten."""
+    done = []
+    ids = [int(k) for k in prompt if str(k).isdigit()]
+    next_id = max(ids, default=0) + 1000
+    for nid, node in list(prompt.items()):
+        if not isinstance(node, dict) or node.get("class_type") != "LTX2TrainLoRA":
+            continue
+        ins = node.get("inputs") or {}
+        if not (_OLD_ONLY & set(ins)) or "options" in ins or "validation" in ins:
+            continue
+        r = recipes.get(ins.get("recipe"), {})
+        fallback = dict(steps=2000, rank=32, learning_rate=1e-4, mode=DEFAULT_MODE, targets="all attention",
+                        audio_weight=1.0)
+
+        def recipe_value(k, unset):
+            v = ins.get(k)
+            return r.get(k, fallback[k]) if v is None or (not isinstance(v, list) and unset(v)) else v
+
+        for k in ("steps", "rank", "learning_rate"):
+            ins[k] = recipe_value(k, lambda v: not v)
+        ins["mode"] = recipe_value("mode", lambda v: v == "recipe default")
+        opts = {k: ins.pop(k) for k in list(ins) if k in OPTION_FIELDS}
+        opts["targets"] = recipe_value("targets", lambda v: v == "recipe default") if "targets" not in opts or \
+            opts["targets"] == "recipe default" else opts["targets"]
+        aw = opts.get("audio_weight")
+        opts["audio_weight"] = r.get("audio_weight", fallback["audio_weight"]) if aw is None or (
+            not isinstance(aw, list) and aw < 0) else aw
+        alpha = ins.pop("alpha", 0)
+        opts["alpha_ratio"] = float(alpha) / float(ins["rank"]) if alpha and not isinstance(alpha, list) \
+            and not isinstance(ins["rank"], list) else 1.0
+        defaults = {k: d for k, (_, d) in OPTION_FIELDS.items() if d is not None}
+        oid = str(next_id)
+        next_id += 1
+        prompt[oid] = {"class_type": "LTX2TrainOptions", "inputs": {**defaults, **opts}}
+        ins["options"] = [oid, 0]
+        val = {k[len("validation_"):]: ins.pop(k) for k in list(ins) if k.startswith("validation_")}
+        if val.get("every"):
+            vid = str(next_id)
+            next_id += 1
+            plain = {k: v for k, v in VALIDATION_DEFAULTS.items() if v is not None}
+            prompt[vid] = {"class_type": "LTX2TrainValidation", "inputs": {**plain, **val}}
+            ins["validation"] = [vid, 0]
+        done.append(str(nid))
+    return done
+
+
 class TrainLoRA(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:

@@ -450,9 +450,9 @@ def _install_graph(info: dict, loader: tuple[str, dict], cache: str, lora_name: 
 def _install_check(info: dict) -> Graph:
     """Tiny checkpoint + tiny latent cache -> 20 training steps: about a minute on a CPU."""
     return _install_graph(info, ("CheckpointLoaderSimple", dict(ckpt_name=TINY_CKPT)), INSTALL_CACHE, "install_check",
-                          "`python -m trainer_core.tiny_checkpoint --out models/checkpoints/" + TINY_CKPT +
-                          " --cache output/ltx2_cache/" + INSTALL_CACHE + "` (in the pack's folder, paths "
-                          "inside ComfyUI).")
+                          "`python custom_nodes/comfyui-ltx2-lora-trainer/scripts/tiny_checkpoint.py --out "
+                          "models/checkpoints/" + TINY_CKPT + " --cache output/ltx2_cache/" + INSTALL_CACHE +
+                          "` (from the ComfyUI folder; scripts/quickstart.sh already did it).")
 
 
 def _install_check_25(info: dict) -> Graph:
@@ -460,8 +460,9 @@ def _install_check_25(info: dict) -> Graph:
     the real split file loads) + a tiny 2.5 latent cache -> 20 training steps."""
     return _install_graph(info, ("UNETLoader", dict(unet_name=TINY_TRANSFORMER_25, weight_dtype="default")),
                           INSTALL_CACHE_25, "install_check_ltx25",
-                          "`python -m trainer_core.tiny_checkpoint --variant ltx-2.5 --tiny-names --out models "
-                          "--cache output/ltx2_cache/" + INSTALL_CACHE_25 + "`.")
+                          "`python custom_nodes/comfyui-ltx2-lora-trainer/scripts/tiny_checkpoint.py --variant "
+                          "ltx-2.5 --tiny-names --out models --cache output/ltx2_cache/" + INSTALL_CACHE_25 +
+                          "` (from the ComfyUI folder; scripts/quickstart.sh already did it).")
 
 
 def all_workflows() -> dict[str, dict]:

@@ -81,3 +81,35 @@ def test_old_flat_names_split_into_the_option_nodes(comfy):
 def test_validation_node_refuses_a_frame_count_before_training(comfy):
     with pytest.raises(ValueError, match="8·n \\+ 1"):
         comfy.pack["LTX2TrainValidation"].execute(every=2, prompts="p", vae=None, audio_vae=None, frames=10)
+
+
+def test_an_old_api_prompt_is_upgraded(comfy):
+    """An API prompt for the old single Train node (sentinels, validation on it) becomes the
+    three-node form with the recipe's values, every input one the new nodes define (the
+    server's run of an old prompt: tests/e2e/test_cancel.py)."""
+
+    m = _mod(comfy)
+    old = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "x.safetensors"}},
+           "2": {"class_type": "LTX2TrainLoRA", "inputs": {
+               "model": ["1", 0], "latents": ["3", 0], "recipe": "Style", "lora_name": "old", "steps": 0,
+               "learning_rate": 0.0, "rank": 0, "mode": "recipe default", "targets": "recipe default", "seed": 5,
+               "resume": "none", "alpha": 0.0, "audio_weight": -1.0, "precision": "fp32", "checkpoint_every": 7,
+               "validation_every": 3, "validation_prompts": "sks", "validation_clip": ["1", 1],
+               "validation_vae": ["1", 2], "validation_audio_vae": ["4", 0], "validation_width": 64}}}
+    assert m.upgrade_old_prompt(old, m.recipe_fields()) == ["2"]
+    tr = old["2"]["inputs"]
+    assert (tr["steps"], tr["rank"], tr["learning_rate"], tr["mode"]) == (1500, 32, 1e-4, "video_only")
+    op = old[tr["options"][0]]
+    assert op["class_type"] == "LTX2TrainOptions"
+    assert op["inputs"]["targets"] == "video attention" and op["inputs"]["audio_weight"] == 0.0
+    assert op["inputs"]["precision"] == "fp32" and op["inputs"]["checkpoint_every"] == 7
+    va = old[tr["validation"][0]]
+    assert va["class_type"] == "LTX2TrainValidation"
+    assert va["inputs"]["clip"] == ["1", 1] and va["inputs"]["vae"] == ["1", 2] and va["inputs"]["width"] == 64
+    assert not any(k.startswith("validation_") for k in tr)
+    assert m.upgrade_old_prompt(old, m.recipe_fields()) == []  # the new form is left alone
+    # every input the new nodes get is one they define
+    for nid in (tr["options"][0], tr["validation"][0]):
+        info = comfy.pack[old[nid]["class_type"]].GET_NODE_INFO_V1()["input"]
+        names = set(info["required"]) | set(info.get("optional", {}))
+        assert set(old[nid]["inputs"]) <= names, set(old[nid]["inputs"]) - names
