@@ -100,7 +100,7 @@ def build_config(recipe: str, run: dict, options: dict | None):
     ratio = opts.get("alpha_ratio", 1.0)
     rank = base.get("rank", 32)
     if isinstance(rank, int) and isinstance(ratio, (int, float)):
-        base["alpha"] = float(ratio) * rank
+        base["alpha"] = round(float(ratio) * rank, 6)  # (an old alpha / rank ratio gives the alpha back exactly)
     return TrainConfig(**base)
 
 

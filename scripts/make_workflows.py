@@ -68,7 +68,7 @@ EXTRA_H = {             # what the frontend and the pack's JS add below the widg
     "LTX2TrainBucket": STATUS_H + 280,                        # the dataset gallery (no second image)
     "LTX2TrainEncodeLatents": STATUS_H + IMAGE_PREVIEW_H,
     "LTX2TrainLoadLatentCache": STATUS_H,
-    "LTX2TrainLoRA": STATUS_H + 160,                          # the live loss chart
+    "LTX2TrainLoRA": STATUS_H + 140,                          # the live loss chart
     "LTX2TrainOptions": 0,                                    # (no status line on the option nodes)
     "LTX2TrainValidation": 0,
     "LTX2TrainSample": STATUS_H + 300,                        # the video player

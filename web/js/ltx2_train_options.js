@@ -101,12 +101,23 @@ function isOldTrain(n) {
     && ["fixed", "increment", "decrement", "randomize"].includes(v[8]);
 }
 
+// a saved link: [id, origin, origin slot, target, target slot, type] (workflow 0.4) or an
+// object with those names (subgraphs, workflow 1): one view over both
+const FIELDS = ["id", "origin_id", "origin_slot", "target_id", "target_slot", "type"];
+function linkView(l) {
+  if (Array.isArray(l)) return l;
+  return new Proxy(l, { get: (o, k) => (/^\d$/.test(String(k)) ? o[FIELDS[Number(k)]] : o[k]),
+    set: (o, k, v) => { if (/^\d$/.test(String(k))) o[FIELDS[Number(k)]] = v; else o[k] = v; return true; } });
+}
+
 function migrateGraph(g) {
   if (!g || !Array.isArray(g.nodes) || !Array.isArray(g.links) || !DEFS[TRAIN] || !DEFS[OPTIONS] || !DEFS[VALIDATION]) return 0;
   let done = 0;
-  let nextNode = Math.max(g.last_node_id || 0, ...g.nodes.map((n) => Number(n.id) || 0)) + 1;
-  let nextLink = Math.max(g.last_link_id || 0, ...g.links.map((l) => Number(l[0]) || 0)) + 1;
-  const linkById = new Map(g.links.map((l) => [l[0], l]));
+  const objectLinks = g.links.length > 0 && !Array.isArray(g.links[0]);
+  const state = g.state || g;
+  let nextNode = Math.max(state.lastNodeId || 0, g.last_node_id || 0, ...g.nodes.map((n) => Number(n.id) || 0)) + 1;
+  let nextLink = Math.max(state.lastLinkId || 0, g.last_link_id || 0, ...g.links.map((l) => Number(linkView(l)[0]) || 0)) + 1;
+  const linkById = new Map(g.links.map((l) => [linkView(l)[0], l]));
   for (const n of [...g.nodes]) {
     if (!isOldTrain(n)) continue;
     const old = Object.fromEntries(OLD_LAYOUT.map((k, i) => [k, n.widgets_values[i]]));
@@ -150,15 +161,16 @@ function migrateGraph(g) {
     for (const i of oldInputs) if (i.widget && trainWidgets.has(i.name)) newInputs.push({ ...i });
     for (const i of oldInputs) {
       if (i.link == null) continue;
-      const l = linkById.get(i.link);
-      if (!l) continue;
+      const raw = linkById.get(i.link);
+      if (!raw) continue;
+      const l = linkView(raw);
       if (i.name in OLD_VALIDATION_SOCKETS && val) {
         const to = val.inputs.findIndex((s) => s.name === OLD_VALIDATION_SOCKETS[i.name]);
         l[3] = val.id; l[4] = to; val.inputs[to].link = l[0];
       } else {
         const to = newInputs.findIndex((s) => s.name === i.name);
         if (to >= 0) { l[4] = to; } else { // a linked old setting: the link is dropped (the value moved)
-          g.links.splice(g.links.indexOf(l), 1);
+          g.links.splice(g.links.indexOf(raw), 1);
           const src = g.nodes.find((m) => m.id === l[1]);
           const out = src?.outputs?.[l[2]];
           if (out?.links) out.links = out.links.filter((k) => k !== l[0]);
@@ -171,7 +183,8 @@ function migrateGraph(g) {
       const to = newInputs.findIndex((s) => s.name === slotName);
       if (to < 0) continue;
       const id = nextLink++;
-      g.links.push([id, src.id, 0, n.id, to, src.outputs[0].type]);
+      const row = [id, src.id, 0, n.id, to, src.outputs[0].type];
+      g.links.push(objectLinks ? Object.fromEntries(FIELDS.map((f, k) => [f, row[k]])) : row);
       src.outputs[0].links.push(id);
       newInputs[to].link = id;
     }
@@ -182,8 +195,8 @@ function migrateGraph(g) {
     done++;
   }
   if (done) {
-    g.last_node_id = nextNode - 1;
-    g.last_link_id = nextLink - 1;
+    if ("last_node_id" in g || !g.state) { g.last_node_id = nextNode - 1; g.last_link_id = nextLink - 1; }
+    if (g.state) { g.state.lastNodeId = nextNode - 1; g.state.lastLinkId = nextLink - 1; }
     console.info(`[LTX-2 Trainer] moved the settings of ${done} old Train node(s) to Training Options / Validation nodes`);
   }
   return done;
