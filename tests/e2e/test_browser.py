@@ -267,9 +267,20 @@ def _fit(page) -> None:
                   " let x0 = 1e9, y0 = 1e9, x1 = -1e9, y1 = -1e9; for (const n of ns) { x0 = Math.min(x0, n.pos[0]);"
                   " y0 = Math.min(y0, n.pos[1] - 80); x1 = Math.max(x1, n.pos[0] + n.size[0]);"
                   " y1 = Math.max(y1, n.pos[1] + n.size[1]); }"
+                  " for (const g of (window.app.graph._groups || window.app.graph.groups || [])) { const b = g._bounding"
+                  " || g.bounding; if (b) { x0 = Math.min(x0, b[0]); y0 = Math.min(y0, b[1]); } }"
                   " const s = Math.min(1500 / (x1 - x0 + 40), 960 / (y1 - y0 + 40), 1);"
                   " c.ds.scale = s; c.ds.offset = [-x0 + 70 / s, -y0 + 20 / s]; c.setDirty(true, true); }")
     page.wait_for_timeout(500)
+
+
+def _focus(page, node_type: str, scale: float = 0.8) -> None:
+    """Zoom to a readable scale with the first ``node_type`` node near the top left."""
+    page.evaluate("""([t, s]) => { const c = window.app.canvas;
+        const n = (window.app.graph._nodes || window.app.graph.nodes).find(x => x.type === t);
+        if (!n) return; c.ds.scale = s; c.ds.offset = [-n.pos[0] + 420 / s, -n.pos[1] + 120 / s];
+        c.setDirty(true, true); }""", [node_type, scale])
+    page.wait_for_timeout(400)
 
 
 def _stem(p) -> str:
@@ -301,6 +312,8 @@ def test_every_template_loads_tidy_in_the_frontend(server, browser):
             for o in t["others"]:
                 assert o[1] <= c[0] + 1 or o[0] >= c[1] - 1, (p.name, "drawn over the chart:", o, c)
         page.screenshot(path=str(ART / f"template_{_stem(p)}.png"))
+        _focus(page, "LTX2TrainLoRA")
+        page.screenshot(path=str(ART / f"template_{_stem(p)}_train.png"))
         report[p.name] = {"nodes": len(rects), "train": layout}
     ours = [e for e in errors if "ltx2" in e.lower() or "ltx-2 trainer" in e.lower()]
     assert not ours, ours
@@ -376,6 +389,8 @@ def test_old_saved_workflows_load_and_queue_as_before(server, browser):
         page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", json.loads(p.read_text()))
         page.wait_for_timeout(600)
         got = _by_class(_prompt(page))
+        rects = page.evaluate(_NODE_RECTS)
+        assert not _overlaps(rects), (p.name, _overlaps(rects))  # the new nodes sit where the old one was
         _fit(page)
         page.screenshot(path=str(ART / f"old_workflow_{_stem(p)}.png"))
         ours = [e for e in errors if "ltx2" in e.lower() or "ltx-2 trainer" in e.lower()]

@@ -135,20 +135,21 @@ function migrateGraph(g) {
       steps: old.validation_steps, cfg: old.validation_cfg, seed: old.validation_seed };
     const [x, y] = n.pos || [0, 0];
     const w = (n.size && n.size[0]) || 420;
-    const h = (n.size && n.size[1]) || 600;
     // the Train node's own sockets keep their links; validation sockets move to the new node
     const trainSockets = socketsOf(DEFS[TRAIN]);
     const oldInputs = n.inputs || [];
     const byName = Object.fromEntries(oldInputs.map((i) => [i.name, i]));
     const moved = Object.entries(OLD_VALIDATION_SOCKETS).filter(([o]) => byName[o]?.link != null);
     const wantValidation = !!old.validation_every || moved.length > 0;
-    const opt = { id: nextNode++, type: OPTIONS, pos: [x, y + Math.min(h, 700) + 80], size: [w, 560], flags: {},
+    // the new nodes go under the (now much shorter) Train node, in the room the old one took
+    const TRAIN_H = 560, OPT_H = 520, VAL_H = 430;
+    const opt = { id: nextNode++, type: OPTIONS, pos: [x, y + TRAIN_H + 70], size: [w, OPT_H], flags: {},
       order: n.order ?? 0, mode: 0, inputs: [], outputs: [{ name: "options", type: "LTX2_TRAIN_OPTIONS", links: [], slot_index: 0 }],
       properties: { "Node name for S&R": OPTIONS, [FILLED]: true }, widgets_values: widgetValues(DEFS[OPTIONS], optVals) };
     g.nodes.push(opt);
     let val = null;
     if (wantValidation) {
-      val = { id: nextNode++, type: VALIDATION, pos: [x + w + 40, y + Math.min(h, 700) + 80], size: [380, 420], flags: {},
+      val = { id: nextNode++, type: VALIDATION, pos: [x, y + TRAIN_H + 70 + OPT_H + 70], size: [w, VAL_H], flags: {},
         order: n.order ?? 0, mode: old.validation_every ? 0 : 4, // validation was off: kept, bypassed
         inputs: socketsOf(DEFS[VALIDATION]).map((s) => ({ name: s.name, type: s.type, link: null })),
         outputs: [{ name: "validation", type: "LTX2_VALIDATION", links: [], slot_index: 0 }],
@@ -190,7 +191,7 @@ function migrateGraph(g) {
     }
     n.inputs = newInputs;
     n.widgets_values = widgetValues(DEFS[TRAIN], trainVals);
-    n.size = [w, 560];
+    n.size = [w, TRAIN_H];
     n.properties = { ...(n.properties || {}), ltx2_migrated_from: "single Train node (36 settings)" };
     done++;
   }
