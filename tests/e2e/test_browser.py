@@ -63,6 +63,8 @@ def _open(browser, server, wf: dict, selector: str):
     (page, console errors, HTTP errors) — the lists fill as the page runs. HTTP errors are
     kept to tell the frontend's own (optional user files, no internet here) from the pack's."""
     ART.mkdir(parents=True, exist_ok=True)
+    # a returning user: no first-run template browser over the graph
+    server.post("/settings/Comfy.TutorialCompleted", True)
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -276,6 +278,7 @@ def _fit(page) -> None:
 
 def _focus(page, node_type: str, scale: float = 0.8) -> None:
     """Zoom to a readable scale with the first ``node_type`` node near the top left."""
+    _close_dialogs(page)
     page.evaluate("""([t, s]) => { const c = window.app.canvas;
         const n = (window.app.graph._nodes || window.app.graph.nodes).find(x => x.type === t);
         if (!n) return; c.ds.scale = s; c.ds.offset = [-n.pos[0] + 420 / s, -n.pos[1] + 120 / s];
