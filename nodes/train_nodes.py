@@ -311,7 +311,7 @@ class TrainLoRA(io.ComfyNode):
             send_text(base["memory_plan"], node_id)
         if spec is not None:
             callbacks.on_validate = _validator(spec, patcher, root, predict, run_dir, progress, node_id,
-                                                  base.get("budget_gib") or vram_budget_gb or 0.0, device)
+                                                  base.get("budget_gib") or cfg.vram_budget_gb or 0.0, device)
             callbacks.validate_every = spec.every
         try:
             with torch.inference_mode(False):
