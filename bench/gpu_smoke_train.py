@@ -91,11 +91,13 @@ def main() -> int:
             t0 = time.time()
             extra = validation if how.endswith("validation") else {}
             with torch.inference_mode():
-                res = node.execute(model=model, latents={"path": str(cache)}, recipe="Character",
-                                   lora_name=f"{variant}_{how.replace('+', '_')}", steps=a.steps, learning_rate=1e-3,
-                                   rank=4, mode="text_to_audio_video", seed=7, resume="none", caption_dropout=0.0,
-                                   precision="bf16", checkpoint_every=0, targets="all attention",
-                                   vram_budget_gb=budget, **extra)
+                # (the old single-node names; flat_inputs splits them into the options / validation inputs)
+                flat = sys.modules[node.__module__].flat_inputs(
+                    model=model, latents={"path": str(cache)}, recipe="Character",
+                    lora_name=f"{variant}_{how.replace('+', '_')}", steps=a.steps, learning_rate=1e-3,
+                    rank=4, mode="text_to_audio_video", seed=7, resume="none", caption_dropout=0.0,
+                    precision="bf16", checkpoint_every=0, targets="all attention", vram_budget_gb=budget, **extra)
+                res = node.execute(**flat)
             if extra:
                 run = base / "output" / "ltx2_lora_runs" / f"{variant}_{how.replace('+', '_')}" / "samples"
                 records.append({"variant": variant, "how": how, "validation_files": sorted(p.name for p in run.glob("*.mp4"))})

@@ -54,6 +54,7 @@ def guard(json_data):
     prompt = json_data.get("prompt") if isinstance(json_data, dict) else None
     if not isinstance(prompt, dict):
         return json_data
+    _upgrade_old_train_nodes(prompt)
     pack_outputs = [nid for nid, n in prompt.items()
                     if isinstance(n, dict) and _is_pack_output(str(n.get("class_type", "")))]
     if not pack_outputs:
@@ -78,6 +79,19 @@ def guard(json_data):
                         prompt[nid].get("class_type"), nid, "; ".join(dropped[nid]))
     json_data["partial_execution_targets"] = chosen
     return json_data
+
+
+def _upgrade_old_train_nodes(prompt: dict) -> None:
+    """API prompts made for the old single Train node (every setting on it) run as before:
+    their settings move to Training Options / Validation nodes (train_nodes.upgrade_old_prompt)."""
+    if not any(isinstance(n, dict) and n.get("class_type") == "LTX2TrainLoRA" for n in prompt.values()):
+        return
+    from .train_nodes import recipe_fields, upgrade_old_prompt
+
+    done = upgrade_old_prompt(prompt, recipe_fields())
+    if done:
+        logging.info("LTX-2 Trainer: moved the settings of old Train node(s) %s to LTX-2 Training Options / "
+                     "Validation nodes (the Train node holds only its per-run values now)", ", ".join(done))
 
 
 def register() -> None:

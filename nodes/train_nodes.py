@@ -1,4 +1,13 @@
-"""Train LTX-2 LoRA: runs trainer_core's engine inside ComfyUI on the MODEL the user loaded."""
+"""Train LTX-2 LoRA: runs trainer_core's engine inside ComfyUI on the MODEL the user loaded.
+
+Three nodes: the Train node holds what a user decides per run (recipe, name, steps, rank,
+learning rate, mode, resume, seed), with real values (the web extension fills them when a
+recipe is picked). Everything else plugs into it through two typed option nodes, as core
+ComfyUI and trainer packs chain typed values: LTX-2 Training Options (optimizer, schedule,
+checkpoints, precision, memory, LoRA shape, loss weights, init LoRA) and LTX-2 Validation
+(samples during training). Not connected, the Training Options node's defaults apply and
+the recipe decides targets and audio weight.
+"""
 from __future__ import annotations
 
 import logging
@@ -7,13 +16,27 @@ from comfy_api.latest import io
 
 from ._common import CAT_TRAIN, LatentsT, LossT, image_batch, make_progress, send_text
 
-RECIPE_DEFAULT = "recipe default"
+# typed values between the option nodes and the Train node (ids are permanent: workflows store them)
+TrainOptionsT = io.Custom("LTX2_TRAIN_OPTIONS")
+ValidationT = io.Custom("LTX2_VALIDATION")
+
+CUSTOM_RECIPE = "Custom"
+DEFAULT_MODE = "text_to_audio_video"
 
 
 def _recipe_names():
     from ..trainer_core.engine import RECIPES
 
-    return [*RECIPES, "Custom"]
+    return [*RECIPES, CUSTOM_RECIPE]
+
+
+def recipe_fields() -> dict:
+    """What picking a recipe puts in the Train node's fields (and a connected Training
+    Options node's targets / audio weight): shipped to the web extension in object_info."""
+    from ..trainer_core.engine import RECIPES
+
+    keep = ("steps", "rank", "learning_rate", "mode", "targets", "audio_weight")
+    return {name: {k: r[k] for k in keep if k in r} for name, r in RECIPES.items()}
 
 
 NO_INIT_LORA = "none"
@@ -28,29 +51,137 @@ def _lora_options():
         return [NO_INIT_LORA]
 
 
-def build_config(recipe: str, overrides: dict):
-    """TrainConfig from a recipe plus the node's overrides (0 / "recipe default" / -1 keep the recipe).
-    TrainConfig checks every setting (trainer_core.engine.validate_config) — the same check the
-    CLI makes — and raises SettingsError listing what is wrong."""
+# Training Options: widget name -> (TrainConfig field, default). targets and audio_weight have no
+# default here: without an options node the recipe decides them.
+OPTION_FIELDS = {
+    "optimizer": ("optimizer", "adamw"),
+    "scheduler": ("scheduler", "constant"),
+    "warmup_steps": ("warmup_steps", 0),
+    "grad_accum": ("grad_accum", 1),
+    "max_grad_norm": ("max_grad_norm", 1.0),
+    "checkpoint_every": ("checkpoint_every", 250),
+    "keep_checkpoints": ("keep_checkpoints", 3),
+    "precision": ("mixed_precision", "bf16"),
+    "gradient_checkpointing": ("grad_checkpointing", True),
+    "vram_budget_gb": ("vram_budget_gb", 0.0),
+    "stream_weights_as": ("stream_transfer", "bf16"),
+    "alpha_ratio": (None, 1.0),          # alpha = alpha_ratio x rank
+    "dropout": ("dropout", 0.0),
+    "targets": ("targets", None),
+    "target_patterns": ("target_patterns", ""),
+    "audio_weight": ("audio_weight", None),
+    "first_frame_prob": ("first_frame_prob", 0.5),
+    "caption_dropout": ("caption_dropout", 0.05),
+    "init_lora": (None, NO_INIT_LORA),
+    "devices": (None, "this GPU"),      # read by the Train node, not a TrainConfig field
+}
+# LTX-2 Validation: widget / socket names (the old single Train node called them validation_<name>)
+VALIDATION_NAMES = ("every", "prompts", "clip", "positive", "negative", "vae", "audio_vae", "image", "width",
+                    "height", "frames", "steps", "cfg", "seed")
+VALIDATION_DEFAULTS = dict(every=250, prompts="", clip=None, positive=None, negative=None, vae=None,
+                           audio_vae=None, image=None, width=512, height=320, frames=49, steps=20, cfg=4.0,
+                           seed=42)
+
+
+def build_config(recipe: str, run: dict, options: dict | None):
+    """TrainConfig from a recipe, the Train node's values (``run``: steps, learning_rate,
+    rank, mode, seed, ...) and a Training Options node's values (None: its defaults; targets
+    and audio weight then from the recipe). TrainConfig checks every setting
+    (trainer_core.engine.validate_config) — the same check the CLI makes — and raises
+    SettingsError listing what is wrong."""
     from ..trainer_core.engine import RECIPES, TrainConfig
 
     base = dict(RECIPES.get(recipe, {}))
-    for k, v in overrides.items():
-        if v is None or v == RECIPE_DEFAULT:
-            continue
-        if k in ("steps", "rank", "learning_rate", "alpha") and v == 0:
-            continue
-        if k == "audio_weight" and v < 0:
-            continue
-        base[k] = v
+    base.update({k: v for k, v in run.items() if v is not None})
+    opts = {k: d for k, (_, d) in OPTION_FIELDS.items() if d is not None}
+    opts.update({k: v for k, v in (options or {}).items() if v is not None})
+    for name, (field, _) in OPTION_FIELDS.items():
+        if field is not None and name in opts:
+            base[field] = opts[name]
+    ratio = opts.get("alpha_ratio", 1.0)
+    rank = base.get("rank", 32)
+    if isinstance(rank, int) and isinstance(ratio, (int, float)):
+        base["alpha"] = round(float(ratio) * rank, 6)  # (an old alpha / rank ratio gives the alpha back exactly)
     return TrainConfig(**base)
+
+
+def flat_inputs(**flat) -> dict:
+    """The Train node's inputs from the names of the old single Train node (``targets``,
+    ``precision``, ``validation_every``, ``validation_clip``, ...): what old callers and
+    tests pass, split into the Train node's own values, an ``options`` dict and a
+    ``validation`` dict (None when validation_every is 0 or absent)."""
+    flat = dict(flat)
+    opts = {k: flat.pop(k) for k in list(flat) if k in OPTION_FIELDS}
+    if "alpha" in flat:
+        a = flat.pop("alpha")
+        if a:
+            opts["alpha_ratio"] = float(a) / float(flat.get("rank") or 32)
+    val = {k[len("validation_"):]: flat.pop(k) for k in list(flat) if k.startswith("validation_")}
+    if opts:
+        flat["options"] = opts
+    if val.get("every"):
+        flat["validation"] = {**VALIDATION_DEFAULTS, **val}
+    return flat
+
+
+# the old single Train node's API inputs that are not on the Train node any more
+_OLD_ONLY = set(OPTION_FIELDS) - {"alpha_ratio"} | {"alpha"} | {f"validation_{k}" for k in VALIDATION_NAMES}
+
+
+def upgrade_old_prompt(prompt: dict, recipes: dict) -> list[str]:
+    """Rewrite, in place, the Train nodes of an API prompt made for the old single Train node
+    (``targets``, ``precision``, ``validation_every``, ... on the Train node; 0 / -1 /
+    "recipe default" for "the recipe's value"): their settings go to a new LTX-2 Training
+    Options node and, when validation was on, a new LTX-2 Validation node (links included).
+    ``recipes``: :func:`recipe_fields`. Returns the ids of the Train nodes rewritten."""
+    done = []
+    ids = [int(k) for k in prompt if str(k).isdigit()]
+    next_id = max(ids, default=0) + 1000
+    for nid, node in list(prompt.items()):
+        if not isinstance(node, dict) or node.get("class_type") != "LTX2TrainLoRA":
+            continue
+        ins = node.get("inputs") or {}
+        if not (_OLD_ONLY & set(ins)) or "options" in ins or "validation" in ins:
+            continue
+        r = recipes.get(ins.get("recipe"), {})
+        fallback = dict(steps=2000, rank=32, learning_rate=1e-4, mode=DEFAULT_MODE, targets="all attention",
+                        audio_weight=1.0)
+
+        def recipe_value(k, unset):
+            v = ins.get(k)
+            return r.get(k, fallback[k]) if v is None or (not isinstance(v, list) and unset(v)) else v
+
+        for k in ("steps", "rank", "learning_rate"):
+            ins[k] = recipe_value(k, lambda v: not v)
+        ins["mode"] = recipe_value("mode", lambda v: v == "recipe default")
+        opts = {k: ins.pop(k) for k in list(ins) if k in OPTION_FIELDS}
+        opts["targets"] = recipe_value("targets", lambda v: v == "recipe default") if "targets" not in opts or \
+            opts["targets"] == "recipe default" else opts["targets"]
+        aw = opts.get("audio_weight")
+        opts["audio_weight"] = r.get("audio_weight", fallback["audio_weight"]) if aw is None or (
+            not isinstance(aw, list) and aw < 0) else aw
+        alpha = ins.pop("alpha", 0)
+        opts["alpha_ratio"] = float(alpha) / float(ins["rank"]) if alpha and not isinstance(alpha, list) \
+            and not isinstance(ins["rank"], list) else 1.0
+        defaults = {k: d for k, (_, d) in OPTION_FIELDS.items() if d is not None}
+        oid = str(next_id)
+        next_id += 1
+        prompt[oid] = {"class_type": "LTX2TrainOptions", "inputs": {**defaults, **opts}}
+        ins["options"] = [oid, 0]
+        val = {k[len("validation_"):]: ins.pop(k) for k in list(ins) if k.startswith("validation_")}
+        if val.get("every"):
+            vid = str(next_id)
+            next_id += 1
+            plain = {k: v for k, v in VALIDATION_DEFAULTS.items() if v is not None}
+            prompt[vid] = {"class_type": "LTX2TrainValidation", "inputs": {**plain, **val}}
+            ins["validation"] = [vid, 0]
+        done.append(str(nid))
+    return done
 
 
 class TrainLoRA(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        from ..trainer_core.engine import RECIPES
-        from ..trainer_core.lora import TARGET_PRESETS
         from ..trainer_core.objective import MODES
 
         return io.Schema(
@@ -60,112 +191,39 @@ class TrainLoRA(io.ComfyNode):
             category=CAT_TRAIN,
             description=(
                 "Teaches the LTX-2 model you loaded your character, style, motion or sound from the latents "
-                "Encode Latents made. Pick a recipe, name the LoRA and queue: the loss chart shows progress, "
-                "cancel keeps a checkpoint (queue again to continue), and the LoRA lands in models/loras/ltx2 "
-                "for Load LoRA. The model output has the LoRA applied, ready for Sample with LoRA."),
+                "Encode Latents made. Pick a recipe (it fills steps, rank, learning rate and mode), name the LoRA "
+                "and queue: the loss chart shows progress, cancel keeps a checkpoint (queue again to continue), "
+                "and the LoRA lands in models/loras/ltx2 for Load LoRA. More settings: plug in LTX-2 Training "
+                "Options; samples during training: plug in LTX-2 Validation."),
             inputs=[
                 io.Model.Input("model", tooltip="The LTX-2 model from Load Checkpoint (dev, not distilled)."),
                 LatentsT.Input("latents", tooltip="From Encode Latents."),
                 io.Combo.Input("recipe", options=_recipe_names(), default="Character",
-                               tooltip="Starting point: rank, learning rate, steps, targets, audio weight, mode. "
-                                       "Every field below overrides it when set."),
+                               extra_dict={"ltx2_recipes": recipe_fields()},
+                               tooltip="Picking a recipe fills steps, rank, learning rate and mode (and a "
+                                       "connected Training Options node's targets and audio weight) with its "
+                                       "values; change any of them afterwards. Custom: your own values."),
                 io.String.Input("lora_name", default="my_ltx2_lora",
                                 tooltip="Name of the LoRA; files are numbered (my_ltx2_lora_00001.safetensors)."),
-                io.Int.Input("steps", default=0, min=0, max=100000,
-                             tooltip="Optimizer steps (0 = recipe: Character 2000, Style 1500, Motion 3000, Audio 2000)."),
-                io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-5,
-                               tooltip="0 = recipe (1e-4)."),
-                io.Int.Input("rank", default=0, min=0, max=256, tooltip="LoRA rank (0 = recipe; 32 typical)."),
-                io.Combo.Input("mode", options=[RECIPE_DEFAULT, *MODES], default=RECIPE_DEFAULT,
+                io.Int.Input("steps", default=2000, min=1, max=100000,
+                             tooltip="Optimizer steps (recipes: Character 2000, Style 1500, Motion 3000, Audio 2000)."),
+                io.Int.Input("rank", default=32, min=1, max=256, tooltip="LoRA rank: its capacity (32 typical; "
+                                                                        "Motion 64). The file grows with it."),
+                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6, round=1e-7,
+                               tooltip="Step size of the optimizer (1e-4 for every recipe)."),
+                io.Combo.Input("mode", options=list(MODES), default=DEFAULT_MODE,
                                tooltip="What the LoRA learns: text→audio+video, video only, audio only, image→video "
                                        "(first-frame conditioning), video→audio, audio→video."),
-                io.Combo.Input("targets", options=[RECIPE_DEFAULT, *TARGET_PRESETS], default=RECIPE_DEFAULT,
-                               tooltip="Which linear layers get LoRA adapters."),
-                io.Int.Input("seed", default=42, min=0, max=2**31 - 1, tooltip="Same seed, same run."),
                 io.Combo.Input("resume", options=["none", "latest"], default="latest",
                                tooltip="latest: continue this LoRA name's run from its newest checkpoint, if any."),
-                io.Float.Input("alpha", default=0.0, min=0.0, max=512.0, advanced=True,
-                               tooltip="LoRA alpha (0 = recipe, usually = rank)."),
-                io.Float.Input("dropout", default=0.0, min=0.0, max=0.9, step=0.05, advanced=True,
-                               tooltip="LoRA dropout."),
-                io.String.Input("target_patterns", default="", advanced=True, optional=True,
-                                tooltip="Extra targets: regexes or globs over module names, comma separated "
-                                        "(e.g. *.attn1.to_q)."),
-                io.Float.Input("audio_weight", default=-1.0, min=-1.0, max=10.0, step=0.05, advanced=True,
-                               tooltip="Weight of the audio loss (-1 = recipe). The audio term otherwise dominates."),
-                io.Float.Input("first_frame_prob", default=0.5, min=0.0, max=1.0, step=0.05, advanced=True,
-                               tooltip="image→video: probability that a sample conditions on its first frame."),
-                io.Float.Input("caption_dropout", default=0.05, min=0.0, max=1.0, step=0.01, advanced=True,
-                               tooltip="Probability of training on the empty caption (helps CFG)."),
-                io.Combo.Input("optimizer", options=["adamw", "adamw8bit"], default="adamw", advanced=True,
-                               tooltip="adamw8bit (bitsandbytes) stores optimizer state in 8 bits."),
-                io.Combo.Input("scheduler", options=["constant", "linear", "cosine"], default="constant",
-                               advanced=True, tooltip="Learning-rate schedule after warmup."),
-                io.Int.Input("warmup_steps", default=0, min=0, max=10000, advanced=True, tooltip="Linear warmup."),
-                io.Int.Input("grad_accum", default=1, min=1, max=64, advanced=True,
-                             tooltip="Gradient accumulation (micro-batches per step)."),
-                io.Float.Input("max_grad_norm", default=1.0, min=0.0, max=100.0, advanced=True,
-                               tooltip="Gradient clipping (0 = off)."),
-                io.Int.Input("checkpoint_every", default=250, min=0, max=100000, advanced=True,
-                             tooltip="Save a resumable checkpoint every N steps (0 = only on cancel and at the "
-                                     "end). Cancel always saves the last finished step."),
-                io.Int.Input("keep_checkpoints", default=3, min=1, max=100, advanced=True,
-                             tooltip="Keep the newest N checkpoints."),
-                io.Combo.Input("precision", options=["bf16", "fp32"], default="bf16", advanced=True,
-                               tooltip="bf16 autocast with fp32 LoRA weights (bf16), or full fp32."),
-                io.Boolean.Input("gradient_checkpointing", default=True, advanced=True,
-                                 tooltip="On: a memory plan recomputes blocks in backward only where the VRAM "
-                                         "budget needs it (and streams weights when they don't fit). Off: keep "
-                                         "every block's activations (fastest, most memory)."),
-                io.Float.Input("vram_budget_gb", default=0.0, min=0.0, max=1024.0, step=0.5, advanced=True,
-                               tooltip="GPU memory training may use, in GB. 0 = automatic: what ComfyUI reports "
-                                       "free once the other models are unloaded. When the 19B/22B weights don't "
-                                       "fit, blocks stream from host memory (RAM ≥ 64 GB recommended)."),
-                io.Combo.Input("stream_weights_as", options=["bf16", "fp8"], default="bf16", advanced=True,
-                               tooltip="How streamed blocks' frozen weights travel from host memory (only when the "
-                                       "budget makes blocks stream). bf16: exact, the same LoRA as a resident run. "
-                                       "fp8 (experimental): half the bytes per copy, but not yet reliably faster "
-                                       "(H200, 19B, 24 GB budget: 1.38–1.58 s/step against 1.46–1.56 for bf16); "
-                                       "those blocks' frozen weights are rounded to fp8 (per-row scales) while "
-                                       "training. Host memory: 1.5× the streamed weights."),
-                io.Int.Input("validation_every", default=0, min=0, max=100000, optional=True,
-                             tooltip="Every N steps, sample the validation prompts with the LoRA as it is then "
-                                     "(saved as <run>/samples/step_000500_0.mp4, shown in the node). 0 = off."),
-                io.String.Input("validation_prompts", multiline=True, default="", optional=True,
-                                tooltip="One prompt per line (start with the trigger word). Needs validation_clip."),
-                io.Clip.Input("validation_clip", optional=True,
-                              tooltip="The LTX-2 text encoder: encodes the validation prompts once, before training."),
-                io.Conditioning.Input("validation_positive", optional=True,
-                                      tooltip="Instead of prompts + clip: one prompt's conditioning."),
-                io.Conditioning.Input("validation_negative", optional=True,
-                                      tooltip="Negative conditioning for validation samples (default: the stock "
-                                              "negative prompt through validation_clip)."),
-                io.Vae.Input("validation_vae", optional=True, tooltip="The LTX-2 video VAE, to decode samples."),
-                io.Vae.Input("validation_audio_vae", optional=True, tooltip="The LTX-2 audio VAE."),
-                io.Image.Input("validation_image", optional=True, tooltip="First frame (image → video samples)."),
-                io.Int.Input("validation_width", default=512, min=64, max=2048, step=32, optional=True, advanced=True,
-                             tooltip="Width of validation samples (multiple of 32)."),
-                io.Int.Input("validation_height", default=320, min=64, max=2048, step=32, optional=True,
-                             advanced=True, tooltip="Height of validation samples (multiple of 32)."),
-                io.Int.Input("validation_frames", default=49, min=9, max=513, step=8, optional=True, advanced=True,
-                             tooltip="Frames of validation samples (8·n + 1; 49 ≈ 2 s)."),
-                io.Int.Input("validation_steps", default=20, min=1, max=100, optional=True, advanced=True,
-                             tooltip="Sampling steps per validation sample."),
-                io.Float.Input("validation_cfg", default=4.0, min=0.0, max=30.0, step=0.1, optional=True,
-                               advanced=True, tooltip="Guidance of validation samples (4 = the stock workflow)."),
-                io.Int.Input("validation_seed", default=42, min=0, max=0xFFFFFFFF, optional=True, advanced=True,
-                             tooltip="The same seeds at every validation step, so samples compare."),
-                io.Combo.Input("init_lora", options=_lora_options(), default=NO_INIT_LORA, optional=True,
-                               tooltip="Start from this LoRA (loras folder): this pack's, the official "
-                                       "ltx-trainer's or any ComfyUI-format LTX-2 LoRA — e.g. carry a 2.3 LoRA to "
-                                       "2.5 with a short run. Its modules, rank and alpha (rank when it stores "
-                                       "none) replace rank, alpha and targets; modules the model lacks are "
-                                       "skipped and named."),
-                io.String.Input("devices", default="this GPU", advanced=True, optional=True,
-                                tooltip="Where to train: this GPU (ComfyUI's, in its process), all GPUs, or GPU "
-                                        "numbers such as 0,1 — one worker process per GPU (torchrun), the global "
-                                        "batch one sample per GPU; ComfyUI's GPU is freed meanwhile. cpu:2 runs "
-                                        "2 CPU processes (tests). Needs the model from Load Checkpoint."),
+                io.Int.Input("seed", default=42, min=0, max=2**31 - 1, control_after_generate=io.ControlAfterGenerate.fixed,
+                             tooltip="Same seed, same run."),
+                TrainOptionsT.Input("options", optional=True,
+                                    tooltip="From LTX-2 Training Options: optimizer, schedule, checkpoints, "
+                                            "precision, memory, LoRA targets, loss weights, init LoRA."),
+                ValidationT.Input("validation", optional=True,
+                                  tooltip="From LTX-2 Validation: sample prompts every N steps with the LoRA "
+                                          "as it is then."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The input model with the trained LoRA applied."),
@@ -183,10 +241,10 @@ class TrainLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, lora_name="my_ltx2_lora", init_lora=NO_INIT_LORA):
-        """Before the prompt runs: the LoRA name makes a valid file name everywhere, the init
-        LoRA exists. (Numbers are range-checked by ComfyUI from the input definitions, and every
-        setting again by TrainConfig before anything loads.)"""
+    def validate_inputs(cls, lora_name="my_ltx2_lora"):
+        """Before the prompt runs: the LoRA name makes a valid file name everywhere. (Numbers
+        are range-checked by ComfyUI from the input definitions, and every setting again by
+        TrainConfig before anything loads.)"""
         from ..trainer_core.fsutil import UnsafePathError, check_name
 
         if isinstance(lora_name, str):  # a linked input arrives later; execute checks it then
@@ -194,25 +252,11 @@ class TrainLoRA(io.ComfyNode):
                 check_name(lora_name, "lora_name")
             except UnsafePathError as e:
                 return str(e)
-        if isinstance(init_lora, str) and init_lora and init_lora != NO_INIT_LORA:
-            import folder_paths
-
-            if folder_paths.get_full_path("loras", init_lora) is None:
-                return (f"init_lora {init_lora!r} is not in the loras folder; choose one of the list (or none) "
-                        "and press R to refresh it")
         return True
 
     @classmethod
-    def execute(cls, model, latents, recipe, lora_name, steps=0, learning_rate=0.0, rank=0, mode=RECIPE_DEFAULT,
-                targets=RECIPE_DEFAULT, seed=42, resume="latest", alpha=0.0, dropout=0.0, target_patterns="",
-                audio_weight=-1.0, first_frame_prob=0.5, caption_dropout=0.05, optimizer="adamw",
-                scheduler="constant", warmup_steps=0, grad_accum=1, max_grad_norm=1.0, checkpoint_every=250,
-                keep_checkpoints=3, precision="bf16", gradient_checkpointing=True,
-                vram_budget_gb=0.0, stream_weights_as="bf16", validation_every=0, validation_prompts="", validation_clip=None,
-                validation_positive=None, validation_negative=None, validation_vae=None, validation_audio_vae=None,
-                validation_image=None, validation_width=512, validation_height=320, validation_frames=49,
-                validation_steps=20, validation_cfg=4.0, validation_seed=42,
-                init_lora=NO_INIT_LORA, devices="this GPU") -> io.NodeOutput:
+    def execute(cls, model, latents, recipe, lora_name, steps=2000, rank=32, learning_rate=1e-4, mode=DEFAULT_MODE,
+                resume="latest", seed=42, options=None, validation=None) -> io.NodeOutput:
         import torch
 
         import comfy.model_management as mm
@@ -225,21 +269,17 @@ class TrainLoRA(io.ComfyNode):
         from .comfy_model import apply_lora_file, model_variant, prepare_training_model
         from .multi_gpu import parse_devices, train_on_devices
 
-        multi = parse_devices(devices)  # None: in this process, on ComfyUI's GPU
-
         lora_name = check_name(lora_name, "lora_name")
+        options = dict(options or {})
+        devices = options.pop("devices", None) or "this GPU"
+        multi = parse_devices(devices)  # None: in this process, on ComfyUI's GPU
+        init_lora = options.get("init_lora") or NO_INIT_LORA
         init_path = ""
-        if init_lora and init_lora != NO_INIT_LORA:
+        if init_lora != NO_INIT_LORA:
             init_path = folder_paths.get_full_path_or_raise("loras", init_lora)
         cfg = build_config(recipe, dict(
-            steps=steps, learning_rate=learning_rate, rank=rank, alpha=alpha or (rank if rank else 0), mode=mode,
-            targets=targets, seed=seed, dropout=dropout, target_patterns=target_patterns or "",
-            audio_weight=audio_weight, first_frame_prob=first_frame_prob, caption_dropout=caption_dropout,
-            optimizer=optimizer, scheduler=scheduler, warmup_steps=warmup_steps, grad_accum=grad_accum,
-            max_grad_norm=max_grad_norm, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-            mixed_precision=precision, grad_checkpointing=gradient_checkpointing, vram_budget_gb=vram_budget_gb,
-            stream_transfer=stream_weights_as, init_lora=init_path,
-            trigger_word=latents.get("trigger_word", "") if isinstance(latents, dict) else ""))
+            steps=steps, learning_rate=learning_rate, rank=rank, mode=mode, seed=seed, init_lora=init_path,
+            trigger_word=latents.get("trigger_word", "") if isinstance(latents, dict) else ""), options)
         safe_name = safe_join(folder_paths.get_output_directory(), lora_name, allow_subdirs=False).name
         run_dir = safe_join(folder_paths.get_output_directory(), f"ltx2_lora_runs/{safe_name}")
         lora_dir = safe_join(folder_paths.get_folder_paths("loras")[0], "ltx2")
@@ -267,18 +307,15 @@ class TrainLoRA(io.ComfyNode):
                 logging.info("[LTX-2 Trainer] %s", payload["message"])
                 send_text(payload["message"], node_id)
 
-        spec = _validation_spec(validation_every, validation_prompts, validation_clip, validation_positive,
-                                validation_negative, validation_vae, validation_audio_vae, validation_image,
-                                validation_width, validation_height, validation_frames, validation_steps,
-                                validation_cfg, validation_seed)
+        spec = _validation_spec(**{**VALIDATION_DEFAULTS, **validation}) if validation else None
         callbacks = en.Callbacks(on_step=on_step, should_stop=mm.processing_interrupted, on_event=on_event,
                                  is_interrupt=_is_comfy_interrupt)
         if multi is None:
             root, predict, device, base, release, patcher = prepare_training_model(model, cfg, cache_dir=cache_dir)
         else:  # the workers load their own copies: ComfyUI's GPU is freed for the run
             if spec is not None:
-                raise ValueError("validation samples need devices = this GPU (set validation_every to 0 to train "
-                                 f"on {devices})")
+                raise ValueError(f"validation samples need devices = this GPU (bypass the Validation node to "
+                                 f"train on {devices})")
             base, release = model_variant(model), (lambda: None)
             mm.unload_all_models()
             mm.soft_empty_cache()
@@ -288,7 +325,7 @@ class TrainLoRA(io.ComfyNode):
             send_text(base["memory_plan"], node_id)
         if spec is not None:
             callbacks.on_validate = _validator(spec, patcher, root, predict, run_dir, progress, node_id,
-                                                  base.get("budget_gib") or vram_budget_gb or 0.0, device)
+                                                  base.get("budget_gib") or cfg.vram_budget_gb or 0.0, device)
             callbacks.validate_every = spec.every
         try:
             with torch.inference_mode(False):
@@ -323,6 +360,7 @@ class TrainLoRA(io.ComfyNode):
         notes = "\n".join(outcome.notes + ([base["memory_plan"]] if base.get("memory_plan") else []))
         text = (f"saved {name} after {outcome.result.steps_done} steps; final loss "
                 f"{outcome.result.history[-1]['loss']:.4f}" if outcome.result.history else f"saved {name}")
+        text += f"\nto use it: LoraLoaderModelOnly (Load LoRA) → {name}, or this node's model output"
         from ._common import preview_ui
 
         from .validation import comparison_sheet
@@ -355,25 +393,25 @@ def _validation_spec(every, prompts, clip, positive, negative, vae, audio_vae, i
     from .validation import ValidationSpec, encode_prompts
 
     if vae is None or audio_vae is None:
-        raise ValueError("validation needs validation_vae and validation_audio_vae (the LTX-2 video and audio VAEs)")
+        raise ValueError("LTX-2 Validation needs vae and audio_vae connected (the LTX-2 video and audio VAEs)")
     if (frames - 1) % 8:
-        raise ValueError(f"validation_frames must be 8·n + 1, not {frames}")
+        raise ValueError(f"LTX-2 Validation: frames must be 8·n + 1 (9, 17, ..., 49), not {frames}")
     lines = [p.strip() for p in (prompts or "").splitlines() if p.strip()]
     default_negative = "blurry, low quality, still frame, frames, watermark, overlay, titles"
     if lines:
         if clip is None:
-            raise ValueError("validation prompts need validation_clip (the LTX-2 text encoder)")
+            raise ValueError("LTX-2 Validation: prompts need clip connected (the LTX-2 text encoder)")
         positives, neg = encode_prompts(clip, lines, default_negative)
         negative = negative if negative is not None else neg
     elif positive is not None:
         positives = [positive]
         if negative is None:
             if clip is None:
-                raise ValueError("validation_positive needs validation_negative (or validation_clip)")
+                raise ValueError("LTX-2 Validation: positive needs negative (or clip) connected")
             negative = encode_prompts(clip, [], default_negative)[1]
     else:
-        raise ValueError("validation is on (validation_every > 0) but there is no prompt: write validation_prompts "
-                         "(with validation_clip) or connect validation_positive")
+        raise ValueError("LTX-2 Validation has no prompt: write prompts (with clip connected) or connect "
+                         "positive")
     return ValidationSpec(positives=positives, negative=negative, vae=vae, audio_vae=audio_vae, every=int(every),
                           width=width, height=height, frames=frames, steps=steps, cfg=cfg, seed=seed,
                           first_frame=image)
@@ -425,4 +463,147 @@ def _validator(spec, patcher, root, predict, run_dir, progress, node_id, budget_
     return step_hook
 
 
-TRAIN_NODES = [TrainLoRA]
+class TrainingOptions(io.ComfyNode):
+    """Everything about a run that is not decided per run, as one typed value for the Train
+    node's ``options`` input."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        from ..trainer_core.lora import TARGET_PRESETS
+
+        return io.Schema(
+            node_id="LTX2TrainOptions",
+            display_name="LTX-2 Training Options",
+            search_aliases=["lora training options", "optimizer", "vram budget", "checkpoint every"],
+            category=CAT_TRAIN,
+            description=(
+                "More settings for Train LTX-2 LoRA: optimizer and schedule, checkpoints, precision and memory, "
+                "which layers get the LoRA, loss weights, a LoRA to start from. Connect it to the Train node's "
+                "options input; without it the defaults shown here apply and the recipe picks targets and audio "
+                "weight. Picking a recipe on a connected Train node fills targets and audio weight here."),
+            inputs=[
+                io.Combo.Input("optimizer", options=["adamw", "adamw8bit"], default="adamw",
+                               tooltip="adamw8bit (bitsandbytes) stores optimizer state in 8 bits."),
+                io.Combo.Input("scheduler", options=["constant", "linear", "cosine"], default="constant",
+                               tooltip="Learning-rate schedule after warmup."),
+                io.Int.Input("warmup_steps", default=0, min=0, max=10000, tooltip="Linear warmup, in steps."),
+                io.Int.Input("grad_accum", default=1, min=1, max=64,
+                             tooltip="Gradient accumulation (micro-batches per step)."),
+                io.Float.Input("max_grad_norm", default=1.0, min=0.0, max=100.0, tooltip="Gradient clipping (0 = off)."),
+                io.Int.Input("checkpoint_every", default=250, min=0, max=100000,
+                             tooltip="Save a resumable checkpoint every N steps (0 = only on cancel and at the "
+                                     "end). Cancel always saves the last finished step."),
+                io.Int.Input("keep_checkpoints", default=3, min=1, max=100, tooltip="Keep the newest N checkpoints."),
+                io.Combo.Input("precision", options=["bf16", "fp32"], default="bf16",
+                               tooltip="bf16 autocast with fp32 LoRA weights (bf16), or full fp32."),
+                io.Boolean.Input("gradient_checkpointing", default=True,
+                                 tooltip="On: a memory plan recomputes blocks in backward only where the VRAM "
+                                         "budget needs it (and streams weights when they don't fit). Off: keep "
+                                         "every block's activations (fastest, most memory)."),
+                io.Float.Input("vram_budget_gb", default=0.0, min=0.0, max=1024.0, step=0.5,
+                               tooltip="GPU memory training may use, in GB. 0 = automatic: what ComfyUI reports "
+                                       "free once the other models are unloaded. When the 19B/22B weights don't "
+                                       "fit, blocks stream from host memory (RAM ≥ 64 GB recommended)."),
+                io.Combo.Input("stream_weights_as", options=["bf16", "fp8"], default="bf16",
+                               tooltip="How streamed blocks' frozen weights travel from host memory (only when the "
+                                       "budget makes blocks stream). bf16: exact. fp8 (experimental): half the "
+                                       "bytes per copy, not yet reliably faster; those blocks' frozen weights are "
+                                       "rounded to fp8 while training."),
+                io.Float.Input("alpha_ratio", default=1.0, min=0.01, max=16.0, step=0.05,
+                               tooltip="LoRA alpha as a multiple of rank: 1 = alpha equals rank (the recipes, "
+                                       "and what Lightricks' loader assumes)."),
+                io.Float.Input("dropout", default=0.0, min=0.0, max=0.9, step=0.05, tooltip="LoRA dropout."),
+                io.Combo.Input("targets", options=list(TARGET_PRESETS), default="all attention",
+                               tooltip="Which linear layers get LoRA adapters (recipes: Character all attention, "
+                                       "Style video attention, Motion all attention + feed-forward, Audio audio "
+                                       "attention)."),
+                io.String.Input("target_patterns", default="",
+                                tooltip="Extra targets: regexes or globs over module names, comma separated "
+                                        "(e.g. *.attn1.to_q)."),
+                io.Float.Input("audio_weight", default=0.5, min=0.0, max=10.0, step=0.05,
+                               tooltip="Weight of the audio loss (recipes: 0.5; Audio 1.0). The audio term "
+                                       "otherwise dominates."),
+                io.Float.Input("first_frame_prob", default=0.5, min=0.0, max=1.0, step=0.05,
+                               tooltip="image→video: probability that a sample conditions on its first frame."),
+                io.Float.Input("caption_dropout", default=0.05, min=0.0, max=1.0, step=0.01,
+                               tooltip="Probability of training on the empty caption (helps CFG)."),
+                io.Combo.Input("init_lora", options=_lora_options(), default=NO_INIT_LORA,
+                               tooltip="Start from this LoRA (loras folder): this pack's, the official "
+                                       "ltx-trainer's or any ComfyUI-format LTX-2 LoRA — e.g. carry a 2.3 LoRA to "
+                                       "2.5 with a short run. Its modules, rank and alpha replace rank, alpha and "
+                                       "targets; modules the model lacks are skipped and named."),
+                io.String.Input("devices", default="this GPU",
+                                tooltip="Where to train: this GPU (the one ComfyUI uses), all GPUs, or GPU "
+                                        "numbers such as 0,1. With several GPUs each one trains on its own clip "
+                                        "at the same time, so every step learns from one clip per GPU (2 GPUs: "
+                                        "twice the clips per step). ComfyUI's GPU is freed while they train. "
+                                        "cpu:2 trains on 2 CPU processes (for tests). Needs the model from Load "
+                                        "Checkpoint."),
+            ],
+            outputs=[TrainOptionsT.Output(display_name="options", tooltip="To the Train node's options input.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, init_lora=NO_INIT_LORA):
+        if isinstance(init_lora, str) and init_lora and init_lora != NO_INIT_LORA:
+            import folder_paths
+
+            if folder_paths.get_full_path("loras", init_lora) is None:
+                return (f"init_lora {init_lora!r} is not in the loras folder; choose one of the list (or none) "
+                        "and press R to refresh it")
+        return True
+
+    @classmethod
+    def execute(cls, **values) -> io.NodeOutput:
+        return io.NodeOutput(dict(values))
+
+
+class Validation(io.ComfyNode):
+    """Validation samples during training, as one typed value for the Train node's
+    ``validation`` input (bypass the node to train without them)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LTX2TrainValidation",
+            display_name="LTX-2 Validation",
+            search_aliases=["validation samples", "preview during training", "lora validation"],
+            category=CAT_TRAIN,
+            description=(
+                "Samples during training: every N steps the Train node makes a short video of each prompt with the "
+                "LoRA as it is then (saved in the run folder, frames in its validation sheet), so you can pick the "
+                "best checkpoint. Connect it to the Train node's validation input; bypass it to train without."),
+            inputs=[
+                io.Int.Input("every", default=250, min=1, max=100000, tooltip="Sample every N steps."),
+                io.String.Input("prompts", multiline=True, default="",
+                                tooltip="One prompt per line (start with the trigger word). Needs clip."),
+                io.Vae.Input("vae", tooltip="The LTX-2 video VAE, to decode samples."),
+                io.Vae.Input("audio_vae", tooltip="The LTX-2 audio VAE."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="The LTX-2 text encoder: encodes the prompts once, before training."),
+                io.Conditioning.Input("positive", optional=True,
+                                      tooltip="Instead of prompts + clip: one prompt's conditioning."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="Negative conditioning (default: the stock negative prompt through clip)."),
+                io.Image.Input("image", optional=True, tooltip="First frame (image → video samples)."),
+                io.Int.Input("width", default=512, min=64, max=2048, step=32, tooltip="Width (multiple of 32)."),
+                io.Int.Input("height", default=320, min=64, max=2048, step=32, tooltip="Height (multiple of 32)."),
+                io.Int.Input("frames", default=49, min=9, max=513, step=8, tooltip="Frames (8·n + 1; 49 ≈ 2 s)."),
+                io.Int.Input("steps", default=20, min=1, max=100, tooltip="Sampling steps per sample."),
+                io.Float.Input("cfg", default=4.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="Guidance (4 = the stock workflow)."),
+                io.Int.Input("seed", default=42, min=0, max=0xFFFFFFFF, control_after_generate=io.ControlAfterGenerate.fixed,
+                             tooltip="The same seeds at every validation step, so samples compare."),
+            ],
+            outputs=[ValidationT.Output(display_name="validation", tooltip="To the Train node's validation input.")],
+        )
+
+    @classmethod
+    def execute(cls, **values) -> io.NodeOutput:
+        frames = values.get("frames", 49)
+        if (frames - 1) % 8:
+            raise ValueError(f"LTX-2 Validation: frames must be 8·n + 1 (9, 17, ..., 49), not {frames}")
+        return io.NodeOutput({**VALIDATION_DEFAULTS, **values})
+
+
+TRAIN_NODES = [TrainLoRA, TrainingOptions, Validation]

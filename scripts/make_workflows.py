@@ -68,7 +68,9 @@ EXTRA_H = {             # what the frontend and the pack's JS add below the widg
     "LTX2TrainBucket": STATUS_H + 280,                        # the dataset gallery (no second image)
     "LTX2TrainEncodeLatents": STATUS_H + IMAGE_PREVIEW_H,
     "LTX2TrainLoadLatentCache": STATUS_H,
-    "LTX2TrainLoRA": STATUS_H + 200,                          # the live loss chart
+    "LTX2TrainLoRA": STATUS_H + 140,                          # the live loss chart
+    "LTX2TrainOptions": 0,                                    # (no status line on the option nodes)
+    "LTX2TrainValidation": 0,
     "LTX2TrainSample": STATUS_H + 300,                        # the video player
     "LoadImage": 260,
 }
@@ -272,6 +274,43 @@ def _loaders(g: Graph, ltx25: bool) -> _Out:
     return _Out((ck, 0), (ck, 2), (av, 0), (te, 0), [ck, av, te])
 
 
+def recipe_values(info: dict, recipe: str) -> dict:
+    """What picking ``recipe`` puts in the Train node (steps, rank, learning_rate, mode,
+    targets, audio_weight), from the Train node's object_info (as the web extension reads it)."""
+    spec = info["LTX2TrainLoRA"]["input"]["required"]["recipe"][1]
+    return dict(spec.get("ltx2_recipes", {}).get(recipe, {}))
+
+
+def train_nodes(g: Graph, pos: tuple[int, int], *, recipe: str, model, latents, lora_name: str,
+                options: Optional[dict] = None, validation: Optional[dict] = None, clip=None, vae=None,
+                audio_vae=None, **train_values) -> tuple[int, int, Optional[int]]:
+    """The Train node at ``pos`` with its recipe's values, an LTX-2 Training Options node to
+    its right (targets and audio weight from the recipe, then ``options``) and, when
+    ``validation`` is given, an LTX-2 Validation node under it fed by ``clip`` / ``vae`` /
+    ``audio_vae`` ((node, slot) pairs). ``model`` and ``latents`` are (node, slot) pairs.
+    Returns (train, options, validation or None)."""
+    rv = recipe_values(g.info, recipe)
+    tv = {k: rv[k] for k in ("steps", "rank", "learning_rate", "mode") if k in rv}
+    tv.update(train_values)
+    x, y = pos
+    tr = g.add("LTX2TrainLoRA", (x, y), recipe=recipe, lora_name=lora_name, **tv)
+    ov = {k: rv[k] for k in ("targets", "audio_weight") if k in rv}
+    ov.update(options or {})
+    op = g.add("LTX2TrainOptions", (g.right(tr) + GAP, y), **ov)
+    g.nodes[op - 1]["properties"]["ltx2_recipe_filled"] = True  # the JS leaves these values alone
+    g.link(*model, tr, "model")
+    g.link(*latents, tr, "latents")
+    g.link(op, 0, tr, "options")
+    va = None
+    if validation is not None:
+        va = g.add("LTX2TrainValidation", (g.right(tr) + GAP, g.bottom(op) + GAP + TITLE_H), **validation)
+        for src, name in ((clip, "clip"), (vae, "vae"), (audio_vae, "audio_vae")):
+            if src is not None:
+                g.link(*src, va, name)
+        g.link(va, 0, tr, "validation")
+    return tr, op, va
+
+
 def _pipeline(info: dict, *, recipe: str, split: bool, first_frame: bool, prompt: str, mode: str,
               folder: str = "my_dataset", ltx25: bool = False, **_ignored) -> Graph:
     g = Graph(info)
@@ -306,22 +345,18 @@ def _pipeline(info: dict, *, recipe: str, split: bool, first_frame: bool, prompt
     g.link(*L.clip, en, "clip")
     g.link(*L.audio_vae, en, "audio_vae")
     x = g.right(en) + GAP
-    tr = g.add("LTX2TrainLoRA", (x, TOP), recipe=recipe,
-               lora_name=f"my_{'ltx25_' if ltx25 else ''}{recipe.lower()}_lora", mode=mode,
-               validation_every=250, validation_prompts=prompt)
-    g.link(*L.model, tr, "model")
-    g.link(en, 0, tr, "latents")
-    # validation previews during training: the same text encoder and VAEs as the Sample node
-    g.link(*L.clip, tr, "validation_clip")
-    g.link(*L.vae, tr, "validation_vae")
-    g.link(*L.audio_vae, tr, "validation_audio_vae")
+    tr, op, va = train_nodes(g, (x, TOP), recipe=recipe, model=L.model, latents=(en, 0),
+                             lora_name=f"my_{'ltx25_' if ltx25 else ''}{recipe.lower()}_lora", mode=mode,
+                             validation=dict(every=250, prompts=prompt), clip=L.clip, vae=L.vae,
+                             audio_vae=L.audio_vae)
     n3 = g.note((x0, y_note), "**Train.** Encode Latents prepares the dataset once (`output/ltx2_cache`). "
-                "On the Train node pick a recipe and name your LoRA, then Run: the chart shows the loss, "
-                "previews appear every `validation_every` steps, the LoRA is saved in `models/loras/ltx2`.",
-                width=g.right(tr) - x0, height=NOTE_H)
-    g.group("3 · Train the LoRA", [en, tr, n3], "#8a5")
+                "On the Train node pick a recipe (it fills steps, rank, learning rate, mode) and name your LoRA, "
+                "then Run: the chart shows the loss, LTX-2 Validation makes previews every 250 steps, the LoRA "
+                "is saved in `models/loras/ltx2`. More settings: LTX-2 Training Options.",
+                width=max(g.right(op), g.right(va)) - x0, height=NOTE_H)
+    g.group("3 · Train the LoRA", [en, tr, op, va, n3], "#8a5")
     # 4 · try it
-    x = g.right(tr) + 100
+    x = max(g.right(op), g.right(va)) + 100
     sm = g.add("LTX2TrainSample", (x, TOP), prompt=prompt)
     g.link(tr, 0, sm, "model")
     g.link(*L.vae, sm, "vae")
@@ -333,7 +368,7 @@ def _pipeline(info: dict, *, recipe: str, split: bool, first_frame: bool, prompt
     if first_frame:
         li = g.add("LoadImage", (x, g.bottom(sm) + GAP + TITLE_H), image="first_frame.png")
         g.link(li, 0, sm, "first_frame")
-        g.link(li, 0, tr, "validation_image")
+        g.link(li, 0, va, "image")
         four.append(li)
         text += " Load Image: the first frame the video starts from (`ComfyUI/input/first_frame.png`)."
     four.append(g.note((x, y_note), text, width=WIDTH["LTX2TrainSample"], height=NOTE_H))
@@ -402,23 +437,22 @@ def _install_graph(info: dict, loader: tuple[str, dict], cache: str, lora_name: 
     g = Graph(info)
     ld, lc = _stack(g, 0, TOP, [loader, ("LTX2TrainLoadLatentCache", dict(cache_name=cache))])
     x = max(g.right(ld), g.right(lc)) + GAP
-    tr = g.add("LTX2TrainLoRA", (x, TOP), recipe="Character", lora_name=lora_name, steps=20, rank=4,
-               learning_rate=1e-3, precision="fp32", checkpoint_every=0, resume="none")
-    g.link(ld, 0, tr, "model")
-    g.link(lc, 0, tr, "latents")
+    tr, op, _ = train_nodes(g, (x, TOP), recipe="Character", model=(ld, 0), latents=(lc, 0), lora_name=lora_name,
+                            steps=20, rank=4, learning_rate=1e-3, resume="none",
+                            options=dict(precision="fp32", checkpoint_every=0))
     n = g.note((0, 60 + TITLE_H), "**Check my install.** First make the tiny model and cache: " + how +
                " Then Run: 20 training steps on the CPU (about a minute); the chart shows the loss falling "
-               "and a LoRA file appears in `models/loras/ltx2`.", width=g.right(tr), height=NOTE_H)
-    g.group("Check my install", [ld, lc, tr, n], "#8a5")
+               "and a LoRA file appears in `models/loras/ltx2`.", width=g.right(op), height=NOTE_H)
+    g.group("Check my install", [ld, lc, tr, op, n], "#8a5")
     return g
 
 
 def _install_check(info: dict) -> Graph:
     """Tiny checkpoint + tiny latent cache -> 20 training steps: about a minute on a CPU."""
     return _install_graph(info, ("CheckpointLoaderSimple", dict(ckpt_name=TINY_CKPT)), INSTALL_CACHE, "install_check",
-                          "`python -m trainer_core.tiny_checkpoint --out models/checkpoints/" + TINY_CKPT +
-                          " --cache output/ltx2_cache/" + INSTALL_CACHE + "` (in the pack's folder, paths "
-                          "inside ComfyUI).")
+                          "`python custom_nodes/comfyui-ltx2-lora-trainer/scripts/tiny_checkpoint.py --out "
+                          "models/checkpoints/" + TINY_CKPT + " --cache output/ltx2_cache/" + INSTALL_CACHE +
+                          "` (from the ComfyUI folder; scripts/quickstart.sh already did it).")
 
 
 def _install_check_25(info: dict) -> Graph:
@@ -426,8 +460,9 @@ def _install_check_25(info: dict) -> Graph:
     the real split file loads) + a tiny 2.5 latent cache -> 20 training steps."""
     return _install_graph(info, ("UNETLoader", dict(unet_name=TINY_TRANSFORMER_25, weight_dtype="default")),
                           INSTALL_CACHE_25, "install_check_ltx25",
-                          "`python -m trainer_core.tiny_checkpoint --variant ltx-2.5 --tiny-names --out models "
-                          "--cache output/ltx2_cache/" + INSTALL_CACHE_25 + "`.")
+                          "`python custom_nodes/comfyui-ltx2-lora-trainer/scripts/tiny_checkpoint.py --variant "
+                          "ltx-2.5 --tiny-names --out models --cache output/ltx2_cache/" + INSTALL_CACHE_25 +
+                          "` (from the ComfyUI folder; scripts/quickstart.sh already did it).")
 
 
 def all_workflows() -> dict[str, dict]:

@@ -107,7 +107,15 @@ def test_encode_shapes_reuse_and_repair_then_train(comfy, setup):
 
     # and the cache trains
     with torch.inference_mode():
-        out = comfy.pack["LTX2TrainLoRA"].execute(model=model, latents=latents, recipe="Character", lora_name="enc",
-                                                  steps=3, learning_rate=1e-3, rank=2, seed=1, resume="none",
-                                                  precision="fp32", checkpoint_every=0)
+        train = comfy.pack["LTX2TrainLoRA"]
+        opts = comfy.pack["LTX2TrainOptions"].execute(**{**_option_defaults(comfy), "precision": "fp32",
+                                                          "checkpoint_every": 0}).result[0]
+        out = train.execute(model=model, latents=latents, recipe="Character", lora_name="enc", steps=3,
+                            learning_rate=1e-3, rank=2, seed=1, resume="none", options=opts)
     assert out.result[1] == "ltx2/enc_00001.safetensors" and len(out.result[2]) == 3
+
+
+def _option_defaults(comfy) -> dict:
+    """LTX-2 Training Options' widget defaults, read from its object_info as the frontend does."""
+    info = comfy.pack["LTX2TrainOptions"].GET_NODE_INFO_V1()
+    return {k: v[1]["default"] for k, v in info["input"]["required"].items()}

@@ -18,6 +18,14 @@ from trainer_core.lora import LoRASet, load_lora
 from trainer_core.tiny_checkpoint import make_tiny_cache, make_tiny_checkpoint, text_context_width
 
 
+def flat_inputs(node, **flat) -> dict:
+    """The old single-node argument names (targets, precision, validation_*) -> the Train
+    node's inputs (its own values, an options dict, a validation dict)."""
+    import sys
+
+    return sys.modules[node.__module__].flat_inputs(**flat)
+
+
 def _cache(root: Path, variant: str, n: int = 2, seed: int = 0) -> str:
     return str(make_tiny_cache(root, variant, n, seed))
 
@@ -105,7 +113,7 @@ def _train(comfy, model, cache, name, **kw):
                 caption_dropout=0.0, precision="fp32", checkpoint_every=8, targets="all attention")
     args.update(kw)
     with torch.inference_mode():  # as ComfyUI runs every node
-        return node.execute(**args)
+        return node.execute(**flat_inputs(node, **args))
 
 
 def test_train_saves_a_lora_stock_loader_applies_exactly(comfy, tiny_model, tmp_path):
@@ -249,7 +257,7 @@ def test_validation_samples_at_their_steps_and_leave_the_lora_unchanged(comfy, t
 def test_validation_needs_its_inputs(comfy, tiny_model, tmp_path):
     variant, model = tiny_model
     cache = _cache(tmp_path / "cache", variant)
-    with pytest.raises(ValueError, match="validation_vae"):
+    with pytest.raises(ValueError, match="needs vae and audio_vae"):
         _train(comfy, model, cache, "vbad", steps=2, validation_every=1)
 
 
@@ -448,7 +456,7 @@ def test_train_node_refuses_bad_names_before_running(comfy):
                       ("x" * 300, "300 characters"), ("a/b", "folder separator"), ("", "empty"), ("bad:name", "characters")]:
         msg = node.validate_inputs(lora_name=bad)
         assert isinstance(msg, str) and says in msg, (bad, msg)
-    msg = node.validate_inputs(lora_name="ok", init_lora="not_there.safetensors")
+    msg = comfy.pack["LTX2TrainOptions"].validate_inputs(init_lora="not_there.safetensors")
     assert isinstance(msg, str) and "not in the loras folder" in msg
 
 

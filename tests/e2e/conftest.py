@@ -123,3 +123,26 @@ def install_check_files(base: Path) -> None:
     cache = base / "output" / "ltx2_cache" / mw.INSTALL_CACHE
     if not (cache / "manifest.json").exists():
         make_tiny_cache(cache, "ltx-2.0")
+
+
+def set_train_inputs(prompt: dict, **values) -> dict:
+    """Set inputs of an API prompt's Train node by the names of the old single Train node:
+    the Train node's own (lora_name, steps, ...), LTX-2 Training Options' (checkpoint_every,
+    precision, ...) and ``validation_<name>`` for LTX-2 Validation's. A name no node of the
+    prompt takes is an error."""
+    by_class = {v["class_type"]: v for v in prompt.values()}
+    train, opts, val = (by_class.get(c) for c in ("LTX2TrainLoRA", "LTX2TrainOptions", "LTX2TrainValidation"))
+    option_names = {"optimizer", "scheduler", "warmup_steps", "grad_accum", "max_grad_norm", "checkpoint_every",
+                    "keep_checkpoints", "precision", "gradient_checkpointing", "vram_budget_gb", "stream_weights_as",
+                    "alpha_ratio", "dropout", "targets", "target_patterns", "audio_weight", "first_frame_prob",
+                    "caption_dropout", "init_lora"}
+    for k, v in values.items():
+        if k.startswith("validation_"):
+            assert val is not None, f"the prompt has no LTX-2 Validation node for {k}"
+            val["inputs"][k[len("validation_"):]] = v
+        elif k in option_names:
+            assert opts is not None, f"the prompt has no LTX-2 Training Options node for {k}"
+            opts["inputs"][k] = v
+        else:
+            train["inputs"][k] = v
+    return prompt

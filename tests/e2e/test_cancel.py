@@ -9,7 +9,7 @@ import sys
 import time
 
 from tests.conftest import REPO
-from tests.e2e.conftest import install_check_files
+from tests.e2e.conftest import install_check_files, set_train_inputs
 
 sys.path.insert(0, str(REPO / "scripts"))
 import make_workflows as mw  # noqa: E402
@@ -18,9 +18,18 @@ import make_workflows as mw  # noqa: E402
 def _prompt(server, **train_inputs) -> dict:
     info = server.get("/object_info")
     ui = json.loads((REPO / "example_workflows" / f"{mw.file_name(mw.INSTALL)}.json").read_text())
-    prompt = mw.to_api(ui, info)
+    return set_train_inputs(mw.to_api(ui, info), **train_inputs)
+
+
+def _old_form(prompt: dict) -> dict:
+    """The prompt as the old single Train node took it: Training Options' settings on the
+    Train node (alpha 0 = "the recipe's", i.e. rank), no options node."""
+    opt = next(k for k, v in prompt.items() if v["class_type"] == "LTX2TrainOptions")
     train = next(v for v in prompt.values() if v["class_type"] == "LTX2TrainLoRA")
-    train["inputs"].update(train_inputs)
+    ins = dict(prompt.pop(opt)["inputs"])
+    assert ins.pop("alpha_ratio") == 1.0
+    train["inputs"].pop("options")
+    train["inputs"].update(ins, alpha=0.0)
     return prompt
 
 
@@ -73,8 +82,9 @@ def test_interrupt_over_http_saves_a_checkpoint_and_requeue_resumes(server):
 
     # queued again with resume = latest: continues from the cancel's checkpoint to the end
     more = stopped + 3
-    r = server.post("/prompt", {"prompt": _prompt(server, lora_name=name, steps=more, checkpoint_every=0,
-                                                  resume="latest"), "client_id": "e2e-cancel"})
+    # (queued as a prompt made for the old single Train node: the server upgrades it)
+    r = server.post("/prompt", {"prompt": _old_form(_prompt(server, lora_name=name, steps=more, checkpoint_every=0,
+                                                            resume="latest")), "client_id": "e2e-cancel"})
     entry = _history(server, r["prompt_id"])
     assert entry["status"]["status_str"] == "success", entry["status"]
     hist = json.loads((run / "history.json").read_text())

@@ -153,9 +153,11 @@ def _cpu_sized(ui: dict, info: dict, stem: str) -> dict:
         elif t == "LTX2TrainBucket":
             _set(n, info, preset="custom", buckets="64x64x9;96x64x9;64x96x9")
         elif t == "LTX2TrainLoRA":
-            _set(n, info, lora_name=f"e2e_{stem}", steps=4, rank=4, checkpoint_every=2, resume="none",
-                 validation_every=2, validation_width=64, validation_height=64, validation_frames=9,
-                 validation_steps=2)
+            _set(n, info, lora_name=f"e2e_{stem}", steps=4, rank=4, resume="none")
+        elif t == "LTX2TrainOptions":
+            _set(n, info, checkpoint_every=2)
+        elif t == "LTX2TrainValidation":
+            _set(n, info, every=2, width=64, height=64, frames=9, steps=2)
         elif t == "LTX2TrainSample":
             _set(n, info, width=64, height=64, frames=9, steps=2, filename_prefix=f"ltx2_samples/{stem}")
     return ui

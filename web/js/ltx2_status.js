@@ -10,7 +10,9 @@ import { api } from "../../../scripts/api.js";
 
 const PREFIX = "LTX2Train";
 const FRONTEND_TEXT = "$$node-text-preview";
-export const STATUS_HEIGHT = 44;
+// the option nodes only pass settings on: no status line (they stay small)
+const NO_STATUS = new Set(["LTX2TrainOptions", "LTX2TrainValidation"]);
+export const STATUS_HEIGHT = 40;
 
 function graphNodes() {
   return app.graph?._nodes || app.graph?.nodes || [];
@@ -38,7 +40,7 @@ function setStatus(node, text, kind) {
   const lines = String(text ?? "").split("\n").map((l) => l.trimEnd()).filter((l) => l.length);
   for (const line of lines.slice(0, kind === "summary" ? 200 : 2)) {
     const d = document.createElement("div");
-    d.style.cssText = "white-space:pre;overflow:hidden;text-overflow:ellipsis;line-height:17px";
+    d.style.cssText = "white-space:pre;overflow:hidden;text-overflow:ellipsis;line-height:16px";
     d.textContent = line;
     d.title = line;
     if (line.startsWith("!")) d.style.color = "#ffaa3c";
@@ -52,7 +54,7 @@ function setStatus(node, text, kind) {
 app.registerExtension({
   name: "ltx2_lora_trainer.status_line",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!String(nodeData.name || "").startsWith(PREFIX)) return;
+    if (!String(nodeData.name || "").startsWith(PREFIX) || NO_STATUS.has(nodeData.name)) return;
     const onCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const r = onCreated?.apply(this, arguments);

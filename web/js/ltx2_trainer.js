@@ -7,7 +7,7 @@ import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
 const NODE_ID = "LTX2TrainLoRA";
-const CHART_HEIGHT = 180;
+const CHART_HEIGHT = 120; // the node stays no taller than core Train LoRA (measured in tests/e2e/test_browser.py)
 const IMAGE_PREVIEW = "$$canvas-image-preview";
 
 function isTrainNode(id) {
@@ -46,7 +46,7 @@ function emaSeries(points, beta = 0.9) {
 
 function draw(state) {
   const c = state.canvas, ctx = c.getContext("2d");
-  const W = c.width = Math.max(200, c.clientWidth || 320), H = c.height = Math.max(120, c.clientHeight || 180);
+  const W = c.width = Math.max(200, c.clientWidth || 320), H = c.height = Math.max(100, c.clientHeight || 120);
   ctx.fillStyle = "#18181c"; ctx.fillRect(0, 0, W, H);
   const pts = state.points.filter((p) => Number.isFinite(p.loss));
   const L = 44, R = 8, T = 16, B = 18;
