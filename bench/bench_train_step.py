@@ -48,11 +48,74 @@ def _gc_cb(phase, info):
 gc.callbacks.append(_gc_cb)
 
 
+class HostPeak:
+    """Peak resident host memory of this process (pinned + pageable: /proc/self/status VmRSS,
+    sampled every 20 ms on a thread) between start() and stop() — the user's RAM limit."""
+
+    def __init__(self):
+        import threading
+
+        self._stop = threading.Event()
+        self.peak = 0
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def rss() -> int:
+        try:
+            for line in open("/proc/self/status"):
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            self._stop.wait(0.02)
+
+    def __enter__(self):
+        self.peak = self.rss()
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.rss())
+
+
+def stats(times: list[float]) -> dict:
+    """min / median / max of the timed steps (median: the figure that counts)."""
+    if not times:
+        return {"s_per_step": float("nan"), "s_min": None, "s_max": None}
+    t = sorted(times)
+    return {"s_per_step": round(t[len(t) // 2], 4), "s_min": round(t[0], 4), "s_max": round(t[-1], 4)}
+
+
+def add_ratios(records: list[dict]) -> None:
+    """``ratio_to_resident``: each budgeted run of ours against the whole-card run of the same
+    model, shape and compute path in the same process (the ratio the issue's targets use)."""
+    base = {(r["model"], r["shape"], r.get("fp8_compute", False)): r["s_per_step"] for r in records
+            if r.get("stack") == "ours" and r.get("budget_gib") is None and not r.get("error")}
+    for r in records:
+        if r.get("stack") == "ours":
+            b = base.get((r["model"], r["shape"], r.get("fp8_compute", False)))
+            r["ratio_to_resident"] = round(r["s_per_step"] / b, 3) if b and not r.get("error") else None
+    official = {(r["model"], r["shape"]): r["s_per_step"] for r in records
+                if r.get("stack") == "official" and not r.get("error")}
+    for r in records:
+        o = official.get((r.get("model"), r.get("shape")))
+        if r.get("stack") == "ours" and o and not r.get("error"):
+            r["speedup_vs_official"] = round(o / r["s_per_step"], 2)  # same run, same shape
+
+
 def emit(rec: dict) -> None:
     """Print a record and rewrite the output file with every record so far (a run cut short
     by a time limit keeps what it measured)."""
     print(json.dumps(rec), flush=True)
     _SINK["records"].append(rec)
+    add_ratios(_SINK["records"])
     if _SINK["path"] is not None:
         Path(_SINK["path"]).parent.mkdir(parents=True, exist_ok=True)
         Path(_SINK["path"]).write_text(json.dumps(_SINK["records"], indent=1))
@@ -265,6 +328,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         quiet = QuietGC()  # as the engine: after the first step no collection inside steps
         gc0, gc_ms = _GC["ms"], float("nan")
         t_first = time.perf_counter()
+        hp = HostPeak().__enter__()
         try:
             for i in range(warmup + steps):
                 torch.cuda.synchronize()
@@ -299,6 +363,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
             traceback.print_exc()
             err = f"{type(e).__name__}: {str(e)[:300]}"
         quiet.release()
+        hp.__exit__(None, None, None)
         peak = torch.cuda.max_memory_allocated() / 2**30
         peak_reserved = torch.cuda.max_memory_reserved() / 2**30
         retries = torch.cuda.memory_stats().get("num_alloc_retries", 0) - retries0
@@ -313,9 +378,11 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
 
         dynamo.reset()  # frees CUDA-graph pools before the next run
         torch.cuda.empty_cache()
-        s = sorted(times)[len(times) // 2] if times else float("nan")
+        st = stats(times)
+        s = st["s_per_step"]
         rec = {"stack": "ours", "model": model, "shape": shape, "audio": True, "budget_gib": budget,
-               "s_per_step": round(s, 4), "forward_s": round(split[0], 4), "backward_s": round(split[1], 4),
+               **st, "ratio_to_resident": None, "fp8_compute": bool(run.get("fp8_compute", False)),
+               "peak_host_gib": round(hp.peak / 2**30, 2), "forward_s": round(split[0], 4), "backward_s": round(split[1], 4),
                "peak_vram_gib": round(peak, 2), "peak_reserved_gib": round(peak_reserved, 2),
                "allocator_capped_gib": budget, "alloc_retries": retries,
                "mfu": round(2 * flops[shape] / s / gpu_peak(name), 4) if times and not math.isnan(gpu_peak(name)) else None,
@@ -397,15 +464,18 @@ def bench_official(variant: str, shapes: list[str], steps: int, warmup: int) -> 
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         times, err = [], None
-        try:
-            times = timed_steps(step, steps, warmup)
-        except torch.OutOfMemoryError as e:
-            err = f"out of memory: {str(e)[:160]}"
+        with HostPeak() as hp:
+            try:
+                times = timed_steps(step, steps, warmup)
+            except torch.OutOfMemoryError as e:
+                err = f"out of memory: {str(e)[:160]}"
         peak = torch.cuda.max_memory_allocated() / 2**30
-        s = sorted(times)[len(times) // 2] if times else float("nan")
+        st = stats(times)
+        s = st["s_per_step"]
         fl = _SINK.get("flops", {}).get((variant, shape))
         rec = {"stack": "official", "model": "ltx-2.0-19b" if variant == "ltx-2.0" else "ltx-2.3-22b", "shape": shape,
-               "audio": True, "budget_gib": None, "s_per_step": round(s, 4), "peak_vram_gib": round(peak, 2),
+               "audio": True, "budget_gib": None, **st, "ratio_to_resident": None, "fp8_compute": False,
+               "peak_vram_gib": round(peak, 2), "peak_host_gib": round(hp.peak / 2**30, 2),
                "mfu": round(2 * fl / s / gpu_peak(name), 4) if (fl and times) else None, "gpu": name,
                "what": f"{describe()}: LTXModel, PEFT LoRA r32 on to_q/to_k/to_v/to_out.0, "
                        "per-block checkpointing, bf16 autocast, fused AdamW", "lora_params": lora_param_count(model), "steps_timed": len(times),

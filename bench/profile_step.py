@@ -50,6 +50,7 @@ def main() -> int:
     ap.add_argument("--variants", default="eager_ckpt,eager_nockpt,eager_ckpt_nolora,compiled_ckpt")
     ap.add_argument("--out", default="/tmp/prof")
     ap.add_argument("--profile", default="eager_ckpt")
+    ap.add_argument("--no-trace", action="store_true", help="skip the Chrome trace (large at full size)")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,7 +112,8 @@ def main() -> int:
                 txt = ka.table(sort_by="cuda_time_total", row_limit=45)
                 txt += "\n\n" + ka.table(sort_by="self_cpu_time_total", row_limit=30)
                 (out / f"profile_{shape}_{var}.txt").write_text(txt)
-                prof.export_chrome_trace(str(out / f"trace_{shape}_{var}.json"))
+                if not a.no_trace:
+                    prof.export_chrome_trace(str(out / f"trace_{shape}_{var}.json"))
                 gpu_us = sum(e.self_device_time_total for e in ka)
                 rec["gpu_busy_ms"] = round(gpu_us / 1000, 1)
                 rec["n_kernels"] = sum(e.count for e in ka if e.device_type == torch.autograd.DeviceType.CUDA)
