@@ -291,7 +291,15 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
     inputs: dict[str, object] = {}
     flops: dict[str, float] = {}
     calibrated: dict[str, dict] = {}
+    from trainer_core.ltx2.memory import StepSpeed, calibrate_speed, predict_step_s
+
+    speed = calibrate_speed(dev)
+    emit({"calibration": "step-time model", "gpu": name, "tflops": round(speed.tflops, 1),
+          "link_gbps": round(speed.link_gbps, 1)})
     for run in runs:
+        if run.get("fp8_check"):
+            fp8_checks(root, cfg, dev, run["shape"], model, name)
+            continue
         if run.get("equality"):
             if run["shape"] not in inputs:
                 W, H, F = (int(v) for v in run["shape"].split("x"))
@@ -314,10 +322,20 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         inp = inputs[shape]
         if compiled and shape not in calibrated and run.get("calibrate", True):
             calibrated[shape] = calibrate(root, inp, dev)
+        fp8c = bool(run.get("fp8_compute", False))
+        if fp8c:
+            from trainer_core.ltx2.fp8 import enable_fp8_compute
+
+            enable_fp8_compute(root)
+            torch._dynamo.reset()
         lora, opt = _lora_and_opt(root, dev)
         transfer = run.get("transfer", "bf16")
         plan = make_plan(root, inp, budget, compiled, lora, transfer, run.get("offload", True),
                          run.get("offload_streamed", False))
+        nv_, na_ = inp.video.tokens.shape[1], inp.audio.tokens.shape[1]
+        predicted = predict_step_s(plan, root.transformer_blocks, nv_, na_, speed)
+        predicted_4090 = predict_step_s(plan, root.transformer_blocks, nv_, na_, StepSpeed(165.0, 25.0, "4090-class"))
+        plan.predicted_step_s, plan.speed = predicted, speed
         predict = make_predict(memory_plan=plan, compile_blocks=compiled)
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -371,6 +389,10 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         host_act = predict.offloader.host_bytes() / 2**30 if predict.offloader is not None else 0.0
         host_allocs = predict.offloader.host_allocs if predict.offloader is not None else 0
         predict.release()
+        if fp8c:
+            from trainer_core.ltx2.fp8 import disable_fp8_compute
+
+            disable_fp8_compute(root)
         pinned_left = torch.cuda.host_memory_stats().get("allocated_bytes.all.current", 0) / 2**30
         lora.detach()
         del lora, opt, predict
@@ -382,7 +404,12 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         s = st["s_per_step"]
         rec = {"stack": "ours", "model": model, "shape": shape, "audio": True, "budget_gib": budget,
                **st, "ratio_to_resident": None, "fp8_compute": bool(run.get("fp8_compute", False)),
-               "peak_host_gib": round(hp.peak / 2**30, 2), "forward_s": round(split[0], 4), "backward_s": round(split[1], 4),
+               "peak_host_gib": round(hp.peak / 2**30, 2),
+               "predicted_step_s": round(predicted, 3),
+               "predicted_over_measured": round(predicted / s, 3) if times else None,
+               "predicted_4090_class_s": round(predicted_4090, 2),
+               "speed_calibration": {"tflops": round(speed.tflops, 1), "link_gbps": round(speed.link_gbps, 1)},
+               "forward_s": round(split[0], 4), "backward_s": round(split[1], 4),
                "peak_vram_gib": round(peak, 2), "peak_reserved_gib": round(peak_reserved, 2),
                "allocator_capped_gib": budget, "alloc_retries": retries,
                "mfu": round(2 * flops[shape] / s / gpu_peak(name), 4) if times and not math.isnan(gpu_peak(name)) else None,
@@ -404,6 +431,78 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
     del root
     torch.cuda.empty_cache()
     return out
+
+
+def fp8_checks(root, cfg, dev, shape, model, gpu, toy_steps=200, toy_layers=8, toy_shape="512x512x33") -> None:
+    """fp8 compute against the plain forward on the GPU: (1) the full model's forward output
+    and one step's LoRA gradients at ``shape`` (same LoRA, same inputs); (2) a LoRA trained
+    ``toy_steps`` steps on a fixed toy target (the first ``toy_layers`` blocks, ``toy_shape``),
+    bf16 against fp8 from the same init: final loss and LoRA weights."""
+    from trainer_core.ltx2.fp8 import disable_fp8_compute, enable_fp8_compute
+
+    width = text_context_width(cfg, processed=False)
+    W, H, F = (int(v) for v in shape.split("x"))
+    inp = step_inputs(width, W, H, F, 24.0, dev, torch.Generator(device=dev).manual_seed(0))
+    lora, _ = _lora_and_opt(root, dev, seed=1)
+    with torch.no_grad():
+        for ad in lora.adapters.values() if hasattr(lora, "adapters") else []:
+            ad.lora_B.normal_(0, 0.01)
+    pred = make_predict(checkpointing=False, compile_blocks=True)
+    res = {}
+    for tag in ("plain", "fp8"):
+        if tag == "fp8":
+            n_fp8 = enable_fp8_compute(root)
+            torch._dynamo.reset()
+            pred = make_predict(checkpointing=False, compile_blocks=True)
+        lora.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            v, a = pred(root, inp)
+        step_loss(v, a, inp).backward()
+        g = torch.cat([p.grad.flatten().float() for p in lora.parameters() if p.grad is not None])
+        res[tag] = (v.detach().float(), a.detach().float(), g)
+        del v, a
+    disable_fp8_compute(root)
+    torch._dynamo.reset()
+    lora.detach()
+    (v0, a0, g0), (v1, a1, g1) = res["plain"], res["fp8"]
+    rel = lambda x, y: float((x - y).norm() / y.norm().clamp_min(1e-30))  # noqa: E731
+    emit({"check": "fp8 compute vs plain forward (same inputs, same LoRA)", "model": model, "shape": shape,
+          "gpu": gpu, "fp8_layers": n_fp8, "video_out_rel_diff": rel(v1, v0), "audio_out_rel_diff": rel(a1, a0),
+          "lora_grad_rel_diff": rel(g1, g0), "lora_grad_cosine": float(torch.nn.functional.cosine_similarity(g1, g0, 0))})
+    del res, v0, a0, g0, v1, a1, g1
+    torch.cuda.empty_cache()
+    # (2) toy target: the first blocks only, fixed inputs and target
+    blocks = root.transformer_blocks
+    root.transformer_blocks = torch.nn.ModuleList(list(blocks)[:toy_layers])
+    try:
+        W, H, F = (int(v) for v in toy_shape.split("x"))
+        tinp = step_inputs(width, W, H, F, 24.0, dev, torch.Generator(device=dev).manual_seed(5))
+        finals = {}
+        for tag in ("bf16", "fp8"):
+            if tag == "fp8":
+                enable_fp8_compute(root)
+            torch._dynamo.reset()
+            lora, opt = _lora_and_opt(root, dev, seed=2)
+            for group in opt.param_groups:
+                group["lr"] = 2e-4
+            pred = make_predict(checkpointing=False, compile_blocks=True)
+            losses = [float(_step(pred, root, tinp, lora, opt)) for _ in range(toy_steps)]
+            finals[tag] = ({k: v.detach().float().clone() for k, v in lora.state_dict().items()}, losses)
+            lora.detach()
+            del lora, opt
+            disable_fp8_compute(root)
+        (wa, la), (wb, lb) = finals["bf16"], finals["fp8"]
+        den = sum(float((wa[k] - 0).norm() ** 2) for k in wa) ** 0.5
+        num = sum(float((wa[k] - wb[k]).norm() ** 2) for k in wa) ** 0.5
+        emit({"check": f"LoRA after {toy_steps} steps on a fixed toy target, fp8 compute vs bf16", "model": model,
+              "layers": toy_layers, "shape": toy_shape, "gpu": gpu, "lr": 2e-4,
+              "loss_first": la[0], "loss_last_bf16": la[-1], "loss_last_fp8": lb[-1],
+              "loss_mean_last20_bf16": sum(la[-20:]) / 20, "loss_mean_last20_fp8": sum(lb[-20:]) / 20,
+              "lora_rel_diff": num / max(den, 1e-30)})
+    finally:
+        root.transformer_blocks = blocks
+        torch._dynamo.reset()
+        torch.cuda.empty_cache()
 
 
 def stream_equality(root, inputs, dev, model, gpu, steps=3, budget=24.0) -> dict:
@@ -508,13 +607,16 @@ def main() -> int:
     runs = []
     for r in a.runs.split(","):
         parts = r.split(":")
+        if parts[0] == "fp8check":
+            runs.append({"fp8_check": True, "shape": parts[1] if len(parts) > 1 else "768x512x121"})
+            continue
         if parts[0] == "equality":
             runs.append({"equality": True, "shape": parts[1] if len(parts) > 1 else "768x512x121"})
             continue
         runs.append({"shape": parts[0], "budget": None if parts[1] == "none" else float(parts[1]),
                      "compile": "eager" not in parts[2:], "calibrate": "nocal" not in parts[2:],
                      "transfer": "fp8" if "fp8" in parts[2:] else "bf16", "offload": "nooff" not in parts[2:],
-                     "offload_streamed": "offs" in parts[2:]})
+                     "offload_streamed": "offs" in parts[2:], "fp8_compute": "fp8c" in parts[2:]})
     gpu = torch.cuda.get_device_name().replace(" ", "_")
     out = Path(a.out) if a.out else Path(__file__).parent / "results" / f"train_step_{gpu}.json"
     _SINK["path"] = str(out)

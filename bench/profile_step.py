@@ -85,6 +85,11 @@ def main() -> int:
             comp = var.startswith("compiled")
             if "cudagraph" in var:
                 comp = {"mode": "reduce-overhead"}
+            from trainer_core.ltx2.fp8 import disable_fp8_compute, enable_fp8_compute
+
+            disable_fp8_compute(root)
+            if "fp8" in var:  # fp8 compute of the frozen block linears
+                enable_fp8_compute(root)
             pred = make_predict(checkpointing=("nockpt" not in var and "keep" not in var), compile_blocks=comp)
             if not use_lora:
                 root.patchify_proj.weight.requires_grad_(False)

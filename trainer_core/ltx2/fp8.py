@@ -95,10 +95,12 @@ def eligible(m: nn.Module, min_features: int = 256) -> bool:
             and w.shape[0] % 16 == 0 and w.shape[1] % 16 == 0 and min(w.shape) >= min_features)
 
 
+_BUFS = ("_fp8_w", "_fp8_ws", "_fp8_wt", "_fp8_wts")
+
+
 def _fp8_forward(mod: nn.Linear):
     def forward(x: torch.Tensor) -> torch.Tensor:
-        wq, ws, wtq, wts = getattr(mod, _ATTR)
-        return _FP8LinearFn.apply(x, wq, ws, wtq, wts, mod.bias)
+        return _FP8LinearFn.apply(x, mod._fp8_w, mod._fp8_ws, mod._fp8_wt, mod._fp8_wts, mod.bias)
     return forward
 
 
@@ -114,7 +116,11 @@ def enable_fp8_compute(root: nn.Module, min_features: int = 256, blocks: Optiona
         w = m.weight.detach()
         wq, ws = _rowwise(w)
         wtq, wts = _rowwise(w.t().contiguous())
-        setattr(m, _ATTR, (wq, ws, wtq, wts))
+        # non-persistent buffers: they follow the module (.to) and, like the weights, become
+        # inputs of a compiled block rather than constants (one graph for every block)
+        for name, t in zip(_BUFS, (wq, ws, wtq, wts)):
+            m.register_buffer(name, t, persistent=False)
+        setattr(m, _ATTR, True)
         m.forward = _fp8_forward(m)
         n += 1
     return n
@@ -125,6 +131,8 @@ def disable_fp8_compute(root: nn.Module) -> int:
     for m in root.modules():
         if getattr(m, _ATTR, None) is not None:
             delattr(m, _ATTR)
+            for name in _BUFS:
+                delattr(m, name)
             if "forward" in m.__dict__:
                 del m.forward
             n += 1
