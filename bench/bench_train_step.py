@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._dynamo  # noqa: F401  (reset between runs)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
