@@ -274,13 +274,13 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
 
 # The step-time model: the whole step's matmul + attention work runs at STEP_EFFICIENCY of the
 # dense bf16 matmul rate the calibration measures (H200, 19B, 768×512×121, every block
-# keeping its activations: 200 TFLOP forward, 0.39 s forward + 0.61 s backward at 790 TFLOP/s
-# measured); each block pass also costs a fixed launch overhead (512×512×33: 0.25 s measured
+# keeping its activations: 200 TFLOP forward, 0.39 s forward + 0.61 s backward = 1.00 s, with
+# calibrate_speed's 4096² product at 707 TFLOP/s); each block pass also costs a fixed launch overhead (512×512×33: 0.25 s measured
 # against 0.20 s of compute); the backward costs BACKWARD_FACTOR forwards, and a recomputed
 # block one forward more. Streamed weights and offloaded activations move over the host link
 # at the calibrated rate, overlapped with compute (forward: max of compute, weights in,
 # activations out; backward: max of compute, weights + activations in).
-STEP_EFFICIENCY = 0.66
+STEP_EFFICIENCY = 0.755
 BLOCK_OVERHEAD_S = 0.35e-3
 
 
