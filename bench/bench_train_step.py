@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._dynamo  # noqa: F401  (reset between runs)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -48,11 +49,74 @@ def _gc_cb(phase, info):
 gc.callbacks.append(_gc_cb)
 
 
+class HostPeak:
+    """Peak resident host memory of this process (pinned + pageable: /proc/self/status VmRSS,
+    sampled every 20 ms on a thread) between start() and stop() — the user's RAM limit."""
+
+    def __init__(self):
+        import threading
+
+        self._stop = threading.Event()
+        self.peak = 0
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def rss() -> int:
+        try:
+            for line in open("/proc/self/status"):
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            self._stop.wait(0.02)
+
+    def __enter__(self):
+        self.peak = self.rss()
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.rss())
+
+
+def stats(times: list[float]) -> dict:
+    """min / median / max of the timed steps (median: the figure that counts)."""
+    if not times:
+        return {"s_per_step": float("nan"), "s_min": None, "s_max": None}
+    t = sorted(times)
+    return {"s_per_step": round(t[len(t) // 2], 4), "s_min": round(t[0], 4), "s_max": round(t[-1], 4)}
+
+
+def add_ratios(records: list[dict]) -> None:
+    """``ratio_to_resident``: each budgeted run of ours against the whole-card run of the same
+    model, shape and compute path in the same process (the ratio the issue's targets use)."""
+    base = {(r["model"], r["shape"], r.get("fp8_compute", False)): r["s_per_step"] for r in records
+            if r.get("stack") == "ours" and r.get("budget_gib") is None and not r.get("error")}
+    for r in records:
+        if r.get("stack") == "ours":
+            b = base.get((r["model"], r["shape"], r.get("fp8_compute", False)))
+            r["ratio_to_resident"] = round(r["s_per_step"] / b, 3) if b and not r.get("error") else None
+    official = {(r["model"], r["shape"]): r["s_per_step"] for r in records
+                if r.get("stack") == "official" and not r.get("error")}
+    for r in records:
+        o = official.get((r.get("model"), r.get("shape")))
+        if r.get("stack") == "ours" and o and not r.get("error"):
+            r["speedup_vs_official"] = round(o / r["s_per_step"], 2)  # same run, same shape
+
+
 def emit(rec: dict) -> None:
     """Print a record and rewrite the output file with every record so far (a run cut short
     by a time limit keeps what it measured)."""
     print(json.dumps(rec), flush=True)
     _SINK["records"].append(rec)
+    add_ratios(_SINK["records"])
     if _SINK["path"] is not None:
         Path(_SINK["path"]).parent.mkdir(parents=True, exist_ok=True)
         Path(_SINK["path"]).write_text(json.dumps(_SINK["records"], indent=1))
@@ -228,7 +292,15 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
     inputs: dict[str, object] = {}
     flops: dict[str, float] = {}
     calibrated: dict[str, dict] = {}
+    from trainer_core.ltx2.memory import StepSpeed, calibrate_speed, predict_step_s
+
+    speed = calibrate_speed(dev)
+    emit({"calibration": "step-time model", "gpu": name, "tflops": round(speed.tflops, 1),
+          "link_gbps": round(speed.link_gbps, 1)})
     for run in runs:
+        if run.get("fp8_check"):
+            fp8_checks(root, cfg, dev, run["shape"], model, name, full=not run.get("toy_only"))
+            continue
         if run.get("equality"):
             if run["shape"] not in inputs:
                 W, H, F = (int(v) for v in run["shape"].split("x"))
@@ -251,10 +323,20 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         inp = inputs[shape]
         if compiled and shape not in calibrated and run.get("calibrate", True):
             calibrated[shape] = calibrate(root, inp, dev)
+        fp8c = bool(run.get("fp8_compute", False))
+        if fp8c:
+            from trainer_core.ltx2.fp8 import enable_fp8_compute
+
+            enable_fp8_compute(root)
+            torch._dynamo.reset()
         lora, opt = _lora_and_opt(root, dev)
         transfer = run.get("transfer", "bf16")
         plan = make_plan(root, inp, budget, compiled, lora, transfer, run.get("offload", True),
                          run.get("offload_streamed", False))
+        nv_, na_ = inp.video.tokens.shape[1], inp.audio.tokens.shape[1]
+        predicted = predict_step_s(plan, root.transformer_blocks, nv_, na_, speed)
+        predicted_4090 = predict_step_s(plan, root.transformer_blocks, nv_, na_, StepSpeed(165.0, 25.0, "4090-class"))
+        plan.predicted_step_s, plan.speed = predicted, speed
         predict = make_predict(memory_plan=plan, compile_blocks=compiled)
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -265,6 +347,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         quiet = QuietGC()  # as the engine: after the first step no collection inside steps
         gc0, gc_ms = _GC["ms"], float("nan")
         t_first = time.perf_counter()
+        hp = HostPeak().__enter__()
         try:
             for i in range(warmup + steps):
                 torch.cuda.synchronize()
@@ -299,6 +382,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
             traceback.print_exc()
             err = f"{type(e).__name__}: {str(e)[:300]}"
         quiet.release()
+        hp.__exit__(None, None, None)
         peak = torch.cuda.max_memory_allocated() / 2**30
         peak_reserved = torch.cuda.max_memory_reserved() / 2**30
         retries = torch.cuda.memory_stats().get("num_alloc_retries", 0) - retries0
@@ -306,6 +390,10 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         host_act = predict.offloader.host_bytes() / 2**30 if predict.offloader is not None else 0.0
         host_allocs = predict.offloader.host_allocs if predict.offloader is not None else 0
         predict.release()
+        if fp8c:
+            from trainer_core.ltx2.fp8 import disable_fp8_compute
+
+            disable_fp8_compute(root)
         pinned_left = torch.cuda.host_memory_stats().get("allocated_bytes.all.current", 0) / 2**30
         lora.detach()
         del lora, opt, predict
@@ -313,9 +401,16 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
 
         dynamo.reset()  # frees CUDA-graph pools before the next run
         torch.cuda.empty_cache()
-        s = sorted(times)[len(times) // 2] if times else float("nan")
+        st = stats(times)
+        s = st["s_per_step"]
         rec = {"stack": "ours", "model": model, "shape": shape, "audio": True, "budget_gib": budget,
-               "s_per_step": round(s, 4), "forward_s": round(split[0], 4), "backward_s": round(split[1], 4),
+               **st, "ratio_to_resident": None, "fp8_compute": bool(run.get("fp8_compute", False)),
+               "peak_host_gib": round(hp.peak / 2**30, 2),
+               "predicted_step_s": round(predicted, 3),
+               "predicted_over_measured": round(predicted / s, 3) if times else None,
+               "predicted_4090_class_s": round(predicted_4090, 2),
+               "speed_calibration": {"tflops": round(speed.tflops, 1), "link_gbps": round(speed.link_gbps, 1)},
+               "forward_s": round(split[0], 4), "backward_s": round(split[1], 4),
                "peak_vram_gib": round(peak, 2), "peak_reserved_gib": round(peak_reserved, 2),
                "allocator_capped_gib": budget, "alloc_retries": retries,
                "mfu": round(2 * flops[shape] / s / gpu_peak(name), 4) if times and not math.isnan(gpu_peak(name)) else None,
@@ -337,6 +432,95 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
     del root
     torch.cuda.empty_cache()
     return out
+
+
+def fp8_checks(root, cfg, dev, shape, model, gpu, toy_steps=200, toy_layers=8, toy_shape="512x512x33",
+               full: bool = True) -> None:
+    """fp8 compute against the plain forward on the GPU: (1) the full model's forward output
+    and one step's LoRA gradients at ``shape`` (same LoRA, same inputs); (2) a LoRA trained
+    ``toy_steps`` steps on a fixed toy target (the first ``toy_layers`` blocks, ``toy_shape``),
+    bf16 against fp8 from the same init: final loss and LoRA weights."""
+    from trainer_core.ltx2.fp8 import disable_fp8_compute, enable_fp8_compute
+
+    width = text_context_width(cfg, processed=False)
+    if full:
+        _fp8_full_check(root, width, dev, shape, model, gpu)
+    _fp8_toy_check(root, width, dev, model, gpu, toy_steps, toy_layers, toy_shape)
+
+
+def _fp8_full_check(root, width, dev, shape, model, gpu) -> None:
+    from trainer_core.ltx2.fp8 import disable_fp8_compute, enable_fp8_compute
+
+    W, H, F = (int(v) for v in shape.split("x"))
+    inp = step_inputs(width, W, H, F, 24.0, dev, torch.Generator(device=dev).manual_seed(0))
+    lora, _ = _lora_and_opt(root, dev, seed=1)
+    with torch.no_grad():
+        for ad in lora.adapters.values() if hasattr(lora, "adapters") else []:
+            ad.lora_B.normal_(0, 0.01)
+    pred = make_predict(checkpointing=False, compile_blocks=True)
+    res = {}
+    for tag in ("plain", "fp8"):
+        if tag == "fp8":
+            n_fp8 = enable_fp8_compute(root)
+            torch._dynamo.reset()
+            pred = make_predict(checkpointing=False, compile_blocks=True)
+        lora.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            v, a = pred(root, inp)
+        step_loss(v, a, inp).backward()
+        g = torch.cat([p.grad.flatten().float() for p in lora.parameters() if p.grad is not None])
+        res[tag] = (v.detach().float(), a.detach().float(), g)
+        del v, a
+    disable_fp8_compute(root)
+    torch._dynamo.reset()
+    lora.detach()
+    (v0, a0, g0), (v1, a1, g1) = res["plain"], res["fp8"]
+    rel = lambda x, y: float((x - y).norm() / y.norm().clamp_min(1e-30))  # noqa: E731
+    emit({"check": "fp8 compute vs plain forward (same inputs, same LoRA)", "model": model, "shape": shape,
+          "gpu": gpu, "fp8_layers": n_fp8, "video_out_rel_diff": rel(v1, v0), "audio_out_rel_diff": rel(a1, a0),
+          "lora_grad_rel_diff": rel(g1, g0), "lora_grad_cosine": float(torch.nn.functional.cosine_similarity(g1, g0, 0))})
+    del res, v0, a0, g0, v1, a1, g1
+    torch.cuda.empty_cache()
+
+
+def _fp8_toy_check(root, width, dev, model, gpu, toy_steps, toy_layers, toy_shape) -> None:
+    """A LoRA fitted to a fixed toy target (fixed noised inputs and flow target) on the first
+    ``toy_layers`` blocks, eager, bf16 against fp8 compute from the same init."""
+    from trainer_core.ltx2.fp8 import disable_fp8_compute, enable_fp8_compute
+
+    blocks = root.transformer_blocks
+    root.transformer_blocks = torch.nn.ModuleList(list(blocks)[:toy_layers])
+    try:
+        W, H, F = (int(v) for v in toy_shape.split("x"))
+        tinp = step_inputs(width, W, H, F, 24.0, dev, torch.Generator(device=dev).manual_seed(5))
+        finals = {}
+        for tag in ("bf16", "fp8"):
+            if tag == "fp8":
+                enable_fp8_compute(root)
+            torch._dynamo.reset()
+            lora, opt = _lora_and_opt(root, dev, seed=2)
+            for group in opt.param_groups:
+                group["lr"] = 1e-3
+            pred = make_predict(checkpointing=False, compile_blocks=False)
+            losses = [float(_step(pred, root, tinp, lora, opt)) for _ in range(toy_steps)]
+            # what training made: each adapter's weight delta B·A·α/r (B starts at 0)
+            finals[tag] = ({k: ad.delta_weight().detach().float().clone() for k, ad in lora.adapters.items()}, losses)
+            lora.detach()
+            del lora, opt
+            disable_fp8_compute(root)
+        (wa, la), (wb, lb) = finals["bf16"], finals["fp8"]
+        den = sum(float((wa[k] - 0).norm() ** 2) for k in wa) ** 0.5
+        num = sum(float((wa[k] - wb[k]).norm() ** 2) for k in wa) ** 0.5
+        emit({"check": f"LoRA after {toy_steps} steps on a fixed toy target, fp8 compute vs bf16", "model": model,
+              "layers": toy_layers, "shape": toy_shape, "gpu": gpu, "lr": 1e-3,
+              "what": "lora_rel_diff = |dW_fp8 - dW_bf16| / |dW_bf16| over every adapter's B·A·alpha/r",
+              "loss_first": la[0], "loss_last_bf16": la[-1], "loss_last_fp8": lb[-1],
+              "loss_mean_last20_bf16": sum(la[-20:]) / 20, "loss_mean_last20_fp8": sum(lb[-20:]) / 20,
+              "lora_rel_diff": num / max(den, 1e-30)})
+    finally:
+        root.transformer_blocks = blocks
+        torch._dynamo.reset()
+        torch.cuda.empty_cache()
 
 
 def stream_equality(root, inputs, dev, model, gpu, steps=3, budget=24.0) -> dict:
@@ -397,15 +581,18 @@ def bench_official(variant: str, shapes: list[str], steps: int, warmup: int) -> 
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         times, err = [], None
-        try:
-            times = timed_steps(step, steps, warmup)
-        except torch.OutOfMemoryError as e:
-            err = f"out of memory: {str(e)[:160]}"
+        with HostPeak() as hp:
+            try:
+                times = timed_steps(step, steps, warmup)
+            except torch.OutOfMemoryError as e:
+                err = f"out of memory: {str(e)[:160]}"
         peak = torch.cuda.max_memory_allocated() / 2**30
-        s = sorted(times)[len(times) // 2] if times else float("nan")
+        st = stats(times)
+        s = st["s_per_step"]
         fl = _SINK.get("flops", {}).get((variant, shape))
         rec = {"stack": "official", "model": "ltx-2.0-19b" if variant == "ltx-2.0" else "ltx-2.3-22b", "shape": shape,
-               "audio": True, "budget_gib": None, "s_per_step": round(s, 4), "peak_vram_gib": round(peak, 2),
+               "audio": True, "budget_gib": None, **st, "ratio_to_resident": None, "fp8_compute": False,
+               "peak_vram_gib": round(peak, 2), "peak_host_gib": round(hp.peak / 2**30, 2),
                "mfu": round(2 * fl / s / gpu_peak(name), 4) if (fl and times) else None, "gpu": name,
                "what": f"{describe()}: LTXModel, PEFT LoRA r32 on to_q/to_k/to_v/to_out.0, "
                        "per-block checkpointing, bf16 autocast, fused AdamW", "lora_params": lora_param_count(model), "steps_timed": len(times),
@@ -438,13 +625,17 @@ def main() -> int:
     runs = []
     for r in a.runs.split(","):
         parts = r.split(":")
+        if parts[0] in ("fp8check", "fp8toy"):  # fp8toy: the 200-step toy LoRA comparison only
+            runs.append({"fp8_check": True, "toy_only": parts[0] == "fp8toy",
+                         "shape": parts[1] if len(parts) > 1 else "768x512x121"})
+            continue
         if parts[0] == "equality":
             runs.append({"equality": True, "shape": parts[1] if len(parts) > 1 else "768x512x121"})
             continue
         runs.append({"shape": parts[0], "budget": None if parts[1] == "none" else float(parts[1]),
                      "compile": "eager" not in parts[2:], "calibrate": "nocal" not in parts[2:],
                      "transfer": "fp8" if "fp8" in parts[2:] else "bf16", "offload": "nooff" not in parts[2:],
-                     "offload_streamed": "offs" in parts[2:]})
+                     "offload_streamed": "offs" in parts[2:], "fp8_compute": "fp8c" in parts[2:]})
     gpu = torch.cuda.get_device_name().replace(" ", "_")
     out = Path(a.out) if a.out else Path(__file__).parent / "results" / f"train_step_{gpu}.json"
     _SINK["path"] = str(out)

@@ -53,8 +53,12 @@ def describe() -> str:
         from importlib.metadata import version
 
         ver = version("ltx-core")
-    except Exception:
-        ver = "?"
+    except Exception:  # a source tree on PYTHONPATH (packages/ltx-core/src/ltx_core): its pyproject
+        import re
+
+        pp = Path(ltx_core.__file__).resolve().parents[2] / "pyproject.toml"
+        m = re.search(r'^version\s*=\s*"([^"]+)"', pp.read_text(), re.M) if pp.is_file() else None
+        ver = (m.group(1) + " source") if m else "?"
     fixed = "modality_timesteps" in inspect.signature(M._prepare_cross_attention_timestep).parameters
     return (f"ltx-core {ver} ({Path(ltx_core.__file__).parent}), "
             f"{'with' if fixed else 'without'} the 203d484 A/V cross-attention AdaLN fix")

@@ -50,6 +50,7 @@ def main() -> int:
     ap.add_argument("--variants", default="eager_ckpt,eager_nockpt,eager_ckpt_nolora,compiled_ckpt")
     ap.add_argument("--out", default="/tmp/prof")
     ap.add_argument("--profile", default="eager_ckpt")
+    ap.add_argument("--no-trace", action="store_true", help="skip the Chrome trace (large at full size)")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,6 +85,11 @@ def main() -> int:
             comp = var.startswith("compiled")
             if "cudagraph" in var:
                 comp = {"mode": "reduce-overhead"}
+            from trainer_core.ltx2.fp8 import disable_fp8_compute, enable_fp8_compute
+
+            disable_fp8_compute(root)
+            if "fp8" in var:  # fp8 compute of the frozen block linears
+                enable_fp8_compute(root)
             pred = make_predict(checkpointing=("nockpt" not in var and "keep" not in var), compile_blocks=comp)
             if not use_lora:
                 root.patchify_proj.weight.requires_grad_(False)
@@ -111,7 +117,8 @@ def main() -> int:
                 txt = ka.table(sort_by="cuda_time_total", row_limit=45)
                 txt += "\n\n" + ka.table(sort_by="self_cpu_time_total", row_limit=30)
                 (out / f"profile_{shape}_{var}.txt").write_text(txt)
-                prof.export_chrome_trace(str(out / f"trace_{shape}_{var}.json"))
+                if not a.no_trace:
+                    prof.export_chrome_trace(str(out / f"trace_{shape}_{var}.json"))
                 gpu_us = sum(e.self_device_time_total for e in ka)
                 rec["gpu_busy_ms"] = round(gpu_us / 1000, 1)
                 rec["n_kernels"] = sum(e.count for e in ka if e.device_type == torch.autograd.DeviceType.CUDA)

@@ -77,7 +77,10 @@ def prepare_training_model(model, cfg, cache_dir=None) -> tuple:
             budget = float(cfg.vram_budget_gb or 0.0)
             if budget <= 0:
                 budget = max(1.0, mm.get_free_memory(device) / GIB - 1.0)
-            plan = plan_for_training(root, cache_dir, cfg, budget, compiled=compiled)
+            from ..trainer_core.ltx2.memory import calibrate_speed
+
+            plan = plan_for_training(root, cache_dir, cfg, budget, compiled=compiled,
+                                     speed=calibrate_speed(device) if device.type == "cuda" else None)
             if device.type == "cuda":
                 from ..trainer_core.ltx2.memory import allocator_note
 

@@ -142,10 +142,12 @@ def bucket_tokens(bucket: str, fps: float = 24.0) -> tuple[int, int]:
 
 
 def plan_for_training(root: torch.nn.Module, cache_dir: str, cfg: TrainConfig, budget_gib: Optional[float],
-                      batch_size: int = 1, compiled: bool = False):
+                      batch_size: int = 1, compiled: bool = False, speed=None):
     """The memory plan for training ``root`` on the cache's largest bucket within
     ``budget_gib`` (None: no limit). LoRA weights, gradients and optimizer state are counted
-    (fp32 weights + grads, two moments: fp32 for AdamW, 8-bit for AdamW 8-bit)."""
+    (fp32 weights + grads, two moments: fp32 for AdamW, 8-bit for AdamW 8-bit). With a
+    ``speed`` (:func:`~trainer_core.ltx2.memory.calibrate_speed`), the plan also carries its
+    predicted step time (shown by its summary)."""
     from .cache import LatentCache
     from .lora import resolve_targets
     from .ltx2.memory import host_available_bytes, module_bytes, plan_memory
@@ -168,9 +170,14 @@ def plan_for_training(root: torch.nn.Module, cache_dir: str, cfg: TrainConfig, b
     per_param = 4 + 4 + (2 if cfg.optimizer == "adamw8bit" else 8)
     blocks = root.transformer_blocks
     other = module_bytes(root) - sum(module_bytes(b) for b in blocks)
-    return plan_memory(blocks, other, worst[0] * batch_size, worst[1] * batch_size, budget_gib=budget_gib,
+    plan = plan_memory(blocks, other, worst[0] * batch_size, worst[1] * batch_size, budget_gib=budget_gib,
                        trainable_bytes=n_lora * per_param, compiled=compiled,
                        allow_keep=True, transfer=getattr(cfg, "stream_transfer", "bf16") or "bf16",
                        offload=bool(getattr(cfg, "offload_activations", True)),
                        offload_streamed=bool(getattr(cfg, "offload_streamed_activations", False)),
                        host_budget_bytes=host_available_bytes() // 2)
+    if speed is not None:
+        from .ltx2.memory import predict_step_s
+
+        predict_step_s(plan, blocks, worst[0] * batch_size, worst[1] * batch_size, speed)
+    return plan

@@ -99,6 +99,8 @@ class MemoryPlan:
     expected_peak_gib: float = 0.0
     notes: list[str] = field(default_factory=list)
     transfer: str = "bf16"  # how streamed weights travel: "bf16" (exact) or "fp8" (half the bytes)
+    predicted_step_s: Optional[float] = None  # set by predict_step_s() from a calibrated StepSpeed
+    speed: Optional["StepSpeed"] = None
 
     def summary(self) -> str:
         n = len(self.modes)
@@ -113,11 +115,16 @@ class MemoryPlan:
         else:
             parts.append("all weights resident")
         b = f"budget {self.budget_gib:.1f} GiB" if self.budget_gib else "no budget"
-        return f"memory plan ({b}): " + "; ".join(parts) + f"; expected peak ≈ {self.expected_peak_gib:.1f} GiB"
+        text = f"memory plan ({b}): " + "; ".join(parts) + f"; expected peak ≈ {self.expected_peak_gib:.1f} GiB"
+        if self.predicted_step_s is not None and self.speed is not None:
+            text += (f"; predicted step ≈ {self.predicted_step_s:.2f} s (this GPU: {self.speed.tflops:.0f} TFLOP/s, "
+                     f"{self.speed.link_gbps:.0f} GB/s host link)")
+        return text
 
     def to_dict(self) -> dict:
         return {"modes": self.modes, "streamed": self.streamed, "budget_gib": self.budget_gib,
-                "expected_peak_gib": round(self.expected_peak_gib, 2), "notes": self.notes, "transfer": self.transfer}
+                "expected_peak_gib": round(self.expected_peak_gib, 2), "notes": self.notes, "transfer": self.transfer,
+                "predicted_step_s": None if self.predicted_step_s is None else round(self.predicted_step_s, 3)}
 
 
 def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video_tokens: int, audio_tokens: int = 0,
@@ -261,6 +268,102 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
     modes = ["keep" if i in keep_idx else "offload" if i in off else "full" for i in range(n)]
     peak = base + resident + k_keep * extra + peak_extra
     return MemoryPlan(modes, streamed, float(budget_gib), peak / GIB, notes, transfer)
+
+
+# ---------------------------------------------------------------------------- step time
+
+# The step-time model: the whole step's matmul + attention work runs at STEP_EFFICIENCY of the
+# dense bf16 matmul rate the calibration measures (H200, 19B, 768×512×121, every block
+# keeping its activations: 200 TFLOP forward, 0.39 s forward + 0.61 s backward = 1.00 s, with
+# calibrate_speed's 4096² product at 707 TFLOP/s); each block pass also costs a fixed launch overhead (512×512×33: 0.25 s measured
+# against 0.20 s of compute); the backward costs BACKWARD_FACTOR forwards, and a recomputed
+# block one forward more. Streamed weights and offloaded activations move over the host link
+# at the calibrated rate, overlapped with compute (forward: max of compute, weights in,
+# activations out; backward: max of compute, weights + activations in).
+STEP_EFFICIENCY = 0.755
+BLOCK_OVERHEAD_S = 0.35e-3
+
+
+@dataclass
+class StepSpeed:
+    """What a GPU does, from a short calibration (:func:`calibrate_speed`) or given."""
+    tflops: float  # dense bf16 matmul, TFLOP/s
+    link_gbps: float  # pinned host -> device copies, GB/s
+    name: str = ""
+
+
+def calibrate_speed(device, matmul_n: int = 4096, copy_mib: int = 256, reps: int = 5) -> StepSpeed:
+    """Measure the dense bf16 matmul rate and the host-to-device link (pinned) on ``device``
+    (well under a second on a current GPU). CPU devices get a nominal, slow figure."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return StepSpeed(1.0, 10.0, "cpu")
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16, generator=g)
+    b = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16, generator=g)
+    host = torch.empty(copy_mib << 20, dtype=torch.uint8).pin_memory()
+    dev = torch.empty_like(host, device=device)
+
+    def timed(fn) -> float:
+        fn()
+        torch.cuda.synchronize(device)
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        for _ in range(reps):
+            fn()
+        e1.record()
+        torch.cuda.synchronize(device)
+        return e0.elapsed_time(e1) / 1e3 / reps
+
+    t_mm = timed(lambda: a @ b)
+    t_cp = timed(lambda: dev.copy_(host, non_blocking=True))
+    del host, dev
+    return StepSpeed(2 * matmul_n ** 3 / t_mm / 1e12, (copy_mib << 20) / t_cp / 1e9, torch.cuda.get_device_name(device))
+
+
+def block_flops(block: nn.Module, video_tokens: int, audio_tokens: int, text_tokens: int = 1024,
+                attention: bool = True) -> float:
+    """Forward FLOPs of one audio-video block from its linear layers — each counts 2·in·out
+    per token of the stream it reads — plus (``attention``) the attention products,
+    4·Tq·Tk·inner per attention."""
+    nv, na, nt = video_tokens, audio_tokens, text_tokens
+    side = {"attn1": (nv, nv), "attn2": (nv, nt), "ff": (nv, nv), "audio_attn1": (na, na),
+            "audio_attn2": (na, nt), "audio_ff": (na, na), "audio_to_video_attn": (nv, na),
+            "video_to_audio_attn": (na, nv)}
+    total = 0.0
+    for name, m in block.named_modules():
+        if not isinstance(m, nn.Linear):
+            continue
+        parts = name.split(".")
+        q_tok, kv_tok = side.get(parts[0], (nv, nv))
+        tok = kv_tok if parts[-1] in ("to_k", "to_v") else q_tok
+        total += 2.0 * tok * m.in_features * m.out_features
+    for attn, (tq, tk) in side.items() if attention else ():
+        a = getattr(block, attn, None)
+        if a is not None and hasattr(a, "to_q") and tq and tk:
+            total += 4.0 * tq * tk * a.to_q.out_features
+    return total
+
+
+def predict_step_s(plan: MemoryPlan, blocks: Sequence[nn.Module] | nn.Module, video_tokens: int,
+                   audio_tokens: int, speed: StepSpeed, text_tokens: int = 1024,
+                   block_bytes: Optional[Sequence[int]] = None) -> float:
+    """The step time the plan should take on a GPU of ``speed`` (sets ``plan.predicted_step_s``)."""
+    blocks = list(blocks)
+    n = len(blocks)
+    rate = speed.tflops * 1e12 * STEP_EFFICIENCY
+    cf = [block_flops(b, video_tokens, audio_tokens, text_tokens) / rate + BLOCK_OVERHEAD_S for b in blocks]
+    sizes = list(block_bytes) if block_bytes is not None else [module_bytes(b) for b in blocks]
+    link = speed.link_gbps * 1e9
+    tokens = video_tokens + audio_tokens
+    act = KEEP_COMPILED_B_PER_TOKEN * tokens
+    w_in = sum(sizes[i] * (0.5 if plan.transfer == "fp8" else 1.0) for i in plan.streamed)
+    n_off = plan.modes.count("offload")
+    full = sum(cf[i] for i in range(n) if plan.modes[i] == "full")  # recomputed in backward
+    fwd = max(sum(cf), w_in / link, n_off * act / link)
+    bwd = max(BACKWARD_FACTOR * sum(cf) + full, (w_in + n_off * act) / link)
+    plan.predicted_step_s, plan.speed = fwd + bwd, speed
+    return fwd + bwd
 
 
 # cudaMallocAsync (ComfyUI's default allocator) against PyTorch's native one, same plan, H200,
@@ -875,5 +978,5 @@ def fp8_roundtrip(w: torch.Tensor) -> torch.Tensor:
     return dequantize_fp8(q, s, dtype=w.dtype)
 
 
-__all__ = ["MemoryPlan", "plan_memory", "allocator_note", "BlockStreamer", "ActivationOffloader", "host_available_bytes", "module_bytes", "fp8_roundtrip", "quantize_fp8",
+__all__ = ["MemoryPlan", "plan_memory", "StepSpeed", "calibrate_speed", "block_flops", "predict_step_s", "allocator_note", "BlockStreamer", "ActivationOffloader", "host_available_bytes", "module_bytes", "fp8_roundtrip", "quantize_fp8",
            "dequantize_fp8"]
