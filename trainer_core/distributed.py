@@ -88,7 +88,12 @@ class Dist:
     # ------------------------------------------------------------------ collectives
 
     def _dev(self, t: torch.Tensor) -> torch.Tensor:
-        return t.cpu() if self.backend == "gloo" else t
+        """Where a collective's buffer must live: host memory for gloo, this rank's GPU for NCCL."""
+        if self.backend == "gloo":
+            return t.cpu()
+        if self.backend == "nccl":
+            return t.to(self._flag_device())
+        return t
 
     def _guard(self, what: str, fn):
         try:
@@ -312,10 +317,17 @@ def flat_grads(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
 
 
-def set_grads(params: list[torch.Tensor], flat: torch.Tensor) -> None:
+def set_grads(params: list[torch.Tensor], flat: torch.Tensor, had: Optional[list] = None) -> None:
+    """Write a reduced flat gradient back. ``had[i]`` false: no rank computed a gradient for
+    parameter i (an adapter the mode never uses) — it keeps none, so the optimizer skips it
+    as one process would (weight decay included)."""
     o = 0
-    for p in params:
+    for i, p in enumerate(params):
         n = p.numel()
+        if had is not None and not had[i]:
+            p.grad = None
+            o += n
+            continue
         g = flat[o:o + n].view_as(p).to(p.dtype)
         if p.grad is None:
             p.grad = g.clone()

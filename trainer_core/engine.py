@@ -907,6 +907,7 @@ class Trainer:
                 loss_sum = 0.0
                 stats = [0.0, 0, 0.0, 0]  # video loss sum, its samples, audio loss sum, its samples
                 per_micro = []  # exact reduction: this rank's per-sample flat gradients, per micro-batch
+                had = [False] * len(params)  # which parameters got a gradient (on any rank, after the reduce)
                 for micro in range(cfg.grad_accum):
                     if pos >= len(batches):
                         epoch, pos = epoch + 1, 0
@@ -936,6 +937,8 @@ class Trainer:
                         loss = ob.combine_losses(lv, la, cfg.audio_weight) * (len(js) / n) / cfg.grad_accum
                         loss.backward()
                         loss_sum += loss.item()
+                        if dist.active or dist.exact:
+                            had = [h or p.grad is not None for h, p in zip(had, params)]
                         if dist.exact:
                             leaves.append(flat_grads(params))
                             for p in params:
@@ -943,14 +946,15 @@ class Trainer:
                         del items, inputs, v_pred, a_pred, lv, la, loss
                     per_micro.append(leaves)
                 if dist.active:
-                    tot = dist.all_reduce_sum(torch.tensor([loss_sum, *stats], dtype=torch.float64))
-                    loss_sum, stats = float(tot[0]), [float(v) for v in tot[1:]]
+                    tot = dist.all_reduce_sum(torch.tensor([loss_sum, *stats, *map(float, had)], dtype=torch.float64))
+                    loss_sum, stats = float(tot[0]), [float(v) for v in tot[1:5]]
+                    had = [v > 0 for v in tot[5:].tolist()]
                 if dist.exact:
                     size = sum(p.numel() for p in params)
                     set_grads(params, exact_reduce(dist, per_micro, self.batch_size // dist.world, size,
-                                                   params[0].device))
+                                                   params[0].device), had)
                 elif dist.active:
-                    set_grads(params, dist.all_reduce_sum(flat_grads(params)))
+                    set_grads(params, dist.all_reduce_sum(flat_grads(params)), had)
                 del per_micro
                 if not math.isfinite(loss_sum):
                     ck = self._checkpoint_if_any(ckpts)

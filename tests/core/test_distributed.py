@@ -107,15 +107,23 @@ def test_two_ranks_exact_same_lora_bitwise_and_resume_on_one(tmp_path):
 
 def test_two_ranks_all_reduce_matches_one_batched_process(tmp_path):
     """The default reduction: each rank's share in one batched forward, the gradients
-    all-reduced; equal to one plain process at batch 4 within float tolerance."""
-    out, codes = two_ranks(tmp_path, "s2", False, dropout=0.0)
+    all-reduced; equal to one plain process at batch 4 within float tolerance. Video only with
+    weight decay: the audio adapters get no gradient on any rank and stay untouched, as in one
+    process."""
+    kw = dict(dropout=0.0, mode="video_only", weight_decay=0.1)
+    out, codes = two_ranks(tmp_path, "s2", False, **kw)
     assert codes == [0, 0]
     a0, a1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
-    ref = lora_tensors(en.Trainer(ToyRoot(), toy_predict, ToySource(n=6), cfg(**dict(CFG, dropout=0.0)),
+    ref = lora_tensors(en.Trainer(ToyRoot(), toy_predict, ToySource(n=6), cfg(**dict(CFG, **kw)),
                                   tmp_path / "s1", batch_size=4).train())
+    c = cfg(**dict(CFG, **kw))
+    init = en.LoRASet.for_model(ToyRoot(), c.lora_spec(), seed=c.seed).state_dict()
+    assert any("audio_attn1" in k for k in init)
     for k, v in ref.items():
         assert torch.equal(a0[k], a1[k]), k
         torch.testing.assert_close(a0[k], v, rtol=1e-4, atol=1e-6)
+        if "audio_attn1" in k:
+            assert torch.equal(a0[k], init[k]), k
     # only rank 0 wrote: the run folder has the final checkpoint of step 6 once
     assert [p.name for p in (tmp_path / "s2" / "checkpoints").iterdir()] == ["step_000006.safetensors"]
 
