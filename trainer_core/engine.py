@@ -7,8 +7,10 @@ The engine knows nothing of ComfyUI. It is given
 - a ``TrainConfig``, a run folder, and callbacks for progress, events and interrupts.
 
 Repeatability: every random draw of step ``k`` comes from generators seeded by
-``(seed, k)`` (noise, σ, caption dropout, first-frame draws, LoRA dropout) and the data
-order of epoch ``e`` from ``(seed, e)``. A checkpoint therefore holds the LoRA, the optimizer,
+``(seed, k)`` — one per sample of the batch, by its position in the global batch (noise, σ,
+caption dropout, first-frame draws; see distributed.sample_generator), so several processes
+sharing a batch draw what one would — plus LoRA dropout, and the data order of epoch ``e``
+from ``(seed, e)``. A checkpoint therefore holds the LoRA, the optimizer,
 the scheduler, the step, the seed and the data order, and a run resumed from step k ends
 with the same LoRA, bit for bit on CPU, as one that never stopped.
 """
