@@ -921,7 +921,9 @@ class Trainer:
                     groups = [[j] for j in mine] if dist.exact else ([mine] if mine else [])
                     leaves = []
                     for js in groups:
-                        torch.manual_seed(dropout_seed(cfg.seed, step, micro, js[0] if dist.exact else dist.rank))
+                        # sequence parallel: every rank runs the same batch, so the same LoRA dropout draws
+                        torch.manual_seed(dropout_seed(cfg.seed, step, micro,
+                                                       js[0] if dist.exact else (0 if dist.sp else dist.rank)))
                         items = [self.data.get(batch[j]) for j in js]
                         inputs = self.sample_inputs(items, js, step, micro, dtype)
                         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -947,7 +949,7 @@ class Trainer:
                                 p.grad = None
                         del items, inputs, v_pred, a_pred, lv, la, loss
                     per_micro.append(leaves)
-                if dist.active:
+                if dist.active and not dist.sp:  # (sequence parallel: every rank computed the same loss)
                     tot = dist.all_reduce_sum(torch.tensor([loss_sum, *stats, *map(float, had)], dtype=torch.float64))
                     loss_sum, stats = float(tot[0]), [float(v) for v in tot[1:5]]
                     had = [v > 0 for v in tot[5:].tolist()]
@@ -955,6 +957,9 @@ class Trainer:
                     size = sum(p.numel() for p in params)
                     set_grads(params, exact_reduce(dist, per_micro, self.batch_size // dist.world, size,
                                                    params[0].device), had)
+                elif dist.active and dist.sp:
+                    # sequence parallel: each rank's gradient is world × its share (trainer_core.distributed)
+                    set_grads(params, dist.all_reduce_sum(flat_grads(params)) / dist.world, had)
                 elif dist.active:
                     set_grads(params, dist.all_reduce_sum(flat_grads(params)), had)
                 del per_micro

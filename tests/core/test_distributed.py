@@ -157,6 +157,35 @@ def test_ulysses_attention_matches_full_attention(tmp_path):
         assert rep["shape"] == [2, 6, 4, 8] and rep["err"] < 1e-12, rep
 
 
+SP_CASES = [("2.3", "text_to_audio_video", True), ("2.5", "text_to_audio_video", False), ("2.0", "video_only", False)]
+
+
+def test_sequence_parallel_forward_matches_one_process(tmp_path):
+    """The LTX-2 forward with the video tokens split over 2 processes (Ulysses self-attention,
+    gathered video keys for video→audio, replicated audio and text): outputs and the reduced
+    LoRA gradients equal one process's (float64, relative error < 1e-10), with per-block
+    checkpointing too; LTX-2.3 (gated attention, cross-attention AdaLN), 2.5 (keyframe
+    embedding), 2.0 video only."""
+    assert spawn(2, {"out": str(tmp_path), "cases": SP_CASES}, target=dist_worker.sp_forward_check) == [0, 0]
+    for r in range(2):
+        rep = json.loads((tmp_path / f"spf{r}.json").read_text())
+        assert len(rep) == len(SP_CASES)
+        for case, e in rep.items():
+            assert e["same_names"] and e["adapters"] > 0, (case, e)
+            assert e["out"] < 1e-10 and e["grad"] < 1e-10, (case, e)
+            assert e["unreduced"] > 1e-3, (case, e)  # the reduction is needed: a rank alone has part of it
+
+
+def test_sequence_parallel_needs_a_divisible_token_count():
+    with pytest.raises(ValueError, match="multiple of it; this bucket has 13 tokens"):
+        D.seq_slice(13, D.Dist(rank=1, world=2, sp=True))
+    assert D.seq_slice(12, D.Dist(rank=1, world=2, sp=True)) == slice(6, 12)
+    with pytest.raises(ValueError, match="--reduce sum"):
+        D.Dist(rank=0, world=2, sp=True, exact=True).check_batch(1)
+    D.Dist(rank=0, world=2, sp=True).check_batch(1)  # any batch: every rank takes all of it
+    assert D.Dist(rank=1, world=2, sp=True).share(3, 3) == [0, 1, 2]
+
+
 def test_batch_must_split_evenly():
     with pytest.raises(ValueError, match="multiple of the number of processes"):
         D.Dist(rank=0, world=2).check_batch(3)
