@@ -234,24 +234,29 @@ def torchrun(args: list[str], nproc: int = 2, timeout: float = 240.0):
 
 # ddp under torchrun runs in tests/comfy/test_train_devices.py and the bench smoke test; bit
 # for bit against one process in the toy tests above. Here: the real LTX-2 forward with FSDP2.
-@pytest.mark.parametrize("strategy", ["fsdp2"])
+@pytest.mark.parametrize("strategy", ["fsdp2", "fsdp2+sp"])
 def test_torchrun_cli_two_processes_same_lora_as_one(tmp_path, capsys, strategy):
     """The documented command: torchrun, 2 gloo processes, the tiny LTX-2 checkpoint and the
-    settings file's global batch (2), the blocks sharded over both (fsdp2): one process's LoRA
-    within float tolerance (ddp: bit for bit with --reduce exact); only rank 0 prints."""
+    settings file's global batch (2), the blocks sharded over both (fsdp2), and with the video
+    tokens split over both too (fsdp2+sp: each process runs both samples, 4 of their 8 video
+    tokens): one process's LoRA within float tolerance (ddp: bit for bit with --reduce exact);
+    only rank 0 prints."""
     from trainer_core import cli
 
     ckpt, y2 = _cli_setup(tmp_path, "two")
+    # sequence parallel has the all-reduce only; a global batch of 1 (the tiny cache's empty
+    # caption is shorter than its captions, so caption dropout cannot batch two of them)
+    reduce, batch = ("sum", ["--batch-size", "1"]) if "sp" in strategy else ("exact", [])
     p = torchrun(["train", str(y2), "--checkpoint", str(ckpt), "--device", "cpu", "--dtype", "fp32",
-                  "--reduce", "exact", "--log-every", "1", "--strategy", strategy])
+                  "--reduce", reduce, "--log-every", "1", "--strategy", strategy, *batch])
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert p.stdout.count("step 3/3") == 1, p.stdout  # rank 0 only
-    assert ("FSDP2" in p.stdout) == (strategy == "fsdp2")
+    assert "FSDP2" in p.stdout and ("sequence parallel" in p.stdout) == ("sp" in strategy)
     res = json.loads(p.stdout.strip().splitlines()[-1])
-    assert res["processes"] == 2 and res["batch_size"] == 2 and res["steps"] == 3
+    assert res["processes"] == 2 and res["batch_size"] == (1 if batch else 2) and res["steps"] == 3
     _, y1 = _cli_setup(tmp_path, "one")
     assert cli.main(["train", str(y1), "--checkpoint", str(ckpt), "--device", "cpu", "--dtype", "fp32",
-                     "--reduce", "exact"]) == 0
+                     "--reduce", reduce, *batch]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["processes"] == 1
     t2, _ = en.read_checkpoint(tmp_path / "two" / "checkpoints" / "step_000003.safetensors")
     t1, _ = en.read_checkpoint(tmp_path / "one" / "checkpoints" / "step_000003.safetensors")
