@@ -162,10 +162,12 @@ class TrainLoRA(io.ComfyNode):
                                        "none) replace rank, alpha and targets; modules the model lacks are "
                                        "skipped and named."),
                 io.String.Input("devices", default="this GPU", advanced=True, optional=True,
-                                tooltip="Where to train: this GPU (ComfyUI's, in its process), all GPUs, or GPU "
-                                        "numbers such as 0,1 — one worker process per GPU (torchrun), the global "
-                                        "batch one sample per GPU; ComfyUI's GPU is freed meanwhile. cpu:2 runs "
-                                        "2 CPU processes (tests). Needs the model from Load Checkpoint."),
+                                tooltip="Where to train: this GPU (the one ComfyUI uses), all GPUs, or GPU "
+                                        "numbers such as 0,1. With several GPUs each one trains on its own clip "
+                                        "at the same time, so every step learns from one clip per GPU (2 GPUs: "
+                                        "twice the clips per step). ComfyUI's GPU is freed while they train. "
+                                        "cpu:2 trains on 2 CPU processes (for tests). Needs the model from Load "
+                                        "Checkpoint."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The input model with the trained LoRA applied."),
