@@ -485,7 +485,8 @@ def _reduce_scatter1(g: torch.Tensor, d: Dist) -> torch.Tensor:
     n = N // d.world
     buf = g.reshape(B, d.world, n, *g.shape[2:]).movedim(1, 0).contiguous()  # to rank w: its slice
     got = _a2a(buf, d)  # [W_src, B, n, ...]
-    return got.sum(dim=0)
+    return got.sum(dim=0, dtype=torch.float32).to(g.dtype) if g.dtype in (torch.bfloat16, torch.float16) \
+        else got.sum(dim=0)
 
 
 class _GatherSeq(torch.autograd.Function):

@@ -936,6 +936,9 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
     """
     cache = RopeCache(rope_cache_size)
     block_fn = cg_fn = None
+    if compile_blocks and sp is not None and sp.active:
+        raise ValueError("sequence parallel runs eager blocks: its all-to-alls are not traced by torch.compile; "
+                         "turn compile_blocks off")
     if compile_blocks:
         if isinstance(compile_blocks, dict):
             kw = dict(compile_blocks)
