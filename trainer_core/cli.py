@@ -22,6 +22,11 @@ split evenly over the processes; N processes at global batch B train the LoRA on
 batch B would (--reduce exact: bit for bit on CPU). Only rank 0 prints and writes. A
 checkpoint resumes on any number of processes that divides the global batch. A process that
 dies stops the others with the last finished step saved, naming its rank (exit code 4).
+
+--strategy fsdp2 shards the frozen blocks over the processes; --strategy sp (or fsdp2+sp, with
+the sharding) splits each clip's video tokens over them instead of the batch, for clips one
+GPU cannot hold: every process runs the whole global batch (default 1) on 1/N of the video
+tokens (the video token count and the head count must divide by N; --reduce sum).
 """
 from __future__ import annotations
 
