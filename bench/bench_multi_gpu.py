@@ -3,24 +3,27 @@ trainer_core.distributed) on 1 and N processes, per strategy.
 
 Each configuration runs under torchrun (NCCL on GPUs, gloo with ``--cpu``): the full-size
 LTX-2 layout with random bf16 weights (``--tiny``: the tiny checkpoint's layout, fp32), a
-rank-32 attention LoRA, one sample per process per step (global batch = processes), synthetic
-latents of ``--shape`` with audio. Records (a JSON list, ``bench/results/multi_gpu_<gpu>.json``
+rank-32 attention LoRA, synthetic latents of ``--shape`` with audio. Data parallel (ddp,
+fsdp2): one sample per process per step (global batch = processes). Sequence parallel (sp,
+fsdp2+sp): one sample per step, its video tokens split over the processes (all of them one
+group, data-parallel degree 1). Records (a JSON list, ``bench/results/multi_gpu_<gpu>.json``
 or ``--out``):
 
-    gpus, strategy (single / ddp / fsdp2 / fsdp2+sp), s_per_step (median after warm-up),
-    samples_per_s, scaling (samples_per_s over gpus × the 1-process figure), peak_vram_gib
-    (per GPU: the allocator's peak from the model on, warm-up included), peak_rss_gib (per process), stack, model, shape, gpu
+    gpus, strategy (single / ddp / fsdp2 / sp / fsdp2+sp), s_per_step (median after warm-up),
+    samples_per_s, scaling (samples_per_s over gpus × the 1-process figure; for sequence
+    parallel, whose point is a clip one GPU cannot hold, also ``speedup``: the 1-process
+    s_per_step over this one), video_tokens and video_tokens_per_gpu, peak_vram_gib (per GPU:
+    the allocator's peak from the model on, warm-up included), peak_rss_gib (per process),
+    stack, model, shape, gpu
 
-    python bench/bench_multi_gpu.py --gpus 2 --strategies ddp,fsdp2 --shape 768x512x121
+    python bench/bench_multi_gpu.py --gpus 2 --strategies ddp,fsdp2,fsdp2+sp --shape 768x512x121
     python bench/bench_multi_gpu.py --cpu --tiny --gpus 2 --steps 3     # the smoke test
-
-``fsdp2+sp`` (sequence parallel over the video tokens) is recorded with its error until the
-LTX-2 forward calls ``trainer_core.distributed.ulysses_attention``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -74,7 +77,10 @@ def worker(args) -> int:
     from trainer_core.tiny_checkpoint import full_config, text_context_width, tiny_config
 
     strategy = args.strategy
+    sp = strategy in ("sp", "fsdp2+sp")
     d = D.init(backend="gloo" if args.cpu else None, timeout_s=600)
+    d.sp = sp and d.active
+    batch = 1 if sp else d.world
     dev = D.device_for(d, "cpu" if args.cpu else "cuda")
     if d.backend != "nccl" and not args.cpu:
         torch.cuda.set_device(0)
@@ -83,15 +89,17 @@ def worker(args) -> int:
     dtype = torch.float32 if args.tiny else torch.bfloat16
     torch.manual_seed(0)
     # FSDP2 starts from the host copy and keeps its shard on the device; DDP loads it whole
-    root = build_tree(c, device="cpu" if strategy == "fsdp2" else dev, dtype=dtype, init="random", seed=0)
+    fsdp = strategy in ("fsdp2", "fsdp2+sp")
+    root = build_tree(c, device="cpu" if fsdp else dev, dtype=dtype, init="random", seed=0)
     root.requires_grad_(False)
-    if strategy == "fsdp2":
+    if fsdp:
         D.shard_base(root, d)
         root.to(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     width = text_context_width(cfgd, processed=False, tiny=args.tiny)
-    data = SyntheticLatents(d.world * (args.warmup + args.steps), args.shape, width)
+    data = SyntheticLatents(batch * (args.warmup + args.steps), args.shape, width)
+    tokens = math.prod(data.items[0].video.shape[1:])
     cfg = TrainConfig(steps=args.warmup + args.steps, rank=32 if not args.tiny else 4, checkpoint_every=0,
                       mixed_precision="fp32" if args.tiny else "bf16", sigma_sampler="uniform",
                       divergence_factor=0.0)
@@ -101,8 +109,8 @@ def worker(args) -> int:
         times.append(rec["s_per_step"])
 
     with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(root, make_predict(checkpointing=True), data, cfg, tmp, device=dev,
-                     callbacks=Callbacks(on_step=on_step), batch_size=d.world, dist=d)
+        tr = Trainer(root, make_predict(checkpointing=True, sp=d if d.sp else None), data, cfg, tmp, device=dev,
+                     callbacks=Callbacks(on_step=on_step), batch_size=batch, dist=d)
         tr.train()
     peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -117,7 +125,8 @@ def worker(args) -> int:
         timed = times[args.warmup:] or times
         s = statistics.median(timed)
         rec = {"gpus": d.world, "strategy": strategy if d.world > 1 else "single", "s_per_step": round(s, 4),
-               "samples_per_s": round(d.world / s, 4),
+               "samples_per_s": round(batch / s, 4), "video_tokens": tokens,
+               "video_tokens_per_gpu": tokens // d.world if d.sp else tokens,
                "peak_vram_gib": [None if p is None else round(p, 3) for p, _ in allp],
                "peak_rss_gib": [round(r, 3) for _, r in allp], "stack": "ours", "model": args.variant
                + (" (tiny)" if args.tiny else ""), "shape": args.shape,
@@ -128,13 +137,7 @@ def worker(args) -> int:
     return 0
 
 
-SP_MISSING = ("sequence parallel is not wired into the LTX-2 forward yet (trainer_core.distributed."
-              "ulysses_attention exists and is tested on its own)")
-
-
 def launch(args, gpus: int, strategy: str) -> dict:
-    if strategy == "fsdp2+sp":
-        return {"gpus": gpus, "strategy": strategy, "error": SP_MISSING, "model": args.variant, "shape": args.shape}
     rec_path = Path(tempfile.mkstemp(suffix=".json")[1])
     # one process runs without torchrun (the plain single-process engine)
     head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus)] \
@@ -185,13 +188,15 @@ def main(argv=None) -> int:
         rec = launch(args, args.gpus, strategy)
         if "samples_per_s" in rec and "samples_per_s" in base:
             rec["scaling"] = round(rec["samples_per_s"] / (args.gpus * base["samples_per_s"]), 3)
+            if strategy in ("sp", "fsdp2+sp"):
+                rec["speedup"] = round(base["s_per_step"] / rec["s_per_step"], 3)
         records.append(rec)
         print(json.dumps(rec), flush=True)
     gpu = "cpu" if args.cpu else (base.get("gpu") or "gpu").split()[-1]
     out = Path(args.out) if args.out else REPO / "bench" / "results" / f"multi_gpu_{gpu}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(records, indent=1))
-    return 0 if all("error" not in r or r["strategy"] == "fsdp2+sp" for r in records) else 1
+    return 0 if all("error" not in r for r in records) else 1
 
 
 if __name__ == "__main__":

@@ -22,6 +22,11 @@ split evenly over the processes; N processes at global batch B train the LoRA on
 batch B would (--reduce exact: bit for bit on CPU). Only rank 0 prints and writes. A
 checkpoint resumes on any number of processes that divides the global batch. A process that
 dies stops the others with the last finished step saved, naming its rank (exit code 4).
+
+--strategy fsdp2 shards the frozen blocks over the processes; --strategy sp (or fsdp2+sp, with
+the sharding) splits each clip's video tokens over them instead of the batch, for clips one
+GPU cannot hold: every process runs the whole global batch (default 1) on 1/N of the video
+tokens (the video token count and the head count must divide by N; --reduce sum).
 """
 from __future__ import annotations
 
@@ -101,18 +106,24 @@ def _run(args, doc, cfg, lora) -> int:
                       timeout_s=args.timeout)
     else:
         dist = D.Dist(exact=args.reduce == "exact")
+    sp = args.strategy in ("sp", "fsdp2+sp") and dist.active
+    dist.sp = sp
     device = D.device_for(dist, args.device)
-    batch_size = args.batch_size or int(doc.get("batch_size") or 0) or dist.world
+    # data parallel: one sample per process by default; sequence parallel: every process takes the whole batch
+    batch_size = args.batch_size or int(doc.get("batch_size") or 0) or (1 if sp else dist.world)
     main = dist.is_main
     stop = _stop_on_sigterm() if dist.active else None
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     mcfg = read_checkpoint_config(args.checkpoint)
     root = load_tree_from_checkpoint(args.checkpoint, device=device, dtype=dtype)
-    if args.strategy == "fsdp2" and dist.active:
+    if args.strategy in ("fsdp2", "fsdp2+sp") and dist.active:
         n = D.shard_base(root, dist)
         if main:
             print(f"note: frozen base sharded over {dist.world} processes (FSDP2, {n} layers)", flush=True)
-    predict = make_predict(checkpointing=cfg.grad_checkpointing)
+    if sp and main:
+        print(f"note: sequence parallel: each of the {dist.world} processes runs 1/{dist.world} of the video tokens "
+              "(the audio and text run whole on every process)", flush=True)
+    predict = make_predict(checkpointing=cfg.grad_checkpointing, sp=dist if sp else None)
     run_dir = Path(args.run_dir or doc.get("run_dir") or Path(args.settings).parent)
 
     def on_step(rec):
@@ -192,8 +203,11 @@ def main(argv=None) -> int:
                    "LoRA gradients (sum), or one forward per sample and a fixed summation order (exact: the same "
                    "bits on any number of processes)")
     t.add_argument("--progress-json", action="store_true", help="also print every step and event as a JSON line")
-    t.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp2"], help="several processes: every one "
-                   "holds the whole frozen base (ddp), or the transformer blocks are sharded over them (fsdp2)")
+    t.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp2", "sp", "fsdp2+sp"], help="several "
+                   "processes: every one holds the whole frozen base and its share of the batch (ddp); the "
+                   "transformer blocks are sharded over them (fsdp2); every one runs the whole batch but a "
+                   "slice of the video tokens, for clips one GPU cannot hold (sp: needs --reduce sum, a head count "
+                   "and a video token count divisible by the number of processes); or both (fsdp2+sp)")
     t.add_argument("--timeout", type=float, default=1800.0, help="seconds a process waits for another that "
                    "stopped answering before the run stops")
     args = p.parse_args(argv)

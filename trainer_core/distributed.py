@@ -57,6 +57,7 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     exact: bool = False  # the per-sample, fixed-tree reduction (see the module doc)
+    sp: bool = False  # sequence parallel: every rank takes the whole batch and a slice of its video tokens
     backend: str = ""
     peers: list = field(default_factory=list)  # (host, pid) of every rank
     initialized_here: bool = False
@@ -72,10 +73,17 @@ class Dist:
     def share(self, n: int, batch_size: int) -> list[int]:
         """The global positions of a global batch of ``n`` samples (``batch_size`` when full,
         fewer at a bucket's end) that this rank computes."""
+        if self.sp:
+            return list(range(n))
         b = batch_size // self.world
         return list(range(min(n, self.rank * b), min(n, (self.rank + 1) * b)))
 
     def check_batch(self, batch_size: int) -> None:
+        if self.sp:
+            if self.exact:
+                raise ValueError("sequence parallel (--strategy sp / fsdp2+sp) reduces its gradients with the "
+                                 "all-reduce only: use --reduce sum")
+            return
         if batch_size % self.world:
             raise ValueError(f"the global batch ({batch_size}) must be a multiple of the number of processes "
                              f"({self.world}): set --batch-size to {self.world * max(1, batch_size // self.world)} "
@@ -88,7 +96,12 @@ class Dist:
     # ------------------------------------------------------------------ collectives
 
     def _dev(self, t: torch.Tensor) -> torch.Tensor:
-        return t.cpu() if self.backend == "gloo" else t
+        """Where a collective's buffer must live: host memory for gloo, this rank's GPU for NCCL."""
+        if self.backend == "gloo":
+            return t.cpu()
+        if self.backend == "nccl":
+            return t.to(self._flag_device())
+        return t
 
     def _guard(self, what: str, fn):
         try:
@@ -312,10 +325,17 @@ def flat_grads(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
 
 
-def set_grads(params: list[torch.Tensor], flat: torch.Tensor) -> None:
+def set_grads(params: list[torch.Tensor], flat: torch.Tensor, had: Optional[list] = None) -> None:
+    """Write a reduced flat gradient back. ``had[i]`` false: no rank computed a gradient for
+    parameter i (an adapter the mode never uses) — it keeps none, so the optimizer skips it
+    as one process would (weight decay included)."""
     o = 0
-    for p in params:
+    for i, p in enumerate(params):
         n = p.numel()
+        if had is not None and not had[i]:
+            p.grad = None
+            o += n
+            continue
         g = flat[o:o + n].view_as(p).to(p.dtype)
         if p.grad is None:
             p.grad = g.clone()
@@ -424,3 +444,63 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, d: Dist
     attn = attn or torch.nn.functional.scaled_dot_product_attention
     o = attn(qh.transpose(1, 2), kh.transpose(1, 2), vh.transpose(1, 2)).transpose(1, 2)
     return _HeadsToSeq.apply(o.contiguous(), d) if d.active else o
+
+
+# ---------------------------------------------------------------------- sequence parallel (the forward)
+#
+# With ``Dist.sp`` every rank of the run is one sequence-parallel group (data-parallel degree 1):
+# all ranks take the same whole batch, and the LTX-2 forward (trainer_core.ltx2.forward) keeps on
+# each rank a contiguous slice of the video tokens (with their σ, AdaLN index and RoPE tables).
+# Video self-attention goes through ulysses_attention; text cross-attention and audio→video
+# (video queries, the replicated audio as keys) need no communication; video→audio gathers the
+# video keys/values (gather_seq); the video output is gathered at the end, so every rank computes
+# the same loss over the whole sequence. The backward of a gather sums the gradients of all
+# ranks (a reduce-scatter), which makes every rank's LoRA gradient world× its share: the engine
+# all-reduces them and divides by the world size.
+
+
+def seq_slice(n: int, d: Dist) -> slice:
+    """This rank's contiguous part of ``n`` tokens (``n`` must be a multiple of the world size)."""
+    if n % d.world:
+        raise ValueError(f"sequence parallel over {d.world} processes needs a video token count that is a multiple of "
+                         f"it; this bucket has {n} tokens (frames × height/32 × width/32): pick a resolution or a "
+                         f"frame count that gives a multiple of {d.world}, or run data parallel (--strategy ddp)")
+    k = n // d.world
+    return slice(d.rank * k, (d.rank + 1) * k)
+
+
+def _gather1(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    import torch.distributed as td
+
+    buf = d._dev(x.contiguous())
+    out = [torch.empty_like(buf) for _ in range(d.world)]
+    d._guard("the sequence-parallel all-gather", lambda: td.all_gather(out, buf))
+    return torch.cat([o.to(x.device) for o in out], dim=1)
+
+
+def _reduce_scatter1(g: torch.Tensor, d: Dist) -> torch.Tensor:
+    """[B, N, ...] on every rank -> [B, N/W, ...]: the sum over ranks of this rank's slice (an
+    all-to-all, which gloo has, where it lacks reduce-scatter)."""
+    B, N = g.shape[:2]
+    n = N // d.world
+    buf = g.reshape(B, d.world, n, *g.shape[2:]).movedim(1, 0).contiguous()  # to rank w: its slice
+    got = _a2a(buf, d)  # [W_src, B, n, ...]
+    return got.sum(dim=0, dtype=torch.float32).to(g.dtype) if g.dtype in (torch.bfloat16, torch.float16) \
+        else got.sum(dim=0)
+
+
+class _GatherSeq(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, d):
+        ctx.d = d
+        return _gather1(x, d)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _reduce_scatter1(g.contiguous(), ctx.d), None
+
+
+def gather_seq(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    """[B, N/W, ...] token slices -> [B, N, ...] on every rank; differentiable (the backward
+    sums every rank's gradient of this rank's slice)."""
+    return _GatherSeq.apply(x, d) if d.active else x

@@ -7,8 +7,10 @@ The engine knows nothing of ComfyUI. It is given
 - a ``TrainConfig``, a run folder, and callbacks for progress, events and interrupts.
 
 Repeatability: every random draw of step ``k`` comes from generators seeded by
-``(seed, k)`` (noise, σ, caption dropout, first-frame draws, LoRA dropout) and the data
-order of epoch ``e`` from ``(seed, e)``. A checkpoint therefore holds the LoRA, the optimizer,
+``(seed, k)`` — one per sample of the batch, by its position in the global batch (noise, σ,
+caption dropout, first-frame draws; see distributed.sample_generator), so several processes
+sharing a batch draw what one would — plus LoRA dropout, and the data order of epoch ``e``
+from ``(seed, e)``. A checkpoint therefore holds the LoRA, the optimizer,
 the scheduler, the step, the seed and the data order, and a run resumed from step k ends
 with the same LoRA, bit for bit on CPU, as one that never stopped.
 """
@@ -907,6 +909,7 @@ class Trainer:
                 loss_sum = 0.0
                 stats = [0.0, 0, 0.0, 0]  # video loss sum, its samples, audio loss sum, its samples
                 per_micro = []  # exact reduction: this rank's per-sample flat gradients, per micro-batch
+                had = [False] * len(params)  # which parameters got a gradient (on any rank, after the reduce)
                 for micro in range(cfg.grad_accum):
                     if pos >= len(batches):
                         epoch, pos = epoch + 1, 0
@@ -918,7 +921,9 @@ class Trainer:
                     groups = [[j] for j in mine] if dist.exact else ([mine] if mine else [])
                     leaves = []
                     for js in groups:
-                        torch.manual_seed(dropout_seed(cfg.seed, step, micro, js[0] if dist.exact else dist.rank))
+                        # sequence parallel: every rank runs the same batch, so the same LoRA dropout draws
+                        torch.manual_seed(dropout_seed(cfg.seed, step, micro,
+                                                       js[0] if dist.exact else (0 if dist.sp else dist.rank)))
                         items = [self.data.get(batch[j]) for j in js]
                         inputs = self.sample_inputs(items, js, step, micro, dtype)
                         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -936,21 +941,27 @@ class Trainer:
                         loss = ob.combine_losses(lv, la, cfg.audio_weight) * (len(js) / n) / cfg.grad_accum
                         loss.backward()
                         loss_sum += loss.item()
+                        if dist.active or dist.exact:
+                            had = [h or p.grad is not None for h, p in zip(had, params)]
                         if dist.exact:
                             leaves.append(flat_grads(params))
                             for p in params:
                                 p.grad = None
                         del items, inputs, v_pred, a_pred, lv, la, loss
                     per_micro.append(leaves)
-                if dist.active:
-                    tot = dist.all_reduce_sum(torch.tensor([loss_sum, *stats], dtype=torch.float64))
-                    loss_sum, stats = float(tot[0]), [float(v) for v in tot[1:]]
+                if dist.active and not dist.sp:  # (sequence parallel: every rank computed the same loss)
+                    tot = dist.all_reduce_sum(torch.tensor([loss_sum, *stats, *map(float, had)], dtype=torch.float64))
+                    loss_sum, stats = float(tot[0]), [float(v) for v in tot[1:5]]
+                    had = [v > 0 for v in tot[5:].tolist()]
                 if dist.exact:
                     size = sum(p.numel() for p in params)
                     set_grads(params, exact_reduce(dist, per_micro, self.batch_size // dist.world, size,
-                                                   params[0].device))
+                                                   params[0].device), had)
+                elif dist.active and dist.sp:
+                    # sequence parallel: each rank's gradient is world × its share (trainer_core.distributed)
+                    set_grads(params, dist.all_reduce_sum(flat_grads(params)) / dist.world, had)
                 elif dist.active:
-                    set_grads(params, dist.all_reduce_sum(flat_grads(params)))
+                    set_grads(params, dist.all_reduce_sum(flat_grads(params)), had)
                 del per_micro
                 if not math.isfinite(loss_sum):
                     ck = self._checkpoint_if_any(ckpts)

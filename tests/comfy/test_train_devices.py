@@ -1,6 +1,7 @@
 """The Train node's ``devices`` input in real ComfyUI: the run handed to 2 torchrun worker
-processes (gloo on the CPU, ``cpu:2``), progress streamed back, cancel honoured, the LoRA
-returned and applied."""
+processes (gloo on the CPU, ``cpu:2``), progress streamed back, cancel honoured, resume after
+a cancel, the LoRA returned and applied (one cancelled and one resumed hand-off: two worker
+launches, the cost of this file)."""
 from __future__ import annotations
 
 import threading
@@ -34,27 +35,15 @@ def _train(comfy, model, cache, name, **kw):
         return node.execute(**args)
 
 
-def test_devices_trains_on_two_processes_and_returns_the_lora(comfy, tiny20, tmp_path):
+def test_devices_cancel_then_resume_returns_the_lora(comfy, tiny20, tmp_path):
+    """One ComfyUI session, two hand-offs to 2 worker processes: a run cancelled once it has a
+    checkpoint stops the workers with a checkpoint saved (no half-written file); queued again
+    with resume = latest it finishes from there and returns the LoRA, applied."""
+    import comfy.model_management as mm
     import yaml
 
     cache = str(make_tiny_cache(tmp_path / "cache", "ltx-2.0", n=2))
-    out = _train(comfy, tiny20, cache, "dev2")
-    patched, name, history, img, _ = out.result
-    assert [h["step"] for h in history] == [1, 2, 3] and all(h["loss"] > 0 for h in history)
-    sd, meta = load_lora(comfy.folder_paths.get_full_path("loras", name))
-    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in sd.items())
     run = Path(comfy.folder_paths.get_output_directory()) / "ltx2_lora_runs" / "dev2"
-    doc = yaml.safe_load((run / "settings.yaml").read_text())
-    assert doc["batch_size"] == 2  # one sample per process
-    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_000003.safetensors"]
-    assert patched is not tiny20 and img.shape[-1] == 3
-
-
-def test_devices_cancel_stops_the_workers_with_a_checkpoint(comfy, tiny20, tmp_path):
-    import comfy.model_management as mm
-
-    cache = str(make_tiny_cache(tmp_path / "cache", "ltx-2.0", n=2))
-    run = Path(comfy.folder_paths.get_output_directory()) / "ltx2_lora_runs" / "devc"
     stop = threading.Event()
 
     def interrupt_after_first_checkpoint():
@@ -69,7 +58,7 @@ def test_devices_cancel_stops_the_workers_with_a_checkpoint(comfy, tiny20, tmp_p
     th.start()
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            _train(comfy, tiny20, cache, "devc", steps=500, checkpoint_every=2)
+            _train(comfy, tiny20, cache, "dev2", steps=500, checkpoint_every=2)
     finally:
         stop.set()
         th.join()
@@ -77,6 +66,17 @@ def test_devices_cancel_stops_the_workers_with_a_checkpoint(comfy, tiny20, tmp_p
     cks = sorted(p.name for p in (run / "checkpoints").glob("step_*.safetensors"))
     assert cks and cks[-1] != "step_000500.safetensors"
     assert not list((run / "checkpoints").glob(".*tmp"))
+    stopped_at = int(cks[-1][5:11])
+
+    out = _train(comfy, tiny20, cache, "dev2", steps=stopped_at + 2, checkpoint_every=2, resume="latest")
+    patched, name, history, img, _ = out.result
+    assert history[-1]["step"] == stopped_at + 2 and all(h["loss"] > 0 for h in history)
+    sd, meta = load_lora(comfy.folder_paths.get_full_path("loras", name))
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in sd.items())
+    doc = yaml.safe_load((run / "settings.yaml").read_text())
+    assert doc["batch_size"] == 2  # one sample per process
+    assert f"step_{stopped_at + 2:06d}.safetensors" in [p.name for p in (run / "checkpoints").iterdir()]
+    assert patched is not tiny20 and img.shape[-1] == 3
 
 
 def test_devices_input_refuses_what_it_cannot_do(comfy):

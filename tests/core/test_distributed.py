@@ -107,15 +107,23 @@ def test_two_ranks_exact_same_lora_bitwise_and_resume_on_one(tmp_path):
 
 def test_two_ranks_all_reduce_matches_one_batched_process(tmp_path):
     """The default reduction: each rank's share in one batched forward, the gradients
-    all-reduced; equal to one plain process at batch 4 within float tolerance."""
-    out, codes = two_ranks(tmp_path, "s2", False, dropout=0.0)
+    all-reduced; equal to one plain process at batch 4 within float tolerance. Video only with
+    weight decay: the audio adapters get no gradient on any rank and stay untouched, as in one
+    process."""
+    kw = dict(dropout=0.0, mode="video_only", weight_decay=0.1)
+    out, codes = two_ranks(tmp_path, "s2", False, **kw)
     assert codes == [0, 0]
     a0, a1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
-    ref = lora_tensors(en.Trainer(ToyRoot(), toy_predict, ToySource(n=6), cfg(**dict(CFG, dropout=0.0)),
+    ref = lora_tensors(en.Trainer(ToyRoot(), toy_predict, ToySource(n=6), cfg(**dict(CFG, **kw)),
                                   tmp_path / "s1", batch_size=4).train())
+    c = cfg(**dict(CFG, **kw))
+    init = en.LoRASet.for_model(ToyRoot(), c.lora_spec(), seed=c.seed).state_dict()
+    assert any("audio_attn1" in k for k in init)
     for k, v in ref.items():
         assert torch.equal(a0[k], a1[k]), k
         torch.testing.assert_close(a0[k], v, rtol=1e-4, atol=1e-6)
+        if "audio_attn1" in k:
+            assert torch.equal(a0[k], init[k]), k
     # only rank 0 wrote: the run folder has the final checkpoint of step 6 once
     assert [p.name for p in (tmp_path / "s2" / "checkpoints").iterdir()] == ["step_000006.safetensors"]
 
@@ -147,6 +155,35 @@ def test_ulysses_attention_matches_full_attention(tmp_path):
     for r in range(2):
         rep = json.loads((tmp_path / f"sp{r}.json").read_text())
         assert rep["shape"] == [2, 6, 4, 8] and rep["err"] < 1e-12, rep
+
+
+SP_CASES = [("2.3", "text_to_audio_video", True), ("2.5", "text_to_audio_video", False), ("2.0", "video_only", False)]
+
+
+def test_sequence_parallel_forward_matches_one_process(tmp_path):
+    """The LTX-2 forward with the video tokens split over 2 processes (Ulysses self-attention,
+    gathered video keys for video→audio, replicated audio and text): outputs and the reduced
+    LoRA gradients equal one process's (float64, relative error < 1e-10), with per-block
+    checkpointing too; LTX-2.3 (gated attention, cross-attention AdaLN), 2.5 (keyframe
+    embedding), 2.0 video only."""
+    assert spawn(2, {"out": str(tmp_path), "cases": SP_CASES}, target=dist_worker.sp_forward_check) == [0, 0]
+    for r in range(2):
+        rep = json.loads((tmp_path / f"spf{r}.json").read_text())
+        assert len(rep) == len(SP_CASES)
+        for case, e in rep.items():
+            assert e["same_names"] and e["adapters"] > 0, (case, e)
+            assert e["out"] < 1e-10 and e["grad"] < 1e-10, (case, e)
+            assert e["unreduced"] > 1e-3, (case, e)  # the reduction is needed: a rank alone has part of it
+
+
+def test_sequence_parallel_needs_a_divisible_token_count():
+    with pytest.raises(ValueError, match="multiple of it; this bucket has 13 tokens"):
+        D.seq_slice(13, D.Dist(rank=1, world=2, sp=True))
+    assert D.seq_slice(12, D.Dist(rank=1, world=2, sp=True)) == slice(6, 12)
+    with pytest.raises(ValueError, match="--reduce sum"):
+        D.Dist(rank=0, world=2, sp=True, exact=True).check_batch(1)
+    D.Dist(rank=0, world=2, sp=True).check_batch(1)  # any batch: every rank takes all of it
+    assert D.Dist(rank=1, world=2, sp=True).share(3, 3) == [0, 1, 2]
 
 
 def test_batch_must_split_evenly():
@@ -197,24 +234,29 @@ def torchrun(args: list[str], nproc: int = 2, timeout: float = 240.0):
 
 # ddp under torchrun runs in tests/comfy/test_train_devices.py and the bench smoke test; bit
 # for bit against one process in the toy tests above. Here: the real LTX-2 forward with FSDP2.
-@pytest.mark.parametrize("strategy", ["fsdp2"])
+@pytest.mark.parametrize("strategy", ["fsdp2", "fsdp2+sp"])
 def test_torchrun_cli_two_processes_same_lora_as_one(tmp_path, capsys, strategy):
     """The documented command: torchrun, 2 gloo processes, the tiny LTX-2 checkpoint and the
-    settings file's global batch (2), the blocks sharded over both (fsdp2): one process's LoRA
-    within float tolerance (ddp: bit for bit with --reduce exact); only rank 0 prints."""
+    settings file's global batch (2), the blocks sharded over both (fsdp2), and with the video
+    tokens split over both too (fsdp2+sp: each process runs both samples, 4 of their 8 video
+    tokens): one process's LoRA within float tolerance (ddp: bit for bit with --reduce exact);
+    only rank 0 prints."""
     from trainer_core import cli
 
     ckpt, y2 = _cli_setup(tmp_path, "two")
+    # sequence parallel has the all-reduce only; a global batch of 1 (the tiny cache's empty
+    # caption is shorter than its captions, so caption dropout cannot batch two of them)
+    reduce, batch = ("sum", ["--batch-size", "1"]) if "sp" in strategy else ("exact", [])
     p = torchrun(["train", str(y2), "--checkpoint", str(ckpt), "--device", "cpu", "--dtype", "fp32",
-                  "--reduce", "exact", "--log-every", "1", "--strategy", strategy])
+                  "--reduce", reduce, "--log-every", "1", "--strategy", strategy, *batch])
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert p.stdout.count("step 3/3") == 1, p.stdout  # rank 0 only
-    assert ("FSDP2" in p.stdout) == (strategy == "fsdp2")
+    assert "FSDP2" in p.stdout and ("sequence parallel" in p.stdout) == ("sp" in strategy)
     res = json.loads(p.stdout.strip().splitlines()[-1])
-    assert res["processes"] == 2 and res["batch_size"] == 2 and res["steps"] == 3
+    assert res["processes"] == 2 and res["batch_size"] == (1 if batch else 2) and res["steps"] == 3
     _, y1 = _cli_setup(tmp_path, "one")
     assert cli.main(["train", str(y1), "--checkpoint", str(ckpt), "--device", "cpu", "--dtype", "fp32",
-                     "--reduce", "exact"]) == 0
+                     "--reduce", reduce, *batch]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["processes"] == 1
     t2, _ = en.read_checkpoint(tmp_path / "two" / "checkpoints" / "step_000003.safetensors")
     t1, _ = en.read_checkpoint(tmp_path / "one" / "checkpoints" / "step_000003.safetensors")

@@ -342,8 +342,10 @@ def _sdpa_order():
 
 def attention(attn: nn.Module, x: torch.Tensor, context: Optional[torch.Tensor] = None,
               pe: Optional[Rope] = None, k_pe: Optional[Rope] = None,
-              mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """One LTX-2 attention over ``attn``'s modules: q/k RMS norms, RoPE, SDPA, per-head gates."""
+              mask: Optional[torch.Tensor] = None, sp: Any = None) -> torch.Tensor:
+    """One LTX-2 attention over ``attn``'s modules: q/k RMS norms, RoPE, SDPA, per-head gates.
+    ``sp``: a sequence-parallel :class:`~trainer_core.distributed.Dist` — ``x`` is this rank's
+    slice of the tokens and the self-attention runs over the whole sequence (Ulysses)."""
     heads = attn.heads
     ctx = x if context is None else context
     q = attn.q_norm(attn.to_q(x))
@@ -358,12 +360,22 @@ def attention(attn: nn.Module, x: torch.Tensor, context: Optional[torch.Tensor] 
     qh, kh, vh = (q.view(b, tq, heads, d).transpose(1, 2), k.view(b, tk, heads, d).transpose(1, 2),
                   v.view(b, tk, heads, d).transpose(1, 2))
     order = _sdpa_order() if q.is_cuda else None
-    if order is not None:
+    if sp is not None and sp.active and context is None and mask is None:
+        from ..distributed import ulysses_attention
+
+        def sdpa(qq, kk, vv):
+            if order is None:
+                return F.scaled_dot_product_attention(qq, kk, vv)
+            with sdpa_kernel(order, set_priority=True):
+                return F.scaled_dot_product_attention(qq, kk, vv)
+
+        o = ulysses_attention(q.view(b, tq, heads, d), k.view(b, tk, heads, d), v.view(b, tk, heads, d), sp,
+                              attn=sdpa).reshape(b, tq, c)
+    elif order is not None:
         with sdpa_kernel(order, set_priority=True):
-            o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
+            o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask).transpose(1, 2).reshape(b, tq, c)
     else:
-        o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
-    o = o.transpose(1, 2).reshape(b, tq, c)
+        o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask).transpose(1, 2).reshape(b, tq, c)
     gl = getattr(attn, "to_gate_logits", None)
     if gl is not None:
         g = 2.0 * torch.sigmoid(gl(x))  # [B, T, H]; zero-initialised logits -> identity
@@ -507,6 +519,8 @@ class StreamArgs:
     cross_pe: Optional[Rope] = None
     cross_ss: Optional[Mod] = None  # scale/shift of the cross-modal attentions (4 params)
     cross_gate: Optional[Mod] = None  # gate of the attention into this stream (1 param)
+    sp: Any = None  # sequence parallel (video only): this stream holds a slice of its tokens
+    cross_k_pe: Optional[Rope] = None  # sequence parallel: the whole sequence's cross RoPE (as keys)
 
 
 def _text_cross(x, args: StreamArgs, attn, table, prompt_table, cross_adaln: bool):
@@ -531,7 +545,7 @@ def block_forward(block: nn.Module, c: LTX2Config, vx: Optional[torch.Tensor], a
     if vx is not None:
         t = block.scale_shift_table
         shift, scale = v.mod.get(t, slice(0, 2))
-        h = attention(block.attn1, rms(vx) * (1 + scale) + shift, pe=v.pe)
+        h = attention(block.attn1, rms(vx) * (1 + scale) + shift, pe=v.pe, sp=v.sp)
         (gate,) = v.mod.get(t, slice(2, 3))
         vx = vx + h * gate
         vx = vx + _text_cross(vx, v, block.attn2, t, getattr(block, "prompt_scale_shift_table", None), cross_adaln)
@@ -556,8 +570,13 @@ def block_forward(block: nn.Module, c: LTX2Config, vx: Optional[torch.Tensor], a
         # video -> audio
         q_in = an * (1 + a_ss[2]) + a_ss[3]
         kv_in = vn * (1 + v_ss[2]) + v_ss[3]
+        k_pe = v.cross_pe
+        if v.sp is not None and v.sp.active:  # the audio queries attend to the whole video
+            from ..distributed import gather_seq
+
+            kv_in, k_pe = gather_seq(kv_in, v.sp), v.cross_k_pe
         (g_a,) = a.cross_gate.get(ta[4:])
-        v2a = attention(block.video_to_audio_attn, q_in, kv_in, pe=a.cross_pe, k_pe=v.cross_pe) * g_a
+        v2a = attention(block.video_to_audio_attn, q_in, kv_in, pe=a.cross_pe, k_pe=k_pe) * g_a
         vx, ax = vx + a2v, ax + v2a
     if vx is not None:
         t = block.scale_shift_table
@@ -626,7 +645,7 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
                text: Optional[tuple] = None, block_fn: Optional[Callable] = None,
                modes: Optional[Sequence[str]] = None, streamer: Any = None, offloader: Any = None,
                video_reference: Optional[tuple] = None, audio_reference: Optional[tuple] = None,
-               ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+               sp: Any = None) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """The LTX-2 audio-video transformer forward, out of place.
 
     video: (tokens [B, F·H·W, 128], σ [B, N] | [B] | scalar, (F, H, W)) or None
@@ -650,6 +669,13 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
         :func:`audio_positions`): put in front of the stream's tokens (ltx-trainer's order),
         clean (σ = 0), attending with them both ways; their outputs are dropped, so the
         returned velocities cover the target tokens only. Without them the path is unchanged.
+    sp: sequence parallel over the video tokens (a :class:`~trainer_core.distributed.Dist`
+        with several ranks, all given the same inputs): each rank runs a contiguous slice of
+        the video tokens (reference included) through the blocks — Ulysses all-to-all around
+        the video self-attention, the video keys/values gathered for video→audio, text and
+        audio→video local; audio and text replicated. The video output is gathered, so every
+        rank returns the whole prediction (each rank's LoRA gradient is then world × its share:
+        all-reduce and divide by the world size, as the engine does).
 
     Returns (video velocity [B, N, 128] or None, audio velocity [B, T, 128] or None).
     Must run with gradients enabled and outside inference mode to be trainable (use
@@ -675,6 +701,7 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
     vx = ax = None
     v = a = None
     v_out_mod = a_out_mod = None
+    sp_on = sp is not None and sp.active and video is not None
     if video is not None:
         tokens, sigma, grid = video
         grid = tuple(int(g) for g in grid)
@@ -685,14 +712,20 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
         if video_reference is not None:
             tokens = torch.cat([video_reference[0].to(tokens.dtype), tokens], dim=1)
             vsig = torch.cat([vsig.new_zeros(b, video_reference[0].shape[1]), vsig], dim=1)
-        vx = root.patchify_proj(tokens.to(dtype))
+        sl = slice(None)
+        if sp_on:
+            from ..distributed import seq_slice
+
+            sl = seq_slice(tokens.shape[1], sp)
+        vx = root.patchify_proj(tokens[:, sl].to(dtype))
         kf = getattr(root, "keyframes_abs_pos_embedding", None) if c.use_keyframes_abs_pos_embedding else None
         if kf is not None:
             mask = cache.get(("kf", grid, device, _ckey(c)), lambda: keyframes_mask(grid, c, device))
             if video_reference is not None:  # ltx-core marks the target's first frame only
                 mask = torch.cat([mask.new_zeros(video_reference[0].shape[1]), mask])
-            vx = vx + mask.to(dtype).unsqueeze(-1) * kf.to(device=device, dtype=dtype)
+            vx = vx + mask[sl].to(dtype).unsqueeze(-1) * kf.to(device=device, dtype=dtype)
         mod, v_out_mod = _per_token_mod(root.adaln_single, vsig * tsm, dtype, c.adaln_params)
+        mod, v_out_mod = _slice_mod(mod, sl), _slice_mod(v_out_mod, sl)
         prompt = None
         if c.has_prompt_adaln:
             prompt = _per_sample_mod(root.prompt_adaln_single, (vsig * tsm).amax(dim=1), dtype, 2).values
@@ -705,7 +738,7 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
             v_pos = _with_reference(video_positions(grid, c, fps, device), video_reference[1])
             pe = rope_tables(v_pos, c.inner_dim, c.num_attention_heads, c.positional_embedding_max_pos,
                              c.use_middle_indices_grid, c.rope_type == "split", c.frequencies_precision == "float64", dtype)
-        v = StreamArgs(v_ctx.to(dtype), mod, prompt, pe)
+        v = StreamArgs(v_ctx.to(dtype), mod, prompt, _slice_rope(pe, sl), sp=sp if sp_on else None)
     if audio is not None:
         tokens, sigma, grid = audio
         t = tokens.shape[1]
@@ -738,6 +771,7 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
         factor = c.av_ca_timestep_scale_multiplier / tsm
         a.cross_ss, _ = _per_token_mod(root.av_ca_audio_scale_shift_adaln_single, asig * tsm, dtype, 4)
         v.cross_ss, _ = _per_token_mod(root.av_ca_video_scale_shift_adaln_single, vsig * tsm, dtype, 4)
+        v.cross_ss = _slice_mod(v.cross_ss, sl)
         v.cross_gate = _per_sample_mod(root.av_ca_a2v_gate_adaln_single, amax * tsm * factor, dtype, 1)
         a.cross_gate = _per_sample_mod(root.av_ca_v2a_gate_adaln_single, vmax * tsm * factor, dtype, 1)
         max_pos = [max(c.positional_embedding_max_pos[0], c.audio_positional_embedding_max_pos[0])]
@@ -750,6 +784,7 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
         else:
             v.cross_pe = rope_tables(v_pos[:, 0:1], c.audio_cross_attention_dim, c.audio_num_attention_heads, max_pos,
                                      True, split, f64, dtype)
+        v.cross_k_pe, v.cross_pe = v.cross_pe, _slice_rope(v.cross_pe, sl)
         if audio_reference is None:
             a.cross_pe = cache.get(("ax", ax.shape[1], device, dtype, _ckey(c)),
                                    lambda: rope_tables(audio_positions(ax.shape[1], device)[:, 0:1], c.audio_cross_attention_dim,
@@ -786,6 +821,10 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
     if vx is not None:
         shift, scale = _output_modulation(v_out_mod, root.scale_shift_table)
         v_pred = root.proj_out(root.norm_out(vx) * (1 + scale) + shift)
+        if sp_on:
+            from ..distributed import gather_seq
+
+            v_pred = gather_seq(v_pred, sp)
         if video_reference is not None:
             v_pred = v_pred[:, video_reference[0].shape[1]:]
     if ax is not None:
@@ -794,6 +833,21 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
         if audio_reference is not None:
             a_pred = a_pred[:, audio_reference[0].shape[1]:]
     return v_pred, a_pred
+
+
+def _slice_mod(m: Mod, sl: slice) -> Mod:
+    """The modulation of a slice of the tokens (sequence parallel; ``slice(None)``: all)."""
+    if sl == slice(None) or m.index is None:
+        return m
+    return Mod(m.values, m.index[:, sl], m.params)
+
+
+def _slice_rope(pe: Rope, sl: slice) -> Rope:
+    if sl == slice(None):
+        return pe
+    if pe.split:  # [B|1, H, T, D/2]
+        return Rope(pe.cos[:, :, sl], pe.sin[:, :, sl], True)
+    return Rope(pe.cos[:, sl], pe.sin[:, sl], False)
 
 
 class _StreamedBlock:
@@ -839,7 +893,7 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
                  config: Optional[LTX2Config] = None, compile_blocks: Any = False,
                  memory_plan: Any = None, cudagraphs: Optional[bool] = None,
                  activation_budget: float = 0.7, cudagraph_max_tokens: int = 4096,
-                 offload_min_bytes: int = 1 << 20) -> Callable:
+                 offload_min_bytes: int = 1 << 20, sp: Any = None) -> Callable:
     """The engine's ``predict(root, inputs) -> (video_pred, audio_pred)``.
 
     checkpointing: per-block activation checkpointing (recompute each block in backward).
@@ -873,6 +927,8 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
         back). Blocks in mode "offload" keep their activations in host memory between
         forward and backward (:class:`~trainer_core.ltx2.memory.ActivationOffloader`, saved
         tensors of at least ``offload_min_bytes``; exposed as ``predict.offloader``).
+    sp: sequence parallel over the video tokens across the ranks of this
+        :class:`~trainer_core.distributed.Dist` (see :func:`forward_av`); eager blocks only.
 
     ``inputs`` is ``trainer_core.engine.StepInputs``: ``video``/``audio`` carry ``tokens``,
     ``sigma`` (per token) and ``grid``; ``text["context"]`` is the text encoder's output
@@ -880,6 +936,9 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
     """
     cache = RopeCache(rope_cache_size)
     block_fn = cg_fn = None
+    if compile_blocks and sp is not None and sp.active:
+        raise ValueError("sequence parallel runs eager blocks: its all-to-alls are not traced by torch.compile; "
+                         "turn compile_blocks off")
     if compile_blocks:
         if isinstance(compile_blocks, dict):
             kw = dict(compile_blocks)
@@ -964,7 +1023,7 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
                                   block_fn=fn, modes=modes, streamer=state["streamer"],
                                   offloader=state["offloader"],
                                   video_reference=_reference_of(inputs.video),
-                                  audio_reference=_reference_of(inputs.audio))
+                                  audio_reference=_reference_of(inputs.audio), sp=sp)
 
     state: dict[str, Any] = {"streamer": None, "offloader": None, "modes": None}
 
