@@ -40,6 +40,7 @@ def _result(out):
 
 
 CONDITIONING_TYPE = io.Custom("LTX2_SAMPLE_CONDITIONING")
+MASK_WHITE = ("regenerate", "keep")
 
 
 def _clip_8n1(frames, limit: Optional[int] = None):
@@ -317,8 +318,12 @@ class SampleConditioning(io.ComfyNode):
                                        "(extension); as long = the whole video kept (foley: video → sound); "
                                        "with a mask or region = the clip to inpaint or outpaint."),
                 io.Mask.Input("mask", optional=True,
-                              tooltip="Inpainting: white = regenerate, black = keep source_video (Set Latent "
-                                      "Noise Mask's convention); one frame or one per frame."),
+                              tooltip="Inpainting: which part of source_video to regenerate (see mask_white); "
+                                      "one frame or one per frame."),
+                io.Combo.Input("mask_white", options=list(MASK_WHITE), default=MASK_WHITE[0],
+                               tooltip="What white means in the mask: 'regenerate' = ComfyUI's convention (the "
+                                       "mask editor, Set Latent Noise Mask); 'keep' = the training masks' "
+                                       "convention (ltx-trainer: white = conditioning)."),
                 io.String.Input("region", default="",
                                 tooltip="Outpainting: 'y1, x1, y2, x2' — top, left, bottom, right in output "
                                         "pixels of the part kept from source_video; the rest is generated."),
@@ -333,14 +338,16 @@ class SampleConditioning(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, reference_video=None, include_in_output=False, source_video=None, mask=None, region="",
-                audio=None, reference_audio=None) -> io.NodeOutput:
+    def execute(cls, reference_video=None, include_in_output=False, source_video=None, mask=None,
+                mask_white=MASK_WHITE[0], region="", audio=None, reference_audio=None) -> io.NodeOutput:
         r = parse_region(region)
         if (mask is not None or r) and source_video is None:
             raise ValueError("a mask or region says what to regenerate of source_video: connect source_video "
                              "(the clip to inpaint / outpaint)")
         if mask is not None and r:
             raise ValueError("give a mask (inpainting) or a region (outpainting), not both")
+        if mask is not None and mask_white == "keep":
+            mask = 1.0 - mask  # Set Latent Noise Mask's convention from here on: 1 = regenerate
         return io.NodeOutput(dict(reference_video=reference_video, include_in_output=bool(include_in_output),
                                   source_video=source_video, mask=mask, region=r, audio=audio,
                                   reference_audio=reference_audio))

@@ -143,6 +143,10 @@ class TrainLoRA(io.ComfyNode):
                 io.Vae.Input("validation_vae", optional=True, tooltip="The LTX-2 video VAE, to decode samples."),
                 io.Vae.Input("validation_audio_vae", optional=True, tooltip="The LTX-2 audio VAE."),
                 io.Image.Input("validation_image", optional=True, tooltip="First frame (image → video samples)."),
+                _sample_conditioning_type().Input(
+                    "validation_conditioning", optional=True,
+                    tooltip="What validation samples start from in your training mode (IC-LoRA reference, "
+                            "prefix, mask, audio…): a Sample Conditioning node."),
                 io.Int.Input("validation_width", default=512, min=64, max=2048, step=32, optional=True, advanced=True,
                              tooltip="Width of validation samples (multiple of 32)."),
                 io.Int.Input("validation_height", default=320, min=64, max=2048, step=32, optional=True,
@@ -205,7 +209,7 @@ class TrainLoRA(io.ComfyNode):
                 keep_checkpoints=3, precision="bf16", gradient_checkpointing=True,
                 vram_budget_gb=0.0, stream_weights_as="bf16", validation_every=0, validation_prompts="", validation_clip=None,
                 validation_positive=None, validation_negative=None, validation_vae=None, validation_audio_vae=None,
-                validation_image=None, validation_width=512, validation_height=320, validation_frames=49,
+                validation_image=None, validation_conditioning=None, validation_width=512, validation_height=320, validation_frames=49,
                 validation_steps=20, validation_cfg=4.0, validation_seed=42,
                 init_lora=NO_INIT_LORA) -> io.NodeOutput:
         import torch
@@ -262,7 +266,7 @@ class TrainLoRA(io.ComfyNode):
         spec = _validation_spec(validation_every, validation_prompts, validation_clip, validation_positive,
                                 validation_negative, validation_vae, validation_audio_vae, validation_image,
                                 validation_width, validation_height, validation_frames, validation_steps,
-                                validation_cfg, validation_seed)
+                                validation_cfg, validation_seed, validation_conditioning)
         callbacks = en.Callbacks(on_step=on_step, should_stop=mm.processing_interrupted, on_event=on_event,
                                  is_interrupt=_is_comfy_interrupt)
         root, predict, device, base, release, patcher = prepare_training_model(model, cfg, cache_dir=cache_dir)
@@ -323,8 +327,14 @@ def _is_comfy_interrupt(e: BaseException) -> bool:
     return False
 
 
+def _sample_conditioning_type():
+    from .sample_nodes import CONDITIONING_TYPE
+
+    return CONDITIONING_TYPE
+
+
 def _validation_spec(every, prompts, clip, positive, negative, vae, audio_vae, image, width, height, frames, steps,
-                     cfg, seed):
+                     cfg, seed, conditioning=None):
     """The validation settings, prompts encoded now (before training takes the memory), or
     None when validation is off. Missing pieces are reported before any training starts."""
     if not every:
@@ -353,7 +363,7 @@ def _validation_spec(every, prompts, clip, positive, negative, vae, audio_vae, i
                          "(with validation_clip) or connect validation_positive")
     return ValidationSpec(positives=positives, negative=negative, vae=vae, audio_vae=audio_vae, every=int(every),
                           width=width, height=height, frames=frames, steps=steps, cfg=cfg, seed=seed,
-                          first_frame=image)
+                          first_frame=image, conditioning=conditioning)
 
 
 def _validator(spec, patcher, root, predict, run_dir, progress, node_id, budget_gib, device):

@@ -168,6 +168,8 @@ def test_inpainting_mask_keeps_the_source_outside_it(comfy, tiny, plain):
     assert not torch.equal(raw_v[..., 1:], enc[..., 1:].to(raw_v))  # right: regenerated
     with pytest.raises(ValueError, match="source_video"):
         _cond(comfy, mask=mask)
+    # a training mask (white = kept clean, ltx-trainer's convention) says the same with mask_white="keep"
+    assert torch.equal(_cond(comfy, source_video=src, mask=1.0 - mask, mask_white="keep")["mask"], mask)
 
 
 def test_outpainting_region_keeps_the_rectangle(comfy, tiny):
@@ -225,3 +227,36 @@ def test_audio_reference_equals_the_stock_reference_audio_graph(comfy, tiny, pla
         images, audio, _, _ = s.sample()
     _same(ours, images, audio)
     assert not torch.equal(audio["waveform"], plain[1]["waveform"])
+
+
+def test_validation_samples_with_the_conditioning_and_shows_the_mask(comfy, tiny, tmp_path):
+    """run_validation (the Train node's previews) samples with the Sample Conditioning dict —
+    the same frames as Sample with LoRA — and the gallery's frames show the inpainting mask
+    tinted over the sample; the Train node hands its validation_conditioning to the spec."""
+    import importlib
+
+    import numpy as np
+
+    val = importlib.import_module(comfy.pack["LTX2TrainSample"].__module__.rsplit(".", 1)[0] + ".validation")
+    train = importlib.import_module(comfy.pack["LTX2TrainLoRA"].__module__)
+    src = tiny["clip"]
+    mask = torch.zeros(F, H, W)
+    mask[:, :, W // 2:] = 1.0
+    cond = _cond(comfy, source_video=src, mask=mask)
+    spec = train._validation_spec(1, "", None, tiny["pos"], tiny["neg"], tiny["vae"], tiny["audio_vae"], None,
+                                  W, H, F, STEPS, CFG, SEED, cond)
+    assert spec.conditioning is cond
+    m = comfy.nodes.NODE_CLASS_MAPPINGS["LoraLoaderModelOnly"]().load_lora_model_only(tiny["model"], tiny["lora"], 0.8)[0]
+    paths = val.run_validation(spec, m, 3, tmp_path)
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["step_000003_0.mp4"]
+    ours = _run_node(comfy, tiny, cond)[2]  # Sample with LoRA, same seed (validation: seed + prompt index 0)
+    step, i, frames = spec.shots[0]
+    assert (step, i) == (3, 0)
+    picks = sorted({0, F // 3, (2 * F) // 3, F - 1})
+    for f, j in zip(frames, picks):
+        raw = ours[j].clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
+        assert np.array_equal(f[:, : W // 2], raw[:, : W // 2])  # kept half: the sample as it is
+        assert not np.array_equal(f[:, W // 2:], raw[:, W // 2:])  # regenerated half: tinted
+        assert np.array_equal(f, val.overlay_mask(raw, mask[j].numpy()))
+    region = val.regenerated_area(_cond(comfy, source_video=src, region="0, 0, 32, 64"), F, H, W)
+    assert region.shape == (1, H, W) and region[0, :32].max() == 0 and region[0, 32:].min() == 1
