@@ -50,6 +50,7 @@ def info(server):
     mg.write_clip(ds / "talk.mp4", [1.0, 1.0], fps=24, size=(96, 64), seed=1)  # a scene cut, with sound
     mg.write_clip(ds / "walk.mp4", [1.2], fps=25, size=(64, 96), seed=2)
     Image.new("RGB", (64, 64), (200, 120, 40)).save(base / "input" / "first_frame.png")
+    mg.make_mode_inputs(base / "input")  # paired datasets + sampling inputs of the training modes' workflows
     make_tiny_checkpoint(base / "models" / "checkpoints" / mw.TINY_CKPT, "ltx-2.0", seed=1)
     make_tiny_cache(base / "output" / "ltx2_cache" / mw.INSTALL_CACHE, "ltx-2.0")
     # LTX-2.5: the tiny split set under the real files' names (the text encoder file holds the
@@ -209,11 +210,13 @@ def test_shipped_workflow_runs_headless_end_to_end(server, info, stem, tmp_path)
     with av.open(str(outs[-1])) as c:
         v = c.streams.video[0]
         frames = list(c.decode(video=0))
-        assert len(frames) == 9 and (frames[0].width, frames[0].height) == (64, 64)
+        side = any(n["type"] == "LTX2TrainSampleConditioning" and n["widgets_values"][0] for n in ui["nodes"])
+        want_w = 128 if side else 64  # IC-LoRA with include_in_output: reference | result
+        assert len(frames) == 9 and (frames[0].width, frames[0].height) == (want_w, 64)
         assert abs(float(v.average_rate) - 24) < 0.01
         assert c.streams.audio, "the preview has no sound"
     # captions were written by the captioner (the dataset had none)
-    caps = sorted((server.base / "input" / "my_dataset").rglob("*.txt"))
+    caps = sorted((server.base / "input" / spec.get("folder", "my_dataset")).rglob("*.txt"))
     assert caps, "no captions written"
     print(f"{stem}: {took:.0f} s, LoRA {loras[-1].name} ({len(sd)} tensors), preview {outs[-1].name}")
 
