@@ -254,3 +254,38 @@ def test_a_missing_model_file_refuses_the_whole_run(server, info):
     assert r.get("prompt_id") and not r.get("node_errors"), r
     server.post("/interrupt", {})
     server.post("/queue", {"clear": True})
+
+
+@pytest.mark.parametrize("stem", sorted(mw.MODE_WORKFLOWS))
+def test_mode_workflow_samples_with_its_conditioning_headless(server, info, stem):
+    """The "Try your LoRA" half of each training mode's workflow, as shipped (ComfyUI's stock
+    loaders, core Canny, Sample Conditioning, Sample with LoRA) run through the server on the
+    tiny checkpoint: the stock nodes' outputs fit Sample Conditioning's inputs and the mp4
+    comes out with sound at the size the conditioning gives (IC-LoRA: reference | result)."""
+    import av
+
+    ui = _cpu_sized(json.loads((REPO / "example_workflows" / f"{mw.file_name(stem)}.json").read_text()), info, stem)
+    prompt = mw.to_api(ui, info)
+    sample = next(k for k, v in prompt.items() if v["class_type"] == "LTX2TrainSample")
+    ckpt = next(k for k, v in prompt.items() if v["class_type"] == "CheckpointLoaderSimple")
+    prompt[sample]["inputs"]["model"] = [ckpt, 0]  # the base model instead of the Train node's
+    prompt[sample]["inputs"]["filename_prefix"] = f"ltx2_samples/half_{stem}"
+    keep, todo = set(), [sample]
+    while todo:  # the Sample node and what it depends on
+        k = todo.pop()
+        if k in keep:
+            continue
+        keep.add(k)
+        todo += [v[0] for v in prompt[k]["inputs"].values() if isinstance(v, list) and len(v) == 2
+                 and isinstance(v[0], str)]
+    prompt = {k: v for k, v in prompt.items() if k in keep}
+    assert any(v["class_type"] == "LTX2TrainSampleConditioning" for v in prompt.values())
+    _wait_idle(server, 600)
+    server.run_prompt(prompt, timeout=600)
+    outs = sorted((server.base / "output" / "ltx2_samples").glob(f"half_{stem}_*.mp4"))
+    assert outs, server.log_text()[-3000:]
+    side = mw.MODE_WORKFLOWS[stem]["conditioning"] == "reference_canny"
+    with av.open(str(outs[-1])) as c:
+        frames = list(c.decode(video=0))
+        assert len(frames) == 9 and (frames[0].width, frames[0].height) == (128 if side else 64, 64)
+        assert c.streams.audio, "the preview has no sound"
