@@ -246,6 +246,14 @@ class LatentItem:
     text: dict[str, torch.Tensor]
     fps: float = 24.0
     bucket: str = ""
+    # IC-LoRA and inpainting (None when the cache has none): reference video latents
+    # [128, F_r, H_r, W_r] (H_r = H' / reference_scale), reference audio latents [8, T_r, 16],
+    # masks on the latent grid (1 = conditioning): video [F', H', W'], audio [T]
+    reference: Optional[torch.Tensor] = None
+    reference_audio: Optional[torch.Tensor] = None
+    video_mask: Optional[torch.Tensor] = None
+    audio_mask: Optional[torch.Tensor] = None
+    reference_scale: int = 1
 
 
 class LatentSource(Protocol):
@@ -260,10 +268,13 @@ class LatentSource(Protocol):
 
 @dataclass
 class ModalityInput:
-    tokens: torch.Tensor  # [B, N, C] noised tokens
-    sigma: torch.Tensor  # [B, N]
-    noised: ob.Noised
+    tokens: torch.Tensor  # [B, N, C] noised target tokens (conditioning tokens clean)
+    sigma: torch.Tensor  # [B, N] per token (0 on conditioning tokens)
+    noised: Any  # modes.StreamInputs (target, loss_mask, sample_sigma, references)
     grid: tuple  # video: (F', H', W'); audio: (T,)
+    # IC-LoRA: (tokens [B, R, C], RoPE positions [1, n, R, 2]) put in front of the target
+    # sequence, clean, no loss (read by make_predict); None: no reference this step
+    reference: Optional[tuple] = None
 
 
 @dataclass
@@ -272,7 +283,8 @@ class StepInputs:
     audio: Optional[ModalityInput]
     text: dict[str, torch.Tensor]
     fps: float
-    mode: ob.Mode
+    mode: Any  # modes.TrainingMode
+    inputs: Any = None  # modes.ModeInputs (the loss: inputs.loss(v_pred, a_pred, audio_weight))
 
 
 def video_to_tokens(x: torch.Tensor) -> torch.Tensor:
