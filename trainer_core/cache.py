@@ -175,6 +175,12 @@ class LatentCache:
         return n
 
 
+_PAIR_HOW = {"reference": "clip.reference.mp4 beside each clip, the reference_video column or a reference folder",
+             "reference_audio": "references with sound, or clip.reference_audio.wav",
+             "video_mask": "clip.mask.png / .mp4, the video_mask column, or generated masks",
+             "audio_mask": "clip.audio_mask.wav, the audio_mask column, or generated masks"}
+
+
 def _mode_uses(mode, name: str) -> bool:
     """Does the training mode (a modes.TrainingMode, or the older objective.Mode) read this
     paired entry?"""
@@ -281,6 +287,16 @@ class CachedLatents:
             for name in CacheSample.PAIRED:
                 if getattr(s, name) and (mode is None or _mode_uses(mode, name)):
                     needed.append((CacheSample.PAIR_KINDS[name], getattr(s, name)))
+        if mode is not None:
+            for name in CacheSample.PAIRED:
+                if _mode_uses(mode, name):
+                    lacking = [s.key for s in self.samples if not getattr(s, name)]
+                    if lacking:
+                        what = name.replace("_", " ")
+                        raise CacheError(
+                            f"the latent cache at {self.cache.root} has no {what} for {len(lacking)} of "
+                            f"{len(self.samples)} samples (e.g. {lacking[0]}), and mode {mode.name} trains on "
+                            f"it. Pair the clips in Load Clips ({_PAIR_HOW[name]}) and run Encode Latents again")
         seen = set()
         for kind, key in needed:
             if (kind, key) in seen:

@@ -20,8 +20,8 @@ average over each 32×32 patch, maximum over each group of 8 frames (groups from
 last padded), threshold at 0.5; audio: nearest resampling to the latent length, threshold.
 
 Generated masks, for users without mask files: ``generated:boxes:<seed>`` /
-``generated:strokes:<seed>`` (video: one to three rectangles or thick random-walk strokes,
-each over a random stretch of frames, to fill) and ``generated:spans:<seed>`` (audio: one or two
+``generated:strokes:<seed>`` (video: one to three rectangles or random-walk strokes on the
+latent grid, each over a random stretch of frames, to fill) and ``generated:spans:<seed>`` (audio: one or two
 stretches to fill), drawn per sample from (seed, sample key) so a run repeats.
 """
 from __future__ import annotations
@@ -64,10 +64,10 @@ def pair_kind_of(path: str | os.PathLike) -> Optional[str]:
     return None
 
 
-def read_pair_table(root: str | os.PathLike) -> tuple[dict[str, dict[str, str]], list[Skipped]]:
+def read_pair_table(root: str | os.PathLike, allowed: Sequence[Path] = ()) -> tuple[dict[str, dict[str, str]], list[Skipped]]:
     """{normalised absolute clip path: {kind: absolute path}} from the dataset table's pair
     columns (see module doc), and the problems met (a named file that does not exist)."""
-    from .media import _PATH_KEYS, CAPTION_FILES, _norm_rel, _rows_from
+    from .media import _PATH_KEYS, CAPTION_FILES, _inside, _norm_rel, _rows_from
 
     root = Path(root).resolve()
     out: dict[str, dict[str, str]] = {}
@@ -93,6 +93,10 @@ def read_pair_table(root: str | os.PathLike) -> tuple[dict[str, dict[str, str]],
                 if not v:
                     continue
                 ap = _abs(root, _norm_rel(v))
+                if not any(_inside(Path(ap), r) for r in (root, *allowed)):
+                    problems.append(Skipped(clip, f"{fname} names {kind.replace('_', ' ')} {v!r} outside the dataset "
+                                                  "folder (and the reference folder); move it in — it was not read"))
+                    continue
                 if not os.path.isfile(ap):
                     problems.append(Skipped(clip, f"{fname} names {kind.replace('_', ' ')} {v!r}, which does not "
                                                   f"exist (paths are relative to {root})"))
@@ -115,18 +119,20 @@ def _by_name(base: Path, stem: str, suffix: str, exts: Sequence[str]) -> Optiona
 
 
 def attach_pairs(cs: ClipSet, reference_folder: Optional[str | os.PathLike] = None,
-                 needs: Sequence[str] = ()) -> list[str]:
+                 needs: Optional[Sequence[str]] = None) -> list[str]:
     """Fill each clip's paired fields (``reference``, ``reference_audio``, ``video_mask``,
-    ``audio_mask``, ``pair_source``) by the rules in the module doc. ``needs``: the kinds every
-    clip must have (e.g. ("reference",) for IC-LoRA); a clip lacking one is moved to
-    ``cs.skipped`` with the reason — never trained on silently. Returns summary lines."""
+    ``audio_mask``, ``pair_source``) by the rules in the module doc (a reference with sound
+    gives the reference audio too). ``needs``: the kinds every clip must have; None = every
+    kind that at least one clip has (a paired dataset with a few unpaired clips). A clip
+    lacking one is moved to ``cs.skipped`` with the reason — never trained on silently.
+    Returns summary lines."""
     root = Path(cs.root)
-    table, problems = read_pair_table(root)
-    cs.warnings.extend(problems)
     ref_dir = Path(reference_folder).resolve() if reference_folder else None
     if ref_dir is not None and not ref_dir.is_dir():
         raise PairError(f"reference folder {ref_dir} does not exist or is not a folder")
-    kept, counts = [], {k: 0 for k in SUFFIXES}
+    table, problems = read_pair_table(root, [ref_dir] if ref_dir else [])
+    cs.warnings.extend(problems)
+    counts = {k: 0 for k in SUFFIXES}
     for c in cs.clips:
         row = table.get(os.path.normcase(str(Path(c.path).resolve())), {})
         p = Path(c.path)
@@ -145,6 +151,19 @@ def attach_pairs(cs: ClipSet, reference_folder: Optional[str | os.PathLike] = No
                 setattr(c, kind, found)
                 c.pair_source[kind] = src
                 counts[kind] += 1
+        if c.reference and not c.reference_audio and reference_has_audio(c.reference):
+            c.reference_audio = c.reference
+            c.pair_source["reference_audio"] = "the reference's sound"
+            counts["reference_audio"] += 1
+    # a file another clip uses as its pair (a dataset.json reference, a folder reference inside
+    # the dataset) is not a clip of its own
+    used = {os.path.normcase(str(Path(getattr(c, k)).resolve())) for c in cs.clips for k in SUFFIXES
+            if getattr(c, k) and not str(getattr(c, k)).startswith("generated:")}
+    cs.clips = [c for c in cs.clips if os.path.normcase(str(Path(c.path).resolve())) not in used]
+    if needs is None:
+        needs = [k for k in ("reference", "video_mask", "audio_mask") if any(getattr(c, k) for c in cs.clips)]
+    kept = []
+    for c in cs.clips:
         missing = [k for k in needs if not getattr(c, k)]
         if missing:
             what = " and ".join(k.replace("_", " ") for k in missing)
@@ -162,6 +181,52 @@ def attach_pairs(cs: ClipSet, reference_folder: Optional[str | os.PathLike] = No
         if n:
             lines.append(f"{n} clips with a {kind.replace('_', ' ')}")
     return lines
+
+
+def attach_reference_frames(cs: ClipSet, frames: np.ndarray, out_dir: str | os.PathLike) -> list[str]:
+    """References made in the graph (e.g. ComfyUI's Canny over the clips' frames): ``frames``
+    [N, H, W, 3] uint8 are the clips' references in clip order, each clip taking as many frames
+    as it has (a still one); a single clip takes them all. Each clip's share is saved as
+    ``<out_dir>/<digest>.safetensors`` (frame k at k / the clip's fps) and becomes its
+    reference. Returns summary lines; a count that does not add up raises PairError."""
+    n = int(frames.shape[0])
+    clips = cs.clips
+    if not clips:
+        return []
+    if len(clips) == 1:
+        shares = [n]
+    else:
+        shares = [max(1, int(c.num_frames)) for c in clips]
+        if sum(shares) != n:
+            raise PairError(f"reference_frames has {n} frames but the {len(clips)} clips have {sum(shares)} "
+                            f"({', '.join(f'{c.name}: {k}' for c, k in list(zip(clips, shares))[:4])}"
+                            f"{' …' if len(clips) > 4 else ''}); feed the clips' frames in clip order, one per frame "
+                            "(a still: one), or use reference files (clip.reference.mp4)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    at = 0
+    for c, k in zip(clips, shares):
+        part = np.ascontiguousarray(frames[at:at + k])
+        at += k
+        h = hashlib.sha256(part.tobytes()).hexdigest()[:20]
+        p = out / f"{h}.safetensors"
+        if not p.is_file():
+            save_frames(p, part, c.fps if c.kind == "video" and c.fps > 0 else 1.0)
+        c.reference = str(p)
+        c.pair_source["reference"] = "frames"
+    return [f"{len(clips)} clips with references from the graph's frames ({n} frames)"]
+
+
+def reference_has_audio(path: str) -> bool:
+    """Does a reference file carry a sound track (its audio is then the reference audio)?"""
+    if path.endswith(".safetensors") or os.path.splitext(path)[1].lower() in IMAGE_EXTS:
+        return False
+    try:
+        from .media import probe
+
+        return probe(path).has_audio
+    except Exception:
+        return False
 
 
 def set_generated_masks(cs: ClipSet, kind: str, shape: str, seed: int) -> None:
@@ -283,32 +348,36 @@ def _rng(spec: str, key: str) -> tuple[str, np.random.Generator]:
     return shape, np.random.default_rng(h)
 
 
-def generated_video_mask(spec: str, n: int, h: int, w: int, key: str = "") -> np.ndarray:
-    """[n, h, w] float: 1 (kept) everywhere but one to three regions to fill (0), each over a
-    random stretch of at least half the frames: rectangles ("boxes") or thick strokes."""
+def generated_video_mask(spec: str, n: int, h: int, w: int, key: str = "", scale: tuple = (8, 32, 32)) -> np.ndarray:
+    """[n, h, w] float: 1 (kept) everywhere but one to three regions to fill (0) — rectangles
+    ("boxes") or thick random-walk strokes ("strokes"), each over a random stretch of at least
+    half the latent frames. Drawn on the latent grid (32×32 patches, groups of 8 frames) and
+    spread to pixels, so the holes survive the latent downsampling whole."""
     shape, rng = _rng(spec, key)
-    m = np.ones((n, h, w), dtype=np.float32)
+    st, sh, sw = scale
+    gf, gh, gw = max(1, -(-n // st)), max(1, h // sh), max(1, w // sw)
+    m = np.ones((gf, gh, gw), dtype=np.float32)
     for _ in range(int(rng.integers(1, 4))):
-        t0 = int(rng.integers(0, max(1, n // 2 + 1)))
-        t1 = int(rng.integers(min(n, t0 + max(1, n // 2)), n + 1))
+        t0 = int(rng.integers(0, max(1, gf // 2 + 1)))
+        t1 = int(rng.integers(min(gf, t0 + max(1, -(-gf // 2))), gf + 1))
         if shape == "boxes":
-            bh, bw = int(rng.integers(max(1, h // 4), max(2, h // 2) + 1)), int(rng.integers(max(1, w // 4), max(2, w // 2) + 1))
-            y, x = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+            bh = int(rng.integers(max(1, gh // 4), max(1, gh // 2) + 1))
+            bw = int(rng.integers(max(1, gw // 4), max(1, gw // 2) + 1))
+            y, x = int(rng.integers(0, gh - bh + 1)), int(rng.integers(0, gw - bw + 1))
             m[t0:t1, y:y + bh, x:x + bw] = 0.0
         elif shape == "strokes":
-            r = max(2, min(h, w) // 8)
-            y, x = float(rng.uniform(0, h)), float(rng.uniform(0, w))
-            yy, xx = np.mgrid[0:h, 0:w]
-            hole = np.zeros((h, w), dtype=bool)
-            for _ in range(12):
-                hole |= (yy - y) ** 2 + (xx - x) ** 2 <= r * r
-                a = rng.uniform(0, 2 * np.pi)
-                y = float(np.clip(y + np.sin(a) * 2 * r, 0, h - 1))
-                x = float(np.clip(x + np.cos(a) * 2 * r, 0, w - 1))
-            m[t0:t1][:, hole] = 0.0
+            y, x = int(rng.integers(0, gh)), int(rng.integers(0, gw))
+            for _ in range(max(2, (gh + gw) // 2)):
+                m[t0:t1, y, x] = 0.0
+                dy, dx = ((0, 1), (1, 0), (0, -1), (-1, 0))[int(rng.integers(0, 4))]
+                y, x = min(max(y + dy, 0), gh - 1), min(max(x + dx, 0), gw - 1)
         else:
             raise PairError(f"generated video masks are boxes or strokes, not {shape!r}")
-    return m
+    px = m.repeat(st, 0).repeat(sh, 1).repeat(sw, 2)
+    out = np.ones((n, h, w), dtype=np.float32)
+    ch, cw = min(h, px.shape[1]), min(w, px.shape[2])
+    out[:, :ch, :cw] = px[:n, :ch, :cw]
+    return out
 
 
 def generated_audio_mask(spec: str, n: int, key: str = "") -> np.ndarray:
