@@ -51,7 +51,7 @@ class TrainLoRA(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         from ..trainer_core.engine import RECIPES
         from ..trainer_core.lora import TARGET_PRESETS
-        from ..trainer_core.objective import MODES
+        from ..trainer_core import modes as md
 
         return io.Schema(
             node_id="LTX2TrainLoRA",
@@ -76,9 +76,17 @@ class TrainLoRA(io.ComfyNode):
                 io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-5,
                                tooltip="0 = recipe (1e-4)."),
                 io.Int.Input("rank", default=0, min=0, max=256, tooltip="LoRA rank (0 = recipe; 32 typical)."),
-                io.Combo.Input("mode", options=[RECIPE_DEFAULT, *MODES], default=RECIPE_DEFAULT,
-                               tooltip="What the LoRA learns: text→audio+video, video only, audio only, image→video "
-                                       "(first-frame conditioning), video→audio, audio→video."),
+                io.Combo.Input("mode", options=[RECIPE_DEFAULT, *md.PRESETS, *md.LEGACY], default=RECIPE_DEFAULT,
+                               tooltip="What the LoRA learns (Lightricks' 13 training modes; the older names "
+                                       "still work):\n" + "\n".join(f"{k}: {d}" for k, d in md.table())),
+                io.String.Input("conditions", default="", optional=True, advanced=True,
+                                tooltip="Compose the mode's conditions (replaces the preset's), joined by '+': "
+                                        "first_frame, prefix:N, suffix:N, mask, spatial_crop[y1,x1,y2,x2], "
+                                        "reference; '@p' a probability, 'audio.' for the audio stream. E.g. "
+                                        "'reference + first_frame@0.2', 'prefix:4@0.5 + suffix:4@0.5'."),
+                io.Int.Input("extension_frames", default=0, min=0, max=64, optional=True, advanced=True,
+                             tooltip="Extension modes: the kept boundary in latent frames (8 pixel frames each; "
+                                     "audio: latent steps, 25 per second). 0 = the preset's 8."),
                 io.Combo.Input("targets", options=[RECIPE_DEFAULT, *TARGET_PRESETS], default=RECIPE_DEFAULT,
                                tooltip="Which linear layers get LoRA adapters."),
                 io.Int.Input("seed", default=42, min=0, max=2**31 - 1, tooltip="Same seed, same run."),
@@ -203,7 +211,7 @@ class TrainLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latents, recipe, lora_name, steps=0, learning_rate=0.0, rank=0, mode=RECIPE_DEFAULT,
-                targets=RECIPE_DEFAULT, seed=42, resume="latest", alpha=0.0, dropout=0.0, target_patterns="",
+                conditions="", extension_frames=0, targets=RECIPE_DEFAULT, seed=42, resume="latest", alpha=0.0, dropout=0.0, target_patterns="",
                 audio_weight=-1.0, first_frame_prob=0.5, caption_dropout=0.05, optimizer="adamw",
                 scheduler="constant", warmup_steps=0, grad_accum=1, max_grad_norm=1.0, checkpoint_every=250,
                 keep_checkpoints=3, precision="bf16", gradient_checkpointing=True,
@@ -229,7 +237,7 @@ class TrainLoRA(io.ComfyNode):
             init_path = folder_paths.get_full_path_or_raise("loras", init_lora)
         cfg = build_config(recipe, dict(
             steps=steps, learning_rate=learning_rate, rank=rank, alpha=alpha or (rank if rank else 0), mode=mode,
-            targets=targets, seed=seed, dropout=dropout, target_patterns=target_patterns or "",
+            conditions=conditions or "", extension_frames=int(extension_frames or 0), targets=targets, seed=seed, dropout=dropout, target_patterns=target_patterns or "",
             audio_weight=audio_weight, first_frame_prob=first_frame_prob, caption_dropout=caption_dropout,
             optimizer=optimizer, scheduler=scheduler, warmup_steps=warmup_steps, grad_accum=grad_accum,
             max_grad_norm=max_grad_norm, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
