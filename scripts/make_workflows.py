@@ -328,14 +328,23 @@ def _conditioning(g: Graph, kind: str, x: int, y: int) -> tuple[int, list[int], 
 
 def _pipeline(info: dict, *, recipe: str, split: bool, first_frame: bool, prompt: str, mode: str,
               folder: str = "my_dataset", ltx25: bool = False, conditioning: Optional[str] = None,
-              dataset_text: str = "", **_ignored) -> Graph:
+              dataset_text: str = "", canny_references: str = "", **_ignored) -> Graph:
     g = Graph(info)
     L = _loaders(g, ltx25)
     x = max(g.right(i) for i in L.ids) + 100
     y_note = 60 + TITLE_H
     # 2 · the dataset: one row, left to right
     x0 = x
+    refs = []
+    if canny_references:  # the clip's frames -> core Canny -> Load Clips' reference_frames (in-graph references)
+        refs = _stack(g, x, TOP, [("LoadVideo", dict(file=canny_references)), ("GetVideoComponents", {}),
+                                  ("Canny", dict(low_threshold=0.4, high_threshold=0.8))])
+        g.link(refs[0], 0, refs[1], "video")
+        g.link(refs[1], 0, refs[2], "image")
+        x = max(g.right(i) for i in refs) + GAP
     lc = g.add("LTX2TrainLoadClips", (x, TOP), folder=folder)
+    if refs:
+        g.link(refs[2], 0, lc, "reference_frames")
     x = g.right(lc) + GAP
     sp = g.add("LTX2TrainSplitScenes", (x, TOP), enabled=split)
     g.link(lc, 0, sp, "clips")
@@ -352,7 +361,7 @@ def _pipeline(info: dict, *, recipe: str, split: bool, first_frame: bool, prompt
                 + f"Caption needs a captioner folder (e.g. `{CAPTIONER}`) in `models/captioners`. "
                 "Read Bucket's report and click its tiles before training.",
                 width=g.right(bk) - x0, height=NOTE_H)
-    g.group("2 · Dataset: what to learn from", [lc, sp, cp, bk, n2], "#3f789e")
+    g.group("2 · Dataset: what to learn from", [*refs, lc, sp, cp, bk, n2], "#3f789e")
     # 3 · encode once, then train
     x = g.right(bk) + 100
     x0 = x
@@ -431,11 +440,14 @@ WORKFLOWS = {
 # Sample Conditioning, fed by ComfyUI's stock loaders (and its core Canny node for control)
 MODE_WORKFLOWS = {
     "ltx2_ic_lora_canny_control": dict(
-        title="IC-LoRA control from Canny edges (LTX-2)", recipe="Style", split=False, first_frame=False,
-        mode="v2v_ic_lora", conditioning="reference_canny", thumb="Control", folder="my_control_pairs",
+        title="IC-LoRA control from Canny edges (LTX-2)", recipe="Style", split=True, first_frame=False,
+        mode="v2v_ic_lora", conditioning="reference_canny", thumb="Control", folder="my_control_clips",
+        canny_references="my_control_clips/clip.mp4",
         makes="videos that follow the edges of a control clip (IC-LoRA)",
-        dataset_text="Each clip `x.mp4` has its Canny-edge reference beside it as `x.reference.mp4` (or a "
-                     "`reference_video` column in `dataset.json`); a clip without its pair is reported. ",
+        dataset_text="One long video `input/my_control_clips/clip.mp4`, loaded again by Load Video: Detect "
+                     "Edges (Canny) makes its references in the graph, and Split Scenes cuts clip and edges at "
+                     "the same cuts. Many clips? Put each one's edges beside it as `x.reference.mp4` instead "
+                     "(and remove Load Video). ",
         prompt="sks, a woman in a red coat walks through a snowy street at night, lanterns glow."),
     "ltx2_video_extension": dict(
         title="Video extension LoRA (LTX-2)", recipe="Motion", split=True, first_frame=False,

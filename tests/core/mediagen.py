@@ -652,7 +652,9 @@ def make_mode_inputs(input_dir: Union[str, os.PathLike], fps: int = 24) -> dict[
     """The paired demo datasets and sampling inputs of the training modes' workflows, under
     ComfyUI's input folder (names as scripts/make_workflows.py's workflows expect them):
 
-    - ``my_control_pairs``: clips with ``x.reference.mp4``, their edge images (IC-LoRA control)
+    - ``my_control_clips/clip.mp4``: one video with a scene cut, whose Canny references the
+      IC-LoRA workflow makes in the graph; ``my_control_pairs``: clips with ``x.reference.mp4``,
+      their edge images (the naming rule)
     - ``my_inpaint_clips``: clips with ``x.mask.png`` (white = kept, black = to fill)
     - ``my_voice_pairs``: clips with ``x.reference_audio.wav`` (audio → audio)
     - ``control_source.mp4``, ``extend_start.mp4``, ``inpaint_source.mp4``, ``foley_source.mp4``,
@@ -662,6 +664,9 @@ def make_mode_inputs(input_dir: Union[str, os.PathLike], fps: int = 24) -> dict[
 
     root = Path(input_dir)
     made: dict[str, str] = {}
+    (root / "my_control_clips").mkdir(parents=True, exist_ok=True)
+    made["control_clip"] = write_clip(root / "my_control_clips" / "clip.mp4", [1.0, 1.0], fps=fps, size=(64, 64),
+                                      seed=19).path
     pairs = root / "my_control_pairs"
     pairs.mkdir(parents=True, exist_ok=True)
     for i, sz in enumerate([(96, 64), (64, 64)]):
