@@ -671,20 +671,20 @@ def make_mode_inputs(input_dir: Union[str, os.PathLike], fps: int = 24) -> dict[
     pairs.mkdir(parents=True, exist_ok=True)
     for i, sz in enumerate([(96, 64), (64, 64)]):
         clip = pairs / f"clip{i}.mp4"
-        write_clip(clip, [0.8], fps=fps, size=sz, seed=20 + i)
+        write_clip(clip, [1.2], fps=fps, size=sz, seed=20 + i)
         made[str(clip)] = edge_frames_clip(pairs / f"clip{i}.reference.mp4", clip, fps)
     inp = root / "my_inpaint_clips"
     inp.mkdir(parents=True, exist_ok=True)
     for i in range(2):
-        write_clip(inp / f"clip{i}.mp4", [0.8], fps=fps, size=(64, 64), seed=30 + i)
+        write_clip(inp / f"clip{i}.mp4", [1.2], fps=fps, size=(64, 64), seed=30 + i)
         m = np.full((64, 64), 255, np.uint8)
         m[16 + 8 * i: 48, 16:48] = 0  # the hole the LoRA learns to fill
         Image.fromarray(m).save(inp / f"clip{i}.mask.png")
     voice = root / "my_voice_pairs"
     voice.mkdir(parents=True, exist_ok=True)
     for i in range(2):
-        write_clip(voice / f"clip{i}.mp4", [0.8], fps=fps, size=(64, 64), seed=40 + i)
-        write_wav(voice / f"clip{i}.reference_audio.wav", 0.8, tone=200.0 + 60 * i)
+        write_clip(voice / f"clip{i}.mp4", [1.2], fps=fps, size=(64, 64), seed=40 + i)
+        write_wav(voice / f"clip{i}.reference_audio.wav", 1.2, tone=200.0 + 60 * i)
     for name, seed in (("control_source", 50), ("extend_start", 51), ("inpaint_source", 52), ("foley_source", 53)):
         made[name] = write_clip(root / f"{name}.mp4", [0.6], fps=fps, size=(64, 64), seed=seed,
                                 audio=name != "foley_source").path
