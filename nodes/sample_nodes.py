@@ -41,6 +41,7 @@ def _result(out):
 
 CONDITIONING_TYPE = io.Custom("LTX2_SAMPLE_CONDITIONING")
 MASK_WHITE = ("regenerate", "keep")
+REFERENCE_SCALES = ("from LoRA", "1", "2", "4")
 
 
 def _clip_8n1(frames, limit: Optional[int] = None):
@@ -105,7 +106,8 @@ def sample_av(model, positive, negative, vae, audio_vae, *, width: int, height: 
     ComfyUI's own nodes (``conditioning``: a Sample Conditioning dict):
 
     - ``reference_video`` (IC-LoRA): LTXVAddGuide at frame 0, strength 1, with the LoRA's
-      Get IC-LoRA Parameters; LTXVCropGuides drops the guide before decoding;
+      Get IC-LoRA Parameters (or ``reference_scale`` as its reference_downscale_factor);
+      LTXVCropGuides drops the guide before decoding;
     - ``reference_audio`` (audio IC-LoRA): LTXVReferenceAudio (identity guidance off);
     - ``source_video``: LTXVImgToVideoInplace at strength 1 — a shorter clip is a prefix
       (extension), a clip as long as the output is kept whole (video → audio); with ``mask``
@@ -144,7 +146,9 @@ def sample_av(model, positive, negative, vae, audio_vae, *, width: int, height: 
     ref = c.get("reference_video")
     if ref is not None:
         params = None
-        if hasattr(model, "get_attachment"):
+        if c.get("reference_scale"):  # picked on Sample Conditioning
+            params = {"reference_downscale_factor": int(c["reference_scale"])}
+        elif hasattr(model, "get_attachment"):  # the LoRA file's metadata, as ComfyUI reads it
             (params,) = _result(lt.GetICLoRAParameters.execute(model))
         pos, neg, vlat = _result(lt.LTXVAddGuide.execute(pos, neg, vae, vlat, _clip_8n1(ref, frames), 0,
                                                          float(c.get("reference_strength", 1.0)),
@@ -311,6 +315,10 @@ class SampleConditioning(io.ComfyNode):
                 io.Image.Input("reference_video", optional=True,
                                tooltip="IC-LoRA: the reference clip (e.g. Canny edges, depth, a low-res or "
                                        "blurred clip) — added as an LTX-2 guide, kept clean."),
+                io.Combo.Input("reference_scale", options=list(REFERENCE_SCALES), default=REFERENCE_SCALES[0],
+                               tooltip="IC-LoRA trained on references at 1/2 or 1/4 of the target's size (Bucket's "
+                                       "reference_scale): 'from LoRA' reads it from the LoRA file's metadata "
+                                       "(Get IC-LoRA Parameters), or pick it."),
                 io.Boolean.Input("include_in_output", default=False,
                                  tooltip="IC-LoRA: show the reference left of the result in the video."),
                 io.Image.Input("source_video", optional=True,
@@ -338,7 +346,7 @@ class SampleConditioning(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, reference_video=None, include_in_output=False, source_video=None, mask=None,
+    def execute(cls, reference_video=None, reference_scale=REFERENCE_SCALES[0], include_in_output=False, source_video=None, mask=None,
                 mask_white=MASK_WHITE[0], region="", audio=None, reference_audio=None) -> io.NodeOutput:
         r = parse_region(region)
         if (mask is not None or r) and source_video is None:
@@ -348,7 +356,9 @@ class SampleConditioning(io.ComfyNode):
             raise ValueError("give a mask (inpainting) or a region (outpainting), not both")
         if mask is not None and mask_white == "keep":
             mask = 1.0 - mask  # Set Latent Noise Mask's convention from here on: 1 = regenerate
-        return io.NodeOutput(dict(reference_video=reference_video, include_in_output=bool(include_in_output),
+        scale = None if reference_scale == REFERENCE_SCALES[0] else int(reference_scale)
+        return io.NodeOutput(dict(reference_video=reference_video, reference_scale=scale,
+                                  include_in_output=bool(include_in_output),
                                   source_video=source_video, mask=mask, region=r, audio=audio,
                                   reference_audio=reference_audio))
 

@@ -137,6 +137,23 @@ def test_ic_lora_reference_equals_the_stock_guide_graph(comfy, tiny, plain):
     assert torch.allclose(both[:, :, :W], ref)
 
 
+def test_ic_lora_scaled_reference_equals_the_stock_small_grid_guide(comfy, tiny):
+    """A reference trained at half size: LTXVAddGuide with reference_downscale_factor 2 (the
+    IC-LoRA parameters ComfyUI reads from a LoRA's metadata) — a dilated small-grid guide."""
+    w = h = 128
+    ref = torch.nn.functional.interpolate(tiny["clip"].movedim(-1, 1), size=(h, w)).movedim(1, -1)
+    ours = _run_node(comfy, tiny, _cond(comfy, reference_video=ref, reference_scale="2"), w=w, h=h)
+    with torch.inference_mode():
+        s = Stock(comfy, tiny, w=w, h=h)
+        s.pos, s.neg, s.vlat = s.lt.LTXVAddGuide.execute(s.pos, s.neg, tiny["vae"], s.vlat, ref, 0, 1.0,
+                                                         iclora_parameters={"reference_downscale_factor": 2}).result
+        s.guided = True
+        images, audio, raw_v, _ = s.sample()
+        full = _run_node(comfy, tiny, _cond(comfy, reference_video=ref), w=w, h=h)[2]
+    _same(ours, images, audio)
+    assert not torch.equal(images, full)  # the small-grid guide is another conditioning than the full one
+
+
 def test_extension_prefix_is_kept_and_equals_the_stock_graph(comfy, tiny, plain):
     prefix = tiny["clip"][:9]  # 9 frames = 2 latent frames of the 3
     ours = _run_node(comfy, tiny, _cond(comfy, source_video=prefix))

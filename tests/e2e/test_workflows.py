@@ -139,6 +139,19 @@ def _set(node: dict, info: dict, **values) -> None:
     assert not values, f"{node['type']} has no widgets {list(values)}"
 
 
+def _get(node: dict, info: dict, name: str):
+    """A widget value of a UI-format node by input name."""
+    k = 0
+    linked = {i["name"] for i in node.get("inputs", []) if i.get("link") is not None}
+    for nm, t, opts, _ in mw._inputs(info[node["type"]]):
+        if not mw._is_widget(t, opts) or nm in linked:
+            continue
+        if nm == name:
+            return node["widgets_values"][k]
+        k += 1 + (1 if mw._has_control(nm, t, opts) else 0)
+    raise KeyError(name)
+
+
 def _cpu_sized(ui: dict, info: dict, stem: str) -> dict:
     from trainer_core.tiny_checkpoint import text_context_width
 
@@ -210,7 +223,8 @@ def test_shipped_workflow_runs_headless_end_to_end(server, info, stem, tmp_path)
     with av.open(str(outs[-1])) as c:
         v = c.streams.video[0]
         frames = list(c.decode(video=0))
-        side = any(n["type"] == "LTX2TrainSampleConditioning" and n["widgets_values"][0] for n in ui["nodes"])
+        side = any(n["type"] == "LTX2TrainSampleConditioning" and _get(n, info, "include_in_output")
+                   for n in ui["nodes"])
         want_w = 128 if side else 64  # IC-LoRA with include_in_output: reference | result
         assert len(frames) == 9 and (frames[0].width, frames[0].height) == (want_w, 64)
         assert abs(float(v.average_rate) - 24) < 0.01
