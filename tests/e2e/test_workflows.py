@@ -217,15 +217,17 @@ def test_shipped_workflow_runs_headless_end_to_end(server, info, stem, tmp_path)
     run_dir = server.base / "output" / "ltx2_lora_runs" / f"e2e_{stem}"
     got = sorted(p.name for p in (run_dir / "samples").glob("step_*.mp4"))
     assert got == ["step_000002_0.mp4", "step_000004_0.mp4"], got
+    side = any(n["type"] == "LTX2TrainSampleConditioning" and _get(n, info, "include_in_output")
+               for n in ui["nodes"])
+    want_w = 128 if side else 64  # IC-LoRA with include_in_output: reference | result
+    with av.open(str(run_dir / "samples" / got[-1])) as c:  # validation sampled with the workflow's conditioning
+        assert c.streams.video[0].codec_context.width == want_w
     # the Sample node's mp4: 9 frames of 64x64 at the workflow's fps, with an audio track
     outs = sorted((server.base / "output" / "ltx2_samples").glob(f"{stem}_*.mp4"))
     assert outs, server.log_text()[-3000:]
     with av.open(str(outs[-1])) as c:
         v = c.streams.video[0]
         frames = list(c.decode(video=0))
-        side = any(n["type"] == "LTX2TrainSampleConditioning" and _get(n, info, "include_in_output")
-                   for n in ui["nodes"])
-        want_w = 128 if side else 64  # IC-LoRA with include_in_output: reference | result
         assert len(frames) == 9 and (frames[0].width, frames[0].height) == (want_w, 64)
         assert abs(float(v.average_rate) - 24) < 0.01
         assert c.streams.audio, "the preview has no sound"
