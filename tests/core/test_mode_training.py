@@ -187,3 +187,25 @@ def test_resume_of_a_draw_order_1_checkpoint(tmp_path):
     assert any("draw order 1" in n for n in res.notes)
     a, b = full.lora.state_dict(), res.lora.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ["text_to_audio_video", "video_only", "audio_only", "video_to_audio",
+                                  "audio_to_video"])
+def test_modes_without_conditions_draw_as_draw_order_1(name):
+    """What lets a draw-order-1 checkpoint of these modes resume: the earlier engine's draws
+    (objective.noise_modality per modality, σ then ε) give the very same step inputs."""
+    data = PairedSource(n=2)
+    items = [data.get(0), data.get(1)]
+    cfg = _cfg(name, "", caption_dropout=0.0, sigma_sampler="shifted_logit_normal")
+    new = en.build_step_inputs(items, en.training_mode(cfg), cfg, torch.Generator().manual_seed(9), None, "cpu",
+                               torch.float32, config=CFG)
+    om = en.ob.get_mode(name)
+    g = torch.Generator().manual_seed(9)
+    for key, role in (("video", om.video), ("audio", om.audio)):
+        if role == en.ob.ABSENT:
+            assert getattr(new, key) is None
+            continue
+        x = torch.stack([getattr(it, key) for it in items])
+        tok = en.video_to_tokens(x) if key == "video" else en.audio_to_tokens(x)
+        old = en.ob.noise_modality(tok, role, g, "shifted_logit_normal")
+        assert torch.equal(old.x_t, getattr(new, key).tokens) and torch.equal(old.sigma, getattr(new, key).sigma)
