@@ -85,7 +85,8 @@ def test_ic_lora_on_a_cache_without_references_says_what_to_do(comfy, paired):
               audio=False, static_threshold=0.0)[0]
     clip = GemmaStandIn(text_context_width("ltx-2.0", processed=False))
     with torch.inference_mode():
-        _, _, vae = comfy.nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]().load_checkpoint("pair_tiny.safetensors")[:3]
+        loader = comfy.nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]()
+        vae = loader.load_checkpoint("pair_tiny.safetensors")[2]
     latents = _run(comfy, "LTX2TrainEncodeLatents", dataset=ds, vae=vae, clip=clip, trigger_word="",
                    cache_name="plain_cache")[0]
     with pytest.raises(ValueError, match="no reference for 1 of 1 samples.*Load Clips"):

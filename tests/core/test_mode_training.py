@@ -61,7 +61,8 @@ CASES = [(m, "", 1) for m in md.OFFICIAL] + [
 
 
 def _cfg(mode, conditions, **kw):
-    base = dict(steps=6, learning_rate=0.1, max_grad_norm=0.0, rank=4, alpha=4, targets="all attention", seed=3, mode=mode,
+    base = dict(steps=6, learning_rate=0.1, max_grad_norm=0.0, rank=4, alpha=4, targets="all attention", seed=3,
+                mode=mode,
                 conditions=conditions or ("spatial_crop[0,0,32,64]" if mode == "video_outpainting" else ""),
                 extension_frames=1, mixed_precision="fp32", checkpoint_every=0, sigma_sampler="uniform",
                 caption_dropout=0.2)
