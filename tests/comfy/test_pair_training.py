@@ -13,6 +13,15 @@ from trainer_core.cache import LatentCache
 from trainer_core.tiny_checkpoint import make_tiny_checkpoint, text_context_width
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models are launch-bound: one thread is as fast and spends no CPU spinning."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _run(comfy, nid, **kw):
     with torch.inference_mode():
         return comfy.pack[nid].execute(**kw).result
