@@ -93,7 +93,9 @@ class LoadClips(io.ComfyNode):
         from ..trainer_core import media, pairs, preview
 
         root = resolve_dataset_folder(folder, path)
-        ref_dir = resolve_dataset_folder(TYPED_PATH_HINT, reference_folder) if (reference_folder or "").strip() else None
+        ref_dir = None
+        if (reference_folder or "").strip():
+            ref_dir = resolve_dataset_folder(TYPED_PATH_HINT, reference_folder)
         progress = make_progress(1, cls)
         clipset = media.load_clips(str(root), recursive=recursive, progress=progress,
                                    exclude_dirs=[ref_dir] if ref_dir else [])

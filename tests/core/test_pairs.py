@@ -173,3 +173,27 @@ def test_pairs_through_split_bucket_and_encode(tmp_path):
 
     with pytest.raises(CacheError, match="no reference for 1 of 1 samples"):
         CachedLatents(bare).verify(md.get("v2v_ic_lora"))
+
+
+def test_gallery_shows_the_mask_over_the_sample_and_the_reference_beside(tmp_path):
+    from PIL import Image
+
+    from trainer_core import preview
+
+    root = tmp_path / "ds"
+    root.mkdir()
+    write_clip(root / "c0.mp4", scenes=(1.0,), fps=24, size=(256, 128), audio=False, seed=1, preset="ultrafast")
+    write_clip(root / "c0.reference.mp4", scenes=(1.0,), fps=24, size=(256, 128), audio=False, seed=2,
+               preset="ultrafast")
+    cs = media.load_clips(root)
+    pairs.attach_pairs(cs)
+    pairs.set_generated_masks(cs, "video_mask", "boxes", 1)
+    ds, _ = bk.build_dataset(cs, [Bucket(256, 128, 17)], target_fps=24, audio_planned=False, reference_scale=2)
+    s = ds.samples[0]
+    grey = Image.new("RGB", (192, 96), (128, 128, 128))
+    out = np.asarray(preview._with_pairs(grey, ds, s, ds.segments[0].key(cs.clips), 96))
+    assert out.shape == (96, 192 + 2 + 192, 3)  # the reference (1/2 size, same aspect) beside it
+    sample = out[:, -192:].astype(int)
+    hole = pairs.video_mask_pixels(s.video_mask, [0.0], (256, 128), 24.0, key=ds.segments[0].key(cs.clips))[0]
+    tinted = (sample[..., 0] - sample[..., 1]) > 60
+    assert 0 < tinted.mean() < 1 and abs(tinted.mean() - (hole <= 0.5).mean()) < 0.05
