@@ -34,6 +34,25 @@ class LoadClips(io.ComfyNode):
                                         "folder). When set it wins over the list. '..' is not allowed."),
                 io.Boolean.Input("recursive", default=True, advanced=True,
                                  tooltip="Also read media in sub-folders."),
+                io.String.Input("reference_folder", default="", optional=True,
+                                tooltip="IC-LoRA: a folder of reference clips (depth, pose, edges, the 'before' of a "
+                                        "restyle) with the same names as the clips, any extension; relative paths "
+                                        "are under the input folder. Also paired without it: clip.reference.mp4 "
+                                        "beside clip.mp4, or dataset.json's reference_video column."),
+                io.Image.Input("reference_frames", optional=True,
+                               tooltip="IC-LoRA references made in the graph: frames from a preprocessor (e.g. "
+                                       "Canny) over the clips' frames, in clip order, one per frame (a picture: "
+                                       "one). They become the clips' references."),
+                io.Combo.Input("masks", options=list(MASK_CHOICES), default="from files", optional=True,
+                               tooltip="Inpainting masks (white = kept, black = learned to fill): from files "
+                                       "(clip.mask.png / .mp4 beside the clip, or dataset.json's video_mask column), "
+                                       "or generated per sample (seeded boxes or strokes over a stretch of frames) "
+                                       "for clips that have none."),
+                io.Combo.Input("audio_masks", options=list(AUDIO_MASK_CHOICES), default="from files", optional=True,
+                               tooltip="Audio inpainting masks: from files (clip.audio_mask.wav: loud = kept; or "
+                                       "dataset.json's audio_mask column), or generated spans to fill."),
+                io.Int.Input("mask_seed", default=0, min=0, max=2**31 - 1, optional=True, advanced=True,
+                             tooltip="Seed of the generated masks (each sample draws its own from it)."),
             ],
             outputs=[
                 Clips.Output(display_name="clips", tooltip="The clip list, for Split Scenes, Caption or Bucket."),
@@ -45,14 +64,18 @@ class LoadClips(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, folder, path="", recursive=True):
-        """Re-run when files in the folder change (names, sizes, times)."""
+    def fingerprint_inputs(cls, folder, path="", recursive=True, reference_folder="", reference_frames=None,
+                           masks="from files", audio_masks="from files", mask_seed=0):
+        """Re-run when files in the folder (or the reference folder) change (names, sizes, times)."""
         try:
             root = resolve_dataset_folder(folder, path)
+            roots = [root] + ([resolve_dataset_folder(TYPED_PATH_HINT, reference_folder)] if reference_folder else [])
         except Exception as e:  # let execute report the error
             return f"error:{e}"
-        h = hashlib.sha1()
-        for dirpath, dirs, files in os.walk(root):
+        h = hashlib.sha1(f"{masks}|{audio_masks}|{mask_seed}".encode())
+        if reference_frames is not None:
+            h.update(hashlib.sha1(reference_frames.cpu().numpy().tobytes()).digest())
+        for dirpath, dirs, files in (w for r in roots for w in os.walk(r)):
             dirs.sort()
             if not recursive:
                 dirs[:] = []
@@ -65,20 +88,49 @@ class LoadClips(io.ComfyNode):
         return h.hexdigest()
 
     @classmethod
-    def execute(cls, folder, path="", recursive=True) -> io.NodeOutput:
-        from ..trainer_core import media, preview
+    def execute(cls, folder, path="", recursive=True, reference_folder="", reference_frames=None,
+                masks="from files", audio_masks="from files", mask_seed=0) -> io.NodeOutput:
+        from ..trainer_core import media, pairs, preview
 
         root = resolve_dataset_folder(folder, path)
+        ref_dir = None
+        if (reference_folder or "").strip():
+            ref_dir = resolve_dataset_folder(TYPED_PATH_HINT, reference_folder)
         progress = make_progress(1, cls)
-        clipset = media.load_clips(str(root), recursive=recursive, progress=progress)
+        clipset = media.load_clips(str(root), recursive=recursive, progress=progress,
+                                   exclude_dirs=[ref_dir] if ref_dir else [])
+        pair_lines = []
+        if reference_frames is not None and clipset.clips:
+            import folder_paths
+            import numpy as np
+
+            frames = (reference_frames.clamp(0, 1) * 255).round().to(dtype=__import__("torch").uint8).cpu().numpy()
+            if frames.shape[-1] == 1:
+                frames = np.repeat(frames, 3, axis=-1)
+            pair_lines += pairs.attach_reference_frames(clipset, frames[..., :3],
+                                                        Path(folder_paths.get_temp_directory()) / "ltx2_refs")
+        pair_lines += pairs.attach_pairs(clipset, ref_dir)
+        if MASK_CHOICES.get(masks):
+            pairs.set_generated_masks(clipset, "video_mask", MASK_CHOICES[masks], mask_seed)
+            pair_lines.append(f"generated {MASK_CHOICES[masks]} masks (seed {mask_seed}) where a clip has no mask file")
+        if AUDIO_MASK_CHOICES.get(audio_masks):
+            pairs.set_generated_masks(clipset, "audio_mask", AUDIO_MASK_CHOICES[audio_masks], mask_seed)
+            pair_lines.append(f"generated audio mask spans (seed {mask_seed}) where a clip has no audio mask file")
         if not clipset.clips:
             why = "; ".join(f"{os.path.basename(s.path)}: {s.reason}" for s in clipset.skipped[:5])
             raise ValueError(f"no readable clips or images in {root}" + (f" ({why})" if why else "")
                              + " — supported: mp4, mov, mkv, webm, gif, webp, png, jpg")
         sheet = preview.clips_contact_sheet(clipset)
         text = preview.clips_summary(clipset)
+        if pair_lines:
+            text += "\npairs: " + "; ".join(pair_lines)
         img = image_batch(sheet)
         return io.NodeOutput(clipset, img, text, ui=preview_ui(img, text, cls))
+
+
+# Load Clips' mask choices -> the generated shape (None: files only)
+MASK_CHOICES = {"from files": None, "generated boxes": "boxes", "generated strokes": "strokes"}
+AUDIO_MASK_CHOICES = {"from files": None, "generated spans": "spans"}
 
 
 class SplitScenes(io.ComfyNode):
@@ -165,6 +217,10 @@ class Bucket(io.ComfyNode):
                 io.Float.Input("static_threshold", default=1.0, min=0.0, max=50.0, step=0.1, advanced=True,
                                tooltip="Segments whose mean frame-to-frame change (0-255) is below this are "
                                        "flagged as nearly static."),
+                io.Combo.Input("reference_scale", options=["1", "2", "4"], default="1", optional=True,
+                               tooltip="IC-LoRA: the reference's size as a fraction of the target's (1/2, 1/4: "
+                                       "fewer tokens, faster; the official scaled references). A pair stays in "
+                                       "one bucket, its reference at the scaled size."),
             ],
             outputs=[
                 DatasetT.Output(display_name="dataset", tooltip="The bucketed dataset, for Encode Latents."),
@@ -200,7 +256,7 @@ class Bucket(io.ComfyNode):
 
     @classmethod
     def execute(cls, clips, preset, buckets="", target_fps=24.0, audio=True,
-                static_threshold=1.0) -> io.NodeOutput:
+                static_threshold=1.0, reference_scale="1") -> io.NodeOutput:
         from ..trainer_core import buckets as bk
         from ..trainer_core import preview
 
@@ -216,7 +272,7 @@ class Bucket(io.ComfyNode):
             ds, report = bk.build_dataset(clips, blist, target_fps=target_fps, audio_planned=audio,
                                           static_threshold=static_threshold,
                                           measure_motion=bk.motion_measurer(clips, should_stop=interrupted),
-                                          progress=progress)
+                                          progress=progress, reference_scale=int(reference_scale))
         except Cancelled:
             import comfy.model_management
 

@@ -132,6 +132,10 @@ class LoadLatentCache(io.ComfyNode):
         audio = sum(1 for s in data.samples if s.audio)
         text = (f"{len(data)} samples ({audio} with audio) in {len(buckets)} bucket(s): "
                 + ", ".join(f"{b} x{n}" for b, n in buckets.most_common()))
+        paired = {k.replace("_", " "): sum(1 for s in data.samples if getattr(s, k)) for k in
+                  ("reference", "reference_audio", "video_mask", "audio_mask")}
+        if any(paired.values()):
+            text += "; paired: " + ", ".join(f"{k} {n}" for k, n in paired.items() if n)
         value = {"path": str(root), "trigger_word": "", "samples": len(data), "summary": text}
         return io.NodeOutput(value, text, ui={"text": (text,)})
 

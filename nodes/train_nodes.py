@@ -74,13 +74,15 @@ OPTION_FIELDS = {
     "caption_dropout": ("caption_dropout", 0.05),
     "init_lora": (None, NO_INIT_LORA),
     "devices": (None, "this GPU"),      # read by the Train node, not a TrainConfig field
+    "conditions": ("conditions", ""),
+    "extension_frames": ("extension_frames", 0),
 }
 # LTX-2 Validation: widget / socket names (the old single Train node called them validation_<name>)
 VALIDATION_NAMES = ("every", "prompts", "clip", "positive", "negative", "vae", "audio_vae", "image", "width",
-                    "height", "frames", "steps", "cfg", "seed")
+                    "height", "frames", "steps", "cfg", "seed", "conditioning")
 VALIDATION_DEFAULTS = dict(every=250, prompts="", clip=None, positive=None, negative=None, vae=None,
                            audio_vae=None, image=None, width=512, height=320, frames=49, steps=20, cfg=4.0,
-                           seed=42)
+                           seed=42, conditioning=None)
 
 
 def build_config(recipe: str, run: dict, options: dict | None):
@@ -182,7 +184,7 @@ def upgrade_old_prompt(prompt: dict, recipes: dict) -> list[str]:
 class TrainLoRA(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        from ..trainer_core.objective import MODES
+        from ..trainer_core import modes as md
 
         return io.Schema(
             node_id="LTX2TrainLoRA",
@@ -211,9 +213,9 @@ class TrainLoRA(io.ComfyNode):
                                                                         "Motion 64). The file grows with it."),
                 io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6, round=1e-7,
                                tooltip="Step size of the optimizer (1e-4 for every recipe)."),
-                io.Combo.Input("mode", options=list(MODES), default=DEFAULT_MODE,
-                               tooltip="What the LoRA learns: text→audio+video, video only, audio only, image→video "
-                                       "(first-frame conditioning), video→audio, audio→video."),
+                io.Combo.Input("mode", options=[*md.PRESETS, *md.LEGACY], default=DEFAULT_MODE,
+                               tooltip="What the LoRA learns (Lightricks' 13 training modes; the older names "
+                                       "still work):\n" + "\n".join(f"{k}: {d}" for k, d in md.table())),
                 io.Combo.Input("resume", options=["none", "latest"], default="latest",
                                tooltip="latest: continue this LoRA name's run from its newest checkpoint, if any."),
                 io.Int.Input("seed", default=42, min=0, max=2**31 - 1, control_after_generate=io.ControlAfterGenerate.fixed,
@@ -384,8 +386,14 @@ def _is_comfy_interrupt(e: BaseException) -> bool:
     return False
 
 
+def _sample_conditioning_type():
+    from .sample_nodes import CONDITIONING_TYPE
+
+    return CONDITIONING_TYPE
+
+
 def _validation_spec(every, prompts, clip, positive, negative, vae, audio_vae, image, width, height, frames, steps,
-                     cfg, seed):
+                     cfg, seed, conditioning=None):
     """The validation settings, prompts encoded now (before training takes the memory), or
     None when validation is off. Missing pieces are reported before any training starts."""
     if not every:
@@ -414,7 +422,7 @@ def _validation_spec(every, prompts, clip, positive, negative, vae, audio_vae, i
                          "positive")
     return ValidationSpec(positives=positives, negative=negative, vae=vae, audio_vae=audio_vae, every=int(every),
                           width=width, height=height, frames=frames, steps=steps, cfg=cfg, seed=seed,
-                          first_frame=image)
+                          first_frame=image, conditioning=conditioning)
 
 
 def _validator(spec, patcher, root, predict, run_dir, progress, node_id, budget_gib, device):
@@ -532,6 +540,15 @@ class TrainingOptions(io.ComfyNode):
                                        "ltx-trainer's or any ComfyUI-format LTX-2 LoRA — e.g. carry a 2.3 LoRA to "
                                        "2.5 with a short run. Its modules, rank and alpha replace rank, alpha and "
                                        "targets; modules the model lacks are skipped and named."),
+                io.String.Input("conditions", default="",
+                                tooltip="Compose the mode's conditions (replaces the preset's), joined by '+': "
+                                        "first_frame, prefix:N, suffix:N, mask, spatial_crop[y1,x1,y2,x2], "
+                                        "reference; '@p' a probability, 'audio.' for the audio stream. E.g. "
+                                        "'reference + first_frame@0.2', 'prefix:4@0.5 + suffix:4@0.5'. "
+                                        "Empty: the mode's own."),
+                io.Int.Input("extension_frames", default=0, min=0, max=64,
+                             tooltip="Extension modes: the kept boundary in latent frames (8 pixel frames each; "
+                                     "audio: latent steps, 25 per second). 0 = the preset's 8."),
                 io.String.Input("devices", default="this GPU",
                                 tooltip="Where to train: this GPU (the one ComfyUI uses), all GPUs, or GPU "
                                         "numbers such as 0,1. With several GPUs each one trains on its own clip "
@@ -586,6 +603,10 @@ class Validation(io.ComfyNode):
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Negative conditioning (default: the stock negative prompt through clip)."),
                 io.Image.Input("image", optional=True, tooltip="First frame (image → video samples)."),
+                _sample_conditioning_type().Input(
+                    "conditioning", optional=True,
+                    tooltip="What validation samples start from in your training mode (IC-LoRA reference, "
+                            "prefix, mask, audio…): a Sample Conditioning node."),
                 io.Int.Input("width", default=512, min=64, max=2048, step=32, tooltip="Width (multiple of 32)."),
                 io.Int.Input("height", default=320, min=64, max=2048, step=32, tooltip="Height (multiple of 32)."),
                 io.Int.Input("frames", default=49, min=9, max=513, step=8, tooltip="Frames (8·n + 1; 49 ≈ 2 s)."),

@@ -31,6 +31,7 @@ class ValidationSpec:
     cfg: float = 4.0
     seed: int = 42
     first_frame: Any = None
+    conditioning: Any = None  # a Sample Conditioning dict (IC-LoRA reference, prefix, mask, audio…)
     # filled during the run: (step, prompt index, [frames as uint8 HxWx3])
     shots: list = field(default_factory=list)
 
@@ -61,7 +62,8 @@ def run_validation(spec: ValidationSpec, patcher, step: int, run_dir: Path, prog
             for i, pos in enumerate(spec.positives):
                 images, audio, fps = sample_av(patcher, pos, spec.negative, spec.vae, spec.audio_vae, width=spec.width,
                                                height=spec.height, frames=spec.frames, fps=spec.fps, seed=spec.seed + i,
-                                               steps=spec.steps, cfg=spec.cfg, first_frame=spec.first_frame)
+                                               steps=spec.steps, cfg=spec.cfg, first_frame=spec.first_frame,
+                                               conditioning=spec.conditioning)
                 video = InputImpl.VideoFromComponents(Types.VideoComponents(images=images, audio=audio,
                                                                             frame_rate=Fraction(int(fps))))
                 final = out_dir / f"step_{step:06d}_{i}.mp4"
@@ -72,6 +74,9 @@ def run_validation(spec: ValidationSpec, patcher, step: int, run_dir: Path, prog
                 n = images.shape[0]
                 picks = sorted({0, n // 3, (2 * n) // 3, n - 1})
                 frames = [(images[j].clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()) for j in picks]
+                regen = regenerated_area(spec.conditioning, images.shape[0], images.shape[1], images.shape[2])
+                if regen is not None:  # inpainting / outpainting: the part the LoRA made, tinted
+                    frames = [overlay_mask(f, regen[min(j, regen.shape[0] - 1)]) for f, j in zip(frames, picks)]
                 spec.shots.append((step, i, frames))
                 if progress is not None:
                     progress(frames[0])
@@ -80,6 +85,33 @@ def run_validation(spec: ValidationSpec, patcher, step: int, run_dir: Path, prog
         if cuda_state is not None:
             torch.cuda.set_rng_state_all(cuda_state)
     return paths
+
+
+def regenerated_area(conditioning, frames: int, height: int, width: int) -> Optional[np.ndarray]:
+    """[F or 1, H, W] float in [0, 1]: where an inpainting mask or an outpainting region lets the
+    model generate (1), at the sample's size; None without a mask or region."""
+    import torch
+
+    c = conditioning or {}
+    if c.get("mask") is not None:
+        from .sample_nodes import pixel_mask
+
+        m = pixel_mask(c["mask"], frames).float()
+        m = torch.nn.functional.interpolate(m[:, None], size=(height, width), mode="bilinear")[:, 0]
+        return m.clamp(0, 1).cpu().numpy()
+    if c.get("region"):
+        y1, x1, y2, x2 = c["region"]
+        m = np.ones((1, height, width), np.float32)
+        m[:, y1:y2, x1:x2] = 0.0
+        return m
+    return None
+
+
+def overlay_mask(frame: np.ndarray, mask: np.ndarray, color=(255, 60, 200), alpha: float = 0.35) -> np.ndarray:
+    """The frame with the generated area tinted (the gallery's view of an inpainting mask)."""
+    m = (mask[..., None].astype(np.float32) * alpha)
+    out = frame.astype(np.float32) * (1 - m) + np.asarray(color, np.float32) * m
+    return out.round().clip(0, 255).astype(np.uint8)
 
 
 def comparison_sheet(spec: Optional[ValidationSpec], max_w: int = 192) -> np.ndarray:

@@ -73,6 +73,11 @@ EXTRA_H = {             # what the frontend and the pack's JS add below the widg
     "LTX2TrainValidation": 0,
     "LTX2TrainSample": STATUS_H + 300,                        # the video player
     "LoadImage": 260,
+    "LoadImageMask": 260,
+    "LoadVideo": 300,                                         # the video player
+    "LoadAudio": 120,                                         # the audio player
+    "Canny": IMAGE_PREVIEW_H,
+    "LTX2TrainSampleConditioning": STATUS_H,
 }
 WIDTH = {"LTX2TrainBucket": 440, "LTX2TrainLoRA": 420, "LTX2TrainCaption": 380, "LTX2TrainSample": 400,
          "LTX2TrainLoadClips": 400}
@@ -311,15 +316,74 @@ def train_nodes(g: Graph, pos: tuple[int, int], *, recipe: str, model, latents, 
     return tr, op, va
 
 
+# what Sample with LoRA (and validation) starts from, per conditioning workflow: the stock
+# ComfyUI nodes that load it, in order, and the Sample Conditioning input they feed
+CONDITIONING = {
+    "reference_canny": dict(
+        nodes=[("LoadVideo", dict(file="control_source.mp4")), ("GetVideoComponents", {}),
+               ("Canny", dict(low_threshold=0.4, high_threshold=0.8))],
+        feeds=[(1, 0, 2, "video"), (2, 0, 3, "image")], into=(3, 0, "reference_video"),
+        values=dict(include_in_output=True),
+        text="Load Video: a clip to take the motion from (`input/control_source.mp4`); Detect Edges "
+             "(Canny) turns it into the control the LoRA follows; the result shows beside its edges."),
+    "prefix": dict(
+        nodes=[("LoadVideo", dict(file="extend_start.mp4")), ("GetVideoComponents", {})],
+        feeds=[(1, 0, 2, "video")], into=(2, 0, "source_video"), values={},
+        text="Load Video: the start to continue (`input/extend_start.mp4`, shorter than `frames`): its "
+             "frames are kept and the LoRA continues them."),
+    "inpaint": dict(
+        nodes=[("LoadVideo", dict(file="inpaint_source.mp4")), ("GetVideoComponents", {}),
+               ("LoadImageMask", dict(image="inpaint_mask.png", channel="red"))],
+        feeds=[(1, 0, 2, "video")], into=(2, 0, "source_video"), extra=[(3, 0, "mask")], values={},
+        text="Load Video: the clip to repair (`input/inpaint_source.mp4`); Load Image (as Mask): white = "
+             "what to regenerate (`input/inpaint_mask.png`, paint it in ComfyUI's mask editor)."),
+    "foley": dict(
+        nodes=[("LoadVideo", dict(file="foley_source.mp4")), ("GetVideoComponents", {})],
+        feeds=[(1, 0, 2, "video")], into=(2, 0, "source_video"), values={},
+        text="Load Video: the silent clip to add sound to (`input/foley_source.mp4`, at least `frames` "
+             "long): the picture is kept, the LoRA makes its sound."),
+    "reference_audio": dict(
+        nodes=[("LoadAudio", dict(audio="restyle_source.wav"))],
+        feeds=[], into=(1, 0, "reference_audio"), values={},
+        text="Load Audio: the voice or sound to restyle (`input/restyle_source.wav`); the LoRA remakes it "
+             "the way it learned."),
+}
+
+
+def _conditioning(g: Graph, kind: str, x: int, y: int) -> tuple[int, list[int], str]:
+    """The stock loaders of a conditioning and a Sample Conditioning node, in one column from
+    (x, y): (the Sample Conditioning node, every node, the note's text)."""
+    c = CONDITIONING[kind]
+    ids = _stack(g, x, y, [*c["nodes"], ("LTX2TrainSampleConditioning", c["values"])])
+    sc = ids[-1]
+    for src, slot, dst, name in c["feeds"]:
+        g.link(ids[src - 1], slot, ids[dst - 1], name)
+    src, slot, name = c["into"]
+    g.link(ids[src - 1], slot, sc, name)
+    for src, slot, name in c.get("extra", []):
+        g.link(ids[src - 1], slot, sc, name)
+    return sc, ids, c["text"]
+
+
 def _pipeline(info: dict, *, recipe: str, split: bool, first_frame: bool, prompt: str, mode: str,
-              folder: str = "my_dataset", ltx25: bool = False, **_ignored) -> Graph:
+              folder: str = "my_dataset", ltx25: bool = False, conditioning: Optional[str] = None,
+              dataset_text: str = "", canny_references: str = "", **_ignored) -> Graph:
     g = Graph(info)
     L = _loaders(g, ltx25)
     x = max(g.right(i) for i in L.ids) + 100
     y_note = 60 + TITLE_H
     # 2 · the dataset: one row, left to right
     x0 = x
+    refs = []
+    if canny_references:  # the clip's frames -> core Canny -> Load Clips' reference_frames (in-graph references)
+        refs = _stack(g, x, TOP, [("LoadVideo", dict(file=canny_references)), ("GetVideoComponents", {}),
+                                  ("Canny", dict(low_threshold=0.4, high_threshold=0.8))])
+        g.link(refs[0], 0, refs[1], "video")
+        g.link(refs[1], 0, refs[2], "image")
+        x = max(g.right(i) for i in refs) + GAP
     lc = g.add("LTX2TrainLoadClips", (x, TOP), folder=folder)
+    if refs:
+        g.link(refs[2], 0, lc, "reference_frames")
     x = g.right(lc) + GAP
     sp = g.add("LTX2TrainSplitScenes", (x, TOP), enabled=split)
     g.link(lc, 0, sp, "clips")
@@ -331,11 +395,12 @@ def _pipeline(info: dict, *, recipe: str, split: bool, first_frame: bool, prompt
     g.link(cp, 0, bk, "clips")
     n2 = g.note((x0, y_note), f"**Your clips.** Put your videos in `ComfyUI/input/{folder}` and pick the folder in "
                 "Load Clips: it shows what it found. "
+                + dataset_text
                 + ("Split Scenes cuts them into shots. " if split else "Scene splitting is off: motion clips stay whole. ")
                 + f"Caption needs a captioner folder (e.g. `{CAPTIONER}`) in `models/captioners`. "
                 "Read Bucket's report and click its tiles before training.",
                 width=g.right(bk) - x0, height=NOTE_H)
-    g.group("2 · Dataset: what to learn from", [lc, sp, cp, bk, n2], "#3f789e")
+    g.group("2 · Dataset: what to learn from", [*refs, lc, sp, cp, bk, n2], "#3f789e")
     # 3 · encode once, then train
     x = g.right(bk) + 100
     x0 = x
@@ -357,21 +422,28 @@ def _pipeline(info: dict, *, recipe: str, split: bool, first_frame: bool, prompt
     g.group("3 · Train the LoRA", [en, tr, op, va, n3], "#8a5")
     # 4 · try it
     x = max(g.right(op), g.right(va)) + 100
+    x_four, cond_ids, cond_text = x, [], ""
+    if conditioning:  # the stock loaders -> Sample Conditioning, left of the Sample node
+        sc, cond_ids, cond_text = _conditioning(g, conditioning, x, TOP)
+        g.link(sc, 0, va, "conditioning")
+        x = max(g.right(i) for i in cond_ids) + GAP
     sm = g.add("LTX2TrainSample", (x, TOP), prompt=prompt)
+    if conditioning:
+        g.link(sc, 0, sm, "conditioning")
     g.link(tr, 0, sm, "model")
     g.link(*L.vae, sm, "vae")
     g.link(*L.audio_vae, sm, "audio_vae")
     g.link(*L.clip, sm, "clip")
-    four = [sm]
+    four = [sm, *cond_ids]
     text = ("**Try it.** Sample with LoRA makes a video with sound from the trained model. Start the prompt "
-            "with the trigger word (`sks`).")
+            "with the trigger word (`sks`).") + (" " + cond_text if cond_text else "")
     if first_frame:
         li = g.add("LoadImage", (x, g.bottom(sm) + GAP + TITLE_H), image="first_frame.png")
         g.link(li, 0, sm, "first_frame")
         g.link(li, 0, va, "image")
         four.append(li)
         text += " Load Image: the first frame the video starts from (`ComfyUI/input/first_frame.png`)."
-    four.append(g.note((x, y_note), text, width=WIDTH["LTX2TrainSample"], height=NOTE_H))
+    four.append(g.note((x_four, y_note), text, width=g.right(sm) - x_four, height=NOTE_H))
     g.group("4 · Try your LoRA", four, "#a1309b")
     return g
 
@@ -399,6 +471,45 @@ WORKFLOWS = {
         prompt="sks sound, a heavy wooden door creaks open and slams shut in a stone hall."),
 }
 
+# the training modes' workflows (issue 17): each samples with its mode's conditioning through
+# Sample Conditioning, fed by ComfyUI's stock loaders (and its core Canny node for control)
+MODE_WORKFLOWS = {
+    "ltx2_ic_lora_canny_control": dict(
+        title="IC-LoRA control from Canny edges (LTX-2)", recipe="Style", split=True, first_frame=False,
+        mode="v2v_ic_lora", conditioning="reference_canny", thumb="Control", folder="my_control_clips",
+        canny_references="my_control_clips/clip.mp4",
+        makes="videos that follow the edges of a control clip (IC-LoRA)",
+        dataset_text="One long video `input/my_control_clips/clip.mp4`, loaded again by Load Video: Detect "
+                     "Edges (Canny) makes its references in the graph, and Split Scenes cuts clip and edges at "
+                     "the same cuts. Many clips? Put each one's edges beside it as `x.reference.mp4` instead "
+                     "(and remove Load Video). ",
+        prompt="sks, a woman in a red coat walks through a snowy street at night, lanterns glow."),
+    "ltx2_video_extension": dict(
+        title="Video extension LoRA (LTX-2)", recipe="Motion", split=True, first_frame=False,
+        mode="video_extension", conditioning="prefix", thumb="Extension", folder="my_dataset",
+        makes="how your clips go on: it continues the start of a clip",
+        prompt="sks, the camera keeps moving forward along the forest path as birds call."),
+    "ltx2_video_inpainting": dict(
+        title="Video inpainting LoRA (LTX-2)", recipe="Style", split=True, first_frame=False,
+        mode="video_inpainting", conditioning="inpaint", thumb="Inpaint", folder="my_inpaint_clips",
+        makes="the masked part of a clip, filled the way your clips look",
+        dataset_text="Each clip `x.mp4` has its mask beside it as `x.mask.png` or `x.mask.mp4` (white = "
+                     "kept, black = what the LoRA learns to fill). ",
+        prompt="sks, a quiet living room, a vase of flowers on the wooden table."),
+    "ltx2_foley_video_to_audio": dict(
+        title="Foley LoRA, video to sound (LTX-2)", recipe="Audio", split=True, first_frame=False,
+        mode="v2a", conditioning="foley", thumb="Foley", folder="my_dataset",
+        makes="the sound of a silent video, like the sound of your clips",
+        prompt="sks sound, footsteps on gravel, a door closes, wind in the trees."),
+    "ltx2_audio_restyle": dict(
+        title="Voice restyle, audio to audio (LTX-2)", recipe="Audio", split=True, first_frame=False,
+        mode="a2a_ic_lora", conditioning="reference_audio", thumb="Restyle", folder="my_voice_pairs",
+        makes="a voice or sound remade in the style of your clips (audio IC-LoRA)",
+        dataset_text="Each clip `x.mp4` (or `.wav`) has its source sound beside it as "
+                     "`x.reference_audio.wav`; the clip's own sound is what the LoRA learns to make. ",
+        prompt="sks voice, a calm deep voice says \"welcome back\" in a small room."),
+}
+WORKFLOWS.update(MODE_WORKFLOWS)
 
 # LTX-2.5 variants (split files): the same graphs with the LTX-2.5 loaders
 WORKFLOWS_25 = {
@@ -474,7 +585,7 @@ def build(object_info: dict) -> dict[str, dict]:
     """Workflow key -> UI workflow."""
     out = {}
     for name, spec in all_workflows().items():
-        kw = {k: v for k, v in spec.items() if k not in ("title", "makes")}
+        kw = {k: v for k, v in spec.items() if k not in ("title", "makes", "thumb")}
         out[name] = _pipeline(object_info, **kw).ui(spec["title"], f"Train a LoRA that makes {spec['makes']}.")
     out[INSTALL] = _install_check(object_info).ui(INSTALL_TITLES[INSTALL], "A 1-minute CPU run on a tiny model.")
     out[INSTALL_25] = _install_check_25(object_info).ui(INSTALL_TITLES[INSTALL_25], "A 1-minute CPU run on a tiny model.")
@@ -489,6 +600,8 @@ def _frame(kind: str, k: int, w: int, h: int):
 
     from PIL import Image, ImageDraw
 
+    if kind in ("Control", "Extension", "Inpaint", "Foley", "Restyle"):
+        return _mode_frame(kind, k, w, h)
     im = Image.new("RGB", (w, h))
     d = ImageDraw.Draw(im)
     if kind == "Style":  # a harbour at dawn in flat painterly colours, panning right
@@ -527,6 +640,44 @@ def _frame(kind: str, k: int, w: int, h: int):
         d.line([(cx + 24, h * 0.55), (cx + 60, h * 0.45 + tilt)], fill=(200, 60, 60), width=8)
     elif k % 2:  # speaking: an open mouth
         d.ellipse([hx - 6, hy + r * 0.45, hx + 6, hy + r * 0.75], fill=(120, 30, 40))
+    return im
+
+
+def _mode_frame(kind: str, k: int, w: int, h: int):
+    """Thumbnail frames of the training modes' workflows, from the base drawings: the
+    conditioning on the left frames, what the LoRA makes on the right ones."""
+    from PIL import Image, ImageChops, ImageDraw, ImageFilter
+
+    if kind == "Control":  # Canny edges of a person -> the person
+        im = _frame("Character", k, w, h)
+        if k < 2:
+            edges = im.convert("L").filter(ImageFilter.FIND_EDGES).point(lambda v: 255 if v > 24 else 0)
+            return Image.merge("RGB", [edges] * 3)
+        return im
+    if kind == "Extension":  # the given start, then the continuation (tinted)
+        im = _frame("Motion", k, w, h)
+        if k >= 2:
+            im = ImageChops.blend(im, Image.new("RGB", (w, h), (90, 140, 255)), 0.18)
+            ImageDraw.Draw(im).text((6, 4), "continued", fill=(255, 255, 255))
+        return im
+    if kind == "Inpaint":  # the mask over the clip, then the filled clip
+        im = _frame("Style", k, w, h)
+        if k < 2:
+            over = Image.new("RGB", (w, h), (255, 60, 200))
+            m = Image.new("L", (w, h), 0)
+            ImageDraw.Draw(m).rectangle([w * 0.3, h * 0.3, w * 0.7, h * 0.75], fill=110)
+            im = Image.composite(over, im, m)
+        return im
+    if kind == "Foley":  # a video, then its sound under it
+        im = _frame("Character", k, w, h)
+        if k >= 2:
+            wave = _frame("Audio", k, w, h // 3)
+            im.paste(wave, (0, h - h // 3))
+        return im
+    # Restyle: a plain voice, then the restyled one
+    im = _frame("Audio", k, w, h)
+    if k < 2:
+        im = Image.merge("RGB", [im.convert("L")] * 3)
     return im
 
 
@@ -633,7 +784,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         name = file_name(key)
         (out / f"{name}.json").write_text(json.dumps(ui, indent=1, ensure_ascii=False) + "\n")
         spec = specs.get(key, {})
-        thumbnail(ui, out / f"{name}.jpg", kind=spec.get("recipe", "Character"),
+        thumbnail(ui, out / f"{name}.jpg", kind=spec.get("thumb", spec.get("recipe", "Character")),
                   first_frame=spec.get("first_frame", False), install=key in INSTALLS)
         print("wrote", out / f"{name}.json")
     return 0

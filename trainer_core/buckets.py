@@ -210,6 +210,7 @@ def build_dataset(
     static_threshold: float = 1.0,
     measure_motion: Optional[Callable[[int, Segment], Optional[float]]] = None,
     progress: Optional[Callable[..., None]] = None,
+    reference_scale: int = 1,
 ) -> tuple[Dataset, InspectionReport]:
     """Place every segment in a bucket and inspect the result.
 
@@ -224,6 +225,15 @@ def build_dataset(
     report_progress = _caller(progress)
     if not buckets:
         raise BucketError("no buckets given")
+    reference_scale = int(reference_scale)
+    if reference_scale < 1:
+        raise BucketError(f"reference_scale {reference_scale} must be 1, 2 or 4")
+    if reference_scale > 1 and any(c.reference for c in clipset.clips):
+        bad = [str(b) for b in buckets if b.width % (32 * reference_scale) or b.height % (32 * reference_scale)]
+        if bad:
+            raise BucketError(f"a reference at 1/{reference_scale} size needs bucket sides that are multiples of "
+                              f"{32 * reference_scale} (the VAE's 32 × the scale); {', '.join(bad)} are not — choose "
+                              "other buckets or reference_scale 1")
     video_buckets = [b for b in buckets if b.frames > 1] or buckets
     segments = clipset.all_segments()
     samples: list[Sample] = []
@@ -277,14 +287,21 @@ def build_dataset(
                                    kept=kept, caption=caption, audio_coverage=coverage))
         if kept:
             counts[str(bucket)] = counts.get(str(bucket), 0) + 1
+            ref_b = None
+            if clip.reference:  # the pair stays together: the reference at the bucket's (scaled) size
+                ref_b = Bucket(bucket.width // reference_scale, bucket.height // reference_scale, bucket.frames)
             samples.append(Sample(clip=seg.clip, segment=si, bucket=bucket, start=seg.start, fps=fps,
                                   caption=caption, has_audio=sound and bucket.frames > 1,
-                                  flags=list(flags)))
+                                  flags=list(flags), reference_bucket=ref_b,
+                                  reference_scale=reference_scale if ref_b else 1,
+                                  reference_audio=bool(clip.reference_audio) and bucket.frames > 1,
+                                  video_mask=clip.video_mask, audio_mask=clip.audio_mask))
     used = sorted({s.bucket for s in samples}, key=lambda b: (-b.frames, -(b.width * b.height), b.width))
     ds = Dataset(clipset=clipset, segments=segments, buckets=used, samples=samples,
                  target_fps=target_fps,
                  settings={"buckets": ";".join(map(str, buckets)), "target_fps": target_fps,
                            "audio_planned": audio_planned, "static_threshold": static_threshold,
+                           "reference_scale": reference_scale,
                            "soundless": [segments[s.segment].key(clipset.clips) for s in samples
                                          if not s.has_audio]})
     report = InspectionReport(entries=entries, counts=counts,

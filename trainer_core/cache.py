@@ -6,6 +6,12 @@ Layout of a cache folder::
     video/<key>.safetensors       "latents" [128, F', H', W'] (+ "first_frame" [128, 1, H', W'])
     audio/<key>.safetensors       "latents" [8, T, 16]
     text/<key>.safetensors        the text encoder's conditioning for one caption
+    mask/<key>.safetensors        "mask" on the latent grid: video [F', H', W'], audio [T]
+                                  (0/1 floats, 1 = conditioning; ltx-trainer's preprocessing)
+
+IC-LoRA references are ordinary entries: reference video latents under video/ (at the
+reference's own, possibly scaled, size), reference audio latents under audio/; a sample names
+them in ``reference`` / ``reference_audio`` and its masks in ``video_mask`` / ``audio_mask``.
 
 Each entry's key is a hash of everything that determines it — the source file's content,
 the segment's time span, the bucket, the frame rate, the model's identity and the encode
@@ -26,7 +32,7 @@ import torch
 
 from .fsutil import atomic_save_safetensors, atomic_write_text
 
-KINDS = ("video", "audio", "text")
+KINDS = ("video", "audio", "text", "mask")
 MANIFEST = "manifest.json"
 VERSION = 1
 
@@ -70,6 +76,14 @@ class CacheSample:
     source: str = ""
     start: float = 0.0
     has_audio: bool = False
+    reference: Optional[str] = None  # video entry: the IC-LoRA reference's latents
+    reference_audio: Optional[str] = None  # audio entry: the reference audio's latents
+    video_mask: Optional[str] = None  # mask entry [F', H', W']
+    audio_mask: Optional[str] = None  # mask entry [T]
+    reference_scale: int = 1  # the reference's spatial downscale (1, 2, 4)
+
+    PAIRED = ("reference", "reference_audio", "video_mask", "audio_mask")
+    PAIR_KINDS = {"reference": "video", "reference_audio": "audio", "video_mask": "mask", "audio_mask": "mask"}
 
 
 @dataclass
@@ -161,6 +175,26 @@ class LatentCache:
         return n
 
 
+_PAIR_HOW = {"reference": "clip.reference.mp4 beside each clip, the reference_video column or a reference folder",
+             "reference_audio": "references with sound, or clip.reference_audio.wav",
+             "video_mask": "clip.mask.png / .mp4, the video_mask column, or generated masks",
+             "audio_mask": "clip.audio_mask.wav, the audio_mask column, or generated masks"}
+
+
+def _mode_uses(mode, name: str) -> bool:
+    """Does the training mode (a modes.TrainingMode, or the older objective.Mode) read this
+    paired entry?"""
+    from .modes import TrainingMode
+
+    if not isinstance(mode, TrainingMode):
+        return False  # the older modes read no paired entry
+    if name == "reference":
+        return mode.needs("video", "reference")
+    if name == "reference_audio":
+        return mode.needs("audio", "reference")
+    return mode.needs("video" if name == "video_mask" else "audio", "mask")
+
+
 class CacheError(ValueError):
     """A latent cache that cannot train this model: damaged files, wrong shapes, another model."""
 
@@ -195,8 +229,14 @@ class CachedLatents:
         s = self.samples[i]
         video = self.cache.get("video", s.video)["latents"] if s.video else None
         audio = self.cache.get("audio", s.audio)["latents"] if s.audio else None
+        paired = {}
+        for name in CacheSample.PAIRED:
+            k = getattr(s, name)
+            if k:
+                kind = CacheSample.PAIR_KINDS[name]
+                paired[name] = self.cache.get(kind, k)["mask" if kind == "mask" else "latents"]
         return LatentItem(key=s.key, video=video, audio=audio, text=self.cache.get("text", s.text),
-                          fps=s.fps, bucket=s.bucket)
+                          fps=s.fps, bucket=s.bucket, reference_scale=s.reference_scale, **paired)
 
     def first_frame(self, i: int) -> Optional[torch.Tensor]:
         s = self.samples[i]
@@ -208,8 +248,14 @@ class CachedLatents:
         """What identifies the cache's contents: its samples and the entries they use (entry
         keys hash the source, the bucket and the encoding models)."""
         m = self.cache.manifest
-        blob = json.dumps({"samples": [[s.key, s.video, s.audio, s.text, s.bucket, s.fps] for s in self.samples],
-                           "empty": m.empty_text}, sort_keys=True)
+        rows = []
+        for s in self.samples:
+            row = [s.key, s.video, s.audio, s.text, s.bucket, s.fps]
+            extra = [getattr(s, n) for n in CacheSample.PAIRED]
+            if any(extra):  # paired entries (a cache without them keeps its earlier identity)
+                row += extra + [s.reference_scale]
+            rows.append(row)
+        blob = json.dumps({"samples": rows, "empty": m.empty_text}, sort_keys=True)
         return {"samples": len(self.samples), "digest": hashlib.sha256(blob.encode()).hexdigest()[:32]}
 
     def entry_shapes(self, i: int) -> dict[str, Optional[list]]:
@@ -238,6 +284,19 @@ class CachedLatents:
             if s.audio and (mode is None or mode.needs_audio):
                 needed.append(("audio", s.audio))
             needed.append(("text", s.text))
+            for name in CacheSample.PAIRED:
+                if getattr(s, name) and (mode is None or _mode_uses(mode, name)):
+                    needed.append((CacheSample.PAIR_KINDS[name], getattr(s, name)))
+        if mode is not None:
+            for name in CacheSample.PAIRED:
+                if _mode_uses(mode, name):
+                    lacking = [s.key for s in self.samples if not getattr(s, name)]
+                    if lacking:
+                        what = name.replace("_", " ")
+                        raise CacheError(
+                            f"the latent cache at {self.cache.root} has no {what} for {len(lacking)} of "
+                            f"{len(self.samples)} samples (e.g. {lacking[0]}), and mode {mode.name} trains on "
+                            f"it. Pair the clips in Load Clips ({_PAIR_HOW[name]}) and run Encode Latents again")
         seen = set()
         for kind, key in needed:
             if (kind, key) in seen:
@@ -261,10 +320,10 @@ class CachedLatents:
             if rec is not None and rec.get("shapes") is not None and shapes != rec["shapes"]:
                 bad.append(f"{p.name} ({kind}) holds shapes {shapes}, the manifest recorded {rec['shapes']}")
                 continue
-            main = shapes.get("latents") if kind != "text" else shapes.get("context")
+            want = {"text": "context", "mask": "mask"}.get(kind, "latents")
+            main = shapes.get(want)
             if main is None:
-                bad.append(f"{p.name} ({kind}) has no {'context' if kind == 'text' else 'latents'} tensor "
-                           f"(it holds {sorted(shapes)})")
+                bad.append(f"{p.name} ({kind}) has no {want} tensor (it holds {sorted(shapes)})")
             elif kind == "video" and (len(main) != 4 or main[0] != 128):
                 layout.append(f"{p.name}: video latents {main}, LTX-2 takes [128, F', H', W'] (128 channels)")
             elif kind == "audio" and (len(main) != 3 or main[0] != 8 or main[2] != 16):

@@ -57,6 +57,15 @@ class ClipInfo:
     caption: Optional[str] = None
     caption_source: Optional[str] = None  # "txt", "dataset.json", "dataset.jsonl", "caption"
     size_bytes: int = 0
+    # Paired inputs of the IC-LoRA and inpainting modes (trainer_core.pairs finds them). Each
+    # is an absolute path or None; a mask may also be a generated-mask spec
+    # "generated:<boxes|strokes|spans>:<seed>". The pair shares the clip's timeline: a
+    # segment [start, end) of the clip is the same [start, end) of its reference and masks.
+    reference: Optional[str] = None  # reference video / image / frames file (IC-LoRA)
+    reference_audio: Optional[str] = None  # reference audio file (None: the reference's own track)
+    video_mask: Optional[str] = None  # mask video or image (white > 0.5 = kept clean, official)
+    audio_mask: Optional[str] = None  # mask audio (its envelope) or .safetensors "mask" [N]
+    pair_source: dict = field(default_factory=dict)  # {"reference": "name"|"dataset.json"|"folder"|"frames", ...}
 
     @property
     def has_audio(self) -> bool:
@@ -178,6 +187,14 @@ class Sample:
     caption: Optional[str] = None
     has_audio: bool = False
     flags: list[str] = field(default_factory=list)
+    # IC-LoRA / inpainting (the clip's pair fields, placed): the reference is read at the same
+    # times as the target and covered/cropped to ``reference_bucket`` (the bucket divided by
+    # ``reference_scale``); None = no reference video
+    reference_bucket: Optional[Bucket] = None
+    reference_scale: int = 1
+    reference_audio: bool = False  # the sample has reference audio (file or the reference's track)
+    video_mask: Optional[str] = None  # path or "generated:..." spec (see ClipInfo)
+    audio_mask: Optional[str] = None
 
     @property
     def duration(self) -> float:
@@ -215,6 +232,8 @@ class Dataset:
         for s in d["samples"]:
             s = dict(s)
             s["bucket"] = Bucket(**s["bucket"])
+            if s.get("reference_bucket") is not None:
+                s["reference_bucket"] = Bucket(**s["reference_bucket"])
             samples.append(Sample(**s))
         return cls(
             clipset=ClipSet.from_dict(d["clipset"]),

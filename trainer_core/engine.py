@@ -59,8 +59,10 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 42
     mixed_precision: str = "bf16"  # bf16 | fp32
-    mode: str = "text_to_audio_video"
-    first_frame_prob: float = 0.5
+    mode: str = "text_to_audio_video"  # a trainer_core.modes preset (13 official names + the older ones)
+    conditions: str = ""  # composition replacing the preset's conditions, e.g. "reference + first_frame@0.2"
+    extension_frames: int = 0  # prefix/suffix boundary in latent frames (0: the preset's, 8)
+    first_frame_prob: float = 0.5  # image→video's first-frame probability
     audio_weight: float = 1.0
     caption_dropout: float = 0.0
     sigma_sampler: str = "shifted_logit_normal"
@@ -129,6 +131,7 @@ _RANGES = {
     "max_grad_norm": (0.0, None, True, True, "0 = no clipping"),
     "seed": (0, 2**63 - 1, True, True, ""),
     "first_frame_prob": (0.0, 1.0, True, True, "a probability"),
+    "extension_frames": (0, 10_000, True, True, "latent frames; 0 = the preset's"),
     "audio_weight": (0.0, 1000.0, True, True, "0 leaves audio out of the loss"),
     "caption_dropout": (0.0, 1.0, True, True, "a probability"),
     "checkpoint_every": (0, None, True, True, "0 = only on cancel and at the end"),
@@ -136,9 +139,10 @@ _RANGES = {
     "vram_budget_gb": (0.0, 1_000_000.0, True, True, "0 = automatic"),
     "divergence_factor": (0.0, None, True, True, "0 = off"),
 }
-_INTS = {"steps", "rank", "warmup_steps", "grad_accum", "seed", "checkpoint_every", "keep_checkpoints"}
+_INTS = {"steps", "rank", "warmup_steps", "grad_accum", "seed", "checkpoint_every", "keep_checkpoints",
+         "extension_frames"}
 _BOOLS = {"grad_checkpointing", "offload_activations", "offload_streamed_activations"}
-_STRS = {"targets", "target_patterns", "mode", "trigger_word", "init_lora", *_CHOICES}
+_STRS = {"targets", "target_patterns", "mode", "conditions", "trigger_word", "init_lora", *_CHOICES}
 
 
 def _type_problem(name: str, v) -> Optional[str]:
@@ -164,6 +168,14 @@ def _type_problem(name: str, v) -> Optional[str]:
         if not math.isfinite(v):
             return f"{name} must be a finite number, not {v!r}"
     return None
+
+
+def training_mode(cfg: "TrainConfig"):
+    """The run's modes.TrainingMode from its settings (mode, conditions, extension_frames,
+    first_frame_prob)."""
+    from . import modes
+
+    return modes.resolve(cfg.mode, cfg.conditions, cfg.extension_frames, cfg.first_frame_prob)
 
 
 def validate_config(cfg: "TrainConfig") -> None:
@@ -205,13 +217,15 @@ def validate_config(cfg: "TrainConfig") -> None:
                 and not cfg.init_lora:
             problems.append("no LoRA targets: choose a targets preset or give target_patterns")
     mode = None
-    if isinstance(cfg.mode, str):
+    if isinstance(cfg.mode, str) and isinstance(cfg.conditions, str) and "extension_frames" not in bad_type \
+            and "first_frame_prob" not in bad_type:
         try:
-            mode = ob.get_mode(cfg.mode)
+            mode = training_mode(cfg)
         except ValueError as e:
             problems.append(str(e))
-    if mode is not None and "audio_weight" not in bad_type and cfg.audio_weight == 0 \
-            and mode.audio == ob.GENERATED and mode.video != ob.GENERATED:
+    gen_v = mode is not None and mode.video is not None and mode.video.role == "generated"
+    gen_a = mode is not None and mode.audio is not None and mode.audio.role == "generated"
+    if mode is not None and "audio_weight" not in bad_type and cfg.audio_weight == 0 and gen_a and not gen_v:
         problems.append(f"audio_weight = 0 with mode {cfg.mode} (which learns only audio) trains nothing; "
                         "set audio_weight above 0")
     if problems:
@@ -248,6 +262,14 @@ class LatentItem:
     text: dict[str, torch.Tensor]
     fps: float = 24.0
     bucket: str = ""
+    # IC-LoRA and inpainting (None when the cache has none): reference video latents
+    # [128, F_r, H_r, W_r] (H_r = H' / reference_scale), reference audio latents [8, T_r, 16],
+    # masks on the latent grid (1 = conditioning): video [F', H', W'], audio [T]
+    reference: Optional[torch.Tensor] = None
+    reference_audio: Optional[torch.Tensor] = None
+    video_mask: Optional[torch.Tensor] = None
+    audio_mask: Optional[torch.Tensor] = None
+    reference_scale: int = 1
 
 
 class LatentSource(Protocol):
@@ -262,10 +284,13 @@ class LatentSource(Protocol):
 
 @dataclass
 class ModalityInput:
-    tokens: torch.Tensor  # [B, N, C] noised tokens
-    sigma: torch.Tensor  # [B, N]
-    noised: ob.Noised
+    tokens: torch.Tensor  # [B, N, C] noised target tokens (conditioning tokens clean)
+    sigma: torch.Tensor  # [B, N] per token (0 on conditioning tokens)
+    noised: Any  # modes.StreamInputs (target, loss_mask, sample_sigma, references)
     grid: tuple  # video: (F', H', W'); audio: (T,)
+    # IC-LoRA: (tokens [B, R, C], RoPE positions [1, n, R, 2]) put in front of the target
+    # sequence, clean, no loss (read by make_predict); None: no reference this step
+    reference: Optional[tuple] = None
 
 
 @dataclass
@@ -274,7 +299,8 @@ class StepInputs:
     audio: Optional[ModalityInput]
     text: dict[str, torch.Tensor]
     fps: float
-    mode: ob.Mode
+    mode: Any  # modes.TrainingMode
+    inputs: Any = None  # modes.ModeInputs (the loss: inputs.loss(v_pred, a_pred, audio_weight))
 
 
 def video_to_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -301,38 +327,105 @@ def _mix(*xs: int) -> int:
     return h
 
 
-def build_step_inputs(items: list[LatentItem], mode: ob.Mode, cfg: TrainConfig, gen: torch.Generator,
-                      empty_text: Optional[dict], device, dtype) -> StepInputs:
-    """Stack a same-bucket batch, noise it per the mode, apply caption dropout."""
+# The order of a step's random draws (modes.draw: per modality σ, ε, each condition's draw;
+# then caption dropout). Version 1 (before the modes of trainer_core.modes) drew image→video's
+# first-frame choice before σ; modes without conditions draw the same numbers in both.
+DRAW_ORDER = 2
+
+
+def _stack_opt(items: list, name: str, mode_name: str, why: str):
+    vals = [getattr(it, name) for it in items]
+    if all(v is None for v in vals):
+        return None
+    missing = [it.key for it, v in zip(items, vals) if v is None]
+    if missing:
+        raise ValueError(f"sample {missing[0]} has no cached {name.replace('_', ' ')}; mode {mode_name} needs it "
+                         f"({why}) — run Encode Latents again with the pairs in place")
+    return torch.stack(vals)
+
+
+def build_step_inputs(items: list[LatentItem], mode, cfg: TrainConfig, gen: torch.Generator,
+                      empty_text: Optional[dict], device, dtype, config=None) -> StepInputs:
+    """Stack a same-bucket batch, noise and condition it per the mode (trainer_core.modes:
+    every draw through ``gen``), apply caption dropout. ``mode``: a modes.TrainingMode (an
+    objective.Mode is converted). ``config``: the model's LTX2Config (video reference
+    positions need it)."""
+    from . import modes as md
+
+    if isinstance(mode, ob.Mode):
+        mode = md.from_objective(mode)
     B = len(items)
-    vid = aud = None
+    latents, grids, masks, refs = {}, {}, {}, {}
     if mode.needs_video:
         missing = [it.key for it in items if it.video is None]
         if missing:
             raise ValueError(f"{missing[0]} has no video latents; mode {mode.name} needs video")
         x = torch.stack([it.video for it in items]).to(device)
         _, _, F, H, W = x.shape
-        x0 = video_to_tokens(x).to(dtype)
-        cond = None
-        if mode.video == ob.GENERATED and mode.first_frame_prob > 0:
-            cond = ob.first_frame_mask(B, F, H, W, mode.first_frame_prob, gen, device=device)
-        n = ob.noise_modality(x0, mode.video, gen, cfg.sigma_sampler, cond_tokens=cond)
-        vid = ModalityInput(n.x_t, n.sigma, n, (F, H, W))
+        latents["video"], grids["video"] = video_to_tokens(x).to(dtype), (F, H, W)
+        if mode.needs("video", "mask"):
+            m = _stack_opt(items, "video_mask", mode.name, "its inpainting mask")
+            if m is None:
+                raise ValueError(f"mode {mode.name} needs a video mask per sample and the cache has none: give "
+                                 "Load Clips mask files (clip.mask.png / the video_mask column) or generated masks, "
+                                 "then Encode Latents")
+            masks["video"] = m.reshape(B, -1)
+        if mode.needs("video", "reference"):
+            r = _stack_opt(items, "reference", mode.name, "the IC-LoRA reference")
+            if r is None:
+                raise ValueError(f"mode {mode.name} needs a reference video per sample and the cache has none: "
+                                 "pair the clips in Load Clips (clip.reference.mp4, the reference_video column or a "
+                                 "reference folder), then Encode Latents")
+            r = r.to(device)
+            refs["video"] = md.VideoRef(video_to_tokens(r).to(dtype), tuple(r.shape[2:]), items[0].fps)
     if mode.needs_audio:
         missing = [it.key for it in items if it.audio is None]
         if missing:
             raise ValueError(f"{missing[0]} has no audio latents; mode {mode.name} needs audio — "
                              "mute training (video_only) or drop clips without sound")
         a = torch.stack([it.audio for it in items]).to(device)
-        a0 = audio_to_tokens(a).to(dtype)
-        n = ob.noise_modality(a0, mode.audio, gen, cfg.sigma_sampler)
-        aud = ModalityInput(n.x_t, n.sigma, n, (a.shape[2],))
+        latents["audio"], grids["audio"] = audio_to_tokens(a).to(dtype), (a.shape[2],)
+        if mode.needs("audio", "mask"):
+            m = _stack_opt(items, "audio_mask", mode.name, "its audio inpainting mask")
+            if m is None:
+                raise ValueError(f"mode {mode.name} needs an audio mask per sample and the cache has none: give "
+                                 "Load Clips audio mask files (clip.audio_mask.wav / the audio_mask column) or "
+                                 "generated masks, then Encode Latents")
+            masks["audio"] = m.reshape(B, -1)
+        if mode.needs("audio", "reference"):
+            r = _stack_opt(items, "reference_audio", mode.name, "the IC-LoRA reference audio")
+            if r is None:
+                raise ValueError(f"mode {mode.name} needs reference audio per sample and the cache has none: pair "
+                                 "the clips with references that have sound (or clip.reference_audio.wav), then "
+                                 "Encode Latents")
+            refs["audio"] = audio_to_tokens(r.to(device)).to(dtype)
+    mi = md.prepare(mode, latents, grids, gen, masks=masks or None, references=refs or None, config=config,
+                    fps=float(items[0].fps), sampler=cfg.sigma_sampler)
+
+    def wrap(si):
+        if si is None:
+            return None
+        ref = (si.ref_tokens, si.ref_positions) if si.ref_tokens is not None else None
+        return ModalityInput(si.x_t, si.sigma, si, si.grid, ref)
+
     texts = []
     for it in items:
         drop = cfg.caption_dropout > 0 and torch.rand((), generator=gen, device=gen.device).item() < cfg.caption_dropout
         texts.append(empty_text if (drop and empty_text is not None) else it.text)
     text = {k: torch.stack([t[k] for t in texts]).to(device) for k in texts[0]}
-    return StepInputs(vid, aud, text, items[0].fps, mode)
+    return StepInputs(wrap(mi.video), wrap(mi.audio), text, items[0].fps, mode, mi)
+
+
+def step_losses(inputs: StepInputs, v_pred, a_pred) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Per-sample [B] video and audio losses of a step (ModeInputs' masked MSE over the target
+    tokens; reference tokens carry none), None for a modality not learned."""
+    mi = inputs.inputs
+    lv = la = None
+    if mi.video is not None and mi.video.target is not None:
+        lv = mi.video.loss(v_pred)
+    if mi.audio is not None and mi.audio.target is not None:
+        la = mi.audio.loss(a_pred)
+    return lv, la
 
 
 # ----------------------------------------------------------------------------- optim
@@ -574,6 +667,8 @@ def run_fingerprint(root, data, cfg: TrainConfig, lora: LoRASet, batch_size: int
         "base model": base_model_identity(root),
         "latent cache": data_identity(data),
         "mode": cfg.mode,
+        "mode spec": _mode_spec(cfg),
+        "draw order": DRAW_ORDER,
         "LoRA modules": hashlib.sha256("\n".join(lora.names).encode()).hexdigest()[:16] + f" ({len(lora.names)})",
         "targets": [cfg.targets, cfg.target_patterns] if not init_digest else "init LoRA",
         "rank": lora.rank,
@@ -590,6 +685,12 @@ def run_fingerprint(root, data, cfg: TrainConfig, lora: LoRASet, batch_size: int
         "max_grad_norm": cfg.max_grad_norm,
         "mixed_precision": cfg.mixed_precision,
     }
+
+
+def _mode_spec(cfg: TrainConfig) -> dict:
+    from . import modes
+
+    return modes.spec(training_mode(cfg))
 
 
 def _legacy_fingerprint(saved: TrainConfig) -> dict:
@@ -627,6 +728,21 @@ def check_resume(ck: "LoadedCheckpoint", fingerprint: dict, cfg: TrainConfig) ->
             saved = _legacy_fingerprint(TrainConfig.from_dict(saved_cfg))
         except (ValueError, TypeError):
             saved = {}
+    notes = []
+    if "draw order" not in saved:
+        # made before DRAW_ORDER 2: the same numbers only for modes without conditions
+        from . import modes
+
+        mode = training_mode(cfg)
+        if modes.has_conditions(mode):
+            raise CheckpointError(
+                f"cannot resume from {ck.path.name}: it was made by an earlier version of the trainer whose random "
+                f"draws for mode {cfg.mode} came in another order (draw order 1; this version uses "
+                f"{DRAW_ORDER}), so it cannot continue bit for bit. To keep its weights, start a new run from them: "
+                f"set init_lora to the LoRA file this run saved and give the LoRA a new name (the optimizer "
+                "state starts afresh); or set resume to none to start again", str(ck.path))
+        notes.append(f"{ck.path.name} was made by an earlier version (draw order 1); mode {cfg.mode} has no "
+                     "conditions, so its draws are unchanged and it continues exactly")
     diffs = [k for k in saved if k in fingerprint and saved[k] != json.loads(json.dumps(fingerprint[k]))]
     if diffs:
         lines = [f"{k}: checkpoint {_show(k, saved[k])}, this run {_show(k, fingerprint[k])}" for k in diffs]
@@ -634,7 +750,6 @@ def check_resume(ck: "LoadedCheckpoint", fingerprint: dict, cfg: TrainConfig) ->
             f"cannot resume from {ck.path.name}: it belongs to a different run ({'; '.join(lines)}). To continue it, "
             "change those settings back; to start fresh, give the LoRA a new name or set resume to none "
             "(CLI: --resume none)", str(ck.path))
-    notes = []
     old_lr = saved_cfg.get("learning_rate")
     if old_lr is not None and old_lr != cfg.learning_rate:
         notes.append(f"learning rate changed on resume: {old_lr:g} -> {cfg.learning_rate:g} (from step {meta['step']})")
@@ -745,10 +860,23 @@ class Trainer:
         self.device = torch.device(device)
         self.cb = callbacks or Callbacks()
         self.batch_size = batch_size
-        self.mode = ob.get_mode(cfg.mode, first_frame_prob=cfg.first_frame_prob)
+        self.mode = training_mode(cfg)
+        self._config: Any = None
         if len(data) == 0:
             raise ValueError("the latent cache is empty: nothing to train on")
         self.buckets = self._group_by_bucket()
+
+    def model_config(self):
+        """The transformer's LTX2Config (video reference positions), None for a model that is
+        not an LTX-2 tree (a test's toy model)."""
+        if self._config is None:
+            try:
+                from .ltx2 import LTX2Config
+
+                self._config = LTX2Config.from_module(self.root)
+            except Exception:
+                self._config = False
+        return self._config or None
 
     def _group_by_bucket(self) -> dict[str, list[int]]:
         groups: dict[str, list[int]] = {}
@@ -848,8 +976,10 @@ class Trainer:
         from .distributed import concat_samples, sample_generator
 
         empty = self.data.empty_text()
+        config = self.model_config()
         return concat_samples([build_step_inputs([it], self.mode, self.cfg, sample_generator(self.cfg.seed, step, micro, j),
-                                                 empty, self.device, dtype) for it, j in zip(items, positions)])
+                                                 empty, self.device, dtype, config=config)
+                               for it, j in zip(items, positions)])
 
     def train(self, resume_from: Optional[str | Path | LoadedCheckpoint] = None) -> TrainResult:
         from .distributed import RankFailure, dropout_seed, exact_reduce, flat_grads, set_grads
@@ -928,13 +1058,11 @@ class Trainer:
                         inputs = self.sample_inputs(items, js, step, micro, dtype)
                         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
                             v_pred, a_pred = self.predict(self.root, inputs)
-                        lv = la = None
-                        if inputs.video is not None and inputs.video.noised.target is not None:
-                            lv = ob.masked_mse(v_pred, inputs.video.noised.target, inputs.video.noised.loss_mask)
+                        lv, la = step_losses(inputs, v_pred, a_pred)  # per sample [B], the mode's masked MSE
+                        if lv is not None:
                             stats[0] += lv.detach().sum().item()
                             stats[1] += lv.numel()
-                        if inputs.audio is not None and inputs.audio.noised.target is not None:
-                            la = ob.masked_mse(a_pred, inputs.audio.noised.target, inputs.audio.noised.loss_mask)
+                        if la is not None:
                             stats[2] += la.detach().sum().item()
                             stats[3] += la.numel()
                         # this share's part of the global batch mean (× 1 for a whole batch)

@@ -940,7 +940,8 @@ def _inside(path: Path, root: Path) -> bool:
 
 def load_clips(root: str | os.PathLike, recursive: bool = True,
                progress: Optional[Callable[..., None]] = None,
-               should_stop: Optional[Callable[[], bool]] = None) -> ClipSet:
+               should_stop: Optional[Callable[[], bool]] = None,
+               exclude_dirs: Sequence[str | os.PathLike] = ()) -> ClipSet:
     """Probe every video and still under ``root`` into a :class:`ClipSet`.
 
     Captions already there are kept: a same-name ``.txt`` beside the file wins over a
@@ -948,13 +949,20 @@ def load_clips(root: str | os.PathLike, recursive: bool = True,
     to ``skipped`` with its reason and the scan goes on. Paths are absolute, names relative
     to ``root`` with '/', order is natural-sorted by name. ``progress(i, n[, text])`` is
     called per file; ``should_stop()`` returning True raises :class:`Cancelled`.
+    Paired files of the naming rule (``clip.reference.mp4``, ``clip.mask.png``, … see
+    :mod:`trainer_core.pairs`) and files under ``exclude_dirs`` (a reference folder inside
+    the dataset) are not clips.
     """
     rootp = Path(root).expanduser().resolve()
     if not rootp.is_dir():
         raise FileNotFoundError(f"dataset folder {rootp} does not exist or is not a folder")
     report = _caller(progress)
     cs = ClipSet(root=str(rootp))
+    from .pairs import pair_kind_of
+
     files = list_media(rootp, recursive=recursive, skipped=cs.skipped)
+    ex = [Path(d).resolve() for d in exclude_dirs]
+    files = [f for f in files if pair_kind_of(f) is None and not any(d == f.parent or d in f.parents for d in ex)]
     table, problems = read_caption_table(rootp)
     cs.skipped.extend(problems)
     n = len(files)

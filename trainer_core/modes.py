@@ -169,6 +169,81 @@ def from_objective(m: "ob.Mode") -> TrainingMode:
     return TrainingMode(m.name, s(m.video, vc), s(m.audio), desc)
 
 
+def parse_conditions(text: str, mode: TrainingMode) -> dict:
+    """The composition a user writes, e.g. ``reference + first_frame@0.2`` or
+    ``prefix:4@0.5 + suffix:4@0.5`` or ``audio.prefix:8`` or ``spatial_crop[0,0,256,512]``:
+    conditions joined by ``+``; ``video.``/``audio.`` picks the modality (default video when
+    the mode has video, else audio); ``:N`` a prefix/suffix boundary in latent frames
+    (default 8), ``@p`` the probability (default 1), ``[y1,x1,y2,x2]`` a spatial crop in
+    pixels. Returns {"video": (Condition, …), "audio": (…)} for the modalities named."""
+    import re
+
+    out: dict[str, list] = {}
+    for raw in text.replace(",", " , ").split("+"):
+        tok = "".join(raw.split()).replace(",", ",")
+        if not tok:
+            continue
+        m = re.fullmatch(r"(?:(video|audio)\.)?([a-z_]+)(?::(\d+))?(?:\[([\d,]+)\])?(?:@([0-9.]+))?", tok)
+        if m is None:
+            raise ValueError(f"conditions: cannot read {raw.strip()!r}; write e.g. 'reference + first_frame@0.2', "
+                             "'prefix:8', 'audio.mask', 'spatial_crop[0,0,256,512]'")
+        key, kind, frames, region, prob = m.groups()
+        key = key or ("video" if mode.video is not None else "audio")
+        if kind not in KINDS:
+            raise ValueError(f"conditions: unknown condition {kind!r}; choose from {', '.join(KINDS)}")
+        if getattr(mode, key) is None:
+            raise ValueError(f"conditions: {key}.{kind} — mode {mode.name} has no {key}")
+        reg = tuple(int(v) for v in region.split(",")) if region else None
+        if kind == "spatial_crop" and reg is None:
+            reg = next((c.region for c in (mode.video.conditions if mode.video else ()) if c.kind == kind),
+                       (0, 0, 288, 576))
+        out.setdefault(key, []).append(Condition(kind, float(prob) if prob else 1.0,
+                                                 frames=int(frames) if frames else (8 if kind in ("prefix", "suffix") else 0),
+                                                 region=reg))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def resolve(name: str, conditions: str = "", extension_frames: int = 0,
+            first_frame_prob: Optional[float] = None) -> TrainingMode:
+    """The mode a run trains: the preset ``name`` (official short names or the pack's older
+    ones), its conditions replaced per modality by ``conditions`` when given (see
+    :func:`parse_conditions`), prefix/suffix boundaries set to ``extension_frames`` when > 0,
+    and for image→video (``i2v`` / ``image_to_video``) the first-frame probability
+    ``first_frame_prob`` (the older setting)."""
+    import dataclasses
+
+    m = get(name)
+    streams = {"video": m.video, "audio": m.audio}
+    if first_frame_prob is not None and LEGACY.get(name, name) == "i2v":
+        conds = tuple(c for c in m.video.conditions if c.kind != "first_frame")
+        if first_frame_prob > 0:
+            conds = (Condition("first_frame", float(first_frame_prob)),) + conds
+        streams["video"] = Stream(m.video.role, conds)
+    if conditions and conditions.strip():
+        for key, conds in parse_conditions(conditions, m).items():
+            streams[key] = Stream(streams[key].role, conds)
+    if extension_frames and extension_frames > 0:
+        for key, st in streams.items():
+            if st is not None:
+                streams[key] = Stream(st.role, tuple(dataclasses.replace(c, frames=int(extension_frames))
+                                                     if c.kind in ("prefix", "suffix") else c for c in st.conditions))
+    return TrainingMode(m.name, streams["video"], streams["audio"], m.description)
+
+
+def spec(mode: TrainingMode) -> dict:
+    """The mode as plain data (run fingerprints, settings files)."""
+    def st(s):
+        if s is None:
+            return None
+        return {"role": s.role, "conditions": [[c.kind, c.probability, c.frames, list(c.region) if c.region else None]
+                                               for c in s.conditions]}
+    return {"name": mode.name, "video": st(mode.video), "audio": st(mode.audio)}
+
+
+def has_conditions(mode: TrainingMode) -> bool:
+    return any(s is not None and s.conditions for s in (mode.video, mode.audio))
+
+
 def table() -> list[tuple[str, str]]:
     """(name, one-line description) of every preset, for help pages and node tooltips."""
     return [(k, v.description) for k, v in PRESETS.items()]

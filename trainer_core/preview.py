@@ -234,6 +234,8 @@ def dataset_gallery(dataset, report=None, thumb_height: int = 96, max_items: int
     for s, fr in zip(shown, frames):
         img = crop_to_bucket(fr, s.bucket, height=thumb_height) if fr is not None else None
         seg = dataset.segments[s.segment]
+        if img is not None and (s.video_mask or s.reference_bucket is not None):
+            img = _with_pairs(img, dataset, s, seg.key(dataset.clipset.clips), thumb_height)
         label = f"{_short(seg.key(dataset.clipset.clips))}\n{s.bucket} @ {s.fps:g}fps"
         for f in s.flags:
             label += f"\n!{FLAG_TEXT.get(f, f)}"
@@ -243,6 +245,36 @@ def dataset_gallery(dataset, report=None, thumb_height: int = 96, max_items: int
     if report is not None:
         title += "  |  " + "  ".join(f"{b}: {n}" for b, n in sorted(report.counts.items()))
     return contact_sheet(items, title=title, thumb_height=thumb_height, max_items=max_items)
+
+
+def _with_pairs(img, dataset, s, key: str, thumb_height: int):
+    """The sample's thumbnail with its inpainting mask over it (the region to fill tinted red,
+    as Encode Latents will read the mask) and its IC-LoRA reference beside it."""
+    from PIL import Image
+
+    from . import pairs
+    from .buckets import crop_to_bucket
+
+    clip = dataset.clipset.clips[s.clip]
+    t = s.start + 1e-3
+    try:
+        if s.video_mask:
+            m = pairs.video_mask_pixels(s.video_mask, [t], (s.bucket.width, s.bucket.height), clip.fps, key=key)[0]
+            m = np.asarray(Image.fromarray((m * 255).astype(np.uint8)).resize(img.size, Image.NEAREST)) / 255.0
+            a = np.asarray(img).astype(np.float32)
+            hole = (m <= 0.5)[..., None]
+            a = np.where(hole, 0.5 * a + 0.5 * np.array([230.0, 40.0, 40.0]), a)
+            img = Image.fromarray(a.clip(0, 255).astype(np.uint8))
+        if s.reference_bucket is not None and clip.reference:
+            ref = pairs.frames_at(clip.reference, [t], clip.fps)[0]
+            r = crop_to_bucket(ref, s.reference_bucket, height=thumb_height)
+            both = Image.new("RGB", (r.width + 2 + img.width, thumb_height), (20, 20, 20))
+            both.paste(r, (0, 0))
+            both.paste(img, (r.width + 2, 0))
+            img = both
+    except Exception:  # a pair that cannot be read shows the plain sample (Encode reports it)
+        return img
+    return img
 
 
 def media_frames(path: str, times: Sequence[float], size: Optional[tuple[int, int]] = None) -> list:

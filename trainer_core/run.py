@@ -91,9 +91,9 @@ def run_training(root: torch.nn.Module, predict: Callable, cache_dir: str, cfg: 
     if main:
         write_yaml(run_dir / "settings.yaml", doc)
     dist.barrier()  # the folder is clean before any rank reads a checkpoint from it
-    from .objective import get_mode
+    from .engine import training_mode
 
-    mode = get_mode(cfg.mode)
+    mode = training_mode(cfg)
     data = CachedLatents(cache_dir, require_audio=mode.needs_audio)
     ck = load_resume_checkpoint(run_dir, resume)
     trainer = Trainer(root, predict, data, cfg, run_dir, device=device, callbacks=callbacks,
@@ -151,9 +151,11 @@ def plan_for_training(root: torch.nn.Module, cache_dir: str, cfg: TrainConfig, b
     from .cache import LatentCache
     from .lora import resolve_targets
     from .ltx2.memory import host_available_bytes, module_bytes, plan_memory
-    from .objective import get_mode
+    from .engine import training_mode
 
-    mode = get_mode(cfg.mode)
+    mode = training_mode(cfg)
+    ref_v = mode.needs("video", "reference")
+    ref_a = mode.needs("audio", "reference")
     samples = LatentCache(cache_dir).manifest.samples
     if not samples:
         raise ValueError(f"the latent cache at {cache_dir} has no samples; run Encode Latents first")
@@ -162,6 +164,9 @@ def plan_for_training(root: torch.nn.Module, cache_dir: str, cfg: TrainConfig, b
         v, a = bucket_tokens(s["bucket"], float(s.get("fps") or 24.0))
         v = v if mode.needs_video else 0
         a = a if mode.needs_audio else 0
+        sc = max(1, int(s.get("reference_scale") or 1))
+        v += v // (sc * sc) if ref_v else 0  # IC-LoRA: the reference tokens ride along
+        a += a if ref_a else 0
         worst = max(worst, (v, a), key=sum)
     spec = cfg.lora_spec()
     mods = dict(root.named_modules())

@@ -606,3 +606,90 @@ def make_dataset(root: Union[str, os.PathLike], small: bool = True) -> DatasetTr
         if name in files:
             files[name].caption = cap
     return DatasetTruth(root=str(root), files=files, bad=bad, captions=captions)
+
+
+def write_wav(path: Union[str, os.PathLike], duration: float = 1.0, tone: float = 330.0,
+              sample_rate: int = 16000) -> str:
+    """A mono 16-bit .wav of a sine tone with a slow tremolo (stdlib ``wave``)."""
+    import wave
+
+    t = np.arange(int(round(duration * sample_rate))) / sample_rate
+    x = 0.4 * np.sin(2 * np.pi * tone * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3.0 * t))
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes((x * 32767).astype("<i2").tobytes())
+    return str(path)
+
+
+def edge_frames_clip(path: Union[str, os.PathLike], source: Union[str, os.PathLike], fps: float = 24) -> str:
+    """A Canny-like reference of a clip: its decoded frames' gradient magnitude, thresholded to
+    white lines on black (an IC-LoRA control reference made without ComfyUI), same size,
+    frame rate and length, no audio."""
+    import av
+
+    frames = []
+    with av.open(str(source)) as c:
+        for f in c.decode(video=0):
+            g = f.to_ndarray(format="gray").astype(np.float32)
+            mag = np.hypot(np.diff(g, axis=1, prepend=g[:, :1]), np.diff(g, axis=0, prepend=g[:1]))
+            e = np.where(mag > 12, 255, 0).astype(np.uint8)
+            frames.append(np.repeat(e[..., None], 3, axis=2))
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for a in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return str(path)
+
+
+def make_mode_inputs(input_dir: Union[str, os.PathLike], fps: int = 24) -> dict[str, str]:
+    """The paired demo datasets and sampling inputs of the training modes' workflows, under
+    ComfyUI's input folder (names as scripts/make_workflows.py's workflows expect them):
+
+    - ``my_control_clips/clip.mp4``: one video with a scene cut, whose Canny references the
+      IC-LoRA workflow makes in the graph; ``my_control_pairs``: clips with ``x.reference.mp4``,
+      their edge images (the naming rule)
+    - ``my_inpaint_clips``: clips with ``x.mask.png`` (white = kept, black = to fill)
+    - ``my_voice_pairs``: clips with ``x.reference_audio.wav`` (audio → audio)
+    - ``control_source.mp4``, ``extend_start.mp4``, ``inpaint_source.mp4``, ``foley_source.mp4``,
+      ``inpaint_mask.png`` (white = regenerate), ``restyle_source.wav``
+    """
+    from PIL import Image
+
+    root = Path(input_dir)
+    made: dict[str, str] = {}
+    (root / "my_control_clips").mkdir(parents=True, exist_ok=True)
+    made["control_clip"] = write_clip(root / "my_control_clips" / "clip.mp4", [1.0, 1.0], fps=fps, size=(64, 64),
+                                      seed=19).path
+    pairs = root / "my_control_pairs"
+    pairs.mkdir(parents=True, exist_ok=True)
+    for i, sz in enumerate([(96, 64), (64, 64)]):
+        clip = pairs / f"clip{i}.mp4"
+        write_clip(clip, [1.2], fps=fps, size=sz, seed=20 + i)
+        made[str(clip)] = edge_frames_clip(pairs / f"clip{i}.reference.mp4", clip, fps)
+    inp = root / "my_inpaint_clips"
+    inp.mkdir(parents=True, exist_ok=True)
+    for i in range(2):
+        write_clip(inp / f"clip{i}.mp4", [1.2], fps=fps, size=(64, 64), seed=30 + i)
+        m = np.full((64, 64), 255, np.uint8)
+        m[16 + 8 * i: 48, 16:48] = 0  # the hole the LoRA learns to fill
+        Image.fromarray(m).save(inp / f"clip{i}.mask.png")
+    voice = root / "my_voice_pairs"
+    voice.mkdir(parents=True, exist_ok=True)
+    for i in range(2):
+        write_clip(voice / f"clip{i}.mp4", [1.2], fps=fps, size=(64, 64), seed=40 + i)
+        write_wav(voice / f"clip{i}.reference_audio.wav", 1.2, tone=200.0 + 60 * i)
+    for name, seed in (("control_source", 50), ("extend_start", 51), ("inpaint_source", 52), ("foley_source", 53)):
+        made[name] = write_clip(root / f"{name}.mp4", [0.6], fps=fps, size=(64, 64), seed=seed,
+                                audio=name != "foley_source").path
+    m = np.zeros((64, 64), np.uint8)
+    m[:, 32:] = 255
+    Image.fromarray(m).convert("RGB").save(root / "inpaint_mask.png")
+    made["restyle_source"] = write_wav(root / "restyle_source.wav", 0.6, tone=260.0)
+    return made

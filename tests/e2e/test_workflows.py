@@ -50,6 +50,7 @@ def info(server):
     mg.write_clip(ds / "talk.mp4", [1.0, 1.0], fps=24, size=(96, 64), seed=1)  # a scene cut, with sound
     mg.write_clip(ds / "walk.mp4", [1.2], fps=25, size=(64, 96), seed=2)
     Image.new("RGB", (64, 64), (200, 120, 40)).save(base / "input" / "first_frame.png")
+    mg.make_mode_inputs(base / "input")  # paired datasets + sampling inputs of the training modes' workflows
     make_tiny_checkpoint(base / "models" / "checkpoints" / mw.TINY_CKPT, "ltx-2.0", seed=1)
     make_tiny_cache(base / "output" / "ltx2_cache" / mw.INSTALL_CACHE, "ltx-2.0")
     # LTX-2.5: the tiny split set under the real files' names (the text encoder file holds the
@@ -138,6 +139,19 @@ def _set(node: dict, info: dict, **values) -> None:
     assert not values, f"{node['type']} has no widgets {list(values)}"
 
 
+def _get(node: dict, info: dict, name: str):
+    """A widget value of a UI-format node by input name."""
+    k = 0
+    linked = {i["name"] for i in node.get("inputs", []) if i.get("link") is not None}
+    for nm, t, opts, _ in mw._inputs(info[node["type"]]):
+        if not mw._is_widget(t, opts) or nm in linked:
+            continue
+        if nm == name:
+            return node["widgets_values"][k]
+        k += 1 + (1 if mw._has_control(nm, t, opts) else 0)
+    raise KeyError(name)
+
+
 def _cpu_sized(ui: dict, info: dict, stem: str) -> dict:
     from trainer_core.tiny_checkpoint import text_context_width
 
@@ -205,17 +219,22 @@ def test_shipped_workflow_runs_headless_end_to_end(server, info, stem, tmp_path)
     run_dir = server.base / "output" / "ltx2_lora_runs" / f"e2e_{stem}"
     got = sorted(p.name for p in (run_dir / "samples").glob("step_*.mp4"))
     assert got == ["step_000002_0.mp4", "step_000004_0.mp4"], got
+    side = any(n["type"] == "LTX2TrainSampleConditioning" and _get(n, info, "include_in_output")
+               for n in ui["nodes"])
+    want_w = 128 if side else 64  # IC-LoRA with include_in_output: reference | result
+    with av.open(str(run_dir / "samples" / got[-1])) as c:  # validation sampled with the workflow's conditioning
+        assert c.streams.video[0].codec_context.width == want_w
     # the Sample node's mp4: 9 frames of 64x64 at the workflow's fps, with an audio track
     outs = sorted((server.base / "output" / "ltx2_samples").glob(f"{stem}_*.mp4"))
     assert outs, server.log_text()[-3000:]
     with av.open(str(outs[-1])) as c:
         v = c.streams.video[0]
         frames = list(c.decode(video=0))
-        assert len(frames) == 9 and (frames[0].width, frames[0].height) == (64, 64)
+        assert len(frames) == 9 and (frames[0].width, frames[0].height) == (want_w, 64)
         assert abs(float(v.average_rate) - 24) < 0.01
         assert c.streams.audio, "the preview has no sound"
     # captions were written by the captioner (the dataset had none)
-    caps = sorted((server.base / "input" / "my_dataset").rglob("*.txt"))
+    caps = sorted((server.base / "input" / spec.get("folder", "my_dataset")).rglob("*.txt"))
     assert caps, "no captions written"
     print(f"{stem}: {took:.0f} s, LoRA {loras[-1].name} ({len(sd)} tensors), preview {outs[-1].name}")
 
@@ -253,3 +272,38 @@ def test_a_missing_model_file_refuses_the_whole_run(server, info):
     assert r.get("prompt_id") and not r.get("node_errors"), r
     server.post("/interrupt", {})
     server.post("/queue", {"clear": True})
+
+
+@pytest.mark.parametrize("stem", sorted(mw.MODE_WORKFLOWS))
+def test_mode_workflow_samples_with_its_conditioning_headless(server, info, stem):
+    """The "Try your LoRA" half of each training mode's workflow, as shipped (ComfyUI's stock
+    loaders, core Canny, Sample Conditioning, Sample with LoRA) run through the server on the
+    tiny checkpoint: the stock nodes' outputs fit Sample Conditioning's inputs and the mp4
+    comes out with sound at the size the conditioning gives (IC-LoRA: reference | result)."""
+    import av
+
+    ui = _cpu_sized(json.loads((REPO / "example_workflows" / f"{mw.file_name(stem)}.json").read_text()), info, stem)
+    prompt = mw.to_api(ui, info)
+    sample = next(k for k, v in prompt.items() if v["class_type"] == "LTX2TrainSample")
+    ckpt = next(k for k, v in prompt.items() if v["class_type"] == "CheckpointLoaderSimple")
+    prompt[sample]["inputs"]["model"] = [ckpt, 0]  # the base model instead of the Train node's
+    prompt[sample]["inputs"]["filename_prefix"] = f"ltx2_samples/half_{stem}"
+    keep, todo = set(), [sample]
+    while todo:  # the Sample node and what it depends on
+        k = todo.pop()
+        if k in keep:
+            continue
+        keep.add(k)
+        todo += [v[0] for v in prompt[k]["inputs"].values() if isinstance(v, list) and len(v) == 2
+                 and isinstance(v[0], str)]
+    prompt = {k: v for k, v in prompt.items() if k in keep}
+    assert any(v["class_type"] == "LTX2TrainSampleConditioning" for v in prompt.values())
+    _wait_idle(server, 600)
+    server.run_prompt(prompt, timeout=600)
+    outs = sorted((server.base / "output" / "ltx2_samples").glob(f"half_{stem}_*.mp4"))
+    assert outs, server.log_text()[-3000:]
+    side = mw.MODE_WORKFLOWS[stem]["conditioning"] == "reference_canny"
+    with av.open(str(outs[-1])) as c:
+        frames = list(c.decode(video=0))
+        assert len(frames) == 9 and (frames[0].width, frames[0].height) == (128 if side else 64, 64)
+        assert c.streams.audio, "the preview has no sound"
