@@ -197,3 +197,15 @@ def test_gallery_shows_the_mask_over_the_sample_and_the_reference_beside(tmp_pat
     hole = pairs.video_mask_pixels(s.video_mask, [0.0], (256, 128), 24.0, key=ds.segments[0].key(cs.clips))[0]
     tinted = (sample[..., 0] - sample[..., 1]) > 60
     assert 0 < tinted.mean() < 1 and abs(tinted.mean() - (hole <= 0.5).mean()) < 0.05
+
+
+def test_a_reference_folder_inside_the_dataset_is_not_read_as_clips(tmp_path):
+    root = tmp_path / "ds"
+    (root / "refs").mkdir(parents=True)
+    write_clip(root / "c0.mp4", scenes=(0.5,), fps=24, size=(64, 64), audio=False, seed=1, preset="ultrafast")
+    write_image(root / "refs" / "c0.png", size=(64, 64))
+    assert len(media.load_clips(root).clips) == 2
+    cs = media.load_clips(root, exclude_dirs=[root / "refs"])
+    pairs.attach_pairs(cs, root / "refs")
+    assert [c.name for c in cs.clips] == ["c0.mp4"] and cs.clips[0].reference.endswith("refs/c0.png")
+    assert cs.clips[0].reference_audio is None  # a still has no sound
