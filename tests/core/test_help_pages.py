@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import REPO
 
 DOCS = REPO / "web" / "docs"
-PAGES = sorted(p for p in DOCS.glob("LTX2Train*.md") if p.name != "LTX2TrainLoRA.md")  # the Train page: the lead's
+PAGES = sorted(DOCS.glob("LTX2Train*.md"))
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
