@@ -175,8 +175,9 @@ def apply_lora_file(model, path: str, strength: float = 1.0):
     import comfy.sd
     import comfy.utils
 
-    sd = comfy.utils.load_torch_file(path, safe_load=True)
-    patched, _ = comfy.sd.load_lora_for_models(model, None, sd, strength, 0)
+    sd, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
+    # the metadata rides along as with Load LoRA (Get IC-LoRA Parameters reads it)
+    patched, _ = comfy.sd.load_lora_for_models(model, None, sd, strength, 0, lora_metadata=metadata)
     return patched
 
 

@@ -344,6 +344,15 @@ def _stack_opt(items: list, name: str, mode_name: str, why: str):
     return torch.stack(vals)
 
 
+def _stack_needed(items: list, name: str, mode_name: str, what: str, fix: str) -> torch.Tensor:
+    """``_stack_opt`` for what the mode cannot train without: none cached says how to get it."""
+    got = _stack_opt(items, name, mode_name, what)
+    if got is None:
+        raise ValueError(f"mode {mode_name} needs {what} per sample and the cache has none: {fix}, then Encode "
+                         "Latents")
+    return got
+
+
 def build_step_inputs(items: list[LatentItem], mode, cfg: TrainConfig, gen: torch.Generator,
                       empty_text: Optional[dict], device, dtype, config=None) -> StepInputs:
     """Stack a same-bucket batch, noise and condition it per the mode (trainer_core.modes:
@@ -364,19 +373,13 @@ def build_step_inputs(items: list[LatentItem], mode, cfg: TrainConfig, gen: torc
         _, _, F, H, W = x.shape
         latents["video"], grids["video"] = video_to_tokens(x).to(dtype), (F, H, W)
         if mode.needs("video", "mask"):
-            m = _stack_opt(items, "video_mask", mode.name, "its inpainting mask")
-            if m is None:
-                raise ValueError(f"mode {mode.name} needs a video mask per sample and the cache has none: give "
-                                 "Load Clips mask files (clip.mask.png / the video_mask column) or generated masks, "
-                                 "then Encode Latents")
-            masks["video"] = m.reshape(B, -1)
+            masks["video"] = _stack_needed(items, "video_mask", mode.name, "a video mask",
+                                           "give Load Clips mask files (clip.mask.png / the video_mask column) or "
+                                           "generated masks").reshape(B, -1)
         if mode.needs("video", "reference"):
-            r = _stack_opt(items, "reference", mode.name, "the IC-LoRA reference")
-            if r is None:
-                raise ValueError(f"mode {mode.name} needs a reference video per sample and the cache has none: "
-                                 "pair the clips in Load Clips (clip.reference.mp4, the reference_video column or a "
-                                 "reference folder), then Encode Latents")
-            r = r.to(device)
+            r = _stack_needed(items, "reference", mode.name, "a reference video",
+                              "pair the clips in Load Clips (clip.reference.mp4, the reference_video column or a "
+                              "reference folder)").to(device)
             refs["video"] = md.VideoRef(video_to_tokens(r).to(dtype), tuple(r.shape[2:]), items[0].fps)
     if mode.needs_audio:
         missing = [it.key for it in items if it.audio is None]
@@ -386,18 +389,12 @@ def build_step_inputs(items: list[LatentItem], mode, cfg: TrainConfig, gen: torc
         a = torch.stack([it.audio for it in items]).to(device)
         latents["audio"], grids["audio"] = audio_to_tokens(a).to(dtype), (a.shape[2],)
         if mode.needs("audio", "mask"):
-            m = _stack_opt(items, "audio_mask", mode.name, "its audio inpainting mask")
-            if m is None:
-                raise ValueError(f"mode {mode.name} needs an audio mask per sample and the cache has none: give "
-                                 "Load Clips audio mask files (clip.audio_mask.wav / the audio_mask column) or "
-                                 "generated masks, then Encode Latents")
-            masks["audio"] = m.reshape(B, -1)
+            masks["audio"] = _stack_needed(items, "audio_mask", mode.name, "an audio mask",
+                                           "give Load Clips audio mask files (clip.audio_mask.wav / the audio_mask "
+                                           "column) or generated masks").reshape(B, -1)
         if mode.needs("audio", "reference"):
-            r = _stack_opt(items, "reference_audio", mode.name, "the IC-LoRA reference audio")
-            if r is None:
-                raise ValueError(f"mode {mode.name} needs reference audio per sample and the cache has none: pair "
-                                 "the clips with references that have sound (or clip.reference_audio.wav), then "
-                                 "Encode Latents")
+            r = _stack_needed(items, "reference_audio", mode.name, "reference audio",
+                              "pair the clips with references that have sound (or clip.reference_audio.wav)")
             refs["audio"] = audio_to_tokens(r.to(device)).to(dtype)
     mi = md.prepare(mode, latents, grids, gen, masks=masks or None, references=refs or None, config=config,
                     fps=float(items[0].fps), sampler=cfg.sigma_sampler)

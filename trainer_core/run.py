@@ -129,6 +129,12 @@ def run_training(root: torch.nn.Module, predict: Callable, cache_dir: str, cfg: 
                 "steps": result.steps_done, "trigger_word": cfg.trigger_word, "mode": cfg.mode,
                 "settings": cfg.to_dict(), "train_seconds": round(elapsed, 1),
                 "final_loss": result.history[-1]["loss"] if result.history else None}
+        if training_mode(cfg).needs("video", "reference"):
+            # what ComfyUI's Get IC-LoRA Parameters reads to size the guide (1: full-size references)
+            from .cache import LatentCache
+
+            scales = [int(s.get("reference_scale") or 1) for s in LatentCache(cache_dir).manifest.samples]
+            meta["reference_downscale_factor"] = max(scales or [1])
         save_lora(lora_path, result.lora, meta)
         write_yaml(Path(lora_path).with_suffix(".yaml"), doc)
         out_path = str(lora_path)

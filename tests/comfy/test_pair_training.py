@@ -74,14 +74,24 @@ def test_pairs_reported_and_cached(comfy, paired):
                                         ("video_inpainting", {})])
 def test_mode_trains_on_the_paired_cache(comfy, paired, mode, extra):
     model, latents, *_ = paired
+    flat_inputs = _flat_inputs(comfy)
     with torch.inference_mode():
-        out = comfy.pack["LTX2TrainLoRA"].execute(model=model, latents=latents, recipe="Character",
-                                                  lora_name=f"pair_{mode}", steps=2, learning_rate=1e-3, rank=2,
-                                                  seed=1, resume="none", precision="fp32", checkpoint_every=0,
-                                                  mode=mode, **extra)
+        out = comfy.pack["LTX2TrainLoRA"].execute(**flat_inputs(
+            model=model, latents=latents, recipe="Character", lora_name=f"pair_{mode}", steps=2,
+            learning_rate=1e-3, rank=2, seed=1, resume="none", precision="fp32", checkpoint_every=0, mode=mode,
+            **extra))
     assert out.result[1].startswith(f"ltx2/pair_{mode}_")
     hist = out.result[2]
     assert len(hist) == 2 and all(h["loss"] == h["loss"] and h["loss"] > 0 for h in hist)
+    if mode == "v2v_ic_lora":  # trained on 1/2-size references: the LoRA says so, as ComfyUI's IC-LoRA node reads it
+        params = comfy.nodes.NODE_CLASS_MAPPINGS["GetICLoRAParameters"]
+        assert params.execute(iclora_model=out.result[0]).result[0] == {"reference_downscale_factor": 2}
+
+
+def _flat_inputs(comfy):
+    import sys
+
+    return sys.modules[comfy.pack["LTX2TrainLoRA"].__module__].flat_inputs
 
 
 def test_ic_lora_on_a_cache_without_references_says_what_to_do(comfy, paired):
@@ -100,6 +110,6 @@ def test_ic_lora_on_a_cache_without_references_says_what_to_do(comfy, paired):
                    cache_name="plain_cache")[0]
     with pytest.raises(ValueError, match="no reference for 1 of 1 samples.*Load Clips"):
         with torch.inference_mode():
-            comfy.pack["LTX2TrainLoRA"].execute(model=model, latents=latents, recipe="Character", lora_name="plain",
-                                                steps=1, rank=2, resume="none", precision="fp32",
-                                                checkpoint_every=0, mode="v2v_ic_lora")
+            comfy.pack["LTX2TrainLoRA"].execute(**_flat_inputs(comfy)(
+                model=model, latents=latents, recipe="Character", lora_name="plain", steps=1, rank=2,
+                resume="none", precision="fp32", checkpoint_every=0, mode="v2v_ic_lora"))

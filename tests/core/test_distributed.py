@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import REPO
 from tests.core import dist_worker
 from tests.core.test_engine import ToyRoot, ToySource, cfg, lora_tensors, toy_predict
 from trainer_core import distributed as D
@@ -38,8 +40,15 @@ def spawn(world: int, spec: dict, timeout: float = 120.0, target=None) -> list[i
     ctx = mp.get_context("spawn")
     port = _port()
     procs = [ctx.Process(target=target or dist_worker.run, args=(r, world, port, spec)) for r in range(world)]
-    for p in procs:
-        p.start()
+    saved = list(sys.path)
+    # the children import this repo's tests (a namespace package): ComfyUI's checkout, which the
+    # ComfyUI layer puts on sys.path, has a regular package of that name that would win there
+    sys.path[:] = [str(REPO)] + [q for q in saved if not (Path(q or ".") / "tests" / "__init__.py").is_file()]
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        sys.path[:] = saved
     end = time.time() + timeout
     for p in procs:
         p.join(max(1.0, end - time.time()))

@@ -142,7 +142,8 @@ function migrateGraph(g) {
     const moved = Object.entries(OLD_VALIDATION_SOCKETS).filter(([o]) => byName[o]?.link != null);
     const wantValidation = !!old.validation_every || moved.length > 0;
     // the new nodes go under the (now much shorter) Train node, in the room the old one took
-    const TRAIN_H = 560, OPT_H = 520, VAL_H = 430;
+    // the option node's height follows its widget count (new settings make it taller)
+    const TRAIN_H = 560, OPT_H = 40 + 27 * inputsOf(DEFS[OPTIONS]).filter(isWidget).length, VAL_H = 430;
     const opt = { id: nextNode++, type: OPTIONS, pos: [x, y + TRAIN_H + 70], size: [w, OPT_H], flags: {},
       order: n.order ?? 0, mode: 0, inputs: [], outputs: [{ name: "options", type: "LTX2_TRAIN_OPTIONS", links: [], slot_index: 0 }],
       properties: { "Node name for S&R": OPTIONS, [FILLED]: true }, widgets_values: widgetValues(DEFS[OPTIONS], optVals) };
