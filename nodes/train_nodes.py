@@ -76,6 +76,7 @@ OPTION_FIELDS = {
     "devices": (None, "this GPU"),      # read by the Train node, not a TrainConfig field
     "conditions": ("conditions", ""),
     "extension_frames": ("extension_frames", 0),
+    "audio_reference_positions": ("audio_reference_positions", "official"),
 }
 # LTX-2 Validation: widget / socket names (the old single Train node called them validation_<name>)
 VALIDATION_NAMES = ("every", "prompts", "clip", "positive", "negative", "vae", "audio_vae", "image", "width",
@@ -549,6 +550,11 @@ class TrainingOptions(io.ComfyNode):
                 io.Int.Input("extension_frames", default=0, min=0, max=64,
                              tooltip="Extension modes: the kept boundary in latent frames (8 pixel frames each; "
                                      "audio: latent steps, 25 per second). 0 = the preset's 8."),
+                io.Combo.Input("audio_reference_positions", options=["official", "comfyui"], default="official",
+                               tooltip="Audio IC-LoRA (a2a, av2av): where the reference sound sits in time. "
+                                       "official: on the target's timeline, as Lightricks' trainer; comfyui: just "
+                                       "before it, as ComfyUI's LTXV Reference Audio node samples — pick comfyui "
+                                       "to sample the LoRA with that node."),
                 io.String.Input("devices", default="this GPU",
                                 tooltip="Where to train: this GPU (the one ComfyUI uses), all GPUs, or GPU "
                                         "numbers such as 0,1. With several GPUs each one trains on its own clip "

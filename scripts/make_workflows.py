@@ -74,7 +74,7 @@ EXTRA_H = {             # what the frontend and the pack's JS add below the widg
     "LTX2TrainSample": STATUS_H + 300,                        # the video player
     "LoadImage": 260,
     "LoadImageMask": 260,
-    "LoadVideo": 300,                                         # the video player
+    "LoadVideo": 360,                                         # the video player (a square clip at the node's width)
     "LoadAudio": 120,                                         # the audio player
     "Canny": IMAGE_PREVIEW_H,
     "LTX2TrainSampleConditioning": STATUS_H,
@@ -367,7 +367,8 @@ def _conditioning(g: Graph, kind: str, x: int, y: int) -> tuple[int, list[int], 
 
 def _pipeline(info: dict, *, recipe: str, split: bool, first_frame: bool, prompt: str, mode: str,
               folder: str = "my_dataset", ltx25: bool = False, conditioning: Optional[str] = None,
-              dataset_text: str = "", canny_references: str = "", **_ignored) -> Graph:
+              dataset_text: str = "", canny_references: str = "", options: Optional[dict] = None,
+              **_ignored) -> Graph:
     g = Graph(info)
     L = _loaders(g, ltx25)
     x = max(g.right(i) for i in L.ids) + 100
@@ -413,7 +414,7 @@ def _pipeline(info: dict, *, recipe: str, split: bool, first_frame: bool, prompt
     tr, op, va = train_nodes(g, (x, TOP), recipe=recipe, model=L.model, latents=(en, 0),
                              lora_name=f"my_{'ltx25_' if ltx25 else ''}{recipe.lower()}_lora", mode=mode,
                              validation=dict(every=250, prompts=prompt), clip=L.clip, vae=L.vae,
-                             audio_vae=L.audio_vae)
+                             audio_vae=L.audio_vae, options=options)
     n3 = g.note((x0, y_note), "**Train.** Encode Latents prepares the dataset once (`output/ltx2_cache`). "
                 "On the Train node pick a recipe (it fills steps, rank, learning rate, mode) and name your LoRA, "
                 "then Run: the chart shows the loss, LTX-2 Validation makes previews every 250 steps, the LoRA "
@@ -505,8 +506,10 @@ MODE_WORKFLOWS = {
         title="Voice restyle, audio to audio (LTX-2)", recipe="Audio", split=True, first_frame=False,
         mode="a2a_ic_lora", conditioning="reference_audio", thumb="Restyle", folder="my_voice_pairs",
         makes="a voice or sound remade in the style of your clips (audio IC-LoRA)",
-        dataset_text="Each clip `x.mp4` (or `.wav`) has its source sound beside it as "
+        dataset_text="Each clip `x.mp4` (a video with sound) has its source sound beside it as "
                      "`x.reference_audio.wav`; the clip's own sound is what the LoRA learns to make. ",
+        # sampled through ComfyUI's LTXV Reference Audio: train the reference where it puts it
+        options=dict(audio_reference_positions="comfyui"),
         prompt="sks voice, a calm deep voice says \"welcome back\" in a small room."),
 }
 WORKFLOWS.update(MODE_WORKFLOWS)

@@ -62,6 +62,9 @@ class TrainConfig:
     mode: str = "text_to_audio_video"  # a trainer_core.modes preset (13 official names + the older ones)
     conditions: str = ""  # composition replacing the preset's conditions, e.g. "reference + first_frame@0.2"
     extension_frames: int = 0  # prefix/suffix boundary in latent frames (0: the preset's, 8)
+    # reference audio's place in time: official (from 0, ltx-trainer) | comfyui (before 0, as
+    # ComfyUI's LTXV Reference Audio samples it)
+    audio_reference_positions: str = "official"
     first_frame_prob: float = 0.5  # image→video's first-frame probability
     audio_weight: float = 1.0
     caption_dropout: float = 0.0
@@ -117,6 +120,7 @@ _CHOICES = {
     "sigma_sampler": ("shifted_logit_normal", "uniform"),
     "compile_blocks": ("auto", "on", "off"),
     "stream_transfer": ("bf16", "fp8"),
+    "audio_reference_positions": ("official", "comfyui"),
 }
 # (low, high, low inclusive, high inclusive, why) — None: unbounded
 _RANGES = {
@@ -397,7 +401,8 @@ def build_step_inputs(items: list[LatentItem], mode, cfg: TrainConfig, gen: torc
                               "pair the clips with references that have sound (or clip.reference_audio.wav)")
             refs["audio"] = audio_to_tokens(r.to(device)).to(dtype)
     mi = md.prepare(mode, latents, grids, gen, masks=masks or None, references=refs or None, config=config,
-                    fps=float(items[0].fps), sampler=cfg.sigma_sampler)
+                    fps=float(items[0].fps), sampler=cfg.sigma_sampler,
+                    audio_reference_at=cfg.audio_reference_positions)
 
     def wrap(si):
         if si is None:
@@ -665,6 +670,8 @@ def run_fingerprint(root, data, cfg: TrainConfig, lora: LoRASet, batch_size: int
         "latent cache": data_identity(data),
         "mode": cfg.mode,
         "mode spec": _mode_spec(cfg),
+        **({"audio reference positions": cfg.audio_reference_positions}
+           if cfg.audio_reference_positions != "official" else {}),
         "draw order": DRAW_ORDER,
         "LoRA modules": hashlib.sha256("\n".join(lora.names).encode()).hexdigest()[:16] + f" ({len(lora.names)})",
         "targets": [cfg.targets, cfg.target_patterns] if not init_digest else "init LoRA",

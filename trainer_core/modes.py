@@ -415,13 +415,34 @@ def reference_video_positions(ref_grid: tuple, grid: tuple, config, fps: float, 
     return pos
 
 
+AUDIO_REFERENCE_POSITIONS = ("official", "comfyui")
+
+
+def audio_reference_positions(r: int, device, convention: str = "official") -> torch.Tensor:
+    """[1, 1, R, 2] positions of R reference-audio tokens. ``official``: on the target's own
+    timeline from 0, as ltx-trainer's flexible strategy trains them; ``comfyui``: shifted to
+    end one latent step before 0, as ComfyUI's LTXV Reference Audio node places them when
+    sampling (its ID-LoRA convention) — train with that one to sample in ComfyUI."""
+    from .ltx2.forward import AUDIO_HOP_LENGTH, AUDIO_LATENT_DOWNSAMPLE, AUDIO_SAMPLE_RATE, audio_positions
+
+    pos = audio_positions(r, device)
+    if convention == "official":
+        return pos
+    if convention != "comfyui":
+        raise ValueError(f"audio_reference_positions must be one of {AUDIO_REFERENCE_POSITIONS}, not {convention!r}")
+    step = AUDIO_HOP_LENGTH * AUDIO_LATENT_DOWNSAMPLE / AUDIO_SAMPLE_RATE
+    return pos - (pos[0, 0, -1, 1] + step)
+
+
 def build(mode: TrainingMode, latents: dict, draws: Draws, grids: dict, *, masks: Optional[dict] = None,
-          references: Optional[dict] = None, config=None, fps: float = 25.0) -> ModeInputs:
+          references: Optional[dict] = None, config=None, fps: float = 25.0,
+          audio_reference_at: str = "official") -> ModeInputs:
     """Model inputs of one step, deterministic given ``draws``.
 
     latents: {"video": [B, N, C], "audio": [B, T, C]} clean tokens; grids: {"video": (F, H, W),
     "audio": (T,)}; masks: {"video"|"audio": per-sample masks reshapable to [B, N]};
-    references: {"video"|"audio": VideoRef}; config: the LTX2Config (VAE factors, positions).
+    references: {"video"|"audio": VideoRef}; config: the LTX2Config (VAE factors, positions);
+    audio_reference_at: where reference audio sits in time (``audio_reference_positions``).
     """
     scale = tuple(getattr(config, "vae_scale_factors", (8, 32, 32)))
     res = {}
@@ -470,8 +491,7 @@ def build(mode: TrainingMode, latents: dict, draws: Draws, grids: dict, *, masks
                     raise ValueError("video references need the model config (positions)")
                 pos = reference_video_positions(ref.grid, grid, config, fps, ref.fps, x0.device)
             else:
-                from .ltx2.forward import audio_positions
-                pos = audio_positions(toks.shape[1], x0.device)
+                pos = audio_reference_positions(toks.shape[1], x0.device, audio_reference_at)
             if si.ref_tokens is not None:  # a second reference condition goes in front again
                 toks = torch.cat([toks, si.ref_tokens], 1)
                 pos = torch.cat([pos, si.ref_positions], 2)
@@ -481,8 +501,9 @@ def build(mode: TrainingMode, latents: dict, draws: Draws, grids: dict, *, masks
 
 
 def prepare(mode: TrainingMode, latents: dict, grids: dict, generator: torch.Generator, *, masks=None,
-            references=None, config=None, fps: float = 25.0, sampler: str = "shifted_logit_normal") -> ModeInputs:
+            references=None, config=None, fps: float = 25.0, sampler: str = "shifted_logit_normal",
+            audio_reference_at: str = "official") -> ModeInputs:
     """``draw`` then ``build``: one step's inputs, every random draw through ``generator``."""
     shapes = {k: tuple(v.shape) for k, v in latents.items() if v is not None}
     return build(mode, latents, draw(mode, shapes, generator, sampler), grids, masks=masks,
-                 references=references, config=config, fps=fps)
+                 references=references, config=config, fps=fps, audio_reference_at=audio_reference_at)

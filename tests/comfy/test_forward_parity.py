@@ -689,3 +689,36 @@ def test_tiny_checkpoint_loaded_by_comfyui(comfy, tmp_path, variant):
                     assert _rel(v, rv) < TOL, (variant, mode, _rel(v, rv))
                 if ra is not None:
                     assert _rel(a, ra) < TOL, (variant, mode, _rel(a, ra))
+
+
+def test_reference_audio_positions_match_comfyuis_reference_audio_node(pair):
+    """Audio IC-LoRA trained with ``audio_reference_positions = comfyui`` sees the reference
+    sound where ComfyUI puts it when sampling (LTXV Reference Audio → the model's ``ref_audio``:
+    clean tokens before the target, timed to end just before 0): our audio forward with those
+    positions equals ComfyUI's LTXAVModel given the same reference; with the official positions
+    (ltx-trainer's: on the target's timeline from 0) it does not."""
+    from trainer_core.modes import audio_reference_positions
+
+    variant, c, bm, tree = pair
+    g = torch.Generator().manual_seed(3)
+    T, R, L = 6, 4, 7
+    a = torch.randn(1, T, 128, generator=g)
+    ref = torch.randn(1, R, 128, generator=g)
+    sigma = torch.full((1, T), 0.6)
+    ctx = torch.randn(1, L, context_width(c), generator=g)
+    dm = bm.diffusion_model
+    with torch.no_grad():
+        text = dm.preprocess_text_embeds(ctx, unprocessed=True)
+        theirs = dm([torch.zeros(1, 128, 1, 1, 1), tokens_to_audio(a)], (sigma.amax(dim=1), sigma), text,
+                    frame_rate=24.0, ref_audio={"tokens": ref},
+                    transformer_options=dict(run_vx=False, v2a_cross_attn=False))[1]
+        theirs = audio_to_tokens(theirs)
+        got = {}
+        for conv in ("comfyui", "official"):
+            got[conv] = forward_av(tree, None, (a, sigma, (T,)), context=ctx, fps=24.0,
+                                   audio_reference=(ref, audio_reference_positions(R, "cpu", conv)))[1]
+    rel = lambda x: ((x - theirs).norm() / theirs.norm()).item()
+    assert got["comfyui"].shape == theirs.shape
+    # (measured: 2.0 8e-6, 2.3 / 2.5 4e-5; the official positions 3e-2)
+    assert rel(got["comfyui"]) < 1e-4, rel(got["comfyui"])
+    assert rel(got["official"]) > 100 * rel(got["comfyui"]), (rel(got["official"]), rel(got["comfyui"]))

@@ -456,3 +456,29 @@ def test_make_predict_passes_a_streams_reference():
     torch.testing.assert_close(v_ref.detach(), direct, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(v_plain.detach(), direct_plain, atol=1e-5, rtol=1e-5)
     assert (v_ref.detach() - v_plain.detach()).abs().max() > 1e-4
+
+
+def test_audio_reference_positions_official_or_before_the_target():
+    """``official``: the reference audio on the target's timeline from 0 (ltx-trainer); ``comfyui``:
+    the same spacing, moved to end one latent step (40 ms) before 0 — where ComfyUI's LTXV
+    Reference Audio puts it (the forward against ComfyUI's model: tests/comfy/test_forward_parity.py);
+    the engine's setting reaches the step's reference positions."""
+    from trainer_core import engine as en
+
+    off = md.audio_reference_positions(5, "cpu", "official")
+    com = md.audio_reference_positions(5, "cpu", "comfyui")
+    assert torch.equal(off, audio_positions(5, "cpu"))
+    shift = off - com
+    assert torch.allclose(shift, shift.flatten()[0].expand_as(shift))  # one shift for every token
+    assert abs(com[0, 0, -1, 1].item() - (-0.04)) < 1e-6  # ends 40 ms before the target starts
+    with pytest.raises(ValueError, match="audio_reference_positions"):
+        md.audio_reference_positions(5, "cpu", "middle")
+    item = en.LatentItem("k", None, torch.randn(8, 6, 16), {"context": torch.zeros(3, 4)},
+                         reference_audio=torch.randn(8, 5, 16))
+    for conv, want in (("official", off), ("comfyui", com)):
+        cfg = en.TrainConfig(mode="a2a_ic_lora", caption_dropout=0.0, audio_reference_positions=conv)
+        inp = en.build_step_inputs([item], en.training_mode(cfg), cfg, torch.Generator().manual_seed(0), None,
+                                   "cpu", torch.float32)
+        assert torch.equal(inp.audio.reference[1], want)
+    with pytest.raises(en.SettingsError, match="audio_reference_positions"):
+        en.TrainConfig(audio_reference_positions="middle")

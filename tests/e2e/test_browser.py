@@ -295,6 +295,11 @@ def test_every_template_loads_tidy_in_the_frontend(server, browser):
     rectangles (title bars included) overlap, the Train node's chart lies inside the node and
     no other widget (the status line, a progress text) is drawn over it, the pack logs no
     error. One screenshot per template."""
+    from tests.core import mediagen as mg
+
+    # the files the templates' stock loaders name, as a user has them: their previews (a Load
+    # Video player) take room too
+    mg.make_mode_inputs(server.base / "input")
     paths = sorted((REPO / "example_workflows").glob("*.json"))
     assert len(paths) >= 8
     page, errors, failed = _open(browser, server, json.loads(paths[0].read_text()), "canvas.ltx2-loss-chart")
