@@ -36,34 +36,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-class SyntheticLatents:
+def synthetic_latents(n: int, shape: str, width: int, seed: int = 0):
     """``n`` random samples of one ``WxHxF`` bucket (video + audio + text), fixed by seed."""
+    import torch
 
-    def __init__(self, n: int, shape: str, width: int, seed: int = 0):
-        import torch
+    from trainer_core.engine import ItemSource, LatentItem
 
-        from trainer_core.engine import LatentItem
-
-        W, H, F = (int(v) for v in shape.lower().split("x"))
-        Fl, Hl, Wl, T = 1 + (F - 1) // 8, H // 32, W // 32, int(round(F / 24.0 * 25))
-        g = torch.Generator().manual_seed(seed)
-        self.items = [LatentItem(key=f"s{i}", video=torch.randn(128, Fl, Hl, Wl, generator=g),
-                                 audio=torch.randn(8, T, 16, generator=g),
-                                 text={"context": torch.randn(64, width, generator=g)}, bucket=shape)
-                      for i in range(n)]
-        self.empty = {"context": torch.zeros(64, width)}
-
-    def __len__(self):
-        return len(self.items)
-
-    def get(self, i):
-        return self.items[i]
-
-    def bucket_of(self, i):
-        return self.items[i].bucket
-
-    def empty_text(self):
-        return self.empty
+    W, H, F = (int(v) for v in shape.lower().split("x"))
+    Fl, Hl, Wl, T = 1 + (F - 1) // 8, H // 32, W // 32, int(round(F / 24.0 * 25))
+    g = torch.Generator().manual_seed(seed)
+    items = [LatentItem(key=f"s{i}", video=torch.randn(128, Fl, Hl, Wl, generator=g),
+                        audio=torch.randn(8, T, 16, generator=g),
+                        text={"context": torch.randn(64, width, generator=g)}, bucket=shape)
+             for i in range(n)]
+    return ItemSource(items, {"context": torch.zeros(64, width)})
 
 
 def worker(args) -> int:
@@ -98,7 +84,7 @@ def worker(args) -> int:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     width = text_context_width(cfgd, processed=False, tiny=args.tiny)
-    data = SyntheticLatents(batch * (args.warmup + args.steps), args.shape, width)
+    data = synthetic_latents(batch * (args.warmup + args.steps), args.shape, width)
     tokens = math.prod(data.items[0].video.shape[1:])
     cfg = TrainConfig(steps=args.warmup + args.steps, rank=32 if not args.tiny else 4, checkpoint_every=0,
                       mixed_precision="fp32" if args.tiny else "bf16", sigma_sampler="uniform",

@@ -286,6 +286,26 @@ class LatentSource(Protocol):
     def empty_text(self) -> dict[str, torch.Tensor]: ...
 
 
+class ItemSource:
+    """A LatentSource over samples held in memory (benchmarks, tests): ``items`` and the
+    empty caption's conditioning ``empty``."""
+
+    def __init__(self, items: list[LatentItem], empty: dict[str, torch.Tensor]):
+        self.items, self.empty = items, empty
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def get(self, index: int) -> LatentItem:
+        return self.items[index]
+
+    def bucket_of(self, index: int) -> str:
+        return self.items[index].bucket
+
+    def empty_text(self) -> dict[str, torch.Tensor]:
+        return self.empty
+
+
 @dataclass
 class ModalityInput:
     tokens: torch.Tensor  # [B, N, C] noised target tokens (conditioning tokens clean)

@@ -19,36 +19,24 @@ WIDTH = tiny_checkpoint.text_context_width("2.3", processed=False)
 F, H, W, T = 3, 2, 4, 8
 
 
-class PairedSource:
+class PairedSource(en.ItemSource):
     """Cached samples with references (full or scaled size) and masks."""
 
     def __init__(self, ref_scale=1, seed=0, n=1):
         g = torch.Generator().manual_seed(seed)
-        self.items = []
+        items = []
         for i in range(n):
             vm = torch.zeros(F, H, W)
             vm[:, :, : W // 2] = 1.0  # left half kept, right half to fill
             am = torch.zeros(T)
             am[: T // 2] = 1.0
-            self.items.append(en.LatentItem(
+            items.append(en.LatentItem(
                 key=f"s{i}", video=torch.randn(128, F, H, W, generator=g), audio=torch.randn(8, T, 16, generator=g),
                 text={"context": torch.randn(5, WIDTH, generator=g)}, fps=24.0, bucket="128x64x17",
                 reference=torch.randn(128, F, H // ref_scale, W // ref_scale, generator=g),
                 reference_audio=torch.randn(8, T, 16, generator=g), video_mask=vm, audio_mask=am,
                 reference_scale=ref_scale))
-        self.empty = {"context": torch.zeros(5, WIDTH)}
-
-    def __len__(self):
-        return len(self.items)
-
-    def get(self, i):
-        return self.items[i]
-
-    def bucket_of(self, i):
-        return self.items[i].bucket
-
-    def empty_text(self):
-        return self.empty
+        super().__init__(items, {"context": torch.zeros(5, WIDTH)})
 
 
 # (mode, conditions, reference scale): the 13 official modes (boundaries and the outpainting
