@@ -146,6 +146,10 @@ def step_inputs(c_width: int, W: int, H: int, F: int, fps: float, device, gen) -
                       {"context": ctx}, fps, mode)
 
 
+def model_name(variant: str) -> str:
+    return {"ltx-2.0": "ltx-2.0-19b", "ltx-2.3": "ltx-2.3-22b", "ltx-2.5": "ltx-2.5-22b"}.get(variant, variant)
+
+
 def build_full(variant: str, dev, num_layers=None):
     """(frozen bf16 tree with random weights, config) of the full-size layout."""
     cfg = full_config(variant)
@@ -287,7 +291,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
     n_params = sum(p.numel() for p in root.parameters())
     width = text_context_width(cfg, processed=False)
     name = torch.cuda.get_device_name()
-    model = "ltx-2.0-19b" if variant == "ltx-2.0" else "ltx-2.3-22b"
+    model = model_name(variant)
     out = []
     inputs: dict[str, object] = {}
     flops: dict[str, float] = {}
@@ -337,7 +341,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         predicted = predict_step_s(plan, root.transformer_blocks, nv_, na_, speed)
         predicted_4090 = predict_step_s(plan, root.transformer_blocks, nv_, na_, StepSpeed(165.0, 25.0, "4090-class"))
         plan.predicted_step_s, plan.speed = predicted, speed
-        predict = make_predict(memory_plan=plan, compile_blocks=compiled)
+        predict = make_predict(memory_plan=plan, compile_blocks=compiled, cudagraphs=run.get("cudagraphs"))
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -389,6 +393,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         torch.cuda.set_per_process_memory_fraction(1.0, torch.cuda.current_device())
         host_act = predict.offloader.host_bytes() / 2**30 if predict.offloader is not None else 0.0
         host_allocs = predict.offloader.host_allocs if predict.offloader is not None else 0
+        used_cg = bool(getattr(predict, "used_cudagraphs", False))
         predict.release()
         if fp8c:
             from trainer_core.ltx2.fp8 import disable_fp8_compute
@@ -414,7 +419,8 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                "peak_vram_gib": round(peak, 2), "peak_reserved_gib": round(peak_reserved, 2),
                "allocator_capped_gib": budget, "alloc_retries": retries,
                "mfu": round(2 * flops[shape] / s / gpu_peak(name), 4) if times and not math.isnan(gpu_peak(name)) else None,
-               "gpu": name, "compiled": compiled, "stream_transfer": plan.transfer, "plan": plan.summary(), "plan_keep": plan.modes.count("keep"),
+               "gpu": name, "compiled": compiled, "cudagraphs": used_cg,
+               "stream_transfer": plan.transfer, "plan": plan.summary(), "plan_keep": plan.modes.count("keep"),
                "plan_streamed": len(plan.streamed), "plan_offloaded": plan.modes.count("offload"),
                "host_activation_gib": round(host_act, 2), "pinned_after_release_gib": round(pinned_left, 2), "host_buffer_allocs": host_allocs, "expected_peak_gib": round(plan.expected_peak_gib, 2),
                "first_step_s": round(t_first, 1), "fwd_tflop": round(flops[shape] / 1e12, 2),
@@ -590,7 +596,7 @@ def bench_official(variant: str, shapes: list[str], steps: int, warmup: int) -> 
         st = stats(times)
         s = st["s_per_step"]
         fl = _SINK.get("flops", {}).get((variant, shape))
-        rec = {"stack": "official", "model": "ltx-2.0-19b" if variant == "ltx-2.0" else "ltx-2.3-22b", "shape": shape,
+        rec = {"stack": "official", "model": model_name(variant), "shape": shape,
                "audio": True, "budget_gib": None, **st, "ratio_to_resident": None, "fp8_compute": False,
                "peak_vram_gib": round(peak, 2), "peak_host_gib": round(hp.peak / 2**30, 2),
                "mfu": round(2 * fl / s / gpu_peak(name), 4) if (fl and times) else None, "gpu": name,
@@ -611,7 +617,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default="ltx-2.0,ltx-2.3")
     ap.add_argument("--runs", default="768x512x121:none,512x512x33:none,768x512x121:24,768x512x121:16",
-                    help="shape:budget[:eager][:nocal][:fp8][:nooff][:offs] for LTX-2.0; LTX-2.3 runs its first entry only")
+                    help="shape:budget[:eager][:nocal][:fp8][:nooff][:offs][:fp8c][:cg|:nocg] for LTX-2.0; LTX-2.3 runs its first entry only")
+    ap.add_argument("--runs-22b", default="", help="runs for the 22B variants (same syntax; default: the first of --runs)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-equality", action="store_true")
@@ -622,8 +629,26 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: this benchmark runs on a GPU")
         return 0
+    runs = parse_runs(a.runs)
+    runs_22b = parse_runs(a.runs_22b) if a.runs_22b else runs[:1]
+    gpu = torch.cuda.get_device_name().replace(" ", "_")
+    out = Path(a.out) if a.out else Path(__file__).parent / "results" / f"train_step_{gpu}.json"
+    _SINK["path"] = str(out)
+    recs = []
+    for v in a.variants.split(","):
+        if not a.skip_ours:
+            recs += bench(v, runs if v == "ltx-2.0" else runs_22b, a.steps, a.warmup,
+                          equality=(v == "ltx-2.0" and not a.no_equality))
+        if a.official:
+            recs += bench_official(v, a.official.split(","), a.steps, a.warmup)
+    print(f"wrote {out} ({len(_SINK['records'])} records)")
+    return 0
+
+
+def parse_runs(spec: str) -> list[dict]:
+    """``--runs`` entries -> run dicts (see the option's help)."""
     runs = []
-    for r in a.runs.split(","):
+    for r in spec.split(","):
         parts = r.split(":")
         if parts[0] in ("fp8check", "fp8toy"):  # fp8toy: the 200-step toy LoRA comparison only
             runs.append({"fp8_check": True, "toy_only": parts[0] == "fp8toy",
@@ -635,19 +660,11 @@ def main() -> int:
         runs.append({"shape": parts[0], "budget": None if parts[1] == "none" else float(parts[1]),
                      "compile": "eager" not in parts[2:], "calibrate": "nocal" not in parts[2:],
                      "transfer": "fp8" if "fp8" in parts[2:] else "bf16", "offload": "nooff" not in parts[2:],
-                     "offload_streamed": "offs" in parts[2:], "fp8_compute": "fp8c" in parts[2:]})
-    gpu = torch.cuda.get_device_name().replace(" ", "_")
-    out = Path(a.out) if a.out else Path(__file__).parent / "results" / f"train_step_{gpu}.json"
-    _SINK["path"] = str(out)
-    recs = []
-    for v in a.variants.split(","):
-        if not a.skip_ours:
-            recs += bench(v, runs if v == "ltx-2.0" else runs[:1], a.steps, a.warmup,
-                          equality=(v == "ltx-2.0" and not a.no_equality))
-        if a.official:
-            recs += bench_official(v, a.official.split(","), a.steps, a.warmup)
-    print(f"wrote {out} ({len(_SINK['records'])} records)")
-    return 0
+                     "offload_streamed": "offs" in parts[2:], "fp8_compute": "fp8c" in parts[2:],
+                     # :cg replays every block as a CUDA graph whatever the bucket size (default:
+                     # automatic, small all-resident buckets only); :nocg never
+                     "cudagraphs": True if "cg" in parts[2:] else (False if "nocg" in parts[2:] else None)})
+    return runs
 
 
 if __name__ == "__main__":

@@ -1012,6 +1012,7 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
                 if cudagraphs or (cudagraphs is None and all_keep and small):
                     fn = cg_fn
                     torch.compiler.cudagraph_mark_step_begin()
+            predict.used_cudagraphs = fn is not None and fn is cg_fn  # type: ignore[attr-defined]
             budget = contextlib.nullcontext()
             if fn is not None:
                 import torch._functorch.config as fcfg
@@ -1047,6 +1048,7 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
     predict.streamer = None  # type: ignore[attr-defined]
     predict.offloader = None  # type: ignore[attr-defined]
     predict.release = release  # type: ignore[attr-defined]
+    predict.used_cudagraphs = False  # type: ignore[attr-defined]  (set by each call)
     return predict
 
 
