@@ -657,8 +657,7 @@ def bench_official(variant: str, shapes: list[str], steps: int, warmup: int) -> 
     """The official stack (ltx-core + PEFT, see official_stack.py) at the same shapes;
     ``shape:mode`` (ic, ic2, ext: official_stack.OFFICIAL_MODES) builds the mode's sequence
     as ltx-trainer's flexible strategy does."""
-    from official_stack import (build_official, describe, lora_param_count, official_inputs, official_mode_inputs,
-                                official_mode_step_fn, official_step_fn)
+    from official_stack import build_official, describe, lora_param_count, official_mode_inputs, official_mode_step_fn
 
     specs = official_specs(",".join(shapes))
 
@@ -669,18 +668,12 @@ def bench_official(variant: str, shapes: list[str], steps: int, warmup: int) -> 
     out = []
     for shape, mode in specs:
         W, H, F = (int(v) for v in shape.split("x"))
-        if mode == "t2v":
-            video, audio, vt, at = official_inputs(tcfg, W, H, F, 24.0, dev)
-            step = official_step_fn(model, video, audio, vt, at)
-            counts = {"video_tokens": video.latent.shape[1], "audio_tokens": audio.latent.shape[1],
-                      "reference_tokens": 0, "conditioning_tokens": 0}
-        else:
-            oi = official_mode_inputs(tcfg, W, H, F, 24.0, dev, mode)
-            video, audio = oi.video, oi.audio
-            step = official_mode_step_fn(model, oi)
-            counts = {"video_tokens": video.latent.shape[1] - oi.reference_tokens,
-                      "audio_tokens": audio.latent.shape[1] if audio is not None else 0,
-                      "reference_tokens": oi.reference_tokens, "conditioning_tokens": oi.conditioning_tokens}
+        oi = official_mode_inputs(tcfg, W, H, F, 24.0, dev, mode)
+        video, audio = oi.video, oi.audio
+        step = official_mode_step_fn(model, oi)
+        counts = {"video_tokens": video.latent.shape[1] - oi.reference_tokens,
+                  "audio_tokens": audio.latent.shape[1] if audio is not None else 0,
+                  "reference_tokens": oi.reference_tokens, "conditioning_tokens": oi.conditioning_tokens}
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         times, err = [], None
@@ -704,7 +697,7 @@ def bench_official(variant: str, shapes: list[str], steps: int, warmup: int) -> 
             rec["error"] = err
         emit(rec)
         out.append(rec)
-        del step, video, audio
+        del step, video, audio, oi
         torch.cuda.empty_cache()
     del model
     torch.cuda.empty_cache()

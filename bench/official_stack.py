@@ -95,43 +95,6 @@ def build_official(transformer_cfg: dict, device, dtype=torch.bfloat16, seed: in
     return model
 
 
-def official_inputs(transformer_cfg: dict, W: int, H: int, F: int, fps: float, device, seed: int = 0,
-                    text_tokens: int = 1024):
-    """ltx-core Modality inputs of one sample (noised latents, per-token σ, positions, the
-    connectors' text output) + flow targets, with our LTX2Config's position rules."""
-    from trainer_core.ltx2 import LTX2Config
-    from trainer_core.ltx2.forward import audio_positions, video_positions
-
-    _, Modality, _ = _import_ltx_core()
-    c = LTX2Config.from_transformer_config(transformer_cfg)
-    g = torch.Generator(device=device).manual_seed(seed)
-    fl, hl, wl = 1 + (F - 1) // 8, H // 32, W // 32
-    n = fl * hl * wl
-    t = int(round(F / fps * 25))
-    bf = torch.bfloat16
-
-    def noised(tokens):
-        x0 = torch.randn(1, tokens, 128, device=device, generator=g)
-        eps = torch.randn(1, tokens, 128, device=device, generator=g)
-        s = torch.rand(1, device=device, generator=g)
-        xt = (1 - s.view(1, 1, 1)) * x0 + s.view(1, 1, 1) * eps
-        return xt.to(bf), s, (eps - x0).to(bf)
-
-    if transformer_cfg.get("caption_proj_before_connector", False):
-        vctx_w, actx_w = c.cross_attention_dim, c.audio_cross_attention_dim
-    else:
-        vctx_w = actx_w = c.caption_channels
-    vx, vs, vt = noised(n)
-    ax, as_, at = noised(t)
-    video = Modality(latent=vx, sigma=vs, timesteps=vs.view(1, 1).expand(1, n).contiguous(),
-                     positions=video_positions((fl, hl, wl), c, fps, device),
-                     context=torch.randn(1, text_tokens, vctx_w, device=device, generator=g).to(bf))
-    audio = Modality(latent=ax, sigma=as_, timesteps=as_.view(1, 1).expand(1, t).contiguous(),
-                     positions=audio_positions(t, device),
-                     context=torch.randn(1, text_tokens, actx_w, device=device, generator=g).to(bf))
-    return video, audio, vt, at
-
-
 # The bench's --official modes as ltx-trainer's example configs (400fd31 packages/ltx-trainer/configs)
 # set the flexible strategy up: t2v (t2v_lora.yaml: video + audio generated); ic / ic2
 # (v2v_ic_lora.yaml: video only, a reference — full size, or downscale factor 2 — in front of the
@@ -225,6 +188,14 @@ def official_mode_inputs(transformer_cfg: dict, W: int, H: int, F: int, fps: flo
                          context=torch.randn(1, text_tokens, actx_w, device=device, generator=g).to(bf))
         at, amask = at.to(bf), torch.ones(1, t, dtype=torch.bool, device=device)
     return OfficialInputs(video, audio, vt.to(bf), at, vmask, amask, r, int(cond.sum()))
+
+
+def official_inputs(transformer_cfg: dict, W: int, H: int, F: int, fps: float, device, seed: int = 0,
+                    text_tokens: int = 1024):
+    """(video, audio, video targets, audio targets) of text → audio + video
+    (:func:`official_mode_inputs` with mode t2v: every token noised, no masks)."""
+    oi = official_mode_inputs(transformer_cfg, W, H, F, fps, device, "t2v", seed, text_tokens)
+    return oi.video, oi.audio, oi.video_targets, oi.audio_targets
 
 
 def masked_loss(pred, targets, loss_mask):
