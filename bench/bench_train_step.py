@@ -97,16 +97,16 @@ def stats(times: list[float]) -> dict:
 def add_ratios(records: list[dict]) -> None:
     """``ratio_to_resident``: each budgeted run of ours against the whole-card run of the same
     model, shape and compute path in the same process (the ratio the issue's targets use)."""
-    base = {(r["model"], r["shape"], r.get("fp8_compute", False)): r["s_per_step"] for r in records
-            if r.get("stack") == "ours" and r.get("budget_gib") is None and not r.get("error")}
+    base = {(r["model"], r["shape"], r.get("mode", "t2v"), r.get("fp8_compute", False)): r["s_per_step"]
+            for r in records if r.get("stack") == "ours" and r.get("budget_gib") is None and not r.get("error")}
     for r in records:
         if r.get("stack") == "ours":
-            b = base.get((r["model"], r["shape"], r.get("fp8_compute", False)))
+            b = base.get((r["model"], r["shape"], r.get("mode", "t2v"), r.get("fp8_compute", False)))
             r["ratio_to_resident"] = round(r["s_per_step"] / b, 3) if b and not r.get("error") else None
-    official = {(r["model"], r["shape"]): r["s_per_step"] for r in records
+    official = {(r["model"], r["shape"], r.get("mode", "t2v")): r["s_per_step"] for r in records
                 if r.get("stack") == "official" and not r.get("error")}
     for r in records:
-        o = official.get((r.get("model"), r.get("shape")))
+        o = official.get((r.get("model"), r.get("shape"), r.get("mode", "t2v")))
         if r.get("stack") == "ours" and o and not r.get("error"):
             r["speedup_vs_official"] = round(o / r["s_per_step"], 2)  # same run, same shape
 
@@ -148,6 +148,84 @@ def step_inputs(c_width: int, W: int, H: int, F: int, fps: float, device, gen) -
 
 def model_name(variant: str) -> str:
     return {"ltx-2.0": "ltx-2.0-19b", "ltx-2.3": "ltx-2.3-22b", "ltx-2.5": "ltx-2.5-22b"}.get(variant, variant)
+
+
+# --runs mode options (``768x512x121:none:ic``): the trainer_core.modes preset a run trains, with
+# ltx-trainer's example configs' settings (400fd31 packages/ltx-trainer/configs). No option: the
+# plain text → audio + video step above (step_inputs), mode "t2v".
+BENCH_MODES = {
+    "ic": {"preset": "v2v_ic_lora", "reference_scale": 1},  # IC-LoRA, full-size reference (v2v_ic_lora.yaml)
+    "ic2": {"preset": "v2v_ic_lora", "reference_scale": 2},  # half-size reference (downscale factor 2)
+    "ext": {"preset": "video_extension", "reference_scale": 0},  # prefix of 8 latent frames (video_extend_lora.yaml)
+}
+
+
+def run_mode(opts) -> str:
+    """The mode a run's options name (one of BENCH_MODES), "t2v" where none does."""
+    found = [o for o in opts if o in BENCH_MODES]
+    if len(found) > 1:
+        raise ValueError(f"a run takes one mode option, not {', '.join(found)}")
+    return found[0] if found else "t2v"
+
+
+def official_specs(text: str) -> list[tuple[str, str]]:
+    """--official ``768x512x121,768x512x121:ic``: (shape, mode) pairs (mode "t2v" when none)."""
+    from official_stack import OFFICIAL_MODES
+
+    out = []
+    for item in (x for x in text.split(",") if x.strip()):
+        shape, _, mode = item.strip().partition(":")
+        mode = mode or "t2v"
+        if mode not in OFFICIAL_MODES:
+            raise ValueError(f"--official {item}: mode {mode!r} is not one of {', '.join(OFFICIAL_MODES)}")
+        out.append((shape, mode))
+    return out
+
+
+def mode_step_inputs(config: LTX2Config, c_width: int, W: int, H: int, F: int, fps: float, device, seed: int,
+                     mode: str) -> StepInputs:
+    """One sample's StepInputs for a BENCH_MODES run, built as training builds them: an in-memory
+    LatentItem (random clean latents, a reference of 1 / reference_scale the size, in host
+    memory as the cache gives them) through engine.build_step_inputs with a CPU generator, i.e.
+    trainer_core.modes (σ, conditioning, reference positions), moved to ``device``."""
+    from trainer_core import engine
+    from trainer_core import modes as md
+
+    spec = BENCH_MODES[mode]
+    tm = md.resolve(spec["preset"])
+    Fl, Hl, Wl = 1 + (F - 1) // 8, H // 32, W // 32
+    T = int(round(F / fps * 25))
+    s = spec["reference_scale"]
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    item = engine.LatentItem(key=f"bench-{mode}", video=rnd(128, Fl, Hl, Wl) if tm.needs_video else None,
+                             audio=rnd(8, T, 16) if tm.needs_audio else None, text={"context": rnd(256, c_width)},
+                             fps=fps, reference=rnd(128, Fl, Hl // s, Wl // s) if s else None, reference_scale=s or 1)
+    cfg = engine.TrainConfig(mode=spec["preset"], caption_dropout=0.0)
+    return engine.build_step_inputs([item], tm, cfg, gen, None, device, torch.float32, config=config)
+
+
+def seq_tokens(inp: StepInputs) -> tuple[int, int]:
+    """(video, audio) tokens of the whole sequence the blocks see: target + reference tokens."""
+    def n(m):
+        if m is None:
+            return 0
+        return m.tokens.shape[1] + (m.reference[0].shape[1] if m.reference is not None else 0)
+    return n(inp.video), n(inp.audio)
+
+
+def token_counts(inp: StepInputs) -> dict:
+    """The record's token fields: target video / audio tokens, reference tokens (in front of
+    the target, clean), conditioning tokens (target tokens kept clean: σ 0, no loss)."""
+    ref = sum(m.reference[0].shape[1] for m in (inp.video, inp.audio) if m is not None and m.reference is not None)
+    cond = sum(int((m.sigma == 0).sum()) for m in (inp.video, inp.audio) if m is not None) if inp.inputs is not None else 0
+    return {"video_tokens": inp.video.tokens.shape[1] if inp.video is not None else 0,
+            "audio_tokens": inp.audio.tokens.shape[1] if inp.audio is not None else 0,
+            "reference_tokens": ref, "conditioning_tokens": cond}
 
 
 def build_full(variant: str, dev, num_layers=None):
@@ -195,7 +273,10 @@ def _lora_and_opt(root, dev, seed=0):
 
 
 def step_loss(v, a, inp):
-    """The benchmark's loss: masked MSE on video plus audio."""
+    """The benchmark's loss: masked MSE on video plus audio (a trainer_core.modes step: the
+    mode's loss, as training computes it — references and conditioning tokens carry none)."""
+    if inp.inputs is not None:
+        return inp.inputs.loss(v, a).mean()
     return ob.masked_mse(v, inp.video.noised.target, inp.video.noised.loss_mask).mean() + \
         ob.masked_mse(a, inp.audio.noised.target, inp.audio.noised.loss_mask).mean()
 
@@ -260,7 +341,7 @@ def calibrate(root, inp, dev, k: int = 8) -> dict:
         lora.detach()
         del lora, opt, predict
         torch.cuda.empty_cache()
-    tokens = inp.video.tokens.shape[1] + inp.audio.tokens.shape[1]
+    tokens = sum(seq_tokens(inp))
     per_block = (peaks[1] - peaks[0]) / k + memory.FULL_B_PER_TOKEN * tokens
     memory.KEEP_COMPILED_B_PER_TOKEN = int(per_block / tokens * 1.05)
     rec = {"keep_block_gib": round(per_block / 2**30, 3), "keep_b_per_token": memory.KEEP_COMPILED_B_PER_TOKEN,
@@ -278,7 +359,7 @@ def make_plan(root, inp, budget_gib, compiled: bool, lora, transfer: str = "bf16
     other = module_bytes(root) - sum(module_bytes(b) for b in blocks)
     trainable = sum(p.numel() for p in lora.parameters()) * 4 * 4  # weights, grads, 2 Adam moments (fp32)
     budget = budget_gib if budget_gib is not None else _free_gib(root.patchify_proj.weight.device) - 2.0
-    return plan_memory(blocks, other, inp.video.tokens.shape[1], inp.audio.tokens.shape[1], budget_gib=budget,
+    return plan_memory(blocks, other, *seq_tokens(inp), budget_gib=budget,
                        trainable_bytes=trainable, compiled=compiled, transfer=transfer, offload=offload,
                        offload_streamed=offload_streamed,
                        host_budget_bytes=host_available_bytes() // 2)
@@ -290,6 +371,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
     root, cfg = build_full(variant, dev)
     n_params = sum(p.numel() for p in root.parameters())
     width = text_context_width(cfg, processed=False)
+    ltx_cfg = LTX2Config.from_metadata({"config": cfg})
     name = torch.cuda.get_device_name()
     model = model_name(variant)
     out = []
@@ -306,27 +388,31 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
             fp8_checks(root, cfg, dev, run["shape"], model, name, full=not run.get("toy_only"))
             continue
         if run.get("equality"):
-            if run["shape"] not in inputs:
+            if (run["shape"], "t2v") not in inputs:
                 W, H, F = (int(v) for v in run["shape"].split("x"))
-                inputs[run["shape"]] = step_inputs(width, W, H, F, 24.0, dev, torch.Generator(device=dev).manual_seed(0))
-            stream_equality(root, {run["shape"]: inputs[run["shape"]]}, dev, model, name)
+                inputs[(run["shape"], "t2v")] = step_inputs(width, W, H, F, 24.0, dev,
+                                                            torch.Generator(device=dev).manual_seed(0))
+            stream_equality(root, {run["shape"]: inputs[(run["shape"], "t2v")]}, dev, model, name)
             continue
         shape, budget, compiled = run["shape"], run.get("budget"), bool(run.get("compile", True))
-        if shape not in inputs:
+        mode = run.get("mode", "t2v")
+        key = (shape, mode)  # inputs, FLOPs and calibration per (shape, mode): the real sequence
+        if key not in inputs:
             W, H, F = (int(v) for v in shape.split("x"))
             gen = torch.Generator(device=dev).manual_seed(0)
-            inputs[shape] = step_inputs(width, W, H, F, 24.0, dev, gen)
+            inputs[key] = (step_inputs(width, W, H, F, 24.0, dev, gen) if mode == "t2v" else
+                           mode_step_inputs(ltx_cfg, width, W, H, F, 24.0, dev, 0, mode))
             from torch.utils.flop_counter import FlopCounterMode
 
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
                 fc = FlopCounterMode(display=False)
                 with fc:
-                    make_predict(checkpointing=False)(root, inputs[shape])
-            flops[shape] = fc.get_total_flops()
-            _SINK.setdefault("flops", {})[(variant, shape)] = flops[shape]
-        inp = inputs[shape]
-        if compiled and shape not in calibrated and run.get("calibrate", True):
-            calibrated[shape] = calibrate(root, inp, dev)
+                    make_predict(checkpointing=False)(root, inputs[key])
+            flops[key] = fc.get_total_flops()
+            _SINK.setdefault("flops", {})[(variant, shape, mode)] = flops[key]
+        inp = inputs[key]
+        if compiled and key not in calibrated and run.get("calibrate", True):
+            calibrated[key] = calibrate(root, inp, dev)
         fp8c = bool(run.get("fp8_compute", False))
         if fp8c:
             from trainer_core.ltx2.fp8 import enable_fp8_compute
@@ -337,7 +423,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         transfer = run.get("transfer", "bf16")
         plan = make_plan(root, inp, budget, compiled, lora, transfer, run.get("offload", True),
                          run.get("offload_streamed", False))
-        nv_, na_ = inp.video.tokens.shape[1], inp.audio.tokens.shape[1]
+        nv_, na_ = seq_tokens(inp)
         predicted = predict_step_s(plan, root.transformer_blocks, nv_, na_, speed)
         predicted_4090 = predict_step_s(plan, root.transformer_blocks, nv_, na_, StepSpeed(165.0, 25.0, "4090-class"))
         plan.predicted_step_s, plan.speed = predicted, speed
@@ -408,7 +494,8 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         torch.cuda.empty_cache()
         st = stats(times)
         s = st["s_per_step"]
-        rec = {"stack": "ours", "model": model, "shape": shape, "audio": True, "budget_gib": budget,
+        rec = {"stack": "ours", "model": model, "shape": shape, "mode": mode, "audio": inp.audio is not None,
+               "budget_gib": budget,
                **st, "ratio_to_resident": None, "fp8_compute": bool(run.get("fp8_compute", False)),
                "peak_host_gib": round(hp.peak / 2**30, 2),
                "predicted_step_s": round(predicted, 3),
@@ -418,23 +505,24 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                "forward_s": round(split[0], 4), "backward_s": round(split[1], 4),
                "peak_vram_gib": round(peak, 2), "peak_reserved_gib": round(peak_reserved, 2),
                "allocator_capped_gib": budget, "alloc_retries": retries,
-               "mfu": round(2 * flops[shape] / s / gpu_peak(name), 4) if times and not math.isnan(gpu_peak(name)) else None,
+               "mfu": round(2 * flops[key] / s / gpu_peak(name), 4) if times and not math.isnan(gpu_peak(name)) else None,
                "gpu": name, "compiled": compiled, "cudagraphs": used_cg,
                "stream_transfer": plan.transfer, "plan": plan.summary(), "plan_keep": plan.modes.count("keep"),
                "plan_streamed": len(plan.streamed), "plan_offloaded": plan.modes.count("offload"),
                "host_activation_gib": round(host_act, 2), "pinned_after_release_gib": round(pinned_left, 2), "host_buffer_allocs": host_allocs, "expected_peak_gib": round(plan.expected_peak_gib, 2),
-               "first_step_s": round(t_first, 1), "fwd_tflop": round(flops[shape] / 1e12, 2),
-               "params_b": round(n_params / 1e9, 2), "video_tokens": inp.video.tokens.shape[1],
-               "audio_tokens": inp.audio.tokens.shape[1], "lora": "rank 32, all attention", "batch": 1,
+               "first_step_s": round(t_first, 1), "fwd_tflop": round(flops[key] / 1e12, 2),
+               "params_b": round(n_params / 1e9, 2), **token_counts(inp),
+               "lora": "rank 32, all attention", "batch": 1,
                "steps_timed": len(times), "steps_s": [round(t, 4) for t in times],
                "gc_ms_per_step": round(gc_ms / len(times), 1) if times else None, "torch": torch.__version__,
-               "calibration": calibrated.get(shape)}
+               "calibration": calibrated.get(key)}
         if err:
             rec["error"] = err
         emit(rec)
         out.append(rec)
-    if equality:
-        stream_equality(root, inputs, dev, model, name)
+    plain = {k[0]: v for k, v in inputs.items() if k[1] == "t2v"}  # the plain step's inputs, by shape
+    if equality and plain:
+        stream_equality(root, plain, dev, model, name)
     del root
     torch.cuda.empty_cache()
     return out
@@ -572,18 +660,26 @@ def stream_equality(root, inputs, dev, model, gpu, steps=3, budget=24.0) -> dict
 
 
 def bench_official(variant: str, shapes: list[str], steps: int, warmup: int) -> list[dict]:
-    """The official stack (ltx-core + PEFT, see official_stack.py) at the same shapes."""
-    from official_stack import build_official, describe, lora_param_count, official_inputs, official_step_fn
+    """The official stack (ltx-core + PEFT, see official_stack.py) at the same shapes;
+    ``shape:mode`` (ic, ic2, ext: official_stack.OFFICIAL_MODES) builds the mode's sequence
+    as ltx-trainer's flexible strategy does."""
+    from official_stack import build_official, describe, lora_param_count, official_mode_inputs, official_mode_step_fn
+
+    specs = official_specs(",".join(shapes))
 
     dev = torch.device("cuda")
     tcfg = full_config(variant)["transformer"]
     model = build_official(tcfg, dev, seed=0, rank=32)
     name = torch.cuda.get_device_name()
     out = []
-    for shape in shapes:
+    for shape, mode in specs:
         W, H, F = (int(v) for v in shape.split("x"))
-        video, audio, vt, at = official_inputs(tcfg, W, H, F, 24.0, dev)
-        step = official_step_fn(model, video, audio, vt, at)
+        oi = official_mode_inputs(tcfg, W, H, F, 24.0, dev, mode)
+        video, audio = oi.video, oi.audio
+        step = official_mode_step_fn(model, oi)
+        counts = {"video_tokens": video.latent.shape[1] - oi.reference_tokens,
+                  "audio_tokens": audio.latent.shape[1] if audio is not None else 0,
+                  "reference_tokens": oi.reference_tokens, "conditioning_tokens": oi.conditioning_tokens}
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         times, err = [], None
@@ -595,9 +691,9 @@ def bench_official(variant: str, shapes: list[str], steps: int, warmup: int) -> 
         peak = torch.cuda.max_memory_allocated() / 2**30
         st = stats(times)
         s = st["s_per_step"]
-        fl = _SINK.get("flops", {}).get((variant, shape))
+        fl = _SINK.get("flops", {}).get((variant, shape, mode))
         rec = {"stack": "official", "model": model_name(variant), "shape": shape,
-               "audio": True, "budget_gib": None, **st, "ratio_to_resident": None, "fp8_compute": False,
+               "mode": mode, "audio": audio is not None, **counts, "budget_gib": None, **st, "ratio_to_resident": None, "fp8_compute": False,
                "peak_vram_gib": round(peak, 2), "peak_host_gib": round(hp.peak / 2**30, 2),
                "mfu": round(2 * fl / s / gpu_peak(name), 4) if (fl and times) else None, "gpu": name,
                "what": f"{describe()}: LTXModel, PEFT LoRA r32 on to_q/to_k/to_v/to_out.0, "
@@ -607,30 +703,39 @@ def bench_official(variant: str, shapes: list[str], steps: int, warmup: int) -> 
             rec["error"] = err
         emit(rec)
         out.append(rec)
-        del step
+        del step, video, audio, oi
+        torch.cuda.empty_cache()
     del model
     torch.cuda.empty_cache()
     return out
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default="ltx-2.0,ltx-2.3")
     ap.add_argument("--runs", default="768x512x121:none,512x512x33:none,768x512x121:24,768x512x121:16",
-                    help="shape:budget[:eager][:nocal][:fp8][:nooff][:offs][:fp8c][:cg|:nocg] for LTX-2.0; LTX-2.3 runs its first entry only")
+                    help="shape:budget[:eager][:nocal][:fp8][:nooff][:offs][:fp8c][:cg|:nocg][:ic|:ic2|:ext] for LTX-2.0 "
+                         "(ic: IC-LoRA v2v with a full-size reference, ic2: half-size, ext: video extension from 8 "
+                         "latent frames; see BENCH_MODES; cg: CUDA-graph replay at any bucket size)")
     ap.add_argument("--runs-22b", default="", help="runs for the 22B variants (same syntax; default: the first of --runs)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-equality", action="store_true")
-    ap.add_argument("--official", default="", help="shapes for the official stack (comma list; empty = none)")
+    ap.add_argument("--official", default="", help="shapes for the official stack, each with an optional :mode "
+                    "(ic, ic2, ext; comma list; empty = none)")
+    ap.add_argument("--parse-only", action="store_true", help="print the parsed runs and official specs as JSON, run nothing")
     ap.add_argument("--skip-ours", action="store_true")
     ap.add_argument("--out", default=None)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
+    runs = parse_runs(a.runs)
+    runs_22b = parse_runs(a.runs_22b) if a.runs_22b else runs[:1]
+    official = official_specs(a.official)
+    if a.parse_only:
+        print(json.dumps({"runs": runs, "runs_22b": runs_22b, "official": official}))
+        return 0
     if not torch.cuda.is_available():
         print("no CUDA device: this benchmark runs on a GPU")
         return 0
-    runs = parse_runs(a.runs)
-    runs_22b = parse_runs(a.runs_22b) if a.runs_22b else runs[:1]
     gpu = torch.cuda.get_device_name().replace(" ", "_")
     out = Path(a.out) if a.out else Path(__file__).parent / "results" / f"train_step_{gpu}.json"
     _SINK["path"] = str(out)
@@ -640,7 +745,7 @@ def main() -> int:
             recs += bench(v, runs if v == "ltx-2.0" else runs_22b, a.steps, a.warmup,
                           equality=(v == "ltx-2.0" and not a.no_equality))
         if a.official:
-            recs += bench_official(v, a.official.split(","), a.steps, a.warmup)
+            recs += bench_official(v, [f"{sh}:{m}" for sh, m in official], a.steps, a.warmup)
     print(f"wrote {out} ({len(_SINK['records'])} records)")
     return 0
 
@@ -663,7 +768,8 @@ def parse_runs(spec: str) -> list[dict]:
                      "offload_streamed": "offs" in parts[2:], "fp8_compute": "fp8c" in parts[2:],
                      # :cg replays every block as a CUDA graph whatever the bucket size (default:
                      # automatic, small all-resident buckets only); :nocg never
-                     "cudagraphs": True if "cg" in parts[2:] else (False if "nocg" in parts[2:] else None)})
+                     "cudagraphs": True if "cg" in parts[2:] else (False if "nocg" in parts[2:] else None),
+                     "mode": run_mode(parts[2:])})
     return runs
 
 

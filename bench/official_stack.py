@@ -95,13 +95,47 @@ def build_official(transformer_cfg: dict, device, dtype=torch.bfloat16, seed: in
     return model
 
 
-def official_inputs(transformer_cfg: dict, W: int, H: int, F: int, fps: float, device, seed: int = 0,
-                    text_tokens: int = 1024):
-    """ltx-core Modality inputs of one sample (noised latents, per-token σ, positions, the
-    connectors' text output) + flow targets, with our LTX2Config's position rules."""
+# The bench's --official modes as ltx-trainer's example configs (400fd31 packages/ltx-trainer/configs)
+# set the flexible strategy up: t2v (t2v_lora.yaml: video + audio generated); ic / ic2
+# (v2v_ic_lora.yaml: video only, a reference — full size, or downscale factor 2 — in front of the
+# target, first_frame at probability 0.2); ext (video_extend_lora.yaml: a prefix of 8 latent
+# frames clean, audio generated).
+OFFICIAL_MODES = {
+    "t2v": {"audio": True, "reference_scale": 0, "prefix": 0, "first_frame": 0.0},
+    "ic": {"audio": False, "reference_scale": 1, "prefix": 0, "first_frame": 0.2},
+    "ic2": {"audio": False, "reference_scale": 2, "prefix": 0, "first_frame": 0.2},
+    "ext": {"audio": True, "reference_scale": 0, "prefix": 8, "first_frame": 0.0},
+}
+
+
+class OfficialInputs:
+    """What ltx-trainer's ``FlexibleTrainingStrategy.prepare_training_inputs`` returns
+    (its ``ModelInputs``): the two Modality inputs (audio None for a video-only mode), the
+    flow targets of the target tokens, the loss masks over the whole sequence (reference
+    tokens first, False), and the counts the benchmark records."""
+
+    def __init__(self, video, audio, video_targets, audio_targets, video_loss_mask, audio_loss_mask,
+                 reference_tokens: int, conditioning_tokens: int):
+        self.video, self.audio = video, audio
+        self.video_targets, self.audio_targets = video_targets, audio_targets
+        self.video_loss_mask, self.audio_loss_mask = video_loss_mask, audio_loss_mask
+        self.reference_tokens, self.conditioning_tokens = reference_tokens, conditioning_tokens
+
+
+def official_mode_inputs(transformer_cfg: dict, W: int, H: int, F: int, fps: float, device, mode: str = "t2v",
+                         seed: int = 0, text_tokens: int = 1024) -> OfficialInputs:
+    """ltx-core Modality inputs of one sample for ``mode`` (:data:`OFFICIAL_MODES`), built the
+    way ltx-trainer's flexible strategy builds them (training_strategies/flexible.py):
+    noise and per-token timesteps σ; intrinsic conditions (prefix, first frame drawn per
+    sample) put the clean latents back with timestep 0 and no loss; a reference's clean
+    latents go in front of the target with timesteps 0, no loss and their own positions
+    (a downscaled reference's spatial positions multiplied by the factor)."""
     from trainer_core.ltx2 import LTX2Config
     from trainer_core.ltx2.forward import audio_positions, video_positions
 
+    if mode not in OFFICIAL_MODES:
+        raise ValueError(f"official mode {mode!r}: choose one of {', '.join(OFFICIAL_MODES)}")
+    spec = OFFICIAL_MODES[mode]
     _, Modality, _ = _import_ltx_core()
     c = LTX2Config.from_transformer_config(transformer_cfg)
     g = torch.Generator(device=device).manual_seed(seed)
@@ -109,31 +143,81 @@ def official_inputs(transformer_cfg: dict, W: int, H: int, F: int, fps: float, d
     n = fl * hl * wl
     t = int(round(F / fps * 25))
     bf = torch.bfloat16
-
-    def noised(tokens):
-        x0 = torch.randn(1, tokens, 128, device=device, generator=g)
-        eps = torch.randn(1, tokens, 128, device=device, generator=g)
-        s = torch.rand(1, device=device, generator=g)
-        xt = (1 - s.view(1, 1, 1)) * x0 + s.view(1, 1, 1) * eps
-        return xt.to(bf), s, (eps - x0).to(bf)
-
     if transformer_cfg.get("caption_proj_before_connector", False):
         vctx_w, actx_w = c.cross_attention_dim, c.audio_cross_attention_dim
     else:
         vctx_w = actx_w = c.caption_channels
-    vx, vs, vt = noised(n)
-    ax, as_, at = noised(t)
-    video = Modality(latent=vx, sigma=vs, timesteps=vs.view(1, 1).expand(1, n).contiguous(),
-                     positions=video_positions((fl, hl, wl), c, fps, device),
+
+    def noised(tokens):  # flexible.py _initialize_noisy_target
+        x0 = torch.randn(1, tokens, 128, device=device, generator=g)
+        eps = torch.randn(1, tokens, 128, device=device, generator=g)
+        s = torch.rand(1, device=device, generator=g)
+        xt = (1 - s.view(1, 1, 1)) * x0 + s.view(1, 1, 1) * eps
+        return x0, xt, s, s.view(1, 1).expand(1, tokens).clone(), eps - x0
+
+    x0, xt, vs, ts, vt = noised(n)
+    cond = torch.zeros(1, n, device=device)  # flexible.py _apply_intrinsic_condition (binary mask)
+    if spec["prefix"]:
+        cond[:, :spec["prefix"] * hl * wl] = 1.0
+    if spec["first_frame"] and bool(torch.rand(1, device=device, generator=g) < spec["first_frame"]):
+        cond[:, :hl * wl] = 1.0
+    xt = cond[..., None] * x0 + (1 - cond[..., None]) * xt
+    ts = (1 - cond) * ts
+    vmask = cond == 0
+    pos = video_positions((fl, hl, wl), c, fps, device)
+    r = 0
+    if spec["reference_scale"]:  # flexible.py _apply_reference_condition
+        sf = spec["reference_scale"]
+        rh, rw = hl // sf, wl // sf
+        r = fl * rh * rw
+        ref = torch.randn(1, r, 128, device=device, generator=g)
+        rpos = video_positions((fl, rh, rw), c, fps, device).clone()
+        if sf != 1:
+            rpos[:, 1] *= sf
+            rpos[:, 2] *= sf
+        xt = torch.cat([ref, xt], 1)
+        pos = torch.cat([rpos, pos], 2)
+        ts = torch.cat([torch.zeros(1, r, device=device), ts], 1)
+        vmask = torch.cat([torch.zeros(1, r, dtype=torch.bool, device=device), vmask], 1)
+    video = Modality(latent=xt.to(bf), sigma=vs, timesteps=ts, positions=pos,
                      context=torch.randn(1, text_tokens, vctx_w, device=device, generator=g).to(bf))
-    audio = Modality(latent=ax, sigma=as_, timesteps=as_.view(1, 1).expand(1, t).contiguous(),
-                     positions=audio_positions(t, device),
-                     context=torch.randn(1, text_tokens, actx_w, device=device, generator=g).to(bf))
-    return video, audio, vt, at
+    audio = at = amask = None
+    if spec["audio"]:
+        _, ax, as_, ats, at = noised(t)
+        audio = Modality(latent=ax.to(bf), sigma=as_, timesteps=ats, positions=audio_positions(t, device),
+                         context=torch.randn(1, text_tokens, actx_w, device=device, generator=g).to(bf))
+        at, amask = at.to(bf), torch.ones(1, t, dtype=torch.bool, device=device)
+    return OfficialInputs(video, audio, vt.to(bf), at, vmask, amask, r, int(cond.sum()))
 
 
-def official_step_fn(model, video, audio, vt, at, lr: float = 1e-4):
-    """One training step (forward, flow-matching MSE, backward, clip 1.0, AdamW) as a callable."""
+def official_inputs(transformer_cfg: dict, W: int, H: int, F: int, fps: float, device, seed: int = 0,
+                    text_tokens: int = 1024):
+    """(video, audio, video targets, audio targets) of text → audio + video
+    (:func:`official_mode_inputs` with mode t2v: every token noised, no masks)."""
+    oi = official_mode_inputs(transformer_cfg, W, H, F, fps, device, "t2v", seed, text_tokens)
+    return oi.video, oi.audio, oi.video_targets, oi.audio_targets
+
+
+def masked_loss(pred, targets, loss_mask):
+    """flexible.py ``_compute_modality_loss``: [B] masked MSE over the target tokens (the
+    prediction's leading reference tokens sliced off)."""
+    n = targets.shape[1]
+    m = loss_mask[:, -n:].unsqueeze(-1).float()
+    se = (pred[:, -n:, :].float() - targets.float()).pow(2) * m
+    return se.mean(dim=[-2, -1]) / m.mean(dim=[-2, -1]).clamp(min=1e-8)
+
+
+def official_mode_step_fn(model, inp: OfficialInputs, lr: float = 1e-4):
+    """:func:`official_step_fn` on :func:`official_mode_inputs` (the masked loss of the
+    flexible strategy, audio left out where the mode has none)."""
+    return official_step_fn(model, inp.video, inp.audio, inp.video_targets, inp.audio_targets, lr=lr,
+                            video_mask=inp.video_loss_mask, audio_mask=inp.audio_loss_mask)
+
+
+def official_step_fn(model, video, audio, vt, at, lr: float = 1e-4, video_mask=None, audio_mask=None):
+    """One training step (forward, flow-matching MSE, backward, clip 1.0, AdamW) as a callable.
+    With loss masks (:func:`official_mode_inputs`): the flexible strategy's masked MSE, and
+    ``audio`` may be None (a video-only mode)."""
     _, _, Batched = _import_ltx_core()
     params = [p for p in model.parameters() if p.requires_grad]
     fused = params[0].is_cuda
@@ -144,7 +228,12 @@ def official_step_fn(model, video, audio, vt, at, lr: float = 1e-4):
     def step():
         with torch.autocast(dev_type, dtype=torch.bfloat16):
             v, a = model(video, audio, pert)
-        loss = torch.nn.functional.mse_loss(v.float(), vt.float()) + torch.nn.functional.mse_loss(a.float(), at.float())
+        if video_mask is None and audio_mask is None:
+            loss = torch.nn.functional.mse_loss(v.float(), vt.float()) + torch.nn.functional.mse_loss(a.float(), at.float())
+        else:
+            loss = masked_loss(v, vt, video_mask).mean()
+            if audio is not None:
+                loss = loss + masked_loss(a, at, audio_mask).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -159,4 +248,5 @@ def lora_param_count(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["describe", "build_official", "official_inputs", "official_step_fn", "LORA_TARGETS", "lora_param_count", "math"]
+__all__ = ["describe", "build_official", "official_inputs", "official_step_fn", "OFFICIAL_MODES", "OfficialInputs",
+           "official_mode_inputs", "official_mode_step_fn", "masked_loss", "LORA_TARGETS", "lora_param_count", "math"]
