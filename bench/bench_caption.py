@@ -22,6 +22,9 @@ Per variant (``--variants``, precision:attention):
   arithmetic), lm_head and both encoders bf16: the 8-bit path that runs without extra
   packages, and the closest to the official captioner's FP8 model. Caption Clips does not
   offer it (yet);
+- ``bf16:sdpa:static`` (any precision:attention with ``:static``) — a static KV cache, with
+  which transformers compiles the decoding step on a GPU (torch.compile, CUDA graphs): what
+  generation could gain without another inference engine (Caption Clips does not do it yet);
 - ``8-bit`` — caption.py's own 8-bit (bitsandbytes LLM.int8 through BitsAndBytesConfig):
   recorded as not run where bitsandbytes is not installed.
 
@@ -311,9 +314,8 @@ def run_variant(variant: str, a, proc, cfgd: dict) -> dict:
 
     from trainer_core.caption import DEFAULT_PROMPT, Captioner
 
-    prec, _, attn = variant.partition(":")
-    attn = attn or "sdpa"
-    rec: dict = {"variant": variant, "precision": prec, "attn": attn}
+    prec, attn, cache = parse_variant(variant)
+    rec: dict = {"variant": variant, "precision": prec, "attn": attn, "cache": cache}
     if prec == "8-bit":
         rec["attn"] = None
         if importlib.util.find_spec("bitsandbytes") is None:
@@ -321,8 +323,6 @@ def run_variant(variant: str, a, proc, cfgd: dict) -> dict:
                     "through transformers' BitsAndBytesConfig (LLM.int8); fp8:sdpa is the 8-bit path that runs without it"}
         return {**rec, "status": "not run", "why": "bitsandbytes quantizes while loading a checkpoint folder; with random "
                 "weights and no folder this bench has nothing to load it from"}
-    if prec not in ("bf16", "fp8"):
-        raise SystemExit(f"unknown precision {prec!r} in --variants (bf16, fp8 or 8-bit)")
     cuda = a.device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32  # Captioner.load: bf16 on a GPU, fp32 on the CPU
     rec["dtype"] = str(dtype).replace("torch.", "")
@@ -357,6 +357,13 @@ def run_variant(variant: str, a, proc, cfgd: dict) -> dict:
             hooks += timer.hook(m, name)
     lp = LogitsProcessorList([timer])
     n = a.new_tokens
+    gen_kw: dict = {}
+    if cache == "static":
+        # a fixed-size KV cache: transformers then compiles the decoding step by itself on a
+        # GPU (torch.compile, mode reduce-overhead = CUDA graphs); on the CPU it stays eager
+        gen_kw["cache_implementation"] = "static"
+        if not cuda:
+            gen_kw["disable_compile"] = True
     rows = []
     try:
         for i in range(a.warmup + a.clips):
@@ -368,7 +375,7 @@ def run_variant(variant: str, a, proc, cfgd: dict) -> dict:
             # Captioner.caption, step by step (caption = decode(generate(inputs(...))))
             inp = cap.inputs(frames, audio, DEFAULT_PROMPT)
             t1 = time.perf_counter()
-            new = cap.generate(inp, n, min_new_tokens=n, logits_processor=lp)
+            new = cap.generate(inp, n, min_new_tokens=n, logits_processor=lp, **gen_kw)
             _sync(a.device)
             t2 = time.perf_counter()
             text = cap.decode(new)
@@ -402,9 +409,23 @@ def run_variant(variant: str, a, proc, cfgd: dict) -> dict:
     if cuda:
         rec["peak_vram_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         rec["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
+    rec["compiled"] = getattr(model, "_compiled_call", None) is not None
     rec["meets_official"] = rec["s_per_clip"] <= OFFICIAL["s_per_clip"][1]
     del cap, model
     return rec
+
+
+DEFAULT_VARIANTS = "bf16:sdpa,bf16:eager,fp8:sdpa,8-bit"
+
+
+def parse_variant(v: str) -> tuple[str, str, str]:
+    """``precision[:attention[:static]]`` -> (precision, attention, cache); ValueError if not one."""
+    prec, _, rest = v.strip().partition(":")
+    attn, _, cache = rest.partition(":")
+    attn, cache = attn or "sdpa", cache or "dynamic"
+    if prec not in ("bf16", "fp8", "8-bit") or attn not in ("sdpa", "eager") or cache not in ("dynamic", "static"):
+        raise ValueError(f"variant {v!r}: precision bf16, fp8 or 8-bit; attention sdpa or eager; then :static or nothing")
+    return prec, attn, cache
 
 
 def parse_args(argv=None):
@@ -412,7 +433,7 @@ def parse_args(argv=None):
     ap.add_argument("--tiny", action="store_true", help="the same architecture at toy widths (CPU smoke test)")
     ap.add_argument("--device", default=None, help="cuda (default when there is one) or cpu")
     ap.add_argument("--variants", default=None,
-                    help="comma list of precision:attention (default bf16:sdpa,bf16:eager,fp8:sdpa,8-bit)")
+                    help=f"comma list of precision:attention[:static] (default {DEFAULT_VARIANTS})")
     ap.add_argument("--clips", type=int, default=5, help="timed clips per variant (after --warmup)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--new-tokens", type=int, default=120, help="caption length, forced (min = max)")
@@ -427,6 +448,12 @@ def parse_args(argv=None):
         assert len(a.clip_size) == 2 and min(a.clip_size) > 0
     except (ValueError, AssertionError):
         ap.error(f"--clip {a.clip!r}: give WxH, e.g. 768x512")
+    a.variant_list = [v.strip() for v in (a.variants or DEFAULT_VARIANTS).split(",") if v.strip()]
+    for v in a.variant_list:
+        try:
+            parse_variant(v)
+        except ValueError as e:
+            ap.error(str(e))
     if a.clips < 1 or a.warmup < 0 or a.new_tokens < 2:
         ap.error("--clips ≥ 1, --warmup ≥ 0, --new-tokens ≥ 2")
     return a
@@ -441,7 +468,7 @@ def main(argv=None) -> int:
     a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU here (use --tiny --device cpu for the smoke test)")
-    variants = (a.variants or "bf16:sdpa,bf16:eager,fp8:sdpa,8-bit").split(",")
+    variants = a.variant_list
     gpu = torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu"
     cfgd = omni_7b_config(a.tiny)
     base = {"bench": "caption", "stack": "ours: trainer_core.caption.Captioner (transformers generate)",
@@ -454,6 +481,8 @@ def main(argv=None) -> int:
             "transformers": transformers.__version__}
     if not a.tiny:
         base["published_params"] = PUBLISHED_PARAMS
+    out = Path(a.out) if a.out else REPO / "bench" / "results" / f"caption_{gpu.replace(' ', '_')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     recs = []
     with tempfile.TemporaryDirectory() as tmp:
         proc = make_processor(Path(tmp))
@@ -470,11 +499,10 @@ def main(argv=None) -> int:
             rec = {**base, **rec}
             recs.append(rec)
             print(json.dumps(rec), flush=True)
+            # written after every variant: a run cut short keeps what it measured
+            atomic_write_text(out, json.dumps(recs, indent=1) + "\n")
             if a.device.startswith("cuda"):
                 torch.cuda.empty_cache()
-    out = Path(a.out) if a.out else REPO / "bench" / "results" / f"caption_{gpu.replace(' ', '_')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(recs, indent=1) + "\n")
     print(f"wrote {out}")
     return 0 if all(r.get("status") in ("ok", "not run") for r in recs) else 1
 

@@ -49,19 +49,25 @@ def test_bad_arguments_are_refused(B):
         B.parse_args(["--clip", "768by512"])
     with pytest.raises(SystemExit):
         B.parse_args(["--new-tokens", "1"])
-    a = B.parse_args(["--clip", "512x768", "--clips", "3"])
+    for bad in ("bf16:flash", "int4", "fp8:sdpa:paged"):
+        with pytest.raises(SystemExit):
+            B.parse_args(["--variants", bad])
+    a = B.parse_args(["--clip", "512x768", "--clips", "3", "--variants", "fp8, bf16:eager:static"])
     assert a.clip_size == (512, 768) and a.clips == 3 and a.new_tokens == 120
+    assert a.variant_list == ["fp8", "bf16:eager:static"]
+    assert [B.parse_variant(v) for v in a.variant_list] == [("fp8", "sdpa", "dynamic"), ("bf16", "eager", "static")]
+    assert B.parse_args([]).variant_list == ["bf16:sdpa", "bf16:eager", "fp8:sdpa", "8-bit"]
 
 
 def test_tiny_run_end_to_end(tmp_path):
     out = tmp_path / "caption.json"
     n = 6
     p = subprocess.run([sys.executable, str(BENCH), "--tiny", "--device", "cpu", "--clips", "1", "--warmup", "1",
-                        "--new-tokens", str(n), "--variants", "bf16:sdpa,fp8:sdpa,8-bit", "--out", str(out)],
+                        "--new-tokens", str(n), "--variants", "bf16:sdpa,fp8:sdpa:static,8-bit", "--out", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     recs = json.loads(out.read_text())
-    assert [r["variant"] for r in recs] == ["bf16:sdpa", "fp8:sdpa", "8-bit"]
+    assert [r["variant"] for r in recs] == ["bf16:sdpa", "fp8:sdpa:static", "8-bit"]
     bf16, fp8, int8 = recs
     for r in (bf16, fp8):
         assert r["status"] == "ok" and r["gpu"] == "cpu" and r["config"] == "tiny" and r["new_tokens"] == n
@@ -75,7 +81,8 @@ def test_tiny_run_end_to_end(tmp_path):
         assert abs(r["decode_tok_s"] - (n - 1) / r["decode_s"]) < 0.1
         assert r["s_min"] <= r["s_per_clip"] <= r["s_max"] and len(r["s_clips"]) == r["clips"] == 1
         assert r["official"]["s_per_clip"] == [1.0, 3.0] and isinstance(r["meets_official"], bool)
-    assert bf16["attn_config"] == "sdpa" and bf16["dtype"] == "float32"
+    assert bf16["attn_config"] == "sdpa" and bf16["dtype"] == "float32" and bf16["cache"] == "dynamic"
+    assert fp8["cache"] == "static" and fp8["compiled"] is False  # transformers compiles on a GPU only
     assert fp8["fp8_layers"] == 2 * 7  # q, k, v, o, gate, up, down in each of the 2 tiny layers
     assert 0 < fp8["fp8_mlp_rel_err"] < 0.08
     assert int8["status"] == "not run" and "bitsandbytes" in int8["why"]
