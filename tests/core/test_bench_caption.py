@@ -44,6 +44,38 @@ def test_fp8_linear_is_close_to_the_linear(B):
                    for b in seq[0].buffers())  # no full-precision weight kept
 
 
+def test_stand_in_processor_gives_what_the_processor_gives(B, tmp_path):
+    # for a machine whose transformers cannot build the real processor (no torchvision)
+    import numpy as np
+
+    from trainer_core.caption import DEFAULT_PROMPT, Captioner
+
+    real = Captioner(None, B.make_processor(tmp_path), "omni")
+    stand_in = Captioner(None, B.make_stand_in_processor(), "omni")
+    g = np.random.default_rng(0)
+    audio = (0.1 * g.standard_normal(80000)).astype(np.float32)
+    for size, atol in (((308, 448), 1e-5), ((298, 448), 0.05)):  # on Qwen2-VL's grid already / resized
+        frames = g.integers(0, 256, (8, *size, 3), dtype=np.uint8)
+        a, b = real.inputs(frames, audio, DEFAULT_PROMPT), stand_in.inputs(frames, audio, DEFAULT_PROMPT)
+        assert sorted(a.keys()) == sorted(b.keys())
+        for k in a:
+            assert a[k].shape == b[k].shape and a[k].dtype == b[k].dtype, k
+            if k == "pixel_values_videos":
+                assert torch.allclose(a[k], b[k], atol=atol), (k, (a[k] - b[k]).abs().max())
+            else:
+                assert torch.equal(a[k], b[k]), k
+    assert int((a["input_ids"] == 151656).sum()) == 704 and int((a["input_ids"] == 151646).sum()) == 125
+
+
+def test_stand_in_inputs_run_end_to_end(B, tmp_path):
+    out = tmp_path / "c.json"
+    assert B.main(["--tiny", "--device", "cpu", "--inputs", "standin", "--variants", "bf16", "--clips", "1",
+                   "--warmup", "0", "--new-tokens", "3", "--out", str(out)]) == 0
+    (r,) = json.loads(out.read_text())
+    assert r["status"] == "ok" and r["inputs"].startswith("stand-in") and r["video_tokens"] == 704
+    assert r["new_tokens"] == 3 and r["s_per_clip"] > 0
+
+
 def test_bad_arguments_are_refused(B):
     with pytest.raises(SystemExit):
         B.parse_args(["--clip", "768by512"])
@@ -86,3 +118,4 @@ def test_tiny_run_end_to_end(tmp_path):
     assert fp8["fp8_layers"] == 2 * 7  # q, k, v, o, gate, up, down in each of the 2 tiny layers
     assert 0 < fp8["fp8_mlp_rel_err"] < 0.08
     assert int8["status"] == "not run" and "bitsandbytes" in int8["why"]
+    assert bf16["inputs"].startswith("real Qwen2_5OmniProcessor")
