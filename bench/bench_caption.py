@@ -35,7 +35,9 @@ vision + audio encoders, the first forward, up to the first logits), vision_s an
 (inside prefill), decode_tok_s and decode_s (the remaining new tokens), detok_s; the
 token counts (video_tokens, audio_tokens, input_tokens, new_tokens), init_s (model made,
 not counted), weights_gib, peak_vram_gib (allocator peak over the timed clips), params,
-and the official captioner's figure for comparison.
+cache and compiled (``:static``), fp8_layers and fp8_mlp_rel_err (decoder layer 0's MLP,
+fp8 against bf16 on one fixed input), inputs (the real processor, or the stand-in where
+transformers cannot build it: no torchvision), and the official captioner's figure.
 
     python bench/bench_caption.py --out bench/results/caption_H200.json      # GPU
     python bench/bench_caption.py --tiny --clips 2 --new-tokens 8 --out /tmp/c.json   # CPU smoke
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import importlib.util
 import json
 import statistics
@@ -58,7 +61,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from trainer_core.ltx2 import fp8 as F8  # noqa: E402
+from trainer_core.ltx2 import fp8 as F8
 
 OFFICIAL = {"s_per_clip": [1.0, 3.0], "what": "the official captioner: Qwen2.5-Omni-7B, FP8 model under vLLM, "
             "1-3 s per clip on an H100 (issue #19)"}
@@ -173,7 +176,7 @@ def make_tokenizer():
 def make_processor(folder: Path):
     """Save the processor files (as the published folder has them) to ``folder`` and load
     them back with AutoProcessor, as Captioner.load does."""
-    from transformers import (AutoProcessor, Qwen2_5OmniProcessor, Qwen2VLImageProcessor, WhisperFeatureExtractor)
+    from transformers import AutoProcessor, Qwen2_5OmniProcessor, Qwen2VLImageProcessor, WhisperFeatureExtractor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     p = PREPROCESSOR
@@ -273,7 +276,8 @@ def make_stand_in_processor() -> StandInProcessor:
 
 def build_model(cfgd: dict, device: str, dtype, attn: str):
     """The thinker with random weights, made where it runs (no host copy of 7B params)."""
-    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration as M
+    from transformers import Qwen2_5OmniThinkerConfig
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration as M
 
     cfg = Qwen2_5OmniThinkerConfig(**json.loads(json.dumps(cfgd)))
     torch.manual_seed(0)
@@ -478,7 +482,7 @@ def run_variant(variant: str, a, proc, cfgd: dict) -> dict:
         for h in hooks:
             h.remove()
     timed = rows[a.warmup:]
-    med = lambda k: round(statistics.median(r[k] for r in timed), 4)  # noqa: E731
+    med = lambda k: round(statistics.median(r[k] for r in timed), 4)
     s = [round(r["s"], 4) for r in timed]
     decode_s = med("decode_s")
     rec.update({
@@ -600,7 +604,9 @@ def main(argv=None) -> int:
             print(json.dumps(rec), flush=True)
             # written after every variant: a run cut short keeps what it measured
             atomic_write_text(out, json.dumps(recs, indent=1) + "\n")
+            gc.collect()
             if a.device.startswith("cuda"):
+                torch._dynamo.reset()  # a compiled variant's graphs (and their CUDA-graph memory) go too
                 torch.cuda.empty_cache()
     print(f"wrote {out}")
     return 0 if all(r.get("status") in ("ok", "not run") for r in recs) else 1
