@@ -43,6 +43,11 @@ _BOILERPLATE = re.compile(
     r"|(?:here\s+)?(?:we\s+see|you\s+can\s+see)\s*)", re.IGNORECASE)
 
 
+# how the captioner generates: greedy, at most DEFAULT_MAX_NEW_TOKENS new tokens
+GENERATE_DEFAULTS: dict = {"do_sample": False}
+DEFAULT_MAX_NEW_TOKENS = 320
+
+
 class CaptionModelError(ValueError):
     pass
 
@@ -146,20 +151,29 @@ class Captioner:
             kw["audio"] = [audio]
         return self.processor(**kw)
 
-    def caption(self, frames: np.ndarray, audio: Optional[np.ndarray], prompt: str, max_new_tokens: int = 320) -> str:
+    def generate(self, inp: dict, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, **generate_kwargs) -> Any:
+        """The new token ids [1, n] that the model writes for processed inputs ``inp`` (greedy
+        unless ``generate_kwargs`` say otherwise; bench/bench_caption.py passes a length and a
+        timer here)."""
         import torch
 
-        inp = self.inputs(frames, audio, prompt)
         dev = next(self.model.parameters()).device
         inp = {k: (v.to(dev) if hasattr(v, "to") else v) for k, v in inp.items()}
-        gen: dict = {"max_new_tokens": max_new_tokens, "do_sample": False}
+        gen: dict = {"max_new_tokens": max_new_tokens, **GENERATE_DEFAULTS, **generate_kwargs}
         with torch.inference_mode():
             out = self.model.generate(**inp, **gen)
         seq = out[0] if isinstance(out, (tuple, list)) else out
         if hasattr(seq, "sequences"):
             seq = seq.sequences
-        new = seq[:, inp["input_ids"].shape[1]:]
-        return self.processor.batch_decode(new, skip_special_tokens=True)[0]
+        return seq[:, inp["input_ids"].shape[1]:]
+
+    def decode(self, new_ids: Any) -> str:
+        return self.processor.batch_decode(new_ids, skip_special_tokens=True)[0]
+
+    def caption(self, frames: np.ndarray, audio: Optional[np.ndarray], prompt: str,
+                max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, **generate_kwargs) -> str:
+        """One segment's caption: processor inputs, generation, decoding."""
+        return self.decode(self.generate(self.inputs(frames, audio, prompt), max_new_tokens, **generate_kwargs))
 
 
 # ----------------------------------------------------------------------------- text
@@ -190,14 +204,20 @@ def clean_caption(text: str, trigger: str = "", max_words: int = 200) -> str:
 
 # ----------------------------------------------------------------------------- media
 
+def frame_size(width: int, height: int, max_side: int = 448) -> tuple[int, int]:
+    """(width, height) of the frames the model sees: the clip scaled down so that its longest
+    side is at most ``max_side``, both sides even."""
+    scale = min(1.0, max_side / max(width, height, 1))
+    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
+
+
 def segment_media(clip: ClipInfo, seg: Segment, n_frames: int = 8, max_side: int = 448,
                   audio_rate: Optional[int] = 16000) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Frames sampled evenly over the segment ([N, H, W, 3] uint8, longest side ≤ max_side)
     and its mono audio at ``audio_rate`` (None without an audio track or rate)."""
     from . import media
 
-    scale = min(1.0, max_side / max(clip.width, clip.height, 1))
-    size = (max(2, int(round(clip.width * scale / 2)) * 2), max(2, int(round(clip.height * scale / 2)) * 2))
+    size = frame_size(clip.width, clip.height, max_side)
     if clip.kind == "image" or seg.duration <= 0:
         times = [seg.start] * max(2, n_frames if clip.kind != "image" else 2)
     else:

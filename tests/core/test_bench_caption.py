@@ -1,0 +1,121 @@
+"""bench/bench_caption.py: the published Qwen2.5-Omni-7B thinker layout, and the --tiny CPU run
+of the very code path the GPU run takes (real processor, Captioner.generate, fp8 layers)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_caption.py"
+
+
+@pytest.fixture(scope="module")
+def B():
+    spec = importlib.util.spec_from_file_location("bench_caption", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_config_builds_the_published_checkpoint_size(B):
+    # model.safetensors.index.json of Qwen/Qwen2.5-Omni-7B: 17,863,627,776 bytes of bf16
+    # thinker tensors; the config written out in the bench must build exactly that many
+    assert B.count_params(B.omni_7b_config()) == 17_863_627_776 // 2 == B.PUBLISHED_PARAMS
+    tiny = B.count_params(B.omni_7b_config(tiny=True))
+    assert tiny < 20_000_000
+
+
+def test_fp8_linear_is_close_to_the_linear(B):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48).requires_grad_(False)
+    seq = torch.nn.Sequential(lin)
+    x = torch.randn(3, 5, 64)
+    ref = seq(x)
+    assert B.to_fp8(seq) == 1 and isinstance(seq[0], B.FP8Linear)
+    y = seq(x)
+    err = float((y - ref).norm() / ref.norm())
+    assert y.shape == ref.shape and 0 < err < 0.08  # quantized (not the same numbers), within fp8 rounding
+    assert not any(isinstance(b, torch.Tensor) and b.dtype == torch.float32 and b.shape == (48, 64)
+                   for b in seq[0].buffers())  # no full-precision weight kept
+
+
+def test_stand_in_processor_gives_what_the_processor_gives(B, tmp_path):
+    # for a machine whose transformers cannot build the real processor (no torchvision)
+    import numpy as np
+
+    from trainer_core.caption import DEFAULT_PROMPT, Captioner
+
+    real = Captioner(None, B.make_processor(tmp_path), "omni")
+    stand_in = Captioner(None, B.make_stand_in_processor(), "omni")
+    g = np.random.default_rng(0)
+    audio = (0.1 * g.standard_normal(80000)).astype(np.float32)
+    for size, atol in (((308, 448), 1e-5), ((298, 448), 0.05)):  # on Qwen2-VL's grid already / resized
+        frames = g.integers(0, 256, (8, *size, 3), dtype=np.uint8)
+        a, b = real.inputs(frames, audio, DEFAULT_PROMPT), stand_in.inputs(frames, audio, DEFAULT_PROMPT)
+        assert sorted(a.keys()) == sorted(b.keys())
+        for k in a:
+            assert a[k].shape == b[k].shape and a[k].dtype == b[k].dtype, k
+            if k == "pixel_values_videos":
+                assert torch.allclose(a[k], b[k], atol=atol), (k, (a[k] - b[k]).abs().max())
+            else:
+                assert torch.equal(a[k], b[k]), k
+    assert int((a["input_ids"] == 151656).sum()) == 704 and int((a["input_ids"] == 151646).sum()) == 125
+
+
+def test_stand_in_inputs_run_end_to_end(B, tmp_path):
+    out = tmp_path / "c.json"
+    assert B.main(["--tiny", "--device", "cpu", "--inputs", "standin", "--variants", "bf16", "--clips", "1",
+                   "--warmup", "0", "--new-tokens", "3", "--out", str(out)]) == 0
+    (r,) = json.loads(out.read_text())
+    assert r["status"] == "ok" and r["inputs"].startswith("stand-in") and r["video_tokens"] == 704
+    assert r["new_tokens"] == 3 and r["s_per_clip"] > 0
+
+
+def test_bad_arguments_are_refused(B):
+    with pytest.raises(SystemExit):
+        B.parse_args(["--clip", "768by512"])
+    with pytest.raises(SystemExit):
+        B.parse_args(["--new-tokens", "1"])
+    for bad in ("bf16:flash", "int4", "fp8:sdpa:paged"):
+        with pytest.raises(SystemExit):
+            B.parse_args(["--variants", bad])
+    a = B.parse_args(["--clip", "512x768", "--clips", "3", "--variants", "fp8, bf16:eager:static"])
+    assert a.clip_size == (512, 768) and a.clips == 3 and a.new_tokens == 120
+    assert a.variant_list == ["fp8", "bf16:eager:static"]
+    assert [B.parse_variant(v) for v in a.variant_list] == [("fp8", "sdpa", "dynamic"), ("bf16", "eager", "static")]
+    assert B.parse_args([]).variant_list == ["bf16:sdpa", "bf16:eager", "fp8:sdpa", "8-bit"]
+
+
+def test_tiny_run_end_to_end(tmp_path):
+    out = tmp_path / "caption.json"
+    n = 6
+    p = subprocess.run([sys.executable, str(BENCH), "--tiny", "--device", "cpu", "--clips", "1", "--warmup", "1",
+                        "--new-tokens", str(n), "--variants", "bf16:sdpa,fp8:sdpa:static,8-bit", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    recs = json.loads(out.read_text())
+    assert [r["variant"] for r in recs] == ["bf16:sdpa", "fp8:sdpa:static", "8-bit"]
+    bf16, fp8, int8 = recs
+    for r in (bf16, fp8):
+        assert r["status"] == "ok" and r["gpu"] == "cpu" and r["config"] == "tiny" and r["new_tokens"] == n
+        # a 768x512 clip: 8 frames scaled to 448x298, resized by the processor to 448x308 = 16x11
+        # merged patches per 2 frames, 4 temporal patches; 5 s of audio = 25 tokens per second
+        assert r["video_tokens"] == 4 * 16 * 11 == 704 and r["audio_tokens"] == 125
+        assert r["input_tokens"] > r["video_tokens"] + r["audio_tokens"] + 100  # chat turns + the prompt
+        parts = r["processor_s"] + r["prefill_s"] + r["decode_s"] + r["detok_s"]
+        assert r["s_per_clip"] > 0 and abs(parts - r["s_per_clip"]) < 0.05 * r["s_per_clip"] + 0.01
+        assert 0 < r["vision_s"] < r["prefill_s"] and 0 < r["audio_s"] < r["prefill_s"]
+        assert abs(r["decode_tok_s"] - (n - 1) / r["decode_s"]) < 0.1
+        assert r["s_min"] <= r["s_per_clip"] <= r["s_max"] and len(r["s_clips"]) == r["clips"] == 1
+        assert r["official"]["s_per_clip"] == [1.0, 3.0] and isinstance(r["meets_official"], bool)
+    assert bf16["attn_config"] == "sdpa" and bf16["dtype"] == "float32" and bf16["cache"] == "dynamic"
+    assert fp8["cache"] == "static" and fp8["compiled"] is False  # transformers compiles on a GPU only
+    assert fp8["fp8_layers"] == 2 * 7  # q, k, v, o, gate, up, down in each of the 2 tiny layers
+    assert 0 < fp8["fp8_mlp_rel_err"] < 0.08
+    assert int8["status"] == "not run" and "bitsandbytes" in int8["why"]
+    assert bf16["inputs"].startswith("real Qwen2_5OmniProcessor")
