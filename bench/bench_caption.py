@@ -238,14 +238,14 @@ class StandInProcessor:
         x = v.view(gt, tp, 3, gh // ms, ms, ps, gw // ms, ms, ps).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
         return x.reshape(gt * gh * gw, 3 * tp * ps * ps), (gt, gh, gw)
 
-    def __call__(self, text, videos=None, audio=None, return_tensors="pt", **kw):
+    def __call__(self, text, videos=None, audio=None, return_tensors="pt", fps=None, **kw):
         out: dict = {}
         t = text[0]
         if videos:
             pix, (gt, gh, gw) = self.video(videos[0])
             out["pixel_values_videos"] = pix
             out["video_grid_thw"] = torch.tensor([[gt, gh, gw]])
-            out["video_second_per_grid"] = torch.tensor([self.p["temporal_patch_size"] / 2.0])  # the processor's fps 2
+            out["video_second_per_grid"] = torch.tensor([self.p["temporal_patch_size"] / float(fps or 2.0)])  # processor default 2
             t = t.replace("<|VIDEO|>", "<|VIDEO|>" * (gt * gh * gw // self.p["merge_size"] ** 2), 1)
         if audio:
             f = self.feature_extractor(audio, sampling_rate=self.p["sampling_rate"], padding="max_length",
@@ -460,7 +460,7 @@ def run_variant(variant: str, a, proc, cfgd: dict) -> dict:
             timer.reset()
             t0 = time.perf_counter()
             # Captioner.caption, step by step (caption = decode(generate(inputs(...))))
-            inp = cap.inputs(frames, audio, DEFAULT_PROMPT)
+            inp = cap.inputs(frames, audio, DEFAULT_PROMPT, fps=a.frames / a.seconds)
             t1 = time.perf_counter()
             new = cap.generate(inp, n, min_new_tokens=n, logits_processor=lp, **gen_kw)
             _sync(a.device)

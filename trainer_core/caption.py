@@ -137,8 +137,12 @@ class Captioner:
         rate = int(getattr(getattr(proc, "feature_extractor", None), "sampling_rate", 16000) or 16000)
         return cls(model, proc, family, Path(path).name, rate)
 
-    def inputs(self, frames: np.ndarray, audio: Optional[np.ndarray], prompt: str) -> dict:
-        """The processor's model inputs for one segment (frames [N, H, W, 3] uint8, mono audio)."""
+    def inputs(self, frames: np.ndarray, audio: Optional[np.ndarray], prompt: str, fps: Optional[float] = None) -> dict:
+        """The processor's model inputs for one segment (frames [N, H, W, 3] uint8, mono audio).
+
+        ``fps``: the rate the frames were sampled at. Qwen's processors place the video's
+        tokens in time from it (their time positions line up with the audio's); without it
+        they assume 2 fps, which stretches 8 frames of a 5-second clip over 4 s."""
         content: list[dict] = [{"type": "video"}]
         use_audio = self.family == "omni" and audio is not None
         if use_audio:
@@ -147,6 +151,8 @@ class Captioner:
         text = self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                                   tokenize=False)
         kw: dict = {"text": [text], "videos": [frames], "return_tensors": "pt"}
+        if fps:
+            kw["fps"] = float(fps)
         if use_audio:
             kw["audio"] = [audio]
         return self.processor(**kw)
@@ -171,9 +177,9 @@ class Captioner:
         return self.processor.batch_decode(new_ids, skip_special_tokens=True)[0]
 
     def caption(self, frames: np.ndarray, audio: Optional[np.ndarray], prompt: str,
-                max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, **generate_kwargs) -> str:
+                max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, fps: Optional[float] = None, **generate_kwargs) -> str:
         """One segment's caption: processor inputs, generation, decoding."""
-        return self.decode(self.generate(self.inputs(frames, audio, prompt), max_new_tokens, **generate_kwargs))
+        return self.decode(self.generate(self.inputs(frames, audio, prompt, fps), max_new_tokens, **generate_kwargs))
 
 
 # ----------------------------------------------------------------------------- text
@@ -229,6 +235,14 @@ def segment_media(clip: ClipInfo, seg: Segment, n_frames: int = 8, max_side: int
         pcm, _ = media.read_audio(clip.path, seg.start, seg.duration, sample_rate=audio_rate, channels=1)
         audio = pcm[0].astype(np.float32)
     return frames, audio
+
+
+def sampled_fps(clip: ClipInfo, seg: Segment, n_frames: int) -> Optional[float]:
+    """The rate segment_media samples ``n_frames`` frames at (evenly over the segment);
+    None for a still image or an empty segment (no time to place them in)."""
+    if clip.kind == "image" or seg.duration <= 0 or n_frames <= 0:
+        return None
+    return n_frames / seg.duration
 
 
 def caption_path(clip: ClipInfo, seg: Segment, n_segments: int, writable_roots: Sequence[str | Path],
@@ -308,7 +322,8 @@ def caption_clips(clipset: ClipSet, captioner: Optional[Captioner], *, prompt: s
             family_prompt = prompt or (DEFAULT_PROMPT if captioner.family == "omni" else DEFAULT_PROMPT_VISION)
             frames, audio = segment_media(clip, seg, n_frames, max_side,
                                           captioner.audio_rate if captioner.family == "omni" else None)
-            text = clean_caption(captioner.caption(frames, audio, family_prompt), trigger, max_words)
+            fps = sampled_fps(clip, seg, len(frames))
+            text = clean_caption(captioner.caption(frames, audio, family_prompt, fps=fps), trigger, max_words)
             if not text:
                 raise ValueError("the model returned an empty caption")
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -56,7 +56,7 @@ def test_stand_in_processor_gives_what_the_processor_gives(B, tmp_path):
     audio = (0.1 * g.standard_normal(80000)).astype(np.float32)
     for size, atol in (((308, 448), 1e-5), ((298, 448), 0.05)):  # on Qwen2-VL's grid already / resized
         frames = g.integers(0, 256, (8, *size, 3), dtype=np.uint8)
-        a, b = real.inputs(frames, audio, DEFAULT_PROMPT), stand_in.inputs(frames, audio, DEFAULT_PROMPT)
+        a, b = real.inputs(frames, audio, DEFAULT_PROMPT, 1.6), stand_in.inputs(frames, audio, DEFAULT_PROMPT, 1.6)
         assert sorted(a.keys()) == sorted(b.keys())
         for k in a:
             assert a[k].shape == b[k].shape and a[k].dtype == b[k].dtype, k
@@ -65,6 +65,29 @@ def test_stand_in_processor_gives_what_the_processor_gives(B, tmp_path):
             else:
                 assert torch.equal(a[k], b[k]), k
     assert int((a["input_ids"] == 151656).sum()) == 704 and int((a["input_ids"] == 151646).sum()) == 125
+
+
+def test_the_sampled_frame_rate_reaches_the_processor(B, tmp_path):
+    # Qwen's processor times the video tokens from fps (2 fps when not told): 8 frames of a
+    # 5-second segment are 1.6 fps, 1.25 s per temporal patch of 2 frames, as caption_clips says
+    import numpy as np
+
+    from trainer_core.caption import DEFAULT_PROMPT, Captioner, sampled_fps
+    from trainer_core.dataset import ClipInfo, Segment
+
+    real = Captioner(None, B.make_processor(tmp_path), "omni")
+    frames = np.zeros((8, 308, 448, 3), dtype=np.uint8)
+    told = real.inputs(frames, None, DEFAULT_PROMPT, fps=1.6)
+    untold = real.inputs(frames, None, DEFAULT_PROMPT)
+    assert float(told["video_second_per_grid"][0]) == pytest.approx(2 / 1.6)
+    assert float(untold["video_second_per_grid"][0]) == pytest.approx(1.0)
+    assert torch.equal(told["pixel_values_videos"], untold["pixel_values_videos"])  # no frames dropped or added
+    clip = ClipInfo.__new__(ClipInfo)
+    clip.kind = "video"
+    seg = Segment(clip=0, start=2.0, end=7.0)
+    assert sampled_fps(clip, seg, 8) == pytest.approx(1.6)
+    clip.kind = "image"
+    assert sampled_fps(clip, seg, 8) is None
 
 
 def test_stand_in_inputs_run_end_to_end(B, tmp_path):

@@ -49,9 +49,9 @@ def _spy(captioner):
         calls.append(kw)
         return orig(**kw)
 
-    def inputs(frames, audio, prompt):
-        given.append((frames, audio, prompt))
-        return orig_inputs(frames, audio, prompt)
+    def inputs(frames, audio, prompt, fps=None):
+        given.append((frames, audio, prompt, fps))
+        return orig_inputs(frames, audio, prompt, fps)
 
     captioner.model.generate = gen
     captioner.inputs = inputs
@@ -116,6 +116,8 @@ def test_vision_family_end_to_end(models, clips, tmp_path):
     assert "input_features" not in kw
     assert given[0][2] == cap.DEFAULT_PROMPT_VISION and given[0][1] is None
     assert given[0][0].shape == (4, 68, 112, 3)  # 160x96 clip, longest side 112, even sizes (67.2 -> 68)
+    # the processor is told the rate the 4 frames were sampled at (evenly over each 1-second scene)
+    assert [g[3] for g in given] == pytest.approx([4 / seg.duration for seg in out.segments]) == [4.0] * 3
     vid = c.model.config.video_token_id
     assert (kw["input_ids"] == vid).sum().item() > 0
     for seg in out.segments:
@@ -139,13 +141,13 @@ def test_omni_family_hears_the_audio(models, clips, tmp_path):
     c = cap.Captioner.load(models["omni"], "bf16", "cpu")
     assert c.family == "omni" and c.audio_rate == 16000
     calls, given = _spy(c)
-    seen_audio = [a for _, a, _ in given]
+    seen_audio = [g[1] for g in given]
     out, rep = cap.caption_clips(cs, c, n_frames=2, max_side=112, writable_roots=[],
                                  fallback_root=tmp_path / "output")
     assert len(rep.written) == 3 and not rep.failed
     kw = calls[0]
     assert "input_features" in kw and kw["feature_attention_mask"].sum().item() == 100  # 1 s at 16 kHz, hop 160
-    seen_audio = [a for _, a, _ in given]
+    seen_audio = [g[1] for g in given]
     assert given[0][2] == cap.DEFAULT_PROMPT and "quote any speech verbatim" in given[0][2]
     assert [round(mg.dominant_frequency(a, 16000)) // 10 for a in seen_audio] == [44, 88, 66]
     # outside ComfyUI's folders, captions go to the fallback root with the same relative names
