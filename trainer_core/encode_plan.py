@@ -22,9 +22,16 @@ Tiling as ComfyUI's ``VAE.encode_tiled`` does it for a 3-D VAE (``tiled_scale_mu
 tiles start every ``tile - overlap`` along each axis (the last one clamped to the end) and
 overlapping outputs are blended with a linear feather. Temporal tiles are whole latent frames:
 ``tile_t`` pixel frames become ``max(2, (tile_t + 7) // 8)`` latent frames and ``overlap_t``
-becomes ``max(1, min(tile_latent // 2, (overlap_t + 7) // 8))`` latent frames. A temporal tile
-costs one extra latent frame of overlap and no spatial halo, so the planner splits time first
-and space only when one full-frame tile of the shortest length does not fit.
+becomes ``max(1, min(tile_latent // 2, (overlap_t + 7) // 8))`` latent frames.
+
+Space before time. A temporal tile is cheaper to compute (no spatial halo) but it restarts the
+causal encoder: its first latent encodes one frame alone, as a clip's first latent does, and
+the latents after it see a different past (on the tiny checkpoint's VAE the latents after a
+seam differ by 35-60 % RMS from the whole encode; before the seam they are equal). Spatial
+tiles only blend a halo. And ComfyUI's LTX encoder already streams time exactly (causal
+chunks, ``frames_held``), so splitting time saves memory only when a chunk's frames outnumber
+the tile's. Hence: whole clip; else all frames in the fewest spatial tiles; time is split
+only when no spatial tiling of the whole clip fits.
 """
 from __future__ import annotations
 
@@ -68,8 +75,8 @@ class EncodePlan:
     # tiled only: what to pass to ComfyUI's VAE.encode_tiled (pixels and pixel frames)
     tile_t: int | None = None
     overlap_t: int | None = None
-    tile_x: int | None = None
-    tile_y: int | None = None
+    tile_h: int | None = None
+    tile_w: int | None = None
     overlap: int | None = None
     grid: tuple[int, int, int] = (1, 1, 1)  # tiles along (time, height, width)
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -79,18 +86,24 @@ class EncodePlan:
         return math.prod(self.grid)
 
     def encode_tiled_kwargs(self) -> dict:
+        """Arguments for ComfyUI's ``VAE.encode_tiled``. For a 3-D VAE ComfyUI passes
+        ``tile=(tile_t, tile_x, tile_y)`` to ``tiled_scale_multidim`` over [F, H, W]: its
+        ``tile_x`` runs along the height and ``tile_y`` along the width."""
         if self.whole:
             raise ValueError("a whole-clip plan has no tiles")
-        return {"tile_x": self.tile_x, "tile_y": self.tile_y, "overlap": self.overlap,
+        return {"tile_x": self.tile_h, "tile_y": self.tile_w, "overlap": self.overlap,
                 "tile_t": self.tile_t, "overlap_t": self.overlap_t}
 
     def describe(self) -> str:
-        gib = lambda b: f"{b / 2**30:.1f} GiB"  # noqa: E731
+        gib = lambda b: f"{b / 2**30:.1f} GiB"
         if self.whole:
             return f"whole clip (needs ~{gib(self.est_bytes)} of {gib(self.budget_bytes)} free)"
         t, h, w = self.grid
-        return (f"{self.tiles} tiles ({t} in time of {self.tile_t} frames, {h}x{w} in space of "
-                f"{self.tile_x}x{self.tile_y} px; ~{gib(self.est_bytes)} each of {gib(self.budget_bytes)} free)")
+        how = [f"{t} in time of {self.tile_t} frames"] if t > 1 else []
+        if h * w > 1:
+            how.append(f"{w}x{h} in space of {self.tile_w}x{self.tile_h} px")
+        return (f"{self.tiles} tiles ({', '.join(how)}; ~{gib(self.est_bytes)} each of "
+                f"{gib(self.budget_bytes)} free)")
 
 
 def tile_count(size: int, tile: int, overlap: int) -> int:
@@ -133,13 +146,19 @@ def _spatial_tile(size: int, n: int, overlap: int, q: int) -> int | None:
 
 def plan_encode(shape, budget_bytes: float, whole_bytes_per_voxel: float, tile_bytes_per_voxel: float,
                 temporal: int = LTX2_TEMPORAL, spatial: int = LTX2_SPATIAL, overlap: int = OVERLAP,
-                overlap_t: int = OVERLAP_T) -> EncodePlan:
-    """Whole clip if it fits ``budget_bytes``, else the tiling with the fewest spatial tiles, then
-    the fewest (longest) temporal tiles, whose largest tile fits.
+                overlap_t: int = OVERLAP_T, frames_held=None) -> EncodePlan:
+    """Whole clip if it fits ``budget_bytes``, else the tiling whose largest tile fits with, in
+    order: the most frames per tile (time is split only when no spatial tiling of the whole
+    clip fits), then the fewest spatial tiles.
 
     ``shape``: the pixel clip, [F, H, W] or [F, H, W, C]. H and W are cropped to the VAE's
-    spatial multiple (as ComfyUI does), F to 1 + 8k. Raises ``EncodeBudgetError`` when not even
-    the smallest tile fits, ``ValueError`` for a malformed request."""
+    spatial multiple (as ComfyUI does), F to 1 + 8k. ``frames_held(frames, h, w)``: how many
+    frames the encoder holds on the device at once for a clip or tile of that size (ComfyUI's
+    LTX encoder streams time in chunks; the node passes its rule); None means all of them.
+    Activations cost ``whole_bytes_per_voxel`` per held voxel; a tile's pixels, all its frames,
+    cost the difference ``tile_bytes_per_voxel - whole_bytes_per_voxel`` per voxel on top.
+    Raises ``EncodeBudgetError`` when not even the smallest tile fits, ``ValueError`` for a
+    malformed request."""
     if len(shape) not in (3, 4):
         raise ValueError(f"shape must be [frames, height, width(, channels)], got {list(shape)}")
     F, H, W = (int(v) for v in shape[:3])
@@ -155,16 +174,21 @@ def plan_encode(shape, budget_bytes: float, whole_bytes_per_voxel: float, tile_b
     if not (budget_bytes > 0):
         raise ValueError(f"the VRAM budget must be positive, got {budget_bytes} bytes: free memory on the GPU "
                          "(unload other models) or encode on the CPU")
-    if not (whole_bytes_per_voxel > 0 and tile_bytes_per_voxel > 0):
-        raise ValueError("bytes per voxel must be positive")
+    if not (whole_bytes_per_voxel > 0 and tile_bytes_per_voxel >= whole_bytes_per_voxel):
+        raise ValueError("bytes per voxel must be positive (and a tile's at least the whole clip's)")
     budget = int(budget_bytes)
+    held = (lambda f, h, w: f) if frames_held is None else frames_held  # noqa: E731
 
-    est_whole = int(whole_bytes_per_voxel * max(F, COMFY_MIN_FRAMES) * H * W)
+    def act(f: int, h: int, w: int) -> int:
+        return int(whole_bytes_per_voxel * max(min(int(held(f, h, w)), f), COMFY_MIN_FRAMES) * h * w)
+
+    est_whole = act(F, H, W)
     if est_whole <= budget:
         return EncodePlan(whole=True, est_bytes=est_whole, budget_bytes=budget)
 
     def est(tf: int, th: int, tw: int) -> int:
-        return int(tile_bytes_per_voxel * max(min(tf, F), COMFY_MIN_FRAMES) * min(th, H) * min(tw, W))
+        tf, th, tw = min(tf, F), min(th, H), min(tw, W)
+        return act(tf, th, tw) + int((tile_bytes_per_voxel - whole_bytes_per_voxel) * tf * th * tw)
 
     lat_f = _latent_frames(F, temporal)
     splits = []
@@ -176,24 +200,29 @@ def plan_encode(shape, budget_bytes: float, whole_bytes_per_voxel: float, tile_b
             tx = _spatial_tile(W, nx, overlap, spatial)
             if tx is None:
                 continue
-            splits.append((ny * nx, min(ty, H) * min(tx, W), ny, nx, ty, tx))
-    splits.sort(key=lambda s: (s[0], -s[1]))
+            splits.append((ny * nx, -(min(ty, H) * min(tx, W)), ny, nx, ty, tx))
+    splits.sort()
     smallest = None
-    for _, _, ny, nx, ty, tx in splits:
-        for tl in range(max(lat_f, MIN_TILE_T_LATENT), MIN_TILE_T_LATENT - 1, -1):
-            tf, ov, nt = _temporal(F, tl, overlap_t, temporal)
+    seen_counts = set()
+    for tl in range(max(lat_f, MIN_TILE_T_LATENT), MIN_TILE_T_LATENT - 1, -1):
+        tf, _, nt = _temporal(F, tl, overlap_t, temporal)
+        if nt in seen_counts:
+            continue  # a longer tile gave this many already; the shortest of them is taken below
+        for _, _, ny, nx, ty, tx in splits:
             e = est(tf, ty, tx)
             smallest = e if smallest is None else min(smallest, e)
-            if e <= budget:
-                # the same number of tiles from the shortest tile that gives it: evener tiles, less memory
+            if e > budget:
+                continue
+            if nt > 1:
+                # the same number of temporal tiles from the shortest tile that gives it: evener, less memory
                 tl = min(k for k in range(MIN_TILE_T_LATENT, tl + 1) if _temporal(F, k, overlap_t, temporal)[2] == nt)
-                tf, ov, nt = _temporal(F, tl, overlap_t, temporal)
+                tf = _temporal(F, tl, overlap_t, temporal)[0]
                 e = est(tf, ty, tx)
-                return EncodePlan(
-                    whole=False, est_bytes=e, budget_bytes=budget, tile_t=min(tf, F), overlap_t=overlap_t,
-                    tile_x=(W if nx == 1 else tx), tile_y=(H if ny == 1 else ty), overlap=overlap,
-                    grid=(nt, ny, nx),
-                    notes=(f"whole clip would need ~{est_whole / 2**30:.1f} GiB",))
+            return EncodePlan(
+                whole=False, est_bytes=e, budget_bytes=budget, tile_t=min(tf, F), overlap_t=overlap_t,
+                tile_h=(H if ny == 1 else ty), tile_w=(W if nx == 1 else tx), overlap=overlap,
+                grid=(nt, ny, nx), notes=(f"whole clip would need ~{est_whole / 2**30:.1f} GiB",))
+        seen_counts.add(nt)
     raise EncodeBudgetError(
         f"encoding a {F}x{H}x{W} clip needs ~{est_whole / 2**30:.1f} GiB whole and ~{(smallest or 0) / 2**30:.2f} GiB "
         f"for its smallest tile, but only {budget / 2**30:.2f} GiB of VRAM is free: unload other models, "

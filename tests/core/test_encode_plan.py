@@ -29,17 +29,20 @@ def _comfy_positions(size, tile, overlap):
 
 def _comfy_temporal(frames, tile_t, overlap_t):
     """comfy/sd.py VAE.encode_tiled for the LTX VAE: pixel tile_t / overlap_t to what is tiled."""
-    down = lambda a: max(0, math.floor((a + 7) / 8))  # noqa: E731
-    up = lambda a: max(0, a * 8 - 7)  # noqa: E731
+    down = lambda a: max(0, math.floor((a + 7) / 8))
+    up = lambda a: max(0, a * 8 - 7)
     tl = max(2, down(tile_t))
     ov = up(max(1, min(tl // 2, down(overlap_t))))
     return up(tl), ov
 
 
 def _tiles(plan, F, H, W):
-    t, ov_t = _comfy_temporal(F, plan.tile_t, plan.overlap_t)
-    axes = [_comfy_positions(F, t, ov_t), _comfy_positions(H, plan.tile_y, plan.overlap),
-            _comfy_positions(W, plan.tile_x, plan.overlap)]
+    """The tiles ComfyUI's encode_tiled runs for the plan's arguments: it hands
+    tile=(tile_t, tile_x, tile_y) to tiled_scale_multidim over [F, H, W]."""
+    kw = plan.encode_tiled_kwargs()
+    t, ov_t = _comfy_temporal(F, kw["tile_t"], kw["overlap_t"])
+    axes = [_comfy_positions(F, t, ov_t), _comfy_positions(H, kw["tile_x"], kw["overlap"]),
+            _comfy_positions(W, kw["tile_y"], kw["overlap"])]
     return axes, list(itertools.product(*axes))
 
 
@@ -69,15 +72,31 @@ def test_tiles_fit_the_budget_and_cover_the_clip(gib):
     kw = p.encode_tiled_kwargs()
     assert set(kw) == {"tile_x", "tile_y", "overlap", "tile_t", "overlap_t"}
     assert "tiles" in p.describe()
+    assert p.tile_h <= H and p.tile_w <= W
 
 
-def test_time_is_split_before_space():
+def test_space_is_split_before_time():
+    # a temporal tile restarts the causal encoder (see encode_plan's docstring): all frames stay
+    # in one tile while some spatial tiling fits
     p = plan_encode(CLIP, 8 * GIB, WHOLE, TILE)
-    assert p.grid[1:] == (1, 1) and p.grid[0] == 2 and p.tile_x == 768 and p.tile_y == 512
-    # two even tiles (65 + 65 frames sharing 9), not 113 + a short rest
-    assert p.tile_t == 65
-    q = plan_encode(CLIP, 1 * GIB, WHOLE, TILE)
-    assert q.grid[1] * q.grid[2] > 1  # the shortest full-frame tile (9 frames) does not fit 1 GiB
+    assert p.grid[0] == 1 and p.tile_t == 121 and p.grid[1] * p.grid[2] == 2
+    assert (p.tile_h, p.tile_w) in ((288, 768), (512, 416))  # 2 x 288 - 64 = 512, 2 x 416 - 64 = 768
+    q = plan_encode(CLIP, 0.3 * GIB, WHOLE, TILE)
+    assert q.grid[0] > 1  # no spatial tile of 121 frames fits 0.3 GiB
+
+
+def test_streamed_frames_shrink_the_estimate():
+    # ComfyUI's LTX encoder holds ~40 frames of a 768x512 clip at a time
+    held = lambda f, h, w: min(f, 40)
+    p = plan_encode(CLIP, 8 * GIB, WHOLE, TILE, frames_held=held)
+    assert p.whole and p.est_bytes == int(WHOLE * 40 * 512 * 768)
+    lin = plan_encode(CLIP, 8 * GIB, WHOLE, TILE)
+    assert not lin.whole
+    # a tile still pays for all of its pixels on the device
+    t = plan_encode(CLIP, 4 * GIB, WHOLE, TILE, frames_held=held)
+    assert not t.whole and t.grid[0] == 1
+    th, tw = t.tile_h, t.tile_w
+    assert t.est_bytes == int(WHOLE * 40 * th * tw) + int((TILE - WHOLE) * 121 * th * tw) <= 4 * GIB
 
 
 def test_monotone_in_budget():
