@@ -6,13 +6,14 @@ the first attempt fits instead of running out of memory and retrying tiled.
 Memory model. ComfyUI sizes an LTX-2 video VAE encode with ``memory_used_encode`` (comfy/sd.py,
 the ``VideoVAE`` branch): ``80 * max(F, 7) * H * W * dtype_size`` bytes for a pixel clip of F
 frames of H×W — 80 dtype-sized values per input voxel (a voxel = one pixel of one frame). We
-take that as the per-voxel factor and double it (``SAFETY``): measured with the VAE's own
-classes at the full LTX-2 layout on CPU (peak resident memory of one encode in inference mode),
-an encode holds 1.4× ComfyUI's estimate at 17 frames and 0.9× at 33, and on CUDA the caching
-allocator and cuDNN workspaces come on top. The model stays linear in the frame count, which
-over-states long clips: ComfyUI's LTX encoder streams time in chunks internally (about
-40 frames at 768×512 on a card of 24 GiB or more), so a 121-frame clip needs less than the
-linear figure — conservative by design, as the brief for this planner asks (no OOM first).
+take that as the per-voxel factor and double it (``SAFETY``): one encode through ComfyUI's own
+classes at the full LTX-2 layout (fp32 on CPU, inference mode, peak resident memory) held 1.4×
+ComfyUI's estimate at 17 frames of 192×128 and 0.9× at 33, and on CUDA the caching allocator
+and cuDNN workspaces come on top; the benchmark records the estimate over the measured peak
+(``est_over_measured``) on the GPU. ComfyUI's LTX encoder streams time in chunks internally
+(about 40 frames at 768×512 on a card of 24 GiB or more), so only the frames it holds at once
+count (``frames_held``, given by the node from ComfyUI's rule; without it every frame counts,
+as in ComfyUI's own estimate).
 
 The whole-clip path (``vae.encode``) keeps the pixels in host memory and moves one chunk at a
 time (the VAE's chunked input); the tiled path (``vae.encode_tiled``) moves each tile's pixels
