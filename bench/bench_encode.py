@@ -194,7 +194,7 @@ def run(comfy_path: str, card_gib: float | None, shape: str, reps: int, paths=("
                "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
                "peak_extra_gib": round((torch.cuda.max_memory_allocated() - base) / 2**30, 2) if cuda else None,
                "oom_first_attempt": watch.ooms, "tiled": watch.tiled, "tiles": 1,
-               "inference_mode": not grad,
+               "inference_mode": not grad, "forced_budget_gib": budget_gib if path == "planned" else None,
                "vae_dtype": str(getattr(vae, "vae_dtype", "")), "gpu": dev_name,
                "torch": torch.__version__,
                "note": ("tiny" if tiny else "full-size") + " LTX-2 VAE layout, random weights, ComfyUI's own VAE class"}
@@ -248,9 +248,12 @@ def main(argv=None) -> int:
     gpu = (torch.cuda.get_device_name() if _cuda(a.cpu) else "cpu").replace(" ", "_")
     out = Path(a.out) if a.out else Path(__file__).parent / "results" / f"encode_{gpu}.json"
     prev = json.loads(out.read_text()) if out.exists() else []
-    new = {(r["what"], r.get("path", "comfy"), r["card_gib"], r["shape"], r.get("inference_mode", False)) for r in recs}
-    prev = [r for r in prev if (r["what"], r.get("path", "comfy"), r.get("card_gib"), r.get("shape"),
-                                r.get("inference_mode", False)) not in new]
+    def key(r):
+        return (r["what"], r.get("path", "comfy"), r.get("card_gib"), r.get("shape"), r.get("inference_mode", False),
+                r.get("forced_budget_gib"))
+
+    new = {key(r) for r in recs}
+    prev = [r for r in prev if key(r) not in new]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(prev + recs, indent=1))
