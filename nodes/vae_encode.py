@@ -123,7 +123,9 @@ def encode_video(vae, px, budget_bytes: float | None = None) -> VideoEncode:
     root = logging.getLogger()
     root.addHandler(watch)
     try:
-        if (budget_bytes is None and device.type != "cuda") or getattr(vae, "latent_dim", 3) != 3 or px.ndim != 4:
+        other = (getattr(vae, "latent_dim", 3) != 3 or getattr(vae, "not_video", False)
+                 or getattr(vae, "handles_tiling", False))  # not a video VAE tiled by tiled_scale_multidim
+        if (budget_bytes is None and device.type != "cuda") or other or px.ndim != 4:
             return VideoEncode(vae.encode(px), None, watch.count)
         # ask ComfyUI for room for a whole-clip encode (it unloads other models if it must)
         need = plan_for(vae, px.shape, 2**62).est_bytes
