@@ -48,13 +48,20 @@ class EncodeLatents(io.ComfyNode):
 
         from ..trainer_core.encode import Encoders, encode_dataset
         from ..trainer_core.fsutil import safe_join
+        from .vae_encode import encode_video as planned_encode
+        from .vae_encode import summary_line
 
         name = safe_join(folder_paths.get_output_directory(), cache_name, allow_subdirs=False).name
         root = safe_join(folder_paths.get_output_directory(), f"ltx2_cache/{name}")
 
+        video_runs = []  # how each clip was encoded, for the summary
+
         def encode_video(frames):
             px = torch.from_numpy(frames).float().div_(255.0)
-            return vae.encode(px)[0]
+            res = planned_encode(vae, px)  # on CUDA: whole or tiles planned from the free VRAM, one attempt
+            if len(frames) > 1:  # not the first-frame latent
+                video_runs.append(res)
+            return res.latent[0]
 
         def encode_text(caption: str):
             tokens = clip.tokenize(caption)
@@ -80,6 +87,9 @@ class EncodeLatents(io.ComfyNode):
         img = image_batch(_bucket_preview(root, vae))
         mm.soft_empty_cache()
         text = rep.summary()
+        how = summary_line(video_runs)
+        if how:
+            text += "\n" + how
         value = {"path": str(root), "trigger_word": trigger_word or "", "samples": rep.samples, "summary": text}
         return io.NodeOutput(value, img, text, ui=preview_ui(img, text, cls))
 
