@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -296,20 +295,20 @@ class StepSpeed:
 _SPEED_CACHE: dict = {}
 
 
-def calibrate_speed(device, matmul_n: int = 8192, copy_mib: int = 256, reps: int = 10, trials: int = 3,
+def calibrate_speed(device, matmul_n: int = 4096, copy_mib: int = 256, reps: int = 5,
                     cached: bool = True) -> StepSpeed:
     """Measure the dense bf16 matmul rate and the host-to-device link (pinned) on ``device``
-    (about a tenth of a second on a current GPU). CPU devices get a nominal, slow figure.
+    (well under a second on a current GPU). CPU devices get a nominal, slow figure.
 
-    The clocks first ramp up (about 50 ms of products), then each figure is the best of
-    ``trials`` runs of ``reps``: a single short run read 643 to 756 TFLOP/s on the same H200
-    kind (bench/results/train_step_H200_round3.json), which moved every predicted step by as
-    much. With ``cached`` the figure is measured once per device and process (the Train node
-    plans every run)."""
+    With ``cached`` the figure is measured once per device and process (the Train node plans
+    every run). Its spread is the step-time model's main error: five back-to-back runs on an
+    H200 read 707–773 TFLOP/s, and a clock-warmed best-of-three 8192² variant no steadier
+    (712–797), while the whole training step moved by under 1 %
+    (bench/results/calibration_H200.json); STEP_EFFICIENCY is fitted to this method."""
     device = torch.device(device)
     if device.type != "cuda":
         return StepSpeed(1.0, 10.0, "cpu")
-    key = (device.index if device.index is not None else torch.cuda.current_device(), matmul_n, copy_mib)
+    key = (device.index if device.index is not None else torch.cuda.current_device(), matmul_n, copy_mib, reps)
     if cached and key in _SPEED_CACHE:
         return _SPEED_CACHE[key]
     g = torch.Generator(device=device).manual_seed(0)
@@ -318,26 +317,19 @@ def calibrate_speed(device, matmul_n: int = 8192, copy_mib: int = 256, reps: int
     host = torch.empty(copy_mib << 20, dtype=torch.uint8).pin_memory()
     dev = torch.empty_like(host, device=device)
 
-    def best(fn) -> float:
-        times = []
-        for _ in range(max(1, trials)):
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-            for _ in range(reps):
-                fn()
-            e1.record()
-            torch.cuda.synchronize(device)
-            times.append(e0.elapsed_time(e1) / 1e3 / reps)
-        return min(times)
-
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < 0.05:  # let the clocks come up
-        a @ b
+    def timed(fn) -> float:
+        fn()
         torch.cuda.synchronize(device)
-    t_mm = best(lambda: a @ b)
-    dev.copy_(host, non_blocking=True)
-    torch.cuda.synchronize(device)
-    t_cp = best(lambda: dev.copy_(host, non_blocking=True))
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        for _ in range(reps):
+            fn()
+        e1.record()
+        torch.cuda.synchronize(device)
+        return e0.elapsed_time(e1) / 1e3 / reps
+
+    t_mm = timed(lambda: a @ b)
+    t_cp = timed(lambda: dev.copy_(host, non_blocking=True))
     del host, dev, a, b
     speed = StepSpeed(2 * matmul_n ** 3 / t_mm / 1e12, (copy_mib << 20) / t_cp / 1e9, torch.cuda.get_device_name(device))
     if cached:
