@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer_core.ltx2.memory import calibrate_speed  # noqa: E402
+from trainer_core.ltx2.memory import calibrate_speed, event_seconds  # noqa: E402
 
 
 def warmed_best_of(device, n: int = 8192, mib: int = 256, reps: int = 10, trials: int = 3) -> tuple[float, float]:
@@ -27,16 +27,7 @@ def warmed_best_of(device, n: int = 8192, mib: int = 256, reps: int = 10, trials
     dev = torch.empty_like(host, device=device)
 
     def best(fn) -> float:
-        out = []
-        for _ in range(trials):
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-            for _ in range(reps):
-                fn()
-            e1.record()
-            torch.cuda.synchronize(device)
-            out.append(e0.elapsed_time(e1) / 1e3 / reps)
-        return min(out)
+        return min(event_seconds(fn, reps, device, warm=False) for _ in range(trials))
 
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < 0.05:

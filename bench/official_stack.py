@@ -41,6 +41,17 @@ def _import_ltx_core():
     return LTXModelConfigurator, Modality, BatchedPerturbationConfig
 
 
+def unavailable() -> "str | None":
+    """Why the official stack cannot run here (ltx-core or PEFT missing), or None."""
+    try:
+        import peft  # noqa: F401
+
+        _import_ltx_core()
+    except Exception as e:  # depends on the environment
+        return f"official stack unavailable: ltx-core / PEFT not importable: {e}"
+    return None
+
+
 def describe() -> str:
     """"ltx-core <version> (<where>), with|without the 203d484 A/V cross-attention AdaLN fix"."""
     import inspect

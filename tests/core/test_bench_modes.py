@@ -23,15 +23,9 @@ from trainer_core import modes as md  # noqa: E402
 from trainer_core.ltx2 import LTX2Config, build_tree, make_predict  # noqa: E402
 from trainer_core.tiny_checkpoint import text_context_width, tiny_config  # noqa: E402
 
-try:
-    import peft  # noqa: F401
+import official_stack as off  # noqa: E402
 
-    import official_stack as off
-
-    off._import_ltx_core()
-    WHY = None
-except Exception as e:  # pragma: no cover - depends on the environment
-    WHY = f"official stack unavailable: ltx-core / PEFT not importable: {e}"
+WHY = off.unavailable()
 
 # tiny layout with the real frame count: latent grid (16, 2, 4) = 128 video tokens, 126 audio steps
 W, H, F, FPS = 128, 64, 121, 24.0

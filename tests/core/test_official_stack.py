@@ -14,15 +14,9 @@ import torch
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
-try:
-    import peft  # noqa: F401
+import official_stack as off  # noqa: E402
 
-    import official_stack as off
-
-    off._import_ltx_core()
-    WHY = None
-except Exception as e:  # pragma: no cover - depends on the environment
-    WHY = f"official stack unavailable: ltx-core / PEFT not importable: {e}"
+WHY = off.unavailable()
 
 
 @pytest.mark.skipif(WHY is not None, reason=WHY or "")

@@ -295,6 +295,21 @@ class StepSpeed:
 _SPEED_CACHE: dict = {}
 
 
+def event_seconds(fn, reps: int, device, warm: bool = True) -> float:
+    """Seconds per call of ``fn`` on ``device``, by CUDA events over ``reps`` calls (after one
+    untimed call when ``warm``)."""
+    if warm:
+        fn()
+        torch.cuda.synchronize(device)
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    for _ in range(reps):
+        fn()
+    e1.record()
+    torch.cuda.synchronize(device)
+    return e0.elapsed_time(e1) / 1e3 / reps
+
+
 def calibrate_speed(device, matmul_n: int = 4096, copy_mib: int = 256, reps: int = 5,
                     cached: bool = True) -> StepSpeed:
     """Measure the dense bf16 matmul rate and the host-to-device link (pinned) on ``device``
@@ -317,19 +332,8 @@ def calibrate_speed(device, matmul_n: int = 4096, copy_mib: int = 256, reps: int
     host = torch.empty(copy_mib << 20, dtype=torch.uint8).pin_memory()
     dev = torch.empty_like(host, device=device)
 
-    def timed(fn) -> float:
-        fn()
-        torch.cuda.synchronize(device)
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        for _ in range(reps):
-            fn()
-        e1.record()
-        torch.cuda.synchronize(device)
-        return e0.elapsed_time(e1) / 1e3 / reps
-
-    t_mm = timed(lambda: a @ b)
-    t_cp = timed(lambda: dev.copy_(host, non_blocking=True))
+    t_mm = event_seconds(lambda: a @ b, reps, device)
+    t_cp = event_seconds(lambda: dev.copy_(host, non_blocking=True), reps, device)
     del host, dev, a, b
     speed = StepSpeed(2 * matmul_n ** 3 / t_mm / 1e12, (copy_mib << 20) / t_cp / 1e9, torch.cuda.get_device_name(device))
     if cached:
