@@ -6,11 +6,12 @@ the first attempt fits instead of running out of memory and retrying tiled.
 Memory model. ComfyUI sizes an LTX-2 video VAE encode with ``memory_used_encode`` (comfy/sd.py,
 the ``VideoVAE`` branch): ``80 * max(F, 7) * H * W * dtype_size`` bytes for a pixel clip of F
 frames of H×W — 80 dtype-sized values per input voxel (a voxel = one pixel of one frame). We
-take that as the per-voxel factor and double it (``SAFETY``): one encode through ComfyUI's own
-classes at the full LTX-2 layout (fp32 on CPU, inference mode, peak resident memory) held 1.4×
-ComfyUI's estimate at 17 frames of 192×128 and 0.9× at 33, and on CUDA the caching allocator
-and cuDNN workspaces come on top; the benchmark records the estimate over the measured peak
-(``est_over_measured``) on the GPU. ComfyUI's LTX encoder streams time in chunks internally
+take that as the per-voxel factor times ``SAFETY`` = 3, set from the GPU: one 768×512×121 clip
+through ComfyUI's own classes at the full LTX-2 layout (H200, bf16, inference mode) took
+6.37 GiB above the weights, 2.7× ComfyUI's estimate (bench/results/encode_H200.json, where
+a factor of 2 gave ``est_over_measured`` 0.74); 3 leaves a tenth of margin for the caching
+allocator and cuDNN's workspaces on other cards. (On CPU, fp32, the same encode held 1.4×
+ComfyUI's estimate at 17 frames of 192×128 and 0.9× at 33.) ComfyUI's LTX encoder streams time in chunks internally
 (about 40 frames at 768×512 on a card of 24 GiB or more), so only the frames it holds at once
 count (``frames_held``, given by the node from ComfyUI's rule; without it every frame counts,
 as in ComfyUI's own estimate).
@@ -45,7 +46,7 @@ LTX2_SPATIAL = 32
 # comfy/sd.py, VideoVAE branch: memory_used_encode = 80 * max(F, 7) * H * W * dtype_size.
 COMFY_LTX2_ENCODE_VALUES_PER_VOXEL = 80
 COMFY_MIN_FRAMES = 7
-SAFETY = 2.0
+SAFETY = 3.0  # measured 2.7x ComfyUI's estimate on an H200 (see above)
 # Overlaps: ComfyUI's own tiled fallback uses 256-pixel tiles with 64 pixels of overlap (2 latents);
 # in time 2 latent frames (9 pixel frames) so the feather has a ramp.
 OVERLAP = 64
