@@ -221,11 +221,10 @@ def seq_tokens(inp: StepInputs) -> tuple[int, int]:
 def token_counts(inp: StepInputs) -> dict:
     """The record's token fields: target video / audio tokens, reference tokens (in front of
     the target, clean), conditioning tokens (target tokens kept clean: σ 0, no loss)."""
-    ref = sum(m.reference[0].shape[1] for m in (inp.video, inp.audio) if m is not None and m.reference is not None)
+    target = [m.tokens.shape[1] if m is not None else 0 for m in (inp.video, inp.audio)]
     cond = sum(int((m.sigma == 0).sum()) for m in (inp.video, inp.audio) if m is not None) if inp.inputs is not None else 0
-    return {"video_tokens": inp.video.tokens.shape[1] if inp.video is not None else 0,
-            "audio_tokens": inp.audio.tokens.shape[1] if inp.audio is not None else 0,
-            "reference_tokens": ref, "conditioning_tokens": cond}
+    return {"video_tokens": target[0], "audio_tokens": target[1],
+            "reference_tokens": sum(seq_tokens(inp)) - sum(target), "conditioning_tokens": cond}
 
 
 def build_full(variant: str, dev, num_layers=None):
@@ -659,13 +658,12 @@ def stream_equality(root, inputs, dev, model, gpu, steps=3, budget=24.0) -> dict
     return rec
 
 
-def bench_official(variant: str, shapes: list[str], steps: int, warmup: int) -> list[dict]:
+def bench_official(variant: str, specs: list[tuple[str, str]], steps: int, warmup: int) -> list[dict]:
     """The official stack (ltx-core + PEFT, see official_stack.py) at the same shapes;
-    ``shape:mode`` (ic, ic2, ext: official_stack.OFFICIAL_MODES) builds the mode's sequence
-    as ltx-trainer's flexible strategy does."""
+    ``specs``: (shape, mode) pairs from :func:`official_specs` (mode ic, ic2, ext:
+    official_stack.OFFICIAL_MODES builds the mode's sequence as ltx-trainer's flexible strategy
+    does)."""
     from official_stack import build_official, describe, lora_param_count, official_mode_inputs, official_mode_step_fn
-
-    specs = official_specs(",".join(shapes))
 
     dev = torch.device("cuda")
     tcfg = full_config(variant)["transformer"]
@@ -745,7 +743,7 @@ def main(argv=None) -> int:
             recs += bench(v, runs if v == "ltx-2.0" else runs_22b, a.steps, a.warmup,
                           equality=(v == "ltx-2.0" and not a.no_equality))
         if a.official:
-            recs += bench_official(v, [f"{sh}:{m}" for sh, m in official], a.steps, a.warmup)
+            recs += bench_official(v, official, a.steps, a.warmup)
     print(f"wrote {out} ({len(_SINK['records'])} records)")
     return 0
 

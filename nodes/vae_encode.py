@@ -102,10 +102,17 @@ def frames_held(vae):
     return held
 
 
-def plan_for(vae, shape, budget_bytes: float) -> EncodePlan:
+def planner(vae, shape):
+    """``budget_bytes -> EncodePlan`` for this VAE and clip (its memory factors, compression and
+    time streaming read once)."""
     whole, tile = bytes_per_voxel(vae, shape)
     t, s = _compression(vae)
-    return plan_encode(shape, budget_bytes, whole, tile, temporal=t, spatial=s, frames_held=frames_held(vae))
+    held = frames_held(vae)
+    return lambda budget_bytes: plan_encode(shape, budget_bytes, whole, tile, temporal=t, spatial=s, frames_held=held)
+
+
+def plan_for(vae, shape, budget_bytes: float) -> EncodePlan:
+    return planner(vae, shape)(budget_bytes)
 
 
 def encode_video(vae, px, budget_bytes: float | None = None) -> VideoEncode:
@@ -128,12 +135,13 @@ def encode_video(vae, px, budget_bytes: float | None = None) -> VideoEncode:
         if (budget_bytes is None and device.type != "cuda") or other or px.ndim != 4:
             return VideoEncode(vae.encode(px), None, watch.count)
         # ask ComfyUI for room for a whole-clip encode (it unloads other models if it must)
-        need = plan_for(vae, px.shape, 2**62).est_bytes
+        plan_of = planner(vae, px.shape)
+        need = plan_of(2**62).est_bytes
         mm.load_models_gpu([vae.patcher], memory_required=need, force_full_load=getattr(vae, "disable_offload", False))
         if budget_bytes is None:
             budget_bytes = vae.patcher.get_free_memory(device) - mm.extra_reserved_memory()
         try:
-            plan = plan_for(vae, px.shape, budget_bytes)
+            plan = plan_of(budget_bytes)
         except EncodeBudgetError as e:
             logging.warning("LTX-2 Trainer: %s; leaving it to ComfyUI's encode (it retries tiled on out-of-memory)", e)
             return VideoEncode(vae.encode(px), None, watch.count, note=str(e))
