@@ -22,6 +22,7 @@ import json
 import math
 import sys
 import time
+from typing import Optional
 from pathlib import Path
 
 import torch
@@ -36,14 +37,31 @@ from trainer_core.ltx2 import LTX2Config, build_tree, make_predict, plan_memory 
 from trainer_core.tiny_checkpoint import full_config, text_context_width  # noqa: E402
 
 _SINK: dict = {"path": None, "records": []}
-_GC = {"ms": 0.0, "t": 0.0}  # time spent in Python's garbage collector (gc.callbacks)
+# time spent in Python's garbage collector (gc.callbacks); "events": each collection while
+# recording is on — (generation, ms, between steps, automatic collection enabled)
+_GC = {"ms": 0.0, "t": 0.0, "events": None, "between": False}
 
 
 def _gc_cb(phase, info):
     if phase == "start":
         _GC["t"] = time.perf_counter()
     else:
-        _GC["ms"] += (time.perf_counter() - _GC["t"]) * 1e3
+        ms = (time.perf_counter() - _GC["t"]) * 1e3
+        _GC["ms"] += ms
+        if _GC["events"] is not None:
+            _GC["events"].append((int(info.get("generation", -1)), ms, _GC["between"], gc.isenabled()))
+
+
+def gc_summary(events: list) -> dict:
+    """Collections during the timed steps, by where they ran (inside a step, or in the
+    engine's between-steps tick) and generation: count and total ms."""
+    out: dict = {}
+    for gen, ms, between, enabled in events:
+        k = f"{'tick' if between else 'in_step'}_gen{gen}" + ("" if between or not enabled else "_auto")
+        c = out.setdefault(k, {"n": 0, "ms": 0.0})
+        c["n"] += 1
+        c["ms"] = round(c["ms"] + ms, 1)
+    return out
 
 
 gc.callbacks.append(_gc_cb)
@@ -87,11 +105,13 @@ class HostPeak:
 
 
 def stats(times: list[float]) -> dict:
-    """min / median / max of the timed steps (median: the figure that counts)."""
+    """min / median / max / mean of the timed steps (median: the figure that counts; mean: what
+    a long run takes per step, stalls included)."""
     if not times:
-        return {"s_per_step": float("nan"), "s_min": None, "s_max": None}
+        return {"s_per_step": float("nan"), "s_min": None, "s_max": None, "s_mean": None}
     t = sorted(times)
-    return {"s_per_step": round(t[len(t) // 2], 4), "s_min": round(t[0], 4), "s_max": round(t[-1], 4)}
+    return {"s_per_step": round(t[len(t) // 2], 4), "s_min": round(t[0], 4), "s_max": round(t[-1], 4),
+            "s_mean": round(sum(t) / len(t), 4)}
 
 
 def add_ratios(records: list[dict]) -> None:
@@ -132,16 +152,16 @@ def gpu_peak(name: str) -> float:
     return float("nan")
 
 
-def step_inputs(c_width: int, W: int, H: int, F: int, fps: float, device, gen) -> StepInputs:
+def step_inputs(c_width: int, W: int, H: int, F: int, fps: float, device, gen, batch: int = 1) -> StepInputs:
     Fl, Hl, Wl = 1 + (F - 1) // 8, H // 32, W // 32
     T = int(round(F / fps * 25))
     n = Fl * Hl * Wl
     mode = ob.get_mode("text_to_audio_video")
-    x0 = torch.randn(1, n, 128, device=device, generator=gen)
-    a0 = torch.randn(1, T, 128, device=device, generator=gen)
+    x0 = torch.randn(batch, n, 128, device=device, generator=gen)
+    a0 = torch.randn(batch, T, 128, device=device, generator=gen)
     nv = ob.noise_modality(x0, ob.GENERATED, gen, "uniform")
     na = ob.noise_modality(a0, ob.GENERATED, gen, "uniform")
-    ctx = torch.randn(1, 256, c_width, device=device, generator=gen)
+    ctx = torch.randn(batch, 256, c_width, device=device, generator=gen)
     return StepInputs(ModalityInput(nv.x_t, nv.sigma, nv, (Fl, Hl, Wl)), ModalityInput(na.x_t, na.sigma, na, (T,)),
                       {"context": ctx}, fps, mode)
 
@@ -216,6 +236,14 @@ def seq_tokens(inp: StepInputs) -> tuple[int, int]:
             return 0
         return m.tokens.shape[1] + (m.reference[0].shape[1] if m.reference is not None else 0)
     return n(inp.video), n(inp.audio)
+
+
+def step_tokens(inp: StepInputs) -> tuple[int, int]:
+    """(video, audio) tokens of a whole step: the sequence times the batch (what memory and
+    time scale with)."""
+    b = (inp.video or inp.audio).tokens.shape[0]
+    nv, na = seq_tokens(inp)
+    return nv * b, na * b
 
 
 def token_counts(inp: StepInputs) -> dict:
@@ -340,7 +368,7 @@ def calibrate(root, inp, dev, k: int = 8) -> dict:
         lora.detach()
         del lora, opt, predict
         torch.cuda.empty_cache()
-    tokens = sum(seq_tokens(inp))
+    tokens = sum(step_tokens(inp))
     per_block = (peaks[1] - peaks[0]) / k + memory.FULL_B_PER_TOKEN * tokens
     memory.KEEP_COMPILED_B_PER_TOKEN = int(per_block / tokens * 1.05)
     rec = {"keep_block_gib": round(per_block / 2**30, 3), "keep_b_per_token": memory.KEEP_COMPILED_B_PER_TOKEN,
@@ -350,18 +378,22 @@ def calibrate(root, inp, dev, k: int = 8) -> dict:
 
 
 def make_plan(root, inp, budget_gib, compiled: bool, lora, transfer: str = "bf16", offload: bool = True,
-              offload_streamed: bool = False):
-    """The plan the Train node would pick: ``budget_gib`` None = the whole card (less 2 GiB)."""
+              offload_streamed: bool = False, host_gib: Optional[float] = None, speed=None):
+    """The plan the Train node would pick: ``budget_gib`` None = the whole card (less 2 GiB);
+    host memory for activations: half of what the system reports available, as the node
+    plans, or ``host_gib`` (a machine with that much RAM to spare: the GPU machines here
+    start with little available and grow as memory is used); ``speed``: the GPU's
+    calibration, as the node passes it."""
     from trainer_core.ltx2.memory import host_available_bytes, module_bytes
 
     blocks = root.transformer_blocks
     other = module_bytes(root) - sum(module_bytes(b) for b in blocks)
     trainable = sum(p.numel() for p in lora.parameters()) * 4 * 4  # weights, grads, 2 Adam moments (fp32)
     budget = budget_gib if budget_gib is not None else _free_gib(root.patchify_proj.weight.device) - 2.0
-    return plan_memory(blocks, other, *seq_tokens(inp), budget_gib=budget,
+    return plan_memory(blocks, other, *step_tokens(inp), budget_gib=budget,
                        trainable_bytes=trainable, compiled=compiled, transfer=transfer, offload=offload,
-                       offload_streamed=offload_streamed,
-                       host_budget_bytes=host_available_bytes() // 2)
+                       offload_streamed=offload_streamed, speed=speed,
+                       host_budget_bytes=(host_available_bytes() // 2 if host_gib is None else int(host_gib * 2**30)))
 
 
 def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: bool) -> list[dict]:
@@ -395,11 +427,15 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
             continue
         shape, budget, compiled = run["shape"], run.get("budget"), bool(run.get("compile", True))
         mode = run.get("mode", "t2v")
-        key = (shape, mode)  # inputs, FLOPs and calibration per (shape, mode): the real sequence
+        batch = int(run.get("batch", 1))
+        if batch != 1 and mode != "t2v":
+            raise SystemExit(f"{shape}: :b{batch} is for plain runs, not mode {mode}")
+        # inputs, FLOPs and calibration per (shape, mode[, batch]): the real sequence
+        key = (shape, mode) if batch == 1 else (shape, mode, batch)
         if key not in inputs:
             W, H, F = (int(v) for v in shape.split("x"))
             gen = torch.Generator(device=dev).manual_seed(0)
-            inputs[key] = (step_inputs(width, W, H, F, 24.0, dev, gen) if mode == "t2v" else
+            inputs[key] = (step_inputs(width, W, H, F, 24.0, dev, gen, batch) if mode == "t2v" else
                            mode_step_inputs(ltx_cfg, width, W, H, F, 24.0, dev, 0, mode))
             from torch.utils.flop_counter import FlopCounterMode
 
@@ -408,7 +444,8 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                 with fc:
                     make_predict(checkpointing=False)(root, inputs[key])
             flops[key] = fc.get_total_flops()
-            _SINK.setdefault("flops", {})[(variant, shape, mode)] = flops[key]
+            if batch == 1:
+                _SINK.setdefault("flops", {})[(variant, shape, mode)] = flops[key]
         inp = inputs[key]
         if compiled and key not in calibrated and run.get("calibrate", True):
             calibrated[key] = calibrate(root, inp, dev)
@@ -420,11 +457,19 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
             torch._dynamo.reset()
         lora, opt = _lora_and_opt(root, dev)
         transfer = run.get("transfer", "bf16")
+        host_gib = run.get("host_gib")
         plan = make_plan(root, inp, budget, compiled, lora, transfer, run.get("offload", True),
-                         run.get("offload_streamed", False))
-        nv_, na_ = seq_tokens(inp)
+                         run.get("offload_streamed", False), host_gib=host_gib, speed=speed)
+        nv_, na_ = step_tokens(inp)  # the plan and the model count a step's tokens
+        c4090 = StepSpeed(165.0, 25.0, "4090-class")
+        predicted_4090 = predict_step_s(plan, root.transformer_blocks, nv_, na_, c4090)
+        # what the planner picks for such a card (its compute/link ratio), same budget and host memory
+        plan_4090 = make_plan(root, inp, budget, compiled, lora, transfer, run.get("offload", True),
+                              run.get("offload_streamed", False), host_gib=host_gib, speed=c4090) \
+            if budget is not None else None
+        predicted_4090_own = (predict_step_s(plan_4090, root.transformer_blocks, nv_, na_, c4090)
+                              if plan_4090 is not None else None)
         predicted = predict_step_s(plan, root.transformer_blocks, nv_, na_, speed)
-        predicted_4090 = predict_step_s(plan, root.transformer_blocks, nv_, na_, StepSpeed(165.0, 25.0, "4090-class"))
         plan.predicted_step_s, plan.speed = predicted, speed
         predict = make_predict(memory_plan=plan, compile_blocks=compiled, cudagraphs=run.get("cudagraphs"))
         torch.cuda.synchronize()
@@ -434,6 +479,8 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         split = (float("nan"), float("nan"))
         retries0 = 0
         quiet = QuietGC()  # as the engine: after the first step no collection inside steps
+        freeze0 = gc.get_freeze_count()
+        gc_events: list = []
         gc0, gc_ms = _GC["ms"], float("nan")
         t_first = time.perf_counter()
         hp = HostPeak().__enter__()
@@ -443,7 +490,9 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                 t0 = time.perf_counter()
                 _step(predict, root, inp, lora, opt)
                 torch.cuda.synchronize()
+                _GC["between"] = True
                 quiet.tick()  # as the engine: young garbage collected between steps
+                _GC["between"] = False
                 if i == 0:
                     t_first = time.perf_counter() - t_first
                     quiet.settle()
@@ -458,9 +507,11 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                         torch.cuda.current_device())
                 if i == warmup - 1:  # setup (streamer, compile) is not the steady state
                     gc0 = _GC["ms"]
+                    _GC["events"] = []
                     torch.cuda.reset_peak_memory_stats()
                     retries0 = torch.cuda.memory_stats().get("num_alloc_retries", 0)
             gc_ms = _GC["ms"] - gc0  # Python's collector during the timed steps
+            gc_events, _GC["events"] = _GC["events"] or [], None
             split = split_step(predict, root, inp, lora, opt)
             err = None
         except torch.OutOfMemoryError as e:
@@ -470,7 +521,9 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
 
             traceback.print_exc()
             err = f"{type(e).__name__}: {str(e)[:300]}"
+        quiet_active = quiet.active
         quiet.release()
+        _GC["events"] = None
         hp.__exit__(None, None, None)
         peak = torch.cuda.max_memory_allocated() / 2**30
         peak_reserved = torch.cuda.max_memory_reserved() / 2**30
@@ -500,6 +553,9 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                "predicted_step_s": round(predicted, 3),
                "predicted_over_measured": round(predicted / s, 3) if times else None,
                "predicted_4090_class_s": round(predicted_4090, 2),
+               "predicted_4090_class_own_plan_s": None if predicted_4090_own is None else round(predicted_4090_own, 2),
+               "plan_4090_class": None if plan_4090 is None else plan_4090.summary(),
+               "host_budget_gib": host_gib, "offload_streamed": bool(run.get("offload_streamed", False)),
                "speed_calibration": {"tflops": round(speed.tflops, 1), "link_gbps": round(speed.link_gbps, 1)},
                "forward_s": round(split[0], 4), "backward_s": round(split[1], 4),
                "peak_vram_gib": round(peak, 2), "peak_reserved_gib": round(peak_reserved, 2),
@@ -511,9 +567,12 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                "host_activation_gib": round(host_act, 2), "pinned_after_release_gib": round(pinned_left, 2), "host_buffer_allocs": host_allocs, "expected_peak_gib": round(plan.expected_peak_gib, 2),
                "first_step_s": round(t_first, 1), "fwd_tflop": round(flops[key] / 1e12, 2),
                "params_b": round(n_params / 1e9, 2), **token_counts(inp),
-               "lora": "rank 32, all attention", "batch": 1,
+               "lora": "rank 32, all attention", "batch": batch,
+               "s_per_sample": round(s / batch, 4) if times else None,
                "steps_timed": len(times), "steps_s": [round(t, 4) for t in times],
-               "gc_ms_per_step": round(gc_ms / len(times), 1) if times else None, "torch": torch.__version__,
+               "gc_ms_per_step": round(gc_ms / len(times), 1) if times else None,
+               "gc": {"quiet": quiet_active, "freeze_count_before": freeze0, **gc_summary(gc_events)},
+               "torch": torch.__version__,
                "calibration": calibrated.get(key)}
         if err:
             rec["error"] = err
@@ -767,6 +826,10 @@ def parse_runs(spec: str) -> list[dict]:
                      # :cg replays every block as a CUDA graph whatever the bucket size (default:
                      # automatic, small all-resident buckets only); :nocg never
                      "cudagraphs": True if "cg" in parts[2:] else (False if "nocg" in parts[2:] else None),
+                     # :host<G>: G GiB of host memory for activations (default: half of MemAvailable)
+                     "host_gib": next((float(o[4:]) for o in parts[2:] if o.startswith("host") and o[4:]), None),
+                     # :b<N>: N samples per step (one bucket)
+                     "batch": next((int(o[1:]) for o in parts[2:] if o.startswith("b") and o[1:].isdigit()), 1),
                      "mode": run_mode(parts[2:])})
     return runs
 

@@ -186,7 +186,7 @@ def plan_for_training(root: torch.nn.Module, cache_dir: str, cfg: TrainConfig, b
                        allow_keep=True, transfer=getattr(cfg, "stream_transfer", "bf16") or "bf16",
                        offload=bool(getattr(cfg, "offload_activations", True)),
                        offload_streamed=bool(getattr(cfg, "offload_streamed_activations", False)),
-                       host_budget_bytes=host_available_bytes() // 2)
+                       host_budget_bytes=host_available_bytes() // 2, speed=speed)
     if speed is not None:
         from .ltx2.memory import predict_step_s
 

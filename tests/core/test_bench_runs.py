@@ -26,6 +26,17 @@ def test_run_options_parse():
     assert fp8t["transfer"] == "fp8" and fp8t["offload_streamed"] and not fp8t["fp8_compute"]
     assert toy["fp8_check"] and toy["toy_only"]
     assert eq["equality"] and eq["shape"] == "512x512x33"
+    assert whole["host_gib"] is None and whole["batch"] == 1
+    host, batch = b.parse_runs("768x512x121:24:offs:host32,512x512x33:none:b2:cg")
+    assert host["host_gib"] == 32.0 and host["offload_streamed"] and host["batch"] == 1
+    assert batch["batch"] == 2 and batch["cudagraphs"] is True and batch["host_gib"] is None
+
+
+def test_gc_summary_splits_collections_by_place_and_generation():
+    b = _bench()
+    s = b.gc_summary([(0, 1.0, True, False), (1, 2.5, True, False), (2, 400.0, False, True), (0, 0.5, True, False)])
+    assert s == {"tick_gen0": {"n": 2, "ms": 1.5}, "tick_gen1": {"n": 1, "ms": 2.5},
+                 "in_step_gen2_auto": {"n": 1, "ms": 400.0}}
 
 
 def test_model_names():

@@ -262,13 +262,18 @@ def test_collector_kept_out_of_steps_and_given_back(tmp_path):
     assert seen == [(s, True, False, 0) for s in range(1, 6)], seen
     # ... and everything handed back when training ends
     assert gc.get_freeze_count() == 0 and gc.isenabled()
-    # a second freeze owner is respected: training neither freezes more nor unfreezes theirs
+    # a second freeze owner is respected: training neither freezes more nor unfreezes theirs,
+    # and still keeps automatic collection out of its steps, collecting between them
     gc.freeze()
     try:
         before = gc.get_freeze_count()
-        en.Trainer(ToyRoot(), toy_predict, ToySource(), cfg(steps=2), tmp_path / "b").train()
+        seen.clear()
+        made.clear()
+        en.Trainer(ToyRoot(), predict, ToySource(), cfg(steps=3), tmp_path / "b",
+                   callbacks=en.Callbacks(on_step=on_step)).train()
         # (frozen objects may die meanwhile; a freeze of ours would add the run's objects)
         assert 0 < gc.get_freeze_count() <= before and gc.isenabled()
+        assert [(s, e, n) for s, _, e, n in seen] == [(s, False, 0) for s in range(1, 4)], seen
     finally:
         gc.unfreeze()
 

@@ -334,6 +334,37 @@ def test_plans_offload_resident_blocks_only_when_weights_stream():
     assert tight_host.modes.count("offload") == p8.modes.count("offload") + 2 and streamed_off(tight_host) >= 2
 
 
+def test_plan_weighs_compute_against_the_link_at_the_gpus_own_ratio():
+    """A card that computes slowly over a slow link (4090-class: 165 TFLOP/s, 25 GB/s) is
+    compute-bound in backward: its plan keeps more activations in host memory instead of
+    recomputing them than the H200's plan does, and the step-time model says its own plan is
+    the faster one there. The reference GPU's own figures change nothing."""
+    from trainer_core.ltx2.memory import COMPUTE_REF_LINK_GBPS, COMPUTE_REF_TFLOPS, StepSpeed, compute_scale
+    from trainer_core.ltx2 import LTX2Config, build_tree
+    from trainer_core.tiny_checkpoint import full_config
+    from trainer_core.ltx2.memory import module_bytes, predict_step_s
+
+    c = LTX2Config.from_metadata({"config": full_config("ltx-2.0")})
+    root = build_tree(c, device="meta", dtype=torch.bfloat16, init="meta")  # full-size 19B layout, no memory
+    blocks = list(root.transformer_blocks)
+    other = module_bytes(root) - sum(module_bytes(b) for b in blocks)
+    ref = StepSpeed(COMPUTE_REF_TFLOPS, COMPUTE_REF_LINK_GBPS, "ref")
+    slow = StepSpeed(165.0, 25.0, "4090-class")
+    assert compute_scale(None) == 1.0 and compute_scale(ref) == pytest.approx(1.0)
+    assert compute_scale(slow) == pytest.approx((COMPUTE_REF_TFLOPS / 165.0) * (25.0 / COMPUTE_REF_LINK_GBPS))
+    kw = dict(video_tokens=6144, audio_tokens=126, budget_gib=24, trainable_bytes=int(0.3e9), compiled=True,
+              offload_streamed=True)
+    base = plan_memory(blocks, other, **kw)
+    assert plan_memory(blocks, other, speed=ref, **kw).modes == base.modes
+    mine = plan_memory(blocks, other, speed=slow, **kw)
+    assert mine.modes.count("offload") > base.modes.count("offload")
+    assert mine.modes.count("full") < base.modes.count("full")
+    assert mine.expected_peak_gib <= 24 + 1e-6
+    t_mine = predict_step_s(mine, blocks, 6144, 126, slow)
+    t_base = predict_step_s(base, blocks, 6144, 126, slow)
+    assert t_mine < t_base
+
+
 @pytest.mark.parametrize("transfer", ["bf16", "fp8"])
 def test_streamed_offloaded_blocks_take_their_weights_from_wherever_the_streamer_has_them(transfer):
     """A streamed block that keeps its activations saves its weights by reference to the

@@ -51,6 +51,11 @@ WORK_B_PER_TOKEN = 260_000
 # block at 6270 tokens, 55 GB/s), and backward's compute relative to forward's (0.62/0.39 s).
 COMPUTE_B_PER_TOKEN = 72_000
 BACKWARD_FACTOR = 1.6
+# the GPU COMPUTE_B_PER_TOKEN was measured on, as calibrate_speed read it then: on another GPU
+# the plan scales it by (this rate / that rate) of link over compute, so that a card that
+# computes slowly over a fast link offloads more and recomputes less (and the reverse)
+COMPUTE_REF_TFLOPS = 707.0
+COMPUTE_REF_LINK_GBPS = 55.4
 RESERVE_BYTES = int(1.25 * GIB)  # allocator slack, cuBLAS/cuDNN workspaces, CUDA context excluded
 
 
@@ -131,7 +136,8 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
                 budget_gib: Optional[float] = None, trainable_bytes: int = 0, compiled: bool = False,
                 block_bytes: Optional[Sequence[int]] = None, allow_keep: bool = True,
                 stream_for_speed: bool = True, transfer: str = "bf16", offload: bool = True,
-                host_budget_bytes: Optional[int] = None, offload_streamed: bool = False) -> MemoryPlan:
+                host_budget_bytes: Optional[int] = None, offload_streamed: bool = False,
+                speed: Optional["StepSpeed"] = None) -> MemoryPlan:
     """The plan for a VRAM budget.
 
     blocks: the transformer blocks (or a ModuleList); ``other_bytes``: every other frozen
@@ -151,7 +157,9 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
     ``COMPUTE_B_PER_TOKEN``, within ``host_budget_bytes`` of (pinned) host memory (None: no
     limit). On the device it costs one block's activations (the block fetched ahead).
     ``offload_streamed``: streamed blocks may keep theirs too (their weights come back for
-    their backward as for a recomputation), counted by the same estimate.
+    their backward as for a recomputation), counted by the same estimate. ``speed`` (from
+    :func:`calibrate_speed` on the GPU that will train): the estimate weighs compute against
+    the link at that GPU's ratio (default: the H200 the constants were measured on).
     """
     if transfer not in ("bf16", "fp8"):
         raise ValueError(f"transfer must be 'bf16' or 'fp8', not {transfer!r}")
@@ -192,7 +200,7 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
         return (set(candidates[j] for j in _spread(len(candidates), k)) if k else set()), k
 
     base = fixed + n * full_b
-    c_b = COMPUTE_B_PER_TOKEN * tokens
+    c_b = COMPUTE_B_PER_TOKEN * tokens * compute_scale(speed)
     w_b = blk // 2 if transfer == "fp8" else blk
     host_cap = n if host_budget_bytes is None else max(0, int(host_budget_bytes // max(1, keep_b)))
 
@@ -271,6 +279,14 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
 
 
 # ---------------------------------------------------------------------------- step time
+
+
+def compute_scale(speed: Optional["StepSpeed"]) -> float:
+    """How many times more link bytes one block's compute is worth on ``speed``'s GPU than on
+    the one COMPUTE_B_PER_TOKEN was measured on (1.0 for None or a CPU's nominal figure)."""
+    if speed is None or speed.name == "cpu" or speed.tflops <= 0 or speed.link_gbps <= 0:
+        return 1.0
+    return (COMPUTE_REF_TFLOPS / speed.tflops) * (speed.link_gbps / COMPUTE_REF_LINK_GBPS)
 
 # The step-time model: the whole step's matmul + attention work runs at STEP_EFFICIENCY of the
 # dense bf16 matmul rate the calibration measures (H200, 19B, 768×512×121, every block
