@@ -332,7 +332,7 @@ def save_model_folder(model, proc, folder: Path, layout: str = "omni") -> None:
         from huggingface_hub import save_torch_state_dict
         from transformers import Qwen2_5OmniConfig
 
-        cfg = Qwen2_5OmniConfig(thinker_config=model.config.to_dict(), enable_audio_output=False)
+        cfg = Qwen2_5OmniConfig(thinker_config=model.config.to_dict(), enable_audio_output=False, dtype="bfloat16")
         cfg.save_pretrained(str(folder))
         model.generation_config.save_pretrained(str(folder))
         save_torch_state_dict({f"thinker.{k}": v for k, v in model.state_dict().items()}, str(folder),
