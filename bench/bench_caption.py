@@ -45,7 +45,9 @@ token counts (video_tokens, audio_tokens, input_tokens, new_tokens), init_s (mod
 not counted), weights_gib, peak_vram_gib (allocator peak over the timed clips), params,
 cache and compiled (``:static``), fp8_layers and fp8_mlp_rel_err (decoder layer 0's MLP,
 fp8 against bf16 on one fixed input), source (built in memory, or loaded from the folder:
-then model_dir, model_layout, folder_save_s, folder_gib, quantized_layers per part), inputs
+then model_dir, model_layout, folder_save_s, folder_gib, quantized_layers per part, and
+mlp_rel_err_vs_saved: decoder layer 0's MLP as loaded against float32 from the saved bf16
+tensors, on one fixed input), inputs
 (the real processor, or the stand-in where transformers cannot build it: no torchvision),
 and the official captioner's figure.
 
@@ -313,6 +315,20 @@ def dir_gib(folder: Path) -> float:
     return round(sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**30, 3)
 
 
+def checkpoint_state_dict(model) -> dict:
+    """The thinker's tensors under the names save_pretrained writes (the published
+    checkpoint's): transformers versions whose modules are laid out differently (the text
+    model under ``model.language_model``) map their names back on saving, and so does this,
+    where the installed transformers has that step."""
+    sd = model.state_dict()
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:
+        return sd
+    out = revert_weight_conversion(model, dict(sd))
+    return out if len(out) == len(sd) else sd
+
+
 def save_model_folder(model, proc, folder: Path, layout: str = "omni") -> None:
     """Write ``model`` (the thinker) and the processor ``proc`` to ``folder`` as a Hugging Face
     checkpoint that trainer_core.caption.check_model_dir accepts and Captioner.load reads:
@@ -335,7 +351,7 @@ def save_model_folder(model, proc, folder: Path, layout: str = "omni") -> None:
         cfg = Qwen2_5OmniConfig(thinker_config=model.config.to_dict(), enable_audio_output=False, dtype="bfloat16")
         cfg.save_pretrained(str(folder))
         model.generation_config.save_pretrained(str(folder))
-        save_torch_state_dict({f"thinker.{k}": v for k, v in model.state_dict().items()}, str(folder),
+        save_torch_state_dict({f"thinker.{k}": v for k, v in checkpoint_state_dict(model).items()}, str(folder),
                               max_shard_size="5GB")
     else:
         raise ValueError(f"model layout {layout!r}: omni or thinker")
@@ -351,11 +367,20 @@ class ModelFolder:
                  tmp: str | None = None):
         self.cfgd, self.device, self.proc, self.layout, self.keep = cfgd, device, proc, layout, keep
         self.tmp, self.path, self.info = tmp, Path(path) if path else None, None
-        self._made = False
+        self._made, self.error = False, None
 
     def get(self) -> Path:
         if self.info is not None:
             return self.path
+        if self.error is not None:
+            raise RuntimeError(f"the model folder could not be made: {self.error}")
+        try:
+            return self._make()
+        except Exception as e:
+            self.error = f"{type(e).__name__}: {e}"[:300]
+            raise
+
+    def _make(self) -> Path:
         if self.path is None:
             self.path = Path(tempfile.mkdtemp(prefix="bench_caption_model_", dir=self.tmp))
         elif self.path.exists() and any(self.path.iterdir()):
@@ -413,6 +438,47 @@ def load_folder(folder: Path, precision: str, device: str, proc):
 
     with mock.patch.object(transformers, "AutoProcessor", _Auto):
         return Captioner.load(folder, precision, device)
+
+
+def saved_tensors(folder: Path, want) -> dict:
+    """The folder's tensors whose names ``want(name)`` accepts (through its index when sharded)."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
+             else ["model.safetensors"])
+    out = {}
+    for fn in files:
+        with safe_open(str(folder / fn), "pt") as f:
+            out.update({n: f.get_tensor(n) for n in f.keys() if want(n)})
+    return out
+
+
+def mlp_rel_err_vs_saved(model, folder: Path, device: str) -> float:
+    """Decoder layer 0's MLP of the loaded model (quantized or not) against the same MLP
+    computed in float32 from the bf16 tensors in the folder, on one fixed input: what
+    loading (and quantizing) did to it."""
+    import torch.nn.functional as Fn
+
+    import re
+
+    text = parts(model)["text"]
+    # the text model's layer 0 MLP (the vision blocks are "blocks.N", the audio layers have no "mlp")
+    pat = re.compile(r"^(?:thinker\.)?(?:model\.)?(?:language_model\.)?layers\.0\.mlp\.(gate|up|down)_proj\.weight$")
+    w = {pat.match(n).group(1): t for n, t in saved_tensors(folder, pat.match).items()}
+    if sorted(w) != ["down", "gate", "up"]:
+        raise RuntimeError(f"layer 0's MLP not found in {folder} (found {sorted(w)})")
+    gate, up, down = (w[k].to(device, torch.float32) for k in ("gate", "up", "down"))
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(1, 64, gate.shape[1], generator=g, device=device)
+    mlp = text.layers[0].mlp
+    # the model's compute dtype (bitsandbytes' int8 / packed 4-bit weights are not floating point)
+    dt = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.bfloat16)
+    with torch.inference_mode():
+        ref = Fn.linear(Fn.silu(Fn.linear(x, gate)) * Fn.linear(x, up), down)
+        got = mlp(x.to(dt)).float()
+    return round(float((got - ref).norm() / ref.norm()), 5)
 
 
 def quantized_layers(model) -> dict:
@@ -605,6 +671,8 @@ def run_variant(variant: str, a, proc, cfgd: dict, folder: ModelFolder | None = 
     rec["params"] = param_count(model)
     if prec in ("8-bit", "4-bit"):
         rec["quantized_layers"] = quantized_layers(model)
+    if source == "folder" and prec != "fp8":
+        rec["mlp_rel_err_vs_saved"] = mlp_rel_err_vs_saved(model, path, a.device)
     if cuda:
         rec["weights_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
     rec["attn_config"] = getattr(model.config, "_attn_implementation", None)  # Captioner.load: transformers' default
