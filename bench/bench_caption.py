@@ -615,6 +615,21 @@ def bnb_missing() -> str | None:
     return None
 
 
+def bnb_native() -> str:
+    """bitsandbytes' version and the native library it loaded (its CUDA build, or a stand-in
+    that fails on use when that could not load)."""
+    import bitsandbytes
+
+    try:
+        from bitsandbytes import cextension
+
+        lib = cextension.lib
+        path = getattr(getattr(lib, "_lib", None), "_name", None)
+        return f"{bitsandbytes.__version__}: {type(lib).__name__} {Path(path).name if path else ''}".strip()
+    except Exception as e:
+        return f"{bitsandbytes.__version__}: native library unknown ({type(e).__name__})"
+
+
 def run_variant(variant: str, a, proc, cfgd: dict, folder: ModelFolder | None = None) -> dict:
     from transformers import LogitsProcessorList
 
@@ -671,6 +686,7 @@ def run_variant(variant: str, a, proc, cfgd: dict, folder: ModelFolder | None = 
     rec["params"] = param_count(model)
     if prec in ("8-bit", "4-bit"):
         rec["quantized_layers"] = quantized_layers(model)
+        rec["bitsandbytes"] = bnb_native()
     if source == "folder" and prec != "fp8":
         rec["mlp_rel_err_vs_saved"] = mlp_rel_err_vs_saved(model, path, a.device)
     if cuda:
