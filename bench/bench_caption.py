@@ -329,7 +329,7 @@ def checkpoint_state_dict(model) -> dict:
     return out if len(out) == len(sd) else sd
 
 
-def save_model_folder(model, proc, folder: Path, layout: str = "omni") -> None:
+def save_model_folder(model, proc, folder: Path, layout: str = "omni", max_shard_size: str = "5GB") -> None:
     """Write ``model`` (the thinker) and the processor ``proc`` to ``folder`` as a Hugging Face
     checkpoint that trainer_core.caption.check_model_dir accepts and Captioner.load reads:
 
@@ -338,12 +338,13 @@ def save_model_folder(model, proc, folder: Path, layout: str = "omni") -> None:
       ``thinker.*`` (Captioner.load then reads thinker_config and maps ``thinker.`` away);
     - ``thinker``: the thinker's own save_pretrained (model_type qwen2_5_omni_thinker, no prefix).
 
-    Safetensors in 5 GB shards with model.safetensors.index.json, generation_config.json, and
+    Safetensors in ``max_shard_size`` shards with model.safetensors.index.json (one
+    model.safetensors when it all fits in one), generation_config.json, and
     the processor's files (tokenizer.json, its preprocessor/processor configs, chat template)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if layout == "thinker":
-        model.save_pretrained(str(folder), max_shard_size="5GB")
+        model.save_pretrained(str(folder), max_shard_size=max_shard_size)
     elif layout == "omni":
         from huggingface_hub import save_torch_state_dict
         from transformers import Qwen2_5OmniConfig
@@ -352,7 +353,7 @@ def save_model_folder(model, proc, folder: Path, layout: str = "omni") -> None:
         cfg.save_pretrained(str(folder))
         model.generation_config.save_pretrained(str(folder))
         save_torch_state_dict({f"thinker.{k}": v for k, v in checkpoint_state_dict(model).items()}, str(folder),
-                              max_shard_size="5GB")
+                              max_shard_size=max_shard_size)
     else:
         raise ValueError(f"model layout {layout!r}: omni or thinker")
     proc.save_pretrained(str(folder))
