@@ -25,8 +25,16 @@ Per variant (``--variants``, precision:attention):
 - ``bf16:sdpa:static`` (any precision:attention with ``:static``) — a static KV cache, with
   which transformers compiles the decoding step on a GPU (torch.compile, CUDA graphs): what
   generation could gain without another inference engine (Caption Clips does not do it yet);
-- ``8-bit`` — caption.py's own 8-bit (bitsandbytes LLM.int8 through BitsAndBytesConfig):
-  recorded as not run where bitsandbytes is not installed.
+- ``8-bit`` and ``4-bit`` — caption.py's own bitsandbytes paths (BitsAndBytesConfig: LLM.int8,
+  NF4 with bf16 compute), which quantize while loading a checkpoint folder: the random
+  weights are built once in bf16 and saved as a Hugging Face folder (``--model-dir``; the
+  published layout by default, ``--model-layout``) with the real processor's files, then
+  loaded exactly as Caption Clips loads a model: ``Captioner.load(folder, precision, "cuda")``
+  (init_s = that load). Recorded as not run where bitsandbytes cannot be imported or there is
+  no CUDA GPU;
+- ``bf16:folder`` (any bf16/fp8 variant with ``:folder``) — the same folder loaded by
+  Captioner.load at full precision (bf16 on a GPU, float32 on the CPU): the folder path
+  checked where bitsandbytes cannot run (``--tiny --device cpu``).
 
 Each record (a JSON list, ``bench/results/caption_<gpu>.json`` or ``--out``): s_per_clip
 (median over ``--clips`` clips after ``--warmup``), s_min, s_max, s_clips, and its parts:
@@ -36,11 +44,17 @@ vision + audio encoders, the first forward, up to the first logits), vision_s an
 token counts (video_tokens, audio_tokens, input_tokens, new_tokens), init_s (model made,
 not counted), weights_gib, peak_vram_gib (allocator peak over the timed clips), params,
 cache and compiled (``:static``), fp8_layers and fp8_mlp_rel_err (decoder layer 0's MLP,
-fp8 against bf16 on one fixed input), inputs (the real processor, or the stand-in where
-transformers cannot build it: no torchvision), and the official captioner's figure.
+fp8 against bf16 on one fixed input), source (built in memory, or loaded from the folder:
+then model_dir, model_layout, folder_save_s, folder_gib, quantized_layers per part, and
+mlp_rel_err_vs_saved: decoder layer 0's MLP as loaded against float32 from the saved bf16
+tensors, on one fixed input), inputs
+(the real processor, or the stand-in where transformers cannot build it: no torchvision),
+and the official captioner's figure.
 
     python bench/bench_caption.py --out bench/results/caption_H200.json      # GPU
     python bench/bench_caption.py --tiny --clips 2 --new-tokens 8 --out /tmp/c.json   # CPU smoke
+    python bench/bench_caption.py --variants bf16:sdpa,8-bit --clips 3 --out c8.json  # needs bitsandbytes
+    python bench/bench_caption.py --tiny --device cpu --variants bf16,bf16:folder --out /tmp/c.json
 """
 from __future__ import annotations
 
@@ -49,6 +63,7 @@ import functools
 import gc
 import importlib.util
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -296,6 +311,200 @@ def count_params(cfgd: dict) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
+def dir_gib(folder: Path) -> float:
+    return round(sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**30, 3)
+
+
+def checkpoint_state_dict(model) -> dict:
+    """The thinker's tensors under the names save_pretrained writes (the published
+    checkpoint's): transformers versions whose modules are laid out differently (the text
+    model under ``model.language_model``) map their names back on saving, and so does this,
+    where the installed transformers has that step."""
+    sd = model.state_dict()
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:
+        return sd
+    out = revert_weight_conversion(model, dict(sd))
+    return out if len(out) == len(sd) else sd
+
+
+def save_model_folder(model, proc, folder: Path, layout: str = "omni", max_shard_size: str = "5GB") -> None:
+    """Write ``model`` (the thinker) and the processor ``proc`` to ``folder`` as a Hugging Face
+    checkpoint that trainer_core.caption.check_model_dir accepts and Captioner.load reads:
+
+    - ``omni``: the published Qwen/Qwen2.5-Omni-7B layout, config.json of model_type
+      qwen2_5_omni with the thinker's settings under thinker_config, tensors named
+      ``thinker.*`` (Captioner.load then reads thinker_config and maps ``thinker.`` away);
+    - ``thinker``: the thinker's own save_pretrained (model_type qwen2_5_omni_thinker, no prefix).
+
+    Safetensors in ``max_shard_size`` shards with model.safetensors.index.json (one
+    model.safetensors when it all fits in one), generation_config.json, and
+    the processor's files (tokenizer.json, its preprocessor/processor configs, chat template)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if layout == "thinker":
+        model.save_pretrained(str(folder), max_shard_size=max_shard_size)
+    elif layout == "omni":
+        from huggingface_hub import save_torch_state_dict
+        from transformers import Qwen2_5OmniConfig
+
+        cfg = Qwen2_5OmniConfig(thinker_config=model.config.to_dict(), enable_audio_output=False, dtype="bfloat16")
+        cfg.save_pretrained(str(folder))
+        model.generation_config.save_pretrained(str(folder))
+        save_torch_state_dict({f"thinker.{k}": v for k, v in checkpoint_state_dict(model).items()}, str(folder),
+                              max_shard_size=max_shard_size)
+    else:
+        raise ValueError(f"model layout {layout!r}: omni or thinker")
+    proc.save_pretrained(str(folder))
+
+
+class ModelFolder:
+    """The bench's random-weight thinker as a checkpoint folder, made on first use and once per
+    run: built in bf16 where the bench runs (the same seed as build_model's in-memory
+    variants), saved with save_model_folder, freed; removed at the end unless ``keep``."""
+
+    def __init__(self, cfgd: dict, device: str, proc, path: Path | None, layout: str, keep: bool,
+                 tmp: str | None = None):
+        self.cfgd, self.device, self.proc, self.layout, self.keep = cfgd, device, proc, layout, keep
+        self.tmp, self.path, self.info = tmp, Path(path) if path else None, None
+        self._made, self.error = False, None
+
+    def get(self) -> Path:
+        if self.info is not None:
+            return self.path
+        if self.error is not None:
+            raise RuntimeError(f"the model folder could not be made: {self.error}")
+        try:
+            return self._make()
+        except Exception as e:
+            self.error = f"{type(e).__name__}: {e}"[:300]
+            raise
+
+    def _make(self) -> Path:
+        if self.path is None:
+            self.path = Path(tempfile.mkdtemp(prefix="bench_caption_model_", dir=self.tmp))
+        elif self.path.exists() and any(self.path.iterdir()):
+            raise RuntimeError(f"--model-dir {self.path} is not empty (the bench writes a fresh folder there)")
+        self._made = True
+        t = time.perf_counter()
+        model = build_model(self.cfgd, self.device, torch.bfloat16, "sdpa")
+        proc = self.proc
+        if isinstance(proc, StandInProcessor):  # no real processor here: its tokenizer and features only
+            proc = _StandInFiles(proc)
+        save_model_folder(model, proc, self.path, self.layout)
+        del model
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        self.info = {"model_dir": str(self.path), "model_layout": self.layout,
+                     "folder_save_s": round(time.perf_counter() - t, 2), "folder_gib": dir_gib(self.path)}
+        print(f"saved the random-weight thinker to {self.path} ({self.info['folder_gib']} GiB, "
+              f"{self.info['folder_save_s']} s)", flush=True)
+        return self.path
+
+    def cleanup(self):
+        if self._made and not self.keep and self.path is not None and self.path.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+class _StandInFiles:
+    """save_pretrained for the stand-in processor: the tokenizer and feature extractor's files
+    (what check_model_dir asks for); the bench then hands Captioner.load the stand-in itself."""
+
+    def __init__(self, proc: StandInProcessor):
+        self.proc = proc
+
+    def save_pretrained(self, folder: str):
+        self.proc.tokenizer.save_pretrained(folder)
+        self.proc.feature_extractor.save_pretrained(folder)
+
+
+def load_folder(folder: Path, precision: str, device: str, proc):
+    """Captioner.load(folder, precision, device), as Caption Clips calls it; with the stand-in
+    processor (no real one on this machine) AutoProcessor is answered with the stand-in."""
+    from unittest import mock
+
+    import transformers
+
+    from trainer_core.caption import Captioner
+
+    if not isinstance(proc, StandInProcessor):
+        return Captioner.load(folder, precision, device)
+
+    class _Auto:
+        @staticmethod
+        def from_pretrained(*_a, **_k):
+            return proc
+
+    with mock.patch.object(transformers, "AutoProcessor", _Auto):
+        return Captioner.load(folder, precision, device)
+
+
+def saved_tensors(folder: Path, want) -> dict:
+    """The folder's tensors whose names ``want(name)`` accepts (through its index when sharded)."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
+             else ["model.safetensors"])
+    out = {}
+    for fn in files:
+        with safe_open(str(folder / fn), "pt") as f:
+            out.update({n: f.get_tensor(n) for n in f.keys() if want(n)})
+    return out
+
+
+def mlp_rel_err_vs_saved(model, folder: Path, device: str) -> float:
+    """Decoder layer 0's MLP of the loaded model (quantized or not) against the same MLP
+    computed in float32 from the bf16 tensors in the folder, on one fixed input: what
+    loading (and quantizing) did to it."""
+    import torch.nn.functional as Fn
+
+    import re
+
+    text = parts(model)["text"]
+    # the text model's layer 0 MLP (the vision blocks are "blocks.N", the audio layers have no "mlp")
+    pat = re.compile(r"^(?:thinker\.)?(?:model\.)?(?:language_model\.)?layers\.0\.mlp\.(gate|up|down)_proj\.weight$")
+    w = {pat.match(n).group(1): t for n, t in saved_tensors(folder, pat.match).items()}
+    if sorted(w) != ["down", "gate", "up"]:
+        raise RuntimeError(f"layer 0's MLP not found in {folder} (found {sorted(w)})")
+    gate, up, down = (w[k].to(device, torch.float32) for k in ("gate", "up", "down"))
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(1, 64, gate.shape[1], generator=g, device=device)
+    mlp = text.layers[0].mlp
+    # the model's compute dtype (bitsandbytes' int8 / packed 4-bit weights are not floating point)
+    dt = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.bfloat16)
+    with torch.inference_mode():
+        ref = Fn.linear(Fn.silu(Fn.linear(x, gate)) * Fn.linear(x, up), down)
+        got = mlp(x.to(dt)).float()
+    return round(float((got - ref).norm() / ref.norm()), 5)
+
+
+def quantized_layers(model) -> dict:
+    """bitsandbytes layers (Linear8bitLt / Linear4bit) per part of the thinker."""
+    kinds = ("Linear8bitLt", "Linear4bit")
+    out: dict = {}
+    inside: set = set()
+    for name, m in parts(model).items():
+        mods = [x for x in m.modules() if type(x).__name__ in kinds]
+        out[name] = len(mods)
+        inside |= {id(x) for x in mods}
+    out["other"] = sum(1 for x in model.modules() if type(x).__name__ in kinds and id(x) not in inside)
+    return out
+
+
+def param_count(model) -> int:
+    """Parameters as the unquantized model has them (a 4-bit weight's packed storage counts
+    as its original shape; fp8 layers' weights are buffers)."""
+    n = 0
+    for p in model.parameters():
+        qs = getattr(p, "quant_state", None)
+        n += qs.shape.numel() if qs is not None and getattr(qs, "shape", None) is not None else p.numel()
+    return n + sum(m.wq.numel() for m in model.modules() if isinstance(m, FP8Linear))
+
+
 def parts(model) -> dict:
     """The vision encoder, audio encoder and text model, found by class (their attribute
     paths differ between transformers versions)."""
@@ -396,33 +605,77 @@ def clip_media(i: int, width: int = 768, height: int = 512, seconds: float = 5.0
     return frames, audio
 
 
-def run_variant(variant: str, a, proc, cfgd: dict) -> dict:
+def bnb_missing() -> str | None:
+    """Why bitsandbytes cannot be used here, or None."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed here"
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as e:
+        return f"bitsandbytes does not import here: {type(e).__name__}: {e}"[:300]
+    return None
+
+
+def bnb_native() -> str:
+    """bitsandbytes' version and the native library it loaded (its CUDA build, or a stand-in
+    that fails on use when that could not load)."""
+    import bitsandbytes
+
+    try:
+        from bitsandbytes import cextension
+
+        lib = cextension.lib
+        path = getattr(getattr(lib, "_lib", None), "_name", None)
+        return f"{bitsandbytes.__version__}: {type(lib).__name__} {Path(path).name if path else ''}".strip()
+    except Exception as e:
+        return f"{bitsandbytes.__version__}: native library unknown ({type(e).__name__})"
+
+
+def run_variant(variant: str, a, proc, cfgd: dict, folder: ModelFolder | None = None) -> dict:
     from transformers import LogitsProcessorList
 
     from trainer_core.caption import DEFAULT_PROMPT, Captioner
 
-    prec, attn, cache = parse_variant(variant)
-    rec: dict = {"variant": variant, "precision": prec, "attn": attn, "cache": cache}
-    if prec == "8-bit":
-        rec["attn"] = None
-        if importlib.util.find_spec("bitsandbytes") is None:
-            return {**rec, "status": "not run", "why": "bitsandbytes is not installed here: caption.py's 8-bit loads "
-                    "through transformers' BitsAndBytesConfig (LLM.int8); fp8:sdpa is the 8-bit path that runs without it"}
-        return {**rec, "status": "not run", "why": "bitsandbytes quantizes while loading a checkpoint folder; with random "
-                "weights and no folder this bench has nothing to load it from"}
+    prec, attn, cache, source = parse_variant(variant)
+    rec: dict = {"variant": variant, "precision": prec, "attn": attn, "cache": cache, "source": source}
     cuda = a.device.startswith("cuda")
-    dtype = torch.bfloat16 if cuda else torch.float32  # Captioner.load: bf16 on a GPU, fp32 on the CPU
+    if prec in ("8-bit", "4-bit"):
+        why = bnb_missing()
+        if why:
+            return {**rec, "status": "not run", "why": f"{why}: caption.py's {prec} loads through transformers' "
+                    "BitsAndBytesConfig; fp8:sdpa is the 8-bit path that runs without it"}
+        if not cuda:
+            return {**rec, "status": "not run", "why": f"bitsandbytes' {prec} (Captioner.load) needs a CUDA GPU; "
+                    f"this run is on {a.device} (bf16:folder checks the folder path here)"}
+    if source == "folder" and folder is None:
+        raise RuntimeError("a :folder variant without a model folder")
+    # Captioner.load: bf16 on a GPU, fp32 on the CPU; bitsandbytes: the saved dtype (bf16) outside
+    # the quantized layers
+    dtype = torch.bfloat16 if cuda else torch.float32
     rec["dtype"] = str(dtype).replace("torch.", "")
+    if source == "folder":
+        path = folder.get()  # made once (not timed), before the peak-memory window
+        rec.update(folder.info)
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
-    model = build_model(cfgd, a.device, dtype, attn)
+    loaded = None
+    if source == "folder":
+        # exactly Caption Clips' load: check_model_dir, the Omni/thinker config handling,
+        # BitsAndBytesConfig for 8-bit / 4-bit, the processor from the folder
+        loaded = load_folder(path, "bf16" if prec == "fp8" else prec, a.device, proc)
+        model = loaded.model
+        model.requires_grad_(False)
+        rec["dtype"] = str(next(p.dtype for p in model.parameters() if p.is_floating_point())).replace("torch.", "")
+        rec["config_model_type"] = model.config.model_type
+    else:
+        model = build_model(cfgd, a.device, dtype, attn)
     if prec == "fp8":
         text = parts(model)["text"]
         layer = text.layers[0]
         g = torch.Generator(device=a.device).manual_seed(0)
-        x = torch.randn(1, 64, layer.mlp.gate_proj.in_features, generator=g, device=a.device, dtype=dtype)
+        x = torch.randn(1, 64, layer.mlp.gate_proj.in_features, generator=g, device=a.device, dtype=model.dtype)
         with torch.inference_mode():
             ref = layer.mlp(x).float()
             rec["fp8_layers"] = to_fp8(text)
@@ -431,12 +684,18 @@ def run_variant(variant: str, a, proc, cfgd: dict) -> dict:
         rec["fp8_scope"] = "text model linears (attention q/k/v/o, MLP); lm_head, vision and audio encoders bf16"
     _sync(a.device)
     rec["init_s"] = round(time.perf_counter() - t, 2)
-    rec["params"] = sum(p.numel() for p in model.parameters()) + sum(
-        m.wq.numel() for m in model.modules() if isinstance(m, FP8Linear))
+    rec["params"] = param_count(model)
+    if prec in ("8-bit", "4-bit"):
+        rec["quantized_layers"] = quantized_layers(model)
+        rec["bitsandbytes"] = bnb_native()
+    if source == "folder" and prec != "fp8":
+        rec["mlp_rel_err_vs_saved"] = mlp_rel_err_vs_saved(model, path, a.device)
     if cuda:
         rec["weights_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
     rec["attn_config"] = getattr(model.config, "_attn_implementation", None)  # Captioner.load: transformers' default
-    cap = Captioner(model, proc, "omni", "Qwen2.5-Omni-7B (random weights)" if not a.tiny else "tiny", 16000)
+    cap = loaded or Captioner(model, proc, "omni", "Qwen2.5-Omni-7B (random weights)" if not a.tiny else "tiny", 16000)
+    if loaded is not None:
+        rec["processor"] = type(cap.processor).__name__  # what Captioner.load read from the folder
     timer = _Timer(a.device)
     hooks = []
     for name, m in parts(model).items():
@@ -498,21 +757,35 @@ def run_variant(variant: str, a, proc, cfgd: dict) -> dict:
         rec["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
     rec["compiled"] = getattr(model, "_compiled_call", None) is not None
     rec["meets_official"] = rec["s_per_clip"] <= OFFICIAL["s_per_clip"][1]
-    del cap, model
+    del cap, model, loaded
     return rec
 
 
 DEFAULT_VARIANTS = "bf16:sdpa,bf16:eager,fp8:sdpa,8-bit"
+PRECISIONS = ("bf16", "fp8", "8-bit", "4-bit")
 
 
-def parse_variant(v: str) -> tuple[str, str, str]:
-    """``precision[:attention[:static]]`` -> (precision, attention, cache); ValueError if not one."""
-    prec, _, rest = v.strip().partition(":")
-    attn, _, cache = rest.partition(":")
+def parse_variant(v: str) -> tuple[str, str, str, str]:
+    """``precision[:attention[:static]][:folder]`` -> (precision, attention, cache, source);
+    ValueError if not one. 8-bit and 4-bit always load from the folder; a folder loads with
+    Captioner.load's attention (transformers' default, sdpa)."""
+    tokens = v.strip().split(":")
+    source = "memory"
+    if len(tokens) > 1 and tokens[-1] == "folder":
+        tokens, source = tokens[:-1], "folder"
+    if len(tokens) > 3:
+        raise ValueError(f"variant {v!r}: precision[:attention[:static]][:folder]")
+    prec, attn, cache = (tokens + ["", ""])[:3]
     attn, cache = attn or "sdpa", cache or "dynamic"
-    if prec not in ("bf16", "fp8", "8-bit") or attn not in ("sdpa", "eager") or cache not in ("dynamic", "static"):
-        raise ValueError(f"variant {v!r}: precision bf16, fp8 or 8-bit; attention sdpa or eager; then :static or nothing")
-    return prec, attn, cache
+    if prec not in PRECISIONS or attn not in ("sdpa", "eager") or cache not in ("dynamic", "static"):
+        raise ValueError(f"variant {v!r}: precision bf16, fp8, 8-bit or 4-bit; attention sdpa or eager; then "
+                         f":static or nothing; then :folder or nothing")
+    if prec in ("8-bit", "4-bit"):
+        source = "folder"
+    if source == "folder" and attn != "sdpa":
+        raise ValueError(f"variant {v!r}: a folder loads through Captioner.load, with transformers' default "
+                         f"attention (sdpa)")
+    return prec, attn, cache, source
 
 
 def parse_args(argv=None):
@@ -531,6 +804,14 @@ def parse_args(argv=None):
     ap.add_argument("--inputs", choices=("auto", "processor", "standin"), default="auto",
                     help="the real processor (auto: it, else the stand-in where it cannot be built)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--model-dir", default=None,
+                    help="where the :folder / 8-bit / 4-bit variants' checkpoint folder is saved (must be empty or "
+                         "new; default a temporary folder under --tmp), removed at the end unless --keep-model-dir")
+    ap.add_argument("--keep-model-dir", action="store_true")
+    ap.add_argument("--model-layout", choices=("omni", "thinker"), default="omni",
+                    help="omni: the published folder's layout (model_type qwen2_5_omni, thinker.* tensors); "
+                         "thinker: the thinker's own save_pretrained (qwen2_5_omni_thinker)")
+    ap.add_argument("--tmp", default=None, help="parent of the temporary model folder (default the system's)")
     a = ap.parse_args(argv)
     try:
         a.clip_size = tuple(int(v) for v in a.clip.lower().split("x"))
@@ -552,8 +833,6 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     import transformers
 
-    from trainer_core.fsutil import atomic_write_text
-
     a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU here (use --tiny --device cpu for the smoke test)")
@@ -572,7 +851,6 @@ def main(argv=None) -> int:
                       "built here: prompt words one token each)")
     out = Path(a.out) if a.out else REPO / "bench" / "results" / f"caption_{gpu.replace(' ', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    recs = []
     with tempfile.TemporaryDirectory() as tmp:
         proc = None
         if a.inputs in ("auto", "processor"):
@@ -589,27 +867,41 @@ def main(argv=None) -> int:
             base.setdefault("inputs", "")
             if not base["inputs"].startswith("stand-in"):
                 base["inputs"] = "stand-in processor (StandInProcessor, --inputs standin)"
-        for v in variants:
-            try:
-                rec = run_variant(v.strip(), a, proc, cfgd)
-            except SystemExit:
-                raise
-            except Exception as e:  # one variant's failure is recorded, the others still run
-                import traceback
-
-                traceback.print_exc()
-                rec = {"variant": v, "status": "error", "error": f"{type(e).__name__}: {e}"[:500]}
-            rec = {**base, **rec}
-            recs.append(rec)
-            print(json.dumps(rec), flush=True)
-            # written after every variant: a run cut short keeps what it measured
-            atomic_write_text(out, json.dumps(recs, indent=1) + "\n")
-            gc.collect()
-            if a.device.startswith("cuda"):
-                torch._dynamo.reset()  # a compiled variant's graphs (and their CUDA-graph memory) go too
-                torch.cuda.empty_cache()
+        folder = ModelFolder(cfgd, a.device, proc, Path(a.model_dir) if a.model_dir else None, a.model_layout,
+                             a.keep_model_dir, a.tmp)
+        try:
+            recs = run_all(a, variants, proc, cfgd, folder, base, out)
+        finally:
+            folder.cleanup()
     print(f"wrote {out}")
     return 0 if all(r.get("status") in ("ok", "not run") for r in recs) else 1
+
+
+def run_all(a, variants, proc, cfgd, folder: ModelFolder, base: dict, out: Path) -> list:
+    """Every variant in turn, the records written after each (a run cut short keeps what it measured)."""
+    from trainer_core.fsutil import atomic_write_text
+
+    recs = []
+    for v in variants:
+        try:
+            rec = run_variant(v.strip(), a, proc, cfgd, folder)
+        except SystemExit:
+            raise
+        except Exception as e:  # one variant's failure is recorded, the others still run
+            import traceback
+
+            traceback.print_exc()
+            rec = {"variant": v, "status": "error", "error": f"{type(e).__name__}: {e}"[:500]}
+        rec = {**base, **rec}
+        recs.append(rec)
+        print(json.dumps(rec), flush=True)
+        # written after every variant: a run cut short keeps what it measured
+        atomic_write_text(out, json.dumps(recs, indent=1) + "\n")
+        gc.collect()
+        if a.device.startswith("cuda"):
+            torch._dynamo.reset()  # a compiled variant's graphs (and their CUDA-graph memory) go too
+            torch.cuda.empty_cache()
+    return recs
 
 
 if __name__ == "__main__":

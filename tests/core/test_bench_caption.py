@@ -110,8 +110,17 @@ def test_bad_arguments_are_refused(B):
     a = B.parse_args(["--clip", "512x768", "--clips", "3", "--variants", "fp8, bf16:eager:static"])
     assert a.clip_size == (512, 768) and a.clips == 3 and a.new_tokens == 120
     assert a.variant_list == ["fp8", "bf16:eager:static"]
-    assert [B.parse_variant(v) for v in a.variant_list] == [("fp8", "sdpa", "dynamic"), ("bf16", "eager", "static")]
+    assert [B.parse_variant(v) for v in a.variant_list] == [("fp8", "sdpa", "dynamic", "memory"),
+                                                             ("bf16", "eager", "static", "memory")]
     assert B.parse_args([]).variant_list == ["bf16:sdpa", "bf16:eager", "fp8:sdpa", "8-bit"]
+    # 8-bit / 4-bit always load from the folder; a folder loads with Captioner.load's attention
+    assert B.parse_variant("8-bit") == ("8-bit", "sdpa", "dynamic", "folder")
+    assert B.parse_variant("4-bit:sdpa:static") == ("4-bit", "sdpa", "static", "folder")
+    assert B.parse_variant("bf16:folder") == ("bf16", "sdpa", "dynamic", "folder")
+    assert B.parse_variant("fp8:sdpa:static:folder") == ("fp8", "sdpa", "static", "folder")
+    for bad in ("8-bit:eager", "bf16:eager:folder", "bf16:folder:sdpa", "bf16:sdpa:static:x:folder"):
+        with pytest.raises(SystemExit):
+            B.parse_args(["--variants", bad])
 
 
 def test_tiny_run_end_to_end(tmp_path):
@@ -142,3 +151,71 @@ def test_tiny_run_end_to_end(tmp_path):
     assert 0 < fp8["fp8_mlp_rel_err"] < 0.08
     assert int8["status"] == "not run" and "bitsandbytes" in int8["why"]
     assert bf16["inputs"].startswith("real Qwen2_5OmniProcessor")
+
+
+@pytest.mark.parametrize("layout", ["omni", "thinker"])
+def test_saved_folder_loads_back_the_built_weights(B, tmp_path, layout):
+    # the 8-bit / 4-bit variants quantize while Captioner.load reads this folder; at bf16 on the
+    # CPU the same load must give back exactly the weights that were built (a tensor the
+    # Omni layout's thinker.* mapping missed would be freshly initialized instead) and so the
+    # same caption tokens as the in-memory model for the same inputs
+    import numpy as np
+
+    from trainer_core.caption import DEFAULT_PROMPT, Captioner, check_model_dir
+
+    cfgd = B.omni_7b_config(tiny=True)
+    proc = B.make_processor(tmp_path / "proc")
+    built = B.build_model(cfgd, "cpu", torch.bfloat16, "sdpa")
+    folder = tmp_path / "model"
+    B.save_model_folder(built, proc, folder, layout, max_shard_size="6MB")  # sharded, as the full-size one is
+    assert len(list(folder.glob("model-*-of-*.safetensors"))) > 1 and (folder / "model.safetensors.index.json").is_file()
+    family, cfg = check_model_dir(folder)
+    assert family == "omni" and cfg["model_type"] == {"omni": "qwen2_5_omni", "thinker": "qwen2_5_omni_thinker"}[layout]
+    if layout == "omni":
+        # the published layout: the names the thinker's own save_pretrained writes, under thinker.
+        built.save_pretrained(str(tmp_path / "own"))
+        names = {d: set(B.saved_tensors(d, lambda n: True)) for d in (folder, tmp_path / "own")}
+        assert names[folder] == {"thinker." + k for k in names[tmp_path / "own"]}
+    cap = Captioner.load(folder, "bf16", "cpu")  # Caption Clips' own load
+    ref = built.float()
+    got, want = cap.model.state_dict(), ref.state_dict()
+    assert sorted(got) == sorted(want)
+    assert next(cap.model.parameters()).dtype == torch.float32  # Captioner.load on the CPU
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    g = np.random.default_rng(3)
+    frames = g.integers(0, 256, (4, 308, 448, 3), dtype=np.uint8)
+    audio = (0.1 * g.standard_normal(32000)).astype(np.float32)
+    mem = Captioner(ref, proc, "omni")
+    inp = cap.inputs(frames, audio, DEFAULT_PROMPT, fps=2.0)
+    assert torch.equal(inp["input_ids"], mem.inputs(frames, audio, DEFAULT_PROMPT, fps=2.0)["input_ids"])
+    a, b = cap.generate(inp, 5, min_new_tokens=5), mem.generate(inp, 5, min_new_tokens=5)
+    assert a.shape == (1, 5) and torch.equal(a, b)
+
+
+def test_folder_variant_end_to_end(B, tmp_path):
+    out = tmp_path / "c.json"
+    kept = tmp_path / "kept"
+    args = ["--tiny", "--device", "cpu", "--variants", "bf16,bf16:folder,8-bit", "--clips", "1", "--warmup", "0",
+            "--new-tokens", "3", "--out", str(out)]
+    assert B.main(args + ["--model-dir", str(kept), "--keep-model-dir", "--model-layout", "thinker"]) == 0
+    mem, fol, int8 = json.loads(out.read_text())
+    assert mem["source"] == "memory" and fol["source"] == "folder" and fol["status"] == "ok"
+    assert fol["model_dir"] == str(kept) and fol["model_layout"] == "thinker" and fol["folder_gib"] > 0
+    assert fol["config_model_type"] == "qwen2_5_omni_thinker" and fol["processor"] == "Qwen2_5OmniProcessor"
+    assert fol["params"] == mem["params"] and fol["dtype"] == "float32"
+    # float32 on the CPU from the saved bf16 tensors: the same arithmetic as the reference
+    assert 0 <= fol["mlp_rel_err_vs_saved"] < 1e-5
+    assert fol["video_tokens"] == mem["video_tokens"] == 704 and fol["new_tokens"] == 3
+    assert int8["status"] == "not run" and "bitsandbytes" in int8["why"]  # no CUDA here (or no bitsandbytes)
+    assert (kept / "config.json").is_file()  # --keep-model-dir
+    # a non-empty --model-dir is refused (the bench never writes over a folder), the other variants still run
+    assert B.main(args + ["--model-dir", str(kept)]) == 1
+    assert json.loads(out.read_text())[1]["status"] == "error" and (kept / "config.json").is_file()
+    # the default: a temporary folder under --tmp, gone at the end
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    assert B.main(args + ["--tmp", str(scratch)]) == 0
+    fol = json.loads(out.read_text())[1]
+    assert fol["status"] == "ok" and Path(fol["model_dir"]).parent == scratch and fol["model_layout"] == "omni"
+    assert list(scratch.iterdir()) == []
