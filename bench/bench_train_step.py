@@ -471,6 +471,16 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                               if plan_4090 is not None else None)
         predicted = predict_step_s(plan, root.transformer_blocks, nv_, na_, speed)
         plan.predicted_step_s, plan.speed = predicted, speed
+        cpu_origin = bool(run.get("cpu_origin")) and bool(plan.streamed)
+        host_start = None
+        if cpu_origin:
+            # ComfyUI's streaming placement: the streamed blocks start in ordinary host memory
+            # (the model as ComfyUI loaded it), the streamer pins its own copies and lets those
+            # go, and release() hands them back there
+            for i in plan.streamed:
+                root.transformer_blocks[i].to("cpu")
+            torch.cuda.empty_cache()
+            host_start = HostPeak.rss() / 2**30
         predict = make_predict(memory_plan=plan, compile_blocks=compiled, cudagraphs=run.get("cudagraphs"))
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -532,7 +542,13 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         host_act = predict.offloader.host_bytes() / 2**30 if predict.offloader is not None else 0.0
         host_allocs = predict.offloader.host_allocs if predict.offloader is not None else 0
         used_cg = bool(getattr(predict, "used_cudagraphs", False))
+        rel = HostPeak().__enter__()
         predict.release()
+        rel.__exit__(None, None, None)
+        host_after_release = HostPeak.rss() / 2**30
+        if cpu_origin:
+            for i in plan.streamed:
+                root.transformer_blocks[i].to(dev)
         if fp8c:
             from trainer_core.ltx2.fp8 import disable_fp8_compute
 
@@ -556,6 +572,10 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                "predicted_4090_class_own_plan_s": None if predicted_4090_own is None else round(predicted_4090_own, 2),
                "plan_4090_class": None if plan_4090 is None else plan_4090.summary(),
                "host_budget_gib": host_gib, "offload_streamed": bool(run.get("offload_streamed", False)),
+               # host memory (VmRSS) with the streamed blocks in RAM before training (:cpu), the
+               # peak while release() hands the weights back, and after it
+               "cpu_origin": cpu_origin, "host_start_gib": None if host_start is None else round(host_start, 2),
+               "release_host_peak_gib": round(rel.peak / 2**30, 2), "host_after_release_gib": round(host_after_release, 2),
                "speed_calibration": {"tflops": round(speed.tflops, 1), "link_gbps": round(speed.link_gbps, 1)},
                "forward_s": round(split[0], 4), "backward_s": round(split[1], 4),
                "peak_vram_gib": round(peak, 2), "peak_reserved_gib": round(peak_reserved, 2),
@@ -771,7 +791,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default="ltx-2.0,ltx-2.3")
     ap.add_argument("--runs", default="768x512x121:none,512x512x33:none,768x512x121:24,768x512x121:16",
-                    help="shape:budget[:eager][:nocal][:fp8][:nooff][:offs][:fp8c][:cg|:nocg][:ic|:ic2|:ext] for LTX-2.0 "
+                    help="shape:budget[:eager][:nocal][:fp8][:nooff][:offs][:fp8c][:cg|:nocg][:ic|:ic2|:ext][:host<G>][:b<N>][:cpu] "
+                         "for LTX-2.0 (host<G>: G GiB of host memory for activations; b<N>: N samples a step; cpu: "
+                         "streamed blocks start in host memory as ComfyUI leaves them) "
                          "(ic: IC-LoRA v2v with a full-size reference, ic2: half-size, ext: video extension from 8 "
                          "latent frames; see BENCH_MODES; cg: CUDA-graph replay at any bucket size)")
     ap.add_argument("--runs-22b", default="", help="runs for the 22B variants (same syntax; default: the first of --runs)")
@@ -828,6 +850,8 @@ def parse_runs(spec: str) -> list[dict]:
                      "cudagraphs": True if "cg" in parts[2:] else (False if "nocg" in parts[2:] else None),
                      # :host<G>: G GiB of host memory for activations (default: half of MemAvailable)
                      "host_gib": next((float(o[4:]) for o in parts[2:] if o.startswith("host") and o[4:]), None),
+                     # :cpu: streamed blocks start in host memory, as ComfyUI leaves them
+                     "cpu_origin": "cpu" in parts[2:],
                      # :b<N>: N samples per step (one bucket)
                      "batch": next((int(o[1:]) for o in parts[2:] if o.startswith("b") and o[1:].isdigit()), 1),
                      "mode": run_mode(parts[2:])})

@@ -27,7 +27,8 @@ def test_run_options_parse():
     assert toy["fp8_check"] and toy["toy_only"]
     assert eq["equality"] and eq["shape"] == "512x512x33"
     assert whole["host_gib"] is None and whole["batch"] == 1
-    host, batch = b.parse_runs("768x512x121:24:offs:host32,512x512x33:none:b2:cg")
+    host, batch = b.parse_runs("768x512x121:24:offs:host32:cpu,512x512x33:none:b2:cg")
+    assert host["cpu_origin"] and not batch["cpu_origin"] and not whole["cpu_origin"]
     assert host["host_gib"] == 32.0 and host["offload_streamed"] and host["batch"] == 1
     assert batch["batch"] == 2 and batch["cudagraphs"] is True and batch["host_gib"] is None
 

@@ -450,13 +450,16 @@ def test_release_gives_pinned_host_memory_back(monkeypatch):
     monkeypatch.setattr(torch._C, "_host_emptyCache",
                         lambda: calls.append((pred.streamer, pred.offloader)), raising=False)
     assert pred.streamer is not None and pred.offloader is not None
+    streamer = pred.streamer
     pred.release()
-    assert calls == [(None, None)]  # once, after the streamer and the offloader are gone
+    # once the offloader is gone (its buffers), once per streamed block as the streamer hands
+    # each block back, and once after both are gone
+    assert calls == [(streamer, None)] * 3 + [(None, None)]
     mem.free_pinned_cache()
-    assert len(calls) == 2
+    assert len(calls) == 5
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     mem.free_pinned_cache()  # CUDA never used: nothing to give back, nothing touched
-    assert len(calls) == 2
+    assert len(calls) == 5
     lora.detach()
 
 
@@ -469,7 +472,8 @@ def test_weights_that_live_in_host_memory_come_back_pageable(monkeypatch):
     ref = {k: v.clone() for k, v in root.state_dict().items()}
     monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self, *a, **k: True)
     streamer = BlockStreamer(root.transformer_blocks, [1, 3], "cpu", pin=False)
-    hosts = {h.data_ptr() for i in (1, 3) for _, _, h in streamer.params[i]}
+    held = [h for i in (1, 3) for _, _, h in streamer.params[i]]  # alive: their addresses stay theirs
+    hosts = {h.data_ptr() for h in held}
     streamer.restore()
     for i in (1, 3):
         for p in root.transformer_blocks[i].parameters():
@@ -480,6 +484,38 @@ def test_weights_that_live_in_host_memory_come_back_pageable(monkeypatch):
     ptrs = [h.data_ptr() for _, _, h in plain.params[2]]
     plain.restore()  # not pinned: handed back as it is, no copy
     assert [p.data_ptr() for p in root.transformer_blocks[2].parameters()] == ptrs
+
+
+def test_restore_never_holds_two_copies_of_the_streamed_weights(monkeypatch):
+    """Handing the weights back to a model in host memory copies them out of pinned memory;
+    each block's pinned copies must be gone before the next block is copied (at 24 GB on 19B
+    both copies at once would be ~52 GB of RAM). Every tensor reports pinned here (CPU-only
+    machine), so every weight is copied back."""
+    import weakref
+
+    import trainer_core.ltx2.memory as mem
+
+    c, root = _tree("2.0", layers=4)
+    ref = {k: v.clone() for k, v in root.state_dict().items()}
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self, *a, **k: True)
+    streamer = BlockStreamer(root.transformer_blocks, [0, 1, 3], "cpu", pin=False)
+    hosts = {i: [weakref.ref(h) for _, _, h in streamer.params[i]] for i in (0, 1, 3)}
+    alive_at_copy = []
+    real = mem._pageable
+
+    def pageable(host):
+        mine = next(i for i, refs in hosts.items() if any(r() is host for r in refs))
+        alive_at_copy.append(sorted(i for i, refs in hosts.items() if i != mine and any(r() is not None for r in refs)))
+        return real(host)
+
+    monkeypatch.setattr(mem, "_pageable", pageable)
+    streamer.restore()
+    n = len(streamer.layout)
+    assert len(alive_at_copy) == 3 * n
+    # while block 0 is copied, the others' copies are still needed; once a block is back, its gone
+    assert alive_at_copy[:n] == [[1, 3]] * n and alive_at_copy[n:2 * n] == [[3]] * n and alive_at_copy[2 * n:] == [[]] * n
+    assert all(r() is None for refs in hosts.values() for r in refs)
+    assert all(torch.equal(v, ref[k]) for k, v in root.state_dict().items())
 
 
 def test_plans_under_cuda_malloc_async_tell_the_user_what_the_pool_may_add():

@@ -1031,14 +1031,17 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
     def release() -> None:
         from .memory import free_pinned_cache
 
-        if state["streamer"] is not None:
-            state["streamer"].restore()
-            state["streamer"] = None
-            predict.streamer = None  # type: ignore[attr-defined]
+        # the activation buffers first (their pinned memory back to the system), then the
+        # weights block by block: host memory never holds both the pinned and the pageable copies
         if state["offloader"] is not None:
             state["offloader"].release()
             state["offloader"] = None
             predict.offloader = None  # type: ignore[attr-defined]
+            free_pinned_cache()
+        if state["streamer"] is not None:
+            state["streamer"].restore()
+            state["streamer"] = None
+            predict.streamer = None  # type: ignore[attr-defined]
         state["modes"] = None
         free_pinned_cache()  # what they pinned goes back to the system, not to PyTorch's cache
 
