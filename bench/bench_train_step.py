@@ -117,11 +117,14 @@ def stats(times: list[float]) -> dict:
 def add_ratios(records: list[dict]) -> None:
     """``ratio_to_resident``: each budgeted run of ours against the whole-card run of the same
     model, shape and compute path in the same process (the ratio the issue's targets use)."""
-    base = {(r["model"], r["shape"], r.get("mode", "t2v"), r.get("fp8_compute", False)): r["s_per_step"]
+    def key(r):
+        return r["model"], r["shape"], r.get("mode", "t2v"), r.get("fp8_compute", False), r.get("batch", 1)
+
+    base = {key(r): r["s_per_step"]
             for r in records if r.get("stack") == "ours" and r.get("budget_gib") is None and not r.get("error")}
     for r in records:
         if r.get("stack") == "ours":
-            b = base.get((r["model"], r["shape"], r.get("mode", "t2v"), r.get("fp8_compute", False)))
+            b = base.get(key(r))
             r["ratio_to_resident"] = round(r["s_per_step"] / b, 3) if b and not r.get("error") else None
     official = {(r["model"], r["shape"], r.get("mode", "t2v")): r["s_per_step"] for r in records
                 if r.get("stack") == "official" and not r.get("error")}
