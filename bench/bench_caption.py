@@ -61,8 +61,8 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import importlib.util
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -462,8 +462,6 @@ def mlp_rel_err_vs_saved(model, folder: Path, device: str) -> float:
     loading (and quantizing) did to it."""
     import torch.nn.functional as Fn
 
-    import re
-
     text = parts(model)["text"]
     # the text model's layer 0 MLP (the vision blocks are "blocks.N", the audio layers have no "mlp")
     pat = re.compile(r"^(?:thinker\.)?(?:model\.)?(?:language_model\.)?layers\.0\.mlp\.(gate|up|down)_proj\.weight$")
@@ -607,10 +605,10 @@ def clip_media(i: int, width: int = 768, height: int = 512, seconds: float = 5.0
 
 def bnb_missing() -> str | None:
     """Why bitsandbytes cannot be used here, or None."""
-    if importlib.util.find_spec("bitsandbytes") is None:
-        return "bitsandbytes is not installed here"
     try:
         import bitsandbytes  # noqa: F401
+    except ModuleNotFoundError:
+        return "bitsandbytes is not installed here"
     except Exception as e:
         return f"bitsandbytes does not import here: {type(e).__name__}: {e}"[:300]
     return None

@@ -22,8 +22,8 @@ import json
 import math
 import sys
 import time
-from typing import Optional
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch._dynamo  # noqa: F401  (reset between runs)

@@ -643,14 +643,11 @@ class BlockStreamer:
         for j in list(self.slot_of):
             self._unbind(j)
         for i in list(self.params):
-            items = self.params.pop(i)
             self.q.pop(i, None)
-            for (owner, leaf, host), dev in zip(items, self.origin[i]):
+            for (owner, leaf, host), dev in zip(self.params.pop(i), self.origin[i]):
                 owner._parameters[leaf].data = _pageable(host) if dev.type == "cpu" else host.to(dev)
-            del items, host
+            host = None  # the loop's last reference to this block's pinned copies
             free_pinned_cache()
-        self.params.clear()
-        self.q.clear()
         self.slots.clear()
         self.staging.clear()
         self.holder = [None, None]
