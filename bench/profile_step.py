@@ -37,6 +37,46 @@ def one_step(predict, root, inp, params, opt):
         opt.zero_grad(set_to_none=True)
 
 
+def kernel_kind(name: str, avg_us: float) -> str:
+    """A CUDA kernel's kind by its name: matrix products (large, or small: under 20 µs on
+    average — LoRA's rank-r products and the audio stream's), attention, fused Triton
+    (inductor's elementwise / norm work), copies, other ATen kernels."""
+    n = name.lower()
+    if "memcpy" in n or "memset" in n:
+        return "copy"
+    if any(k in n for k in ("sdpa", "fmha", "flash", "attention", "attn")):
+        return "attention"
+    if any(k in n for k in ("nvjet", "gemm", "cutlass", "xmma", "splitk", "sm90_", "cublas")):
+        return "matmul_large" if avg_us >= 20 else "matmul_small"
+    if n.startswith("triton"):
+        return "triton"
+    return "other"
+
+
+def is_annotation(name: str) -> bool:
+    """A profiler range shown on the GPU timeline (the optimizer's step, a compiled region),
+    which spans kernels counted on their own."""
+    return "#" in name or name.startswith(("Torch-Compiled Region", "CompiledFunction", "autograd::"))
+
+
+def kernel_categories(ka) -> dict:
+    """GPU time of the profiled step by kernel kind: {kind: {"ms", "n", "top": [(name, ms, n)]}}."""
+    out: dict = {}
+    for e in ka:
+        if e.device_type != torch.autograd.DeviceType.CUDA or not e.self_device_time_total or is_annotation(e.key):
+            continue
+        us = e.self_device_time_total
+        kind = kernel_kind(e.key, us / max(e.count, 1))
+        c = out.setdefault(kind, {"ms": 0.0, "n": 0, "top": []})
+        c["ms"] += us / 1000
+        c["n"] += e.count
+        c["top"].append((e.key[:90], round(us / 1000, 2), e.count))
+    for c in out.values():
+        c["ms"] = round(c["ms"], 2)
+        c["top"] = sorted(c["top"], key=lambda t: -t[1])[:6]
+    return out
+
+
 def timed(fn, n=4, warmup=2):
     ts = timed_steps(fn, n, warmup)
     return sorted(ts)[len(ts) // 2]
@@ -47,7 +87,8 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--variant", default="ltx-2.0")
     ap.add_argument("--shapes", default="768x512x121,512x512x33")
-    ap.add_argument("--variants", default="eager_ckpt,eager_nockpt,eager_ckpt_nolora,compiled_ckpt")
+    ap.add_argument("--variants", default="eager_ckpt,eager_nockpt,eager_ckpt_nolora,compiled_ckpt",
+                    help="eager|compiled|cg (compiled + CUDA graphs) _ckpt|_nockpt [_nolora] [_fp8] [_amb<NN>]")
     ap.add_argument("--out", default="/tmp/prof")
     ap.add_argument("--profile", default="eager_ckpt")
     ap.add_argument("--no-trace", action="store_true", help="skip the Chrome trace (large at full size)")
@@ -82,15 +123,17 @@ def main() -> int:
             fcfg.activation_memory_budget = 1.0
             if "_amb" in var:
                 fcfg.activation_memory_budget = int(var.split("_amb")[1][:2]) / 100
-            comp = var.startswith("compiled")
-            if "cudagraph" in var:
-                comp = {"mode": "reduce-overhead"}
+            parts = var.split("_")
+            comp = var.startswith("compiled") or parts[0] == "cg"
+            # cg_*: compiled blocks replayed as CUDA graphs, as make_predict does for small buckets
+            cg = parts[0] == "cg"
             from trainer_core.ltx2.fp8 import disable_fp8_compute, enable_fp8_compute
 
             disable_fp8_compute(root)
             if "fp8" in var:  # fp8 compute of the frozen block linears
                 enable_fp8_compute(root)
-            pred = make_predict(checkpointing=("nockpt" not in var and "keep" not in var), compile_blocks=comp)
+            pred = make_predict(checkpointing=("nockpt" not in var and "keep" not in var), compile_blocks=comp,
+                                cudagraphs=cg if comp else None)
             if not use_lora:
                 root.patchify_proj.weight.requires_grad_(False)
                 inp.video.tokens.requires_grad_(True)  # something must need a gradient
@@ -110,18 +153,22 @@ def main() -> int:
             if var in profiled:
                 from torch.profiler import ProfilerActivity, profile
 
+                torch.cuda.synchronize()
                 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                    one_step(pred, root, inp, params, opt)
+                    t1 = time.perf_counter()
+                    one_step(pred, root, inp, params if use_lora else [], opt)
                     torch.cuda.synchronize()
+                    rec["profiled_wall_ms"] = round((time.perf_counter() - t1) * 1e3, 1)
                 ka = prof.key_averages()
                 txt = ka.table(sort_by="cuda_time_total", row_limit=45)
                 txt += "\n\n" + ka.table(sort_by="self_cpu_time_total", row_limit=30)
                 (out / f"profile_{shape}_{var}.txt").write_text(txt)
                 if not a.no_trace:
                     prof.export_chrome_trace(str(out / f"trace_{shape}_{var}.json"))
-                gpu_us = sum(e.self_device_time_total for e in ka)
-                rec["gpu_busy_ms"] = round(gpu_us / 1000, 1)
-                rec["n_kernels"] = sum(e.count for e in ka if e.device_type == torch.autograd.DeviceType.CUDA)
+                rec["kernels"] = kernel_categories(ka)
+                # the GPU's busy time: its kernels and copies, each counted once (they run on one stream)
+                rec["gpu_busy_ms"] = round(sum(c["ms"] for c in rec["kernels"].values()), 1)
+                rec["n_kernels"] = sum(c["n"] for c in rec["kernels"].values())
             print(json.dumps(rec), flush=True)
             results.append(rec)
     (out / "profile.json").write_text(json.dumps(results, indent=1))

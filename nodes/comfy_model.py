@@ -33,7 +33,7 @@ def model_variant(model) -> dict:
             if isinstance(getattr(model, "cached_patcher_init", None), tuple) else ""}
 
 
-def prepare_training_model(model, cfg, cache_dir=None) -> tuple:
+def prepare_training_model(model, cfg, cache_dir=None, batch_size: int = 1) -> tuple:
     """Load ``model`` for training. Returns (root, predict, device, base, release, patcher) —
     ``patcher`` is the loaded ModelPatcher (samples taken during training use it).
 
@@ -79,7 +79,7 @@ def prepare_training_model(model, cfg, cache_dir=None) -> tuple:
                 budget = max(1.0, mm.get_free_memory(device) / GIB - 1.0)
             from ..trainer_core.ltx2.memory import calibrate_speed
 
-            plan = plan_for_training(root, cache_dir, cfg, budget, compiled=compiled,
+            plan = plan_for_training(root, cache_dir, cfg, budget, compiled=compiled, batch_size=batch_size,
                                      speed=calibrate_speed(device) if device.type == "cuda" else None)
             if device.type == "cuda":
                 from ..trainer_core.ltx2.memory import allocator_note

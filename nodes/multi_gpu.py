@@ -56,8 +56,10 @@ def parse_devices(text: str) -> Optional[tuple[str, list[str]]]:
 
 
 def train_on_devices(devices: tuple[str, list[str]], checkpoint: str, cfg, cache_dir: str, run_dir: Path,
-                     lora_path: Path, resume: str, callbacks, base: dict, should_stop=None, on_stopping=None):
-    """Run the training as torchrun workers and return a RunOutcome like run_training's.
+                     lora_path: Path, resume: str, callbacks, base: dict, should_stop=None, on_stopping=None,
+                     batch_per_device: int = 1):
+    """Run the training as torchrun workers and return a RunOutcome like run_training's; each
+    step's global batch is ``batch_per_device`` clips for each worker.
     Raises TrainingStopped (reason "cancelled" when ``should_stop`` asked) as run_training does."""
     from ..trainer_core.engine import TrainingStopped, TrainResult
     from ..trainer_core.run import RunOutcome, settings_document, write_yaml
@@ -72,7 +74,8 @@ def train_on_devices(devices: tuple[str, list[str]], checkpoint: str, cfg, cache
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = run_dir / "settings.yaml"
-    write_yaml(settings, settings_document(cfg, cache_dir, base, str(lora_path), str(run_dir), batch_size=n))
+    write_yaml(settings, settings_document(cfg, cache_dir, base, str(lora_path), str(run_dir),
+                                                  batch_size=n * int(batch_per_device)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
            "-m", "trainer_core.cli", "train", str(settings), "--checkpoint", str(checkpoint),
            "--device", "cpu" if kind == "cpu" else "cuda", "--dtype", "fp32" if cfg.mixed_precision == "fp32" else "bf16",

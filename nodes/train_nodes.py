@@ -40,6 +40,7 @@ def recipe_fields() -> dict:
 
 
 NO_INIT_LORA = "none"
+MAX_BATCH = 16
 
 
 def _lora_options():
@@ -74,6 +75,7 @@ OPTION_FIELDS = {
     "caption_dropout": ("caption_dropout", 0.05),
     "init_lora": (None, NO_INIT_LORA),
     "devices": (None, "this GPU"),      # read by the Train node, not a TrainConfig field
+    "batch_size": (None, 1),            # read by the Train node: clips per GPU per step
     "conditions": ("conditions", ""),
     "extension_frames": ("extension_frames", 0),
     "audio_reference_positions": ("audio_reference_positions", "official"),
@@ -275,6 +277,9 @@ class TrainLoRA(io.ComfyNode):
         lora_name = check_name(lora_name, "lora_name")
         options = dict(options or {})
         devices = options.pop("devices", None) or "this GPU"
+        batch = int(options.pop("batch_size", None) or 1)
+        if not 1 <= batch <= MAX_BATCH:
+            raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}, not {batch}")
         multi = parse_devices(devices)  # None: in this process, on ComfyUI's GPU
         init_lora = options.get("init_lora") or NO_INIT_LORA
         init_path = ""
@@ -314,7 +319,8 @@ class TrainLoRA(io.ComfyNode):
         callbacks = en.Callbacks(on_step=on_step, should_stop=mm.processing_interrupted, on_event=on_event,
                                  is_interrupt=_is_comfy_interrupt)
         if multi is None:
-            root, predict, device, base, release, patcher = prepare_training_model(model, cfg, cache_dir=cache_dir)
+            root, predict, device, base, release, patcher = prepare_training_model(model, cfg, cache_dir=cache_dir,
+                                                                                   batch_size=batch)
         else:  # the workers load their own copies: ComfyUI's GPU is freed for the run
             if spec is not None:
                 raise ValueError(f"validation samples need devices = this GPU (bypass the Validation node to "
@@ -336,11 +342,11 @@ class TrainLoRA(io.ComfyNode):
                 try:
                     if multi is None:
                         outcome = run_training(root, predict, cache_dir, cfg, run_dir, lora_path, device=device,
-                                               callbacks=callbacks, resume=resume, base=base)
+                                               callbacks=callbacks, resume=resume, base=base, batch_size=batch)
                     else:
                         outcome = train_on_devices(multi, base.get("checkpoint", ""), cfg, cache_dir, run_dir,
                                                    lora_path, resume, callbacks, base,
-                                                   should_stop=mm.processing_interrupted)
+                                                   should_stop=mm.processing_interrupted, batch_per_device=batch)
                 except en.TrainingStopped as e:
                     send_text(str(e), node_id)
                     if e.reason == "cancelled":
@@ -557,11 +563,16 @@ class TrainingOptions(io.ComfyNode):
                                        "to sample the LoRA with that node."),
                 io.String.Input("devices", default="this GPU",
                                 tooltip="Where to train: this GPU (the one ComfyUI uses), all GPUs, or GPU "
-                                        "numbers such as 0,1. With several GPUs each one trains on its own clip "
-                                        "at the same time, so every step learns from one clip per GPU (2 GPUs: "
-                                        "twice the clips per step). ComfyUI's GPU is freed while they train. "
+                                        "numbers such as 0,1. With several GPUs each one trains on its own clips "
+                                        "at the same time, so every step learns from batch_size clips per GPU (2 "
+                                        "GPUs: twice the clips per step). ComfyUI's GPU is freed while they train. "
                                         "cpu:2 trains on 2 CPU processes (for tests). Needs the model from Load "
                                         "Checkpoint."),
+                io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, optional=True,  # older prompts lack it
+                             tooltip="Clips of one bucket trained together in each step, per GPU. Small buckets "
+                                     "train faster per clip in a batch (H200, 19B, 512×512×33: 0.24 s per clip "
+                                     "alone, 0.18 s in batches of 4); a step then learns from that many clips. "
+                                     "The memory plan makes room for the whole batch of the largest bucket."),
             ],
             outputs=[TrainOptionsT.Output(display_name="options", tooltip="To the Train node's options input.")],
         )

@@ -21,7 +21,7 @@ import gc
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
@@ -434,8 +434,57 @@ def build_step_inputs(items: list[LatentItem], mode, cfg: TrainConfig, gen: torc
     for it in items:
         drop = cfg.caption_dropout > 0 and torch.rand((), generator=gen, device=gen.device).item() < cfg.caption_dropout
         texts.append(empty_text if (drop and empty_text is not None) else it.text)
-    text = {k: torch.stack([t[k] for t in texts]).to(device) for k in texts[0]}
-    return StepInputs(wrap(mi.video), wrap(mi.audio), text, items[0].fps, mode, mi)
+    return StepInputs(wrap(mi.video), wrap(mi.audio), stack_texts(texts, device), items[0].fps, mode, mi)
+
+
+TEXT_LENGTHS = "context_lengths"
+
+
+def stack_texts(texts: list[dict], device=None) -> dict:
+    """One batch's text conditioning from per-sample ones (``{"context": [L, D], ...}``).
+    Captions of different lengths (and the empty caption of caption dropout) are padded with
+    zeros to the longest, and ``text["context_lengths"]`` [B] (int64) says how many tokens of
+    each sample are real: the forward prepares each sample's text on its own tokens only
+    (LTX-2's connectors fill everything after them with their learnable registers), so a
+    batch gives what each sample gives alone. Equal lengths: a plain stack, no lengths."""
+    if not texts:
+        return {}
+    ctx = [t.get("context") for t in texts]
+    lengths = None
+    if all(torch.is_tensor(c) and c.ndim == 2 for c in ctx) and len({c.shape[0] for c in ctx}) > 1:
+        lengths = [c.shape[0] for c in ctx]
+    out = {}
+    for k in texts[0]:
+        vals = [t[k] for t in texts]
+        if k == "context" and lengths is not None:
+            top = max(lengths)
+            vals = [torch.nn.functional.pad(v, (0, 0, 0, top - v.shape[0])) for v in vals]
+        out[k] = torch.stack(vals)
+        if device is not None:
+            out[k] = out[k].to(device)
+    if lengths is not None:
+        out[TEXT_LENGTHS] = torch.tensor(lengths, dtype=torch.int64, device=device)
+    return out
+
+
+def pad_batch_texts(parts: list) -> list:
+    """Per-sample StepInputs whose text contexts will be joined into one batch: each part's
+    ``text`` brought to the batch's longest context, with ``context_lengths`` (see
+    :func:`stack_texts`), so :func:`~trainer_core.distributed.concat_samples` can join them."""
+    ctxs = [p.text.get("context") for p in parts]
+    if len(parts) < 2 or not all(torch.is_tensor(c) and c.ndim == 3 for c in ctxs):
+        return parts
+    if len({c.shape[1] for c in ctxs}) == 1 and not any(TEXT_LENGTHS in p.text for p in parts):
+        return parts
+    top = max(c.shape[1] for c in ctxs)
+    out = []
+    for p, c in zip(parts, ctxs):
+        lens = p.text.get(TEXT_LENGTHS)
+        if lens is None:
+            lens = torch.full((c.shape[0],), c.shape[1], dtype=torch.int64, device=c.device)
+        text = dict(p.text, context=torch.nn.functional.pad(c, (0, 0, 0, top - c.shape[1])), **{TEXT_LENGTHS: lens})
+        out.append(replace(p, text=text))
+    return out
 
 
 def step_losses(inputs: StepInputs, v_pred, a_pred) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -1009,9 +1058,10 @@ class Trainer:
 
         empty = self.data.empty_text()
         config = self.model_config()
-        return concat_samples([build_step_inputs([it], self.mode, self.cfg, sample_generator(self.cfg.seed, step, micro, j),
-                                                 empty, self.device, dtype, config=config)
-                               for it, j in zip(items, positions)])
+        return concat_samples(pad_batch_texts(
+            [build_step_inputs([it], self.mode, self.cfg, sample_generator(self.cfg.seed, step, micro, j),
+                               empty, self.device, dtype, config=config)
+             for it, j in zip(items, positions)]))
 
     def train(self, resume_from: Optional[str | Path | LoadedCheckpoint] = None) -> TrainResult:
         from .distributed import RankFailure, dropout_seed, exact_reduce, flat_grads, set_grads

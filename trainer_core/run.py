@@ -155,9 +155,8 @@ def plan_for_training(root: torch.nn.Module, cache_dir: str, cfg: TrainConfig, b
     ``speed`` (:func:`~trainer_core.ltx2.memory.calibrate_speed`), the plan also carries its
     predicted step time (shown by its summary)."""
     from .cache import LatentCache
-    from .lora import resolve_targets
-    from .ltx2.memory import host_available_bytes, module_bytes, plan_memory
     from .engine import training_mode
+    from .lora import resolve_targets
 
     mode = training_mode(cfg)
     ref_v = mode.needs("video", "reference")
@@ -165,7 +164,7 @@ def plan_for_training(root: torch.nn.Module, cache_dir: str, cfg: TrainConfig, b
     samples = LatentCache(cache_dir).manifest.samples
     if not samples:
         raise ValueError(f"the latent cache at {cache_dir} has no samples; run Encode Latents first")
-    worst = (0, 0)
+    worst, worst_bucket = (0, 0), ""
     for s in samples:
         v, a = bucket_tokens(s["bucket"], float(s.get("fps") or 24.0))
         v = v if mode.needs_video else 0
@@ -173,22 +172,42 @@ def plan_for_training(root: torch.nn.Module, cache_dir: str, cfg: TrainConfig, b
         sc = max(1, int(s.get("reference_scale") or 1))
         v += v // (sc * sc) if ref_v else 0  # IC-LoRA: the reference tokens ride along
         a += a if ref_a else 0
-        worst = max(worst, (v, a), key=sum)
+        if v + a > sum(worst):
+            worst, worst_bucket = (v, a), s["bucket"]
     spec = cfg.lora_spec()
     mods = dict(root.named_modules())
     names = resolve_targets(root, spec.preset, spec.patterns)
     n_lora = sum(cfg.rank * (mods[n].in_features + mods[n].out_features) for n in names)
-    per_param = 4 + 4 + (2 if cfg.optimizer == "adamw8bit" else 8)
+    plan = plan_for_tokens(root, worst[0] * batch_size, worst[1] * batch_size, budget_gib, lora_params=n_lora,
+                           optimizer=cfg.optimizer, compiled=compiled,
+                           transfer=getattr(cfg, "stream_transfer", "bf16") or "bf16",
+                           offload=bool(getattr(cfg, "offload_activations", True)),
+                           offload_streamed=bool(getattr(cfg, "offload_streamed_activations", False)), speed=speed)
+    if batch_size > 1:
+        plan.notes.append(f"planned for batches of {batch_size} clips of the largest bucket ({worst_bucket})")
+    return plan
+
+
+def plan_for_tokens(root: torch.nn.Module, video_tokens: int, audio_tokens: int, budget_gib: Optional[float], *,
+                    lora_params: int, optimizer: str = "adamw", compiled: bool = False, transfer: str = "bf16",
+                    offload: bool = True, offload_streamed: bool = False, host_budget_bytes: Optional[int] = None,
+                    speed=None):
+    """The memory plan of one step of ``video_tokens`` + ``audio_tokens`` (a whole batch) on
+    ``root`` within ``budget_gib``: the accounting the Train node and the benchmarks share.
+    The LoRA's ``lora_params`` count fp32 weights + grads and two moments (fp32 for AdamW,
+    8-bit for AdamW 8-bit); host memory for activations: half of what the system reports
+    available unless ``host_budget_bytes`` says; with a ``speed`` the plan carries its
+    predicted step time."""
+    from .ltx2.memory import host_available_bytes, module_bytes, plan_memory, predict_step_s
+
+    per_param = 4 + 4 + (2 if optimizer == "adamw8bit" else 8)
     blocks = root.transformer_blocks
     other = module_bytes(root) - sum(module_bytes(b) for b in blocks)
-    plan = plan_memory(blocks, other, worst[0] * batch_size, worst[1] * batch_size, budget_gib=budget_gib,
-                       trainable_bytes=n_lora * per_param, compiled=compiled,
-                       allow_keep=True, transfer=getattr(cfg, "stream_transfer", "bf16") or "bf16",
-                       offload=bool(getattr(cfg, "offload_activations", True)),
-                       offload_streamed=bool(getattr(cfg, "offload_streamed_activations", False)),
-                       host_budget_bytes=host_available_bytes() // 2, speed=speed)
+    plan = plan_memory(blocks, other, video_tokens, audio_tokens, budget_gib=budget_gib,
+                       trainable_bytes=lora_params * per_param, compiled=compiled, allow_keep=True,
+                       transfer=transfer, offload=offload, offload_streamed=offload_streamed,
+                       host_budget_bytes=host_available_bytes() // 2 if host_budget_bytes is None else host_budget_bytes,
+                       speed=speed)
     if speed is not None:
-        from .ltx2.memory import predict_step_s
-
-        predict_step_s(plan, blocks, worst[0] * batch_size, worst[1] * batch_size, speed)
+        predict_step_s(plan, blocks, video_tokens, audio_tokens, speed)
     return plan

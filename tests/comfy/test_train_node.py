@@ -227,6 +227,29 @@ def test_vram_budget_streams_and_gives_the_same_lora(comfy, tiny_model, tmp_path
     _assert_weights_back(root, before)
 
 
+def test_batch_size_trains_batches_of_one_bucket_and_plans_for_them(comfy, tiny_model, tmp_path):
+    """Training Options' batch_size: the run trains batches of that many clips (captions of
+    different lengths among them: caption dropout), the memory plan is made for the batch and
+    says so, settings.yaml records it for a headless resume, and the LoRA differs from a
+    batch-1 run's (each step learns from two clips)."""
+    from trainer_core.run import read_settings
+
+    variant, model = tiny_model
+    cache = _cache(tmp_path / "cache", variant, n=3)
+    tag = variant.replace(".", "")
+    b2 = _train(comfy, model, cache, f"b2{tag}", steps=4, checkpoint_every=0, batch_size=2, caption_dropout=0.5)
+    b1 = _train(comfy, model, cache, f"b1{tag}", steps=4, checkpoint_every=0, caption_dropout=0.5)
+    assert len(b2.result[2]) == 4
+    text = b2.ui["text"][0]
+    assert "planned for batches of 2 clips of the largest bucket (64x64x9)" in text, text
+    assert "batches of" not in b1.ui["text"][0]
+    run = Path(comfy.folder_paths.get_output_directory()) / "ltx2_lora_runs" / f"b2{tag}"
+    assert read_settings(run / "settings.yaml").get("batch_size") == 2
+    sd2, _ = load_lora(comfy.folder_paths.get_full_path("loras", b2.result[1]))
+    sd1, _ = load_lora(comfy.folder_paths.get_full_path("loras", b1.result[1]))
+    assert any(not torch.equal(sd2[k], sd1[k]) for k in sd1)
+
+
 def test_validation_samples_at_their_steps_and_leave_the_lora_unchanged(comfy, tiny_model, tmp_path):
     """validation_every=4 over 8 steps: step_000004_0.mp4 and step_000008_0.mp4 (PyAV reads
     them back with sound), a comparison sheet with one row per validation step, and the very

@@ -79,9 +79,11 @@ def test_mode_inputs_have_the_modes_sequence(mode, ref, cond, audio):
             plain = video_positions((16, 1, 2), c, FPS, "cpu")
             assert torch.equal(pos[:, 1:], plain[:, 1:] * 2) and torch.equal(pos[:, 0], plain[:, 0])
     # the memory plan counts the reference tokens
+    from trainer_core.ltx2.memory import plan_memory
+
     root = build_tree(c, init="meta")
-    plan = bts.plan_memory(root.transformer_blocks, 0, *bts.seq_tokens(inp), budget_gib=None)
-    plan0 = bts.plan_memory(root.transformer_blocks, 0, N, 126 if audio else 0, budget_gib=None)
+    plan = plan_memory(root.transformer_blocks, 0, *bts.seq_tokens(inp), budget_gib=None)
+    plan0 = plan_memory(root.transformer_blocks, 0, N, 126 if audio else 0, budget_gib=None)
     assert (plan.expected_peak_gib > plan0.expected_peak_gib) is bool(ref)
     from trainer_core.ltx2.memory import StepSpeed, predict_step_s
 

@@ -43,3 +43,56 @@ def test_gc_summary_splits_collections_by_place_and_generation():
 def test_model_names():
     b = _bench()
     assert [b.model_name(v) for v in ("ltx-2.0", "ltx-2.3", "ltx-2.5")] == ["ltx-2.0-19b", "ltx-2.3-22b", "ltx-2.5-22b"]
+
+
+def test_vram_peak_counts_cuda_graph_pools():
+    """A graphed run's timed steps allocate nothing (the pools were taken at capture): its
+    peak is the reserved one; other runs keep the allocated peak."""
+    b = _bench()
+    assert b.vram_peak(39.69, 109.28, True) == (109.28, "reserved (CUDA-graph pools)")
+    assert b.vram_peak(46.78, 48.54, False) == (46.78, "allocated")
+
+
+def test_profile_kernel_kinds():
+    sys.path.insert(0, str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location("profile_step", REPO / "bench" / "profile_step.py")
+    p = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(p)
+    k = p.kernel_kind
+    assert k("nvjet_sm90_tst_320x128_64x3_1x2_h_bz_coopB_NNT", 45.7) == "matmul_large"
+    assert k("nvjet_sm90_tst_64x16_64x16_4x1_v_bz_NNT", 4.4) == "matmul_small"
+    assert k("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16", 125.0) == "attention"
+    assert k("triton_poi_fused_gelu_gelu_backward_view_4", 47.0) == "triton"
+    assert k("Memcpy DtoD (Device -> Device)", 2.0) == "copy"
+    assert k("void at::native::vectorized_elementwise_kernel<4>", 3.0) == "other"
+    assert p.is_annotation("Optimizer.step#AdamW.step") and p.is_annotation("Torch-Compiled Region: 0/1")
+    assert not p.is_annotation("nvjet_sm90_tst_64x16_64x16_4x1_v_bz_NNT")
+
+
+def test_bench_plans_as_the_train_node_plans(tmp_path):
+    """The bench's plan and the Train node's (trainer_core.run.plan_for_training) come from
+    one accounting: the same model, bucket, LoRA and budget give the same plan, at batch 1
+    and at batch 2."""
+    import torch
+
+    from trainer_core import engine as en
+    from trainer_core.lora import LoRASet
+    from trainer_core.ltx2 import LTX2Config, build_tree
+    from trainer_core.run import plan_for_training
+    from trainer_core.tiny_checkpoint import make_tiny_cache, text_context_width, tiny_config
+
+    b = _bench()
+    cfg = tiny_config("ltx-2.0")
+    root = build_tree(LTX2Config.from_metadata({"config": cfg}), seed=0)
+    cache = make_tiny_cache(tmp_path / "cache", "ltx-2.0", n=2)
+    tc = en.TrainConfig(rank=4, alpha=4.0)
+    lora = LoRASet.for_model(root, tc.lora_spec())
+    gen = torch.Generator().manual_seed(0)
+    for batch in (1, 2):
+        inp = b.step_inputs(text_context_width(cfg, processed=False), 64, 64, 9, 24.0, "cpu", gen, batch=batch)
+        for budget in (0.0005, 1.0):
+            node = plan_for_training(root, str(cache), tc, budget, batch_size=batch)
+            mine = b.make_plan(root, inp, budget, False, lora)
+            assert (mine.modes, mine.streamed) == (node.modes, node.streamed), (batch, budget)
+            assert mine.expected_peak_gib == node.expected_peak_gib
+    assert node.expected_peak_gib > plan_for_training(root, str(cache), tc, 1.0).expected_peak_gib

@@ -211,6 +211,41 @@ def test_tree_sum_order_is_fixed():
     assert not torch.equal(D.tree_sum(xs[:4]), ((xs[0] + xs[1]) + xs[2]) + xs[3])
 
 
+def test_batch_with_captions_of_different_lengths_equals_its_samples_one_by_one(tmp_path):
+    """The tiny LTX-2 model on the tiny cache at batch 2 with caption dropout: the empty
+    caption (3 tokens) shares batches with 7-token captions. One batched forward per step
+    gives the LoRA that running each sample on its own gives (the exact reduction), within
+    float tolerance — the padded captions change nothing."""
+    from trainer_core.cache import CachedLatents
+    from trainer_core.ltx2 import load_tree_from_checkpoint, make_predict
+    from trainer_core.tiny_checkpoint import make_tiny_cache, make_tiny_checkpoint
+
+    ck = make_tiny_checkpoint(tmp_path / "tiny.safetensors", variant="ltx-2.0", seed=2)
+    cache = make_tiny_cache(tmp_path / "cache", "ltx-2.0", n=4, seed=3)
+    c = en.TrainConfig(steps=4, rank=2, mixed_precision="fp32", checkpoint_every=0, learning_rate=1e-3,
+                       caption_dropout=0.5, sigma_sampler="uniform", seed=5)
+    padded = []
+
+    def run(name, exact):
+        predict = make_predict(checkpointing=False)
+
+        def watch(root, inputs):
+            padded.append(en.TEXT_LENGTHS in inputs.text)
+            return predict(root, inputs)
+
+        root = load_tree_from_checkpoint(ck, dtype=torch.float32)
+        tr = en.Trainer(root, watch, CachedLatents(cache), c, tmp_path / name, batch_size=2, dist=D.Dist(exact=exact))
+        return lora_tensors(tr.train())
+
+    batched = run("batched", False)
+    assert any(padded), "no batch mixed a dropped caption with a kept one: the check ran nothing"
+    padded.clear()
+    alone = run("alone", True)
+    assert not any(padded)
+    for k, v in alone.items():
+        torch.testing.assert_close(batched[k], v, rtol=1e-4, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------- the CLI under torchrun
 
 def _cli_setup(tmp_path, name, steps=3):
@@ -253,16 +288,16 @@ def test_torchrun_cli_two_processes_same_lora_as_one(tmp_path, capsys, strategy)
     from trainer_core import cli
 
     ckpt, y2 = _cli_setup(tmp_path, "two")
-    # sequence parallel has the all-reduce only; a global batch of 1 (the tiny cache's empty
-    # caption is shorter than its captions, so caption dropout cannot batch two of them)
-    reduce, batch = ("sum", ["--batch-size", "1"]) if "sp" in strategy else ("exact", [])
+    # sequence parallel has the all-reduce only; both processes run the whole batch of 2, whose
+    # captions may differ in length (the tiny cache's empty caption is shorter than its captions)
+    reduce, batch = ("sum", []) if "sp" in strategy else ("exact", [])
     p = torchrun(["train", str(y2), "--checkpoint", str(ckpt), "--device", "cpu", "--dtype", "fp32",
                   "--reduce", reduce, "--log-every", "1", "--strategy", strategy, *batch])
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert p.stdout.count("step 3/3") == 1, p.stdout  # rank 0 only
     assert "FSDP2" in p.stdout and ("sequence parallel" in p.stdout) == ("sp" in strategy)
     res = json.loads(p.stdout.strip().splitlines()[-1])
-    assert res["processes"] == 2 and res["batch_size"] == (1 if batch else 2) and res["steps"] == 3
+    assert res["processes"] == 2 and res["batch_size"] == 2 and res["steps"] == 3
     _, y1 = _cli_setup(tmp_path, "one")
     assert cli.main(["train", str(y1), "--checkpoint", str(ckpt), "--device", "cpu", "--dtype", "fp32",
                      "--reduce", reduce, *batch]) == 0

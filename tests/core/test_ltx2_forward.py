@@ -283,6 +283,54 @@ def test_per_sample_semantics():
             assert _rel(vi, v[sl]) < 1e-5 and _rel(ai, a[sl]) < 1e-5
 
 
+@pytest.mark.parametrize("variant", ["2.0", "2.3", "2.5"])
+def test_batch_of_captions_of_different_lengths_equals_samples_alone(variant):
+    """Captions of 7, 3 and 5 tokens in one batch (stack_texts pads them and records their
+    lengths): each sample's prediction equals its prediction alone — the connectors fill each
+    caption's own tail with their registers. Zero padding without the lengths gives other
+    predictions (the check can fail)."""
+    from trainer_core.engine import TEXT_LENGTHS, stack_texts
+
+    c = tiny_config(variant)
+    root = build_tree(c, seed=5)
+    lens = [7, 3, 5]
+    inp = step_inputs(c, "text_to_audio_video", B=3, L=7, seed=6)
+    g = torch.Generator().manual_seed(7)
+    ctxs = [torch.randn(n, context_width(c), generator=g) for n in lens]
+    text = stack_texts([{"context": t} for t in ctxs])
+    assert text["context"].shape[:2] == (3, 7) and text[TEXT_LENGTHS].tolist() == lens
+    predict = make_predict(checkpointing=False)
+    with torch.no_grad():
+        v, a = predict(root, StepInputs(inp.video, inp.audio, text, inp.fps, inp.mode))
+        vz, az = predict(root, StepInputs(inp.video, inp.audio, {"context": text["context"]}, inp.fps, inp.mode))
+        for i, t in enumerate(ctxs):
+            sl = slice(i, i + 1)
+            one = StepInputs(ModalityInput(inp.video.tokens[sl], inp.video.sigma[sl], inp.video.noised, inp.video.grid),
+                             ModalityInput(inp.audio.tokens[sl], inp.audio.sigma[sl], inp.audio.noised, inp.audio.grid),
+                             {"context": t[None]}, inp.fps, inp.mode)
+            vi, ai = predict(root, one)
+            assert _rel(vi, v[sl]) < 1e-5 and _rel(ai, a[sl]) < 1e-5
+            if lens[i] < 7:
+                assert _rel(vi, vz[sl]) > 1e-3
+    # equal lengths: a plain stack, nothing added
+    assert TEXT_LENGTHS not in stack_texts([{"context": ctxs[0]}, {"context": ctxs[0] * 2}])
+
+
+def test_batch_of_prepared_text_of_different_lengths_is_refused():
+    """Text whose prepared length differs per sample (captions over the connectors' 1024
+    tokens) cannot share a batch: a clear error, not a wrong forward."""
+    from trainer_core.engine import stack_texts
+    from trainer_core.ltx2.forward import CONNECTOR_MIN_TOKENS
+
+    c = tiny_config("2.0")
+    root = build_tree(c, seed=5)
+    inp = step_inputs(c, "video_only", B=2, seed=6)
+    text = stack_texts([{"context": torch.randn(CONNECTOR_MIN_TOKENS + 130, context_width(c))},
+                        {"context": torch.randn(4, context_width(c))}])
+    with pytest.raises(ValueError, match="cannot share a batch"), torch.no_grad():
+        make_predict(checkpointing=False)(root, StepInputs(inp.video, None, text, inp.fps, inp.mode))
+
+
 def test_config_parsing():
     c = tiny_config("2.3")
     assert c.variant == "2.3" and c.apply_gated_attention and c.cross_attention_adaln

@@ -135,7 +135,7 @@ def set_train_inputs(prompt: dict, **values) -> dict:
     option_names = {"optimizer", "scheduler", "warmup_steps", "grad_accum", "max_grad_norm", "checkpoint_every",
                     "keep_checkpoints", "precision", "gradient_checkpointing", "vram_budget_gb", "stream_weights_as",
                     "alpha_ratio", "dropout", "targets", "target_patterns", "audio_weight", "first_frame_prob",
-                    "caption_dropout", "init_lora"}
+                    "caption_dropout", "init_lora", "batch_size"}
     for k, v in values.items():
         if k.startswith("validation_"):
             assert val is not None, f"the prompt has no LTX-2 Validation node for {k}"

@@ -421,11 +421,31 @@ def _per_sample_mod(mod: nn.Module, t: torch.Tensor, dtype, params: int) -> Mod:
 # ============================================================================ text
 
 def prepare_text(root: nn.Module, c: LTX2Config, context: torch.Tensor, dtype: torch.dtype,
-                 unprocessed: bool = True, connectors_grad: Optional[bool] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 unprocessed: bool = True, connectors_grad: Optional[bool] = None,
+                 lengths: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The text encoder's cached output [B, L, D] -> (video context, audio context) as the
     blocks' text cross-attention sees them (ComfyUI's ``preprocess_text_embeds`` followed by
     the model's context preparation). The connectors are frozen: they run under no_grad
-    unless a forward hook (a LoRA) sits on one of their modules."""
+    unless a forward hook (a LoRA) sits on one of their modules.
+
+    ``lengths`` [B]: the real tokens of each sample of a batch padded to its longest caption
+    (:func:`trainer_core.engine.stack_texts`). Each sample is then prepared on its own tokens
+    — the connectors put their learnable registers after them, to the same length for every
+    caption of up to 1024 tokens — so the batch gets exactly what each sample gets alone."""
+    if lengths is not None:
+        lens = [int(v) for v in lengths.reshape(-1).tolist()]
+        if len(lens) != context.shape[0]:
+            raise ValueError(f"{len(lens)} text lengths for a batch of {context.shape[0]}")
+        if any(n != context.shape[1] for n in lens):
+            parts = [prepare_text(root, c, context[i:i + 1, :n], dtype, unprocessed, connectors_grad)
+                     for i, n in enumerate(lens)]
+            if len({p[0].shape[1] for p in parts}) > 1:
+                raise ValueError(
+                    f"captions of {', '.join(map(str, lens))} tokens cannot share a batch: their prepared text "
+                    f"has different lengths ({', '.join(str(p[0].shape[1]) for p in parts)} tokens; captions "
+                    f"over {CONNECTOR_MIN_TOKENS} tokens, or text cached after the connectors). Shorten those "
+                    "captions or train with batch size 1")
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     context = context.to(dtype)
     if connectors_grad is None:
         connectors_grad = _has_hooks(root.video_embeddings_connector) or _has_hooks(root.audio_embeddings_connector)
@@ -645,14 +665,16 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
                text: Optional[tuple] = None, block_fn: Optional[Callable] = None,
                modes: Optional[Sequence[str]] = None, streamer: Any = None, offloader: Any = None,
                video_reference: Optional[tuple] = None, audio_reference: Optional[tuple] = None,
-               sp: Any = None) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+               sp: Any = None, context_lengths: Optional[torch.Tensor] = None
+               ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """The LTX-2 audio-video transformer forward, out of place.
 
     video: (tokens [B, F·H·W, 128], σ [B, N] | [B] | scalar, (F, H, W)) or None
     audio: (tokens [B, T, 128], σ [B, T] | [B] | scalar, (T,)) or None
     context: the text encoder's output [B, L, D] (ComfyUI's ``cross_attn`` with
         ``unprocessed_ltxav_embeds``); or pass ``text=(video_ctx, audio_ctx)`` already prepared
-        by :func:`prepare_text`.
+        by :func:`prepare_text`. ``context_lengths`` [B]: each sample's real tokens when the
+        captions of a batch were padded to the longest (see :func:`prepare_text`).
     fps: frame rate of the video latents' clip (RoPE time positions).
     checkpointing: recompute each block in backward (``use_reentrant=False``).
     dtype: compute dtype (defaults to the video/audio tokens' dtype).
@@ -692,7 +714,7 @@ def forward_av(root: nn.Module, video: Optional[tuple] = None, audio: Optional[t
     tsm = c.timestep_scale_multiplier
 
     if text is None:
-        v_ctx, a_ctx = prepare_text(root, c, context, dtype, unprocessed_text)
+        v_ctx, a_ctx = prepare_text(root, c, context, dtype, unprocessed_text, lengths=context_lengths)
     else:
         v_ctx, a_ctx = text
     if v_ctx.shape[0] != b:
@@ -932,7 +954,8 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
 
     ``inputs`` is ``trainer_core.engine.StepInputs``: ``video``/``audio`` carry ``tokens``,
     ``sigma`` (per token) and ``grid``; ``text["context"]`` is the text encoder's output
-    [B, L, D] (optionally ``text["unprocessed_ltxav_embeds"]``, default True); ``fps``.
+    [B, L, D] (optionally ``text["unprocessed_ltxav_embeds"]``, default True, and
+    ``text["context_lengths"]`` [B] for captions padded to a batch's longest); ``fps``.
     """
     cache = RopeCache(rope_cache_size)
     block_fn = cg_fn = None
@@ -1024,7 +1047,8 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
                                   block_fn=fn, modes=modes, streamer=state["streamer"],
                                   offloader=state["offloader"],
                                   video_reference=_reference_of(inputs.video),
-                                  audio_reference=_reference_of(inputs.audio), sp=sp)
+                                  audio_reference=_reference_of(inputs.audio), sp=sp,
+                                  context_lengths=text.get("context_lengths"))
 
     state: dict[str, Any] = {"streamer": None, "offloader": None, "modes": None}
 
