@@ -223,6 +223,21 @@ class CachedLatents:
     def bucket_of(self, i: int) -> str:
         return self.samples[i].bucket
 
+    def batch_key(self, i: int) -> str:
+        """What clips of one bucket must share to share a forward: the frame rate (it sets the
+        audio latent length and the RoPE time), whether there is sound, the IC-LoRA
+        reference's scale and which paired inputs exist."""
+        s = self.samples[i]
+        parts = [f"{s.fps:g} fps"]
+        if not s.audio:
+            parts.append("no sound")
+        if s.reference_scale != 1:
+            parts.append(f"reference ÷{s.reference_scale}")
+        missing = [k.replace("_", " ") for k in CacheSample.PAIRED if getattr(s, k) is None]
+        if missing and len(missing) < len(CacheSample.PAIRED):
+            parts.append("without " + ", ".join(missing))
+        return ", ".join(parts)
+
     def get(self, i: int):
         from .engine import LatentItem
 

@@ -960,10 +960,25 @@ class Trainer:
         return self._config or None
 
     def _group_by_bucket(self) -> dict[str, list[int]]:
+        """Sample indices by bucket. With batches of more than one clip, a bucket whose clips
+        cannot share a forward (another frame rate — a different audio length — or no sound;
+        the source's ``batch_key``) is split by that key: "768x512x121 (30 fps)". Batch size
+        1, and buckets whose clips all agree, keep the bucket's own name (and its order)."""
         groups: dict[str, list[int]] = {}
         for i in range(len(self.data)):
             groups.setdefault(self.data.bucket_of(i), []).append(i)
-        return groups
+        key_of = getattr(self.data, "batch_key", None)
+        if self.batch_size <= 1 or key_of is None:
+            return groups
+        out: dict[str, list[int]] = {}
+        for bucket, idx in groups.items():
+            keys = {i: key_of(i) for i in idx}
+            if len(set(keys.values())) == 1:
+                out[bucket] = idx
+                continue
+            for i in idx:
+                out.setdefault(f"{bucket} ({keys[i]})", []).append(i)
+        return out
 
     def _batches(self, epoch: int) -> list[list[int]]:
         """The epoch's batches: same-bucket groups, in an order drawn from (seed, epoch)."""
@@ -1118,8 +1133,11 @@ class Trainer:
                     raise _StopRequested()
                 for g in opt.param_groups:
                     g["lr"] = cfg.learning_rate * lr_factor(step, cfg)
-                loss_sum = 0.0
-                stats = [0.0, 0, 0.0, 0]  # video loss sum, its samples, audio loss sum, its samples
+                # the step's loss and per-stream loss sums stay on the device (float64, summed as
+                # Python floats would be) until the optimizer step is queued: read back once, at the
+                # end, so the GPU never waits on the CPU between forward, backward and the optimizer
+                acc = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, video sum, audio sum
+                counts = [0, 0]  # video samples, audio samples
                 per_micro = []  # exact reduction: this rank's per-sample flat gradients, per micro-batch
                 had = [False] * len(params)  # which parameters got a gradient (on any rank, after the reduce)
                 for micro in range(cfg.grad_accum):
@@ -1142,15 +1160,15 @@ class Trainer:
                             v_pred, a_pred = self.predict(self.root, inputs)
                         lv, la = step_losses(inputs, v_pred, a_pred)  # per sample [B], the mode's masked MSE
                         if lv is not None:
-                            stats[0] += lv.detach().sum().item()
-                            stats[1] += lv.numel()
+                            acc[1] += lv.detach().sum().double()
+                            counts[0] += lv.numel()
                         if la is not None:
-                            stats[2] += la.detach().sum().item()
-                            stats[3] += la.numel()
+                            acc[2] += la.detach().sum().double()
+                            counts[1] += la.numel()
                         # this share's part of the global batch mean (× 1 for a whole batch)
                         loss = ob.combine_losses(lv, la, cfg.audio_weight) * (len(js) / n) / cfg.grad_accum
                         loss.backward()
-                        loss_sum += loss.item()
+                        acc[0] += loss.detach().double()
                         if dist.active or dist.exact:
                             had = [h or p.grad is not None for h, p in zip(had, params)]
                         if dist.exact:
@@ -1160,8 +1178,11 @@ class Trainer:
                         del items, inputs, v_pred, a_pred, lv, la, loss
                     per_micro.append(leaves)
                 if dist.active and not dist.sp:  # (sequence parallel: every rank computed the same loss)
-                    tot = dist.all_reduce_sum(torch.tensor([loss_sum, *stats, *map(float, had)], dtype=torch.float64))
-                    loss_sum, stats = float(tot[0]), [float(v) for v in tot[1:5]]
+                    a0, v_sum, a_sum = acc.tolist()
+                    tot = dist.all_reduce_sum(torch.tensor([a0, v_sum, counts[0], a_sum, counts[1], *map(float, had)],
+                                                           dtype=torch.float64))
+                    acc = torch.tensor([float(tot[0]), float(tot[1]), float(tot[3])], dtype=torch.float64)
+                    counts = [float(tot[2]), float(tot[4])]
                     had = [v > 0 for v in tot[5:].tolist()]
                 if dist.exact:
                     size = sum(p.numel() for p in params)
@@ -1173,13 +1194,6 @@ class Trainer:
                 elif dist.active:
                     set_grads(params, dist.all_reduce_sum(flat_grads(params)), had)
                 del per_micro
-                if not math.isfinite(loss_sum):
-                    ck = self._checkpoint_if_any(ckpts)
-                    raise TrainingStopped(
-                        f"loss became {loss_sum} at step {step + 1}: training stopped. Likely causes: the "
-                        f"learning rate ({cfg.learning_rate:g}) is too high, or a cached latent is corrupt; "
-                        f"lower the learning rate or re-encode the cache, then resume from {ck or 'the start'}",
-                        step, ck, reason="nan")
                 if cfg.max_grad_norm > 0:
                     gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 else:
@@ -1188,6 +1202,18 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
                 with torch.no_grad():
                     wmax = torch.stack(torch._foreach_norm(params, float("inf"))).max()
+                    # the one read-back of the step
+                    loss_sum, v_sum, a_sum, gnorm_f, wmax_f = torch.cat(
+                        [acc.to(wmax.device), torch.stack([gnorm.double().to(wmax.device), wmax.double()])]).tolist()
+                if not math.isfinite(loss_sum):
+                    # found after the update (which is why the step reads back once): the LoRA in memory
+                    # is spoilt, the run stops, and it resumes from the last checkpoint on disk
+                    ck = self._checkpoint_if_any(ckpts)
+                    raise TrainingStopped(
+                        f"loss became {loss_sum} at step {step + 1}: training stopped. Likely causes: the "
+                        f"learning rate ({cfg.learning_rate:g}) is too high, or a cached latent is corrupt; "
+                        f"lower the learning rate or re-encode the cache, then resume from {ck or 'the start'}",
+                        step, ck, reason="nan")
                 step += 1
                 quiet.tick()
                 quiet.settle()  # the first step built what stays: out of the collector's way
@@ -1195,12 +1221,12 @@ class Trainer:
                 rec = {"step": step, "loss": loss_sum, "lr": opt.param_groups[0]["lr"],
                        "s_per_step": now - t_last}
                 t_last = now
-                if stats[1]:
-                    rec["loss_video"] = stats[0] / stats[1]
-                if stats[3]:
-                    rec["loss_audio"] = stats[2] / stats[3]
-                rec["grad_norm"] = float(gnorm)
-                rec["lora_max"] = float(wmax)
+                if counts[0]:
+                    rec["loss_video"] = v_sum / counts[0]
+                if counts[1]:
+                    rec["loss_audio"] = a_sum / counts[1]
+                rec["grad_norm"] = gnorm_f
+                rec["lora_max"] = wmax_f
                 history.append(rec)
                 done = (step, epoch, pos)
                 self._check_divergence(history, step, ckpts)

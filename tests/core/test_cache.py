@@ -140,3 +140,31 @@ def test_a_cache_of_another_variant_is_refused_before_training(tiny20, tmp_path)
     assert not (tmp_path / "run" / "checkpoints").exists()
     # and the right cache trains
     assert _train_on(tiny20, make_tiny_cache(tmp_path / "cache20", "ltx-2.0", n=2, seed=1), tmp_path) == [1, 2, 3]
+
+
+def test_batches_never_mix_clips_that_cannot_share_a_forward(tiny20, tmp_path):
+    """Batch 2 on a bucket holding 24 and 30 fps clips (a dataset kept at its own frame
+    rates): the bucket is split by frame rate, so no batch mixes them, and training runs;
+    at batch 1 the bucket keeps its name."""
+    from trainer_core import engine as en
+    from trainer_core.ltx2 import make_predict
+    from trainer_core.tiny_checkpoint import make_tiny_cache
+
+    cache = make_tiny_cache(tmp_path / "cache", "ltx-2.0", n=4, seed=2)
+    lc = LatentCache(cache)
+    lc.manifest.samples[3]["fps"] = 30.0
+    lc.save_manifest()
+    cfg = en.TrainConfig(steps=3, rank=2, mixed_precision="fp32", checkpoint_every=0)
+    seen = []
+
+    def watch(root, inputs):
+        seen.append(inputs.fps)
+        return predict(root, inputs)
+
+    predict = make_predict(checkpointing=False)
+    tr = en.Trainer(tiny20, watch, CachedLatents(cache), cfg, tmp_path / "run", batch_size=2)
+    assert tr.buckets == {"64x64x9 (24 fps)": [0, 1, 2], "64x64x9 (30 fps)": [3]}
+    tr.train()
+    assert len(seen) == 3 and set(seen) <= {24.0, 30.0}
+    one = en.Trainer(tiny20, predict, CachedLatents(cache), cfg, tmp_path / "run1", batch_size=1)
+    assert list(one.buckets) == ["64x64x9"]

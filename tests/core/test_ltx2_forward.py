@@ -331,6 +331,34 @@ def test_batch_of_prepared_text_of_different_lengths_is_refused():
         make_predict(checkpointing=False)(root, StepInputs(inp.video, None, text, inp.fps, inp.mode))
 
 
+def test_block_inputs_keep_their_shapes_whatever_the_conditioning_draw(monkeypatch):
+    """The per-token modulation tables a block gets have the same shapes with and without
+    first-frame conditioning tokens (σ = 0) in the batch — so torch.compile, which keys the
+    compiled blocks on their input shapes, never builds them again for a new draw — and the
+    predictions are those of the unpadded tables (the parity tests check those)."""
+    from trainer_core.ltx2 import forward as fw
+
+    c = tiny_config("2.0")
+    root = build_tree(c, seed=2)
+    seen = []
+    plain = fw.block_forward
+
+    def record(block, cfg, vx, ax, v, a):
+        seen.append((tuple(v.mod.values.shape), tuple(a.mod.values.shape), tuple(v.cross_ss.values.shape)))
+        return plain(block, cfg, vx, ax, v, a)
+
+    monkeypatch.setattr(fw, "block_forward", record)
+    predict = make_predict(checkpointing=False)
+    with torch.no_grad():
+        for first_frame in (False, True):
+            predict(root, step_inputs(c, "text_to_audio_video", B=2, seed=8, first_frame=first_frame))
+    assert len(seen) == 4 and len(set(seen)) == 1, seen
+    assert seen[0][0][0] == 4  # 2 samples: their σ and 0
+    u = torch.tensor([0.0, 0.5, 0.75])
+    assert fw.sigma_levels(u, 2).tolist() == [0.0, 0.5, 0.75, 0.0]
+    assert fw.sigma_levels(torch.arange(5.0), 2).shape == (8,)  # more levels than 2·B: a power of two
+
+
 def test_config_parsing():
     c = tiny_config("2.3")
     assert c.variant == "2.3" and c.apply_gated_attention and c.cross_attention_adaln

@@ -1,0 +1,162 @@
+"""GPU benchmark: the training engine's step — what the Train node runs and shows as s/step —
+beside the bare step of ``bench_train_step`` (forward, backward, clipping, AdamW and nothing
+else) on the same model, shape, batch and compiled blocks, in the same process.
+
+The engine adds what a real run does each step: reading the cached latents, noising and
+conditioning them (``build_step_inputs``), caption dropout with captions of different lengths
+(padded: ``stack_texts``), the loss statistics, the LoRA's largest weight, the collector's
+tick and the progress record. The difference is the engine's own cost per step, which the
+bare bench does not see. The full-size layout has random weights; the cache is written to a
+temporary folder (its latents random, its captions 256, 200 and 144 tokens, the empty
+caption 16). The run's final checkpoint is not written (3 GB of LoRA and optimizer state on
+19B, not part of a step).
+
+    python bench/bench_engine_step.py --shape 512x512x33 --batches 1,4 --out /tmp/engine.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_train_step import _lora_and_opt, _step, build_full, stats, step_inputs, timed_steps  # noqa: E402
+from trainer_core import engine as en  # noqa: E402
+from trainer_core.cache import CachedLatents, LatentCache  # noqa: E402
+from trainer_core.ltx2 import make_predict  # noqa: E402
+from trainer_core.run import bucket_tokens, plan_for_training  # noqa: E402
+from trainer_core.tiny_checkpoint import text_context_width  # noqa: E402
+
+CAPTION_TOKENS = (256, 200, 144)
+EMPTY_TOKENS = 16
+
+
+def write_cache(root: Path, shape: str, width: int, n: int, fps: float = 24.0, seed: int = 0) -> Path:
+    """A latent cache of ``n`` clips of one ``WxHxF`` bucket with sound, as Encode Latents
+    writes it (random latents; captions of CAPTION_TOKENS lengths in turn)."""
+    W, H, F = (int(v) for v in shape.split("x"))
+    _, t = bucket_tokens(shape, fps)
+    g = torch.Generator().manual_seed(seed)
+    c = LatentCache(root)
+    for i in range(n):
+        c.put("video", f"v{i}", {"latents": torch.randn(128, 1 + (F - 1) // 8, H // 32, W // 32, generator=g),
+                                 "first_frame": torch.randn(128, 1, H // 32, W // 32, generator=g)})
+        c.put("audio", f"a{i}", {"latents": torch.randn(8, t, 16, generator=g)})
+        c.put("text", f"t{i}", {"context": torch.randn(CAPTION_TOKENS[i % len(CAPTION_TOKENS)], width, generator=g)})
+    c.put("text", "empty", {"context": torch.randn(EMPTY_TOKENS, width, generator=g)})
+    c.manifest.samples = [dict(key=f"clip{i}#0", video=f"v{i}", audio=f"a{i}", text=f"t{i}", bucket=shape, fps=fps,
+                               has_audio=True, caption=f"clip {i}") for i in range(n)]
+    c.manifest.empty_text = "empty"
+    c.save_manifest()
+    return Path(root)
+
+
+class _NoFinalSave(en.Trainer):
+    """The engine without its checkpoint writes (not part of a step's time)."""
+
+    def _checkpoint(self, *args, **kwargs):
+        return ""
+
+
+def engine_run(root, cache: Path, batch: int, steps: int, warmup: int, dev, compiled: bool, budget_gib: float,
+               run_dir: Path) -> tuple[dict, object]:
+    cfg = en.TrainConfig(steps=warmup + steps, rank=32, alpha=32.0, targets="all attention",
+                         mixed_precision="bf16", checkpoint_every=0, learning_rate=1e-4, caption_dropout=0.3)
+    plan = plan_for_training(root, str(cache), cfg, budget_gib, batch_size=batch, compiled=compiled)
+    predict = make_predict(memory_plan=plan, compile_blocks=compiled)
+    hist = []
+    padded = []
+
+    def watch(r, inputs):
+        padded.append(en.TEXT_LENGTHS in inputs.text)
+        return predict(r, inputs)
+
+    t0 = time.perf_counter()
+    _NoFinalSave(root, watch, CachedLatents(cache), cfg, run_dir, device=dev, batch_size=batch,
+                 callbacks=en.Callbacks(on_step=hist.append)).train()
+    wall = time.perf_counter() - t0
+    times = [h["s_per_step"] for h in hist[warmup:]]
+    rec = {"stack": "ours (engine)", **stats(times), "s_per_clip": round(stats(times)["s_per_step"] / batch, 4),
+           "first_steps_s": [round(h["s_per_step"], 2) for h in hist[:warmup]], "wall_s": round(wall, 1),
+           "steps_with_padded_captions": sum(padded), "forwards": len(padded),
+           "cudagraphs": bool(getattr(predict, "used_cudagraphs", False)), "plan": plan.summary(),
+           "steps_s": [round(t, 4) for t in times]}
+    predict.release()
+    return rec, predict
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variant", default="ltx-2.0")
+    ap.add_argument("--shape", default="512x512x33")
+    ap.add_argument("--batches", default="1,4")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=4)
+    ap.add_argument("--layers", type=int, default=0, help="blocks of the full-size layout (0: all)")
+    ap.add_argument("--eager", action="store_true", help="eager blocks (the CPU check of this script)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    dev = torch.device(a.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: this benchmark runs on a GPU")
+        return 0
+    root, cfgd = build_full(a.variant, dev, num_layers=a.layers or None)
+    width = text_context_width(cfgd, processed=False)
+    compiled = not a.eager
+    budget = (torch.cuda.mem_get_info(dev)[1] / 2**30 - 2.0) if dev.type == "cuda" else None
+    W, H, F = (int(v) for v in a.shape.split("x"))
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    out = Path(a.out) if a.out else Path(__file__).parent / "results" / f"engine_step_{gpu.replace(' ', '_')}.json"
+    records = []
+    gen = torch.Generator(device=dev).manual_seed(0)
+    for batch in (int(b) for b in a.batches.split(",")):
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = write_cache(Path(tmp) / "cache", a.shape, width, max(2 * batch, 3))
+            eng, predict = engine_run(root, cache, batch, a.steps, a.warmup, dev, compiled, budget, Path(tmp) / "run")
+        # the bare step in the same process: same blocks (compiled for this shape), a fresh LoRA
+        lora, opt = _lora_and_opt(root, dev)
+        inp = step_inputs(width, W, H, F, 24.0, dev, gen, batch=batch)
+        bare_predict = make_predict(memory_plan=predict.memory_plan, compile_blocks=compiled)
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        if dev.type == "cuda":
+            times = timed_steps(lambda: _step(bare_predict, root, inp, lora, opt), a.steps, a.warmup)
+        else:
+            times = []
+            for i in range(a.warmup + a.steps):
+                t0 = time.perf_counter()
+                _step(bare_predict, root, inp, lora, opt)
+                sync()
+                if i >= a.warmup:
+                    times.append(time.perf_counter() - t0)
+        lora.detach()
+        bare = {"stack": "ours (bare step)", **stats(times), "s_per_clip": round(stats(times)["s_per_step"] / batch, 4),
+                "cudagraphs": bool(getattr(bare_predict, "used_cudagraphs", False))}
+        bare_predict.release()
+        common = {"model": a.variant, "shape": a.shape, "batch": batch, "gpu": gpu, "layers": a.layers or "all",
+                  "compiled": compiled, "torch": torch.__version__}
+        for r in (eng, bare):
+            r.update(common)
+        eng["engine_over_bare_s"] = round(eng["s_per_step"] - bare["s_per_step"], 4)
+        records += [eng, bare]
+        print(json.dumps(eng), flush=True)
+        print(json.dumps(bare), flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(records, indent=1))  # after every batch: a cut-off run keeps what it measured
+        del lora, opt, inp
+        if dev.type == "cuda":
+            torch._dynamo.reset()  # (bench_train_step imports torch._dynamo)
+            torch.cuda.empty_cache()
+    print(f"wrote {out} ({len(records)} records)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
