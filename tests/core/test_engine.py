@@ -160,7 +160,7 @@ def test_a_step_reads_the_device_back_once(tmp_path, monkeypatch):
     back to the host in one read, after the optimizer step is queued: no read between forward,
     backward and the optimizer (each one makes the GPU wait for the CPU; at 512×512×33 the CPU
     part of clipping and AdamW alone is ≈ 30 ms). Batch 2, two micro-batches, video and audio:
-    the old loop read back six times a step. The recorded figures are still every step's."""
+    the old loop read back eight times a step. The recorded figures are still every step's."""
     import sys
 
     reads = []
