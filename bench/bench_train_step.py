@@ -552,6 +552,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         host_act = predict.offloader.host_bytes() / 2**30 if predict.offloader is not None else 0.0
         host_allocs = predict.offloader.host_allocs if predict.offloader is not None else 0
         used_cg = bool(getattr(predict, "used_cudagraphs", False))
+        vram = vram_peak(peak, peak_reserved, used_cg)
         rel = HostPeak().__enter__()
         predict.release()
         rel.__exit__(None, None, None)
@@ -588,8 +589,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                "release_host_peak_gib": round(rel.peak / 2**30, 2), "host_after_release_gib": round(host_after_release, 2),
                "speed_calibration": {"tflops": round(speed.tflops, 1), "link_gbps": round(speed.link_gbps, 1)},
                "forward_s": round(split[0], 4), "backward_s": round(split[1], 4),
-               "peak_vram_gib": round(vram_peak(peak, peak_reserved, used_cg)[0], 2),
-               "peak_vram_counts": vram_peak(peak, peak_reserved, used_cg)[1],
+               "peak_vram_gib": round(vram[0], 2), "peak_vram_counts": vram[1],
                "peak_allocated_gib": round(peak, 2), "peak_reserved_gib": round(peak_reserved, 2),
                "allocator_capped_gib": budget, "alloc_retries": retries,
                "mfu": round(2 * flops[key] / s / gpu_peak(name), 4) if times and not math.isnan(gpu_peak(name)) else None,

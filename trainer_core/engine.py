@@ -1125,6 +1125,7 @@ class Trainer:
         dtype = torch.float32
         batches = self._batches(epoch)
         t_last = time.perf_counter()
+        acc_dtype = torch.float32 if self.device.type == "mps" else torch.float64  # (MPS has no float64)
         quiet = QuietGC()
         done = (step, epoch, pos)  # the state after the last finished step (what a cancel saves)
         try:
@@ -1136,7 +1137,7 @@ class Trainer:
                 # the step's loss and per-stream loss sums stay on the device (float64, summed as
                 # Python floats would be) until the optimizer step is queued: read back once, at the
                 # end, so the GPU never waits on the CPU between forward, backward and the optimizer
-                acc = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, video sum, audio sum
+                acc = torch.zeros(3, dtype=acc_dtype, device=self.device)  # loss, video sum, audio sum
                 counts = [0, 0]  # video samples, audio samples
                 per_micro = []  # exact reduction: this rank's per-sample flat gradients, per micro-batch
                 had = [False] * len(params)  # which parameters got a gradient (on any rank, after the reduce)
@@ -1160,15 +1161,15 @@ class Trainer:
                             v_pred, a_pred = self.predict(self.root, inputs)
                         lv, la = step_losses(inputs, v_pred, a_pred)  # per sample [B], the mode's masked MSE
                         if lv is not None:
-                            acc[1] += lv.detach().sum().double()
+                            acc[1] += lv.detach().sum().to(acc_dtype)
                             counts[0] += lv.numel()
                         if la is not None:
-                            acc[2] += la.detach().sum().double()
+                            acc[2] += la.detach().sum().to(acc_dtype)
                             counts[1] += la.numel()
                         # this share's part of the global batch mean (× 1 for a whole batch)
                         loss = ob.combine_losses(lv, la, cfg.audio_weight) * (len(js) / n) / cfg.grad_accum
                         loss.backward()
-                        acc[0] += loss.detach().double()
+                        acc[0] += loss.detach().to(acc_dtype)
                         if dist.active or dist.exact:
                             had = [h or p.grad is not None for h, p in zip(had, params)]
                         if dist.exact:
@@ -1178,12 +1179,10 @@ class Trainer:
                         del items, inputs, v_pred, a_pred, lv, la, loss
                     per_micro.append(leaves)
                 if dist.active and not dist.sp:  # (sequence parallel: every rank computed the same loss)
-                    a0, v_sum, a_sum = acc.tolist()
-                    tot = dist.all_reduce_sum(torch.tensor([a0, v_sum, counts[0], a_sum, counts[1], *map(float, had)],
-                                                           dtype=torch.float64))
-                    acc = torch.tensor([float(tot[0]), float(tot[1]), float(tot[3])], dtype=torch.float64)
-                    counts = [float(tot[2]), float(tot[4])]
-                    had = [v > 0 for v in tot[5:].tolist()]
+                    tot = dist.all_reduce_sum(torch.tensor([*acc.tolist(), *counts, *map(float, had)],
+                                                           dtype=torch.float64)).tolist()
+                    acc, counts = torch.tensor(tot[:3], dtype=acc_dtype), tot[3:5]
+                    had = [v > 0 for v in tot[5:]]
                 if dist.exact:
                     size = sum(p.numel() for p in params)
                     set_grads(params, exact_reduce(dist, per_micro, self.batch_size // dist.world, size,
@@ -1204,7 +1203,7 @@ class Trainer:
                     wmax = torch.stack(torch._foreach_norm(params, float("inf"))).max()
                     # the one read-back of the step
                     loss_sum, v_sum, a_sum, gnorm_f, wmax_f = torch.cat(
-                        [acc.to(wmax.device), torch.stack([gnorm.double().to(wmax.device), wmax.double()])]).tolist()
+                        [acc.to(wmax.device), torch.stack([gnorm.to(wmax.device, acc_dtype), wmax.to(acc_dtype)])]).tolist()
                 if not math.isfinite(loss_sum):
                     # found after the update (which is why the step reads back once): the LoRA in memory
                     # is spoilt, the run stops, and it resumes from the last checkpoint on disk
