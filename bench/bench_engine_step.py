@@ -12,6 +12,11 @@ caption 16). The run's final checkpoint is not written (3 GB of LoRA and optimiz
 19B, not part of a step).
 
     python bench/bench_engine_step.py --shape 512x512x33 --batches 1,4 --out /tmp/engine.json
+
+``--profile N`` adds N profiled steps after the timed ones, engine and bare alike, and writes
+where the engine's step goes: CPU time and GPU idle time in each of the engine's ranges
+(``ltx2.data``, ``.inputs``, ``.forward``, ``.backward``, ``.optimizer``, ``.readback``; what
+falls between them is ``between``), GPU busy time a step, and the kernels by kind.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_train_step import _lora_and_opt, _step, build_full, stats, step_inputs, timed_steps  # noqa: E402
+from profile_step import is_annotation, kernel_categories  # noqa: E402
 from trainer_core import engine as en  # noqa: E402
 from trainer_core.cache import CachedLatents, LatentCache  # noqa: E402
 from trainer_core.ltx2 import make_predict  # noqa: E402
@@ -58,6 +64,70 @@ def write_cache(root: Path, shape: str, width: int, n: int, fps: float = 24.0, s
     return Path(root)
 
 
+PHASE_PREFIX = "ltx2."
+
+
+def _merge(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[list[float]] = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def _covered(busy: list[tuple[float, float]], a: float, b: float) -> float:
+    return sum(max(0.0, min(b, e) - max(a, s)) for s, e in busy)
+
+
+def phase_breakdown(events, steps: int) -> dict:
+    """Where ``steps`` profiled steps went, from torch.profiler events (µs time ranges on one
+    clock): GPU busy (kernels and copies, merged), and per engine range (CPU events named
+    ``ltx2.*``) its CPU time and the GPU idle time inside it, each per step. The window runs
+    from the first range's start to the last one's end; ``between`` is what no range covers."""
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    phases: dict[str, list] = {}
+    kernels = []
+    for e in events:
+        name, tr = e.name, e.time_range
+        if name.startswith(PHASE_PREFIX):
+            if e.device_type == cpu:
+                phases.setdefault(name, []).append((tr.start, tr.end))
+        elif e.device_type == cuda and not is_annotation(name):
+            kernels.append((tr.start, tr.end))
+    if not phases:
+        return {}
+    lo = min(a for v in phases.values() for a, _ in v)
+    hi = max(b for v in phases.values() for _, b in v)
+    busy = _merge([(max(a, lo), min(b, hi)) for a, b in kernels if b > lo and a < hi])
+    window = hi - lo
+    out = {"step_ms": round(window / steps / 1000, 2),
+           "gpu_busy_ms": round(sum(b - a for a, b in busy) / steps / 1000, 2), "phases": {}}
+    covered = _merge([iv for v in phases.values() for iv in v])
+    for name, ivs in sorted(phases.items()):
+        dur = sum(b - a for a, b in ivs)
+        idle = sum((b - a) - _covered(busy, a, b) for a, b in ivs)
+        out["phases"][name[len(PHASE_PREFIX):]] = {"cpu_ms": round(dur / steps / 1000, 2),
+                                                   "gpu_idle_ms": round(idle / steps / 1000, 2)}
+    gaps, t = [], lo
+    for a, b in covered:
+        if a > t:
+            gaps.append((t, a))
+        t = max(t, b)
+    out["phases"]["between"] = {"cpu_ms": round(sum(b - a for a, b in gaps) / steps / 1000, 2),
+                                "gpu_idle_ms": round(sum((b - a) - _covered(busy, a, b) for a, b in gaps)
+                                                     / steps / 1000, 2)}
+    out["gpu_idle_ms"] = round(out["step_ms"] - out["gpu_busy_ms"], 2)
+    return out
+
+
+def _profiler():
+    from torch.profiler import ProfilerActivity, profile
+
+    return profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+
+
 class _NoFinalSave(en.Trainer):
     """The engine without its checkpoint writes (not part of a step's time)."""
 
@@ -66,8 +136,8 @@ class _NoFinalSave(en.Trainer):
 
 
 def engine_run(root, cache: Path, batch: int, steps: int, warmup: int, dev, compiled: bool, budget_gib: float,
-               run_dir: Path) -> tuple[dict, object]:
-    cfg = en.TrainConfig(steps=warmup + steps, rank=32, alpha=32.0, targets="all attention",
+               run_dir: Path, profile: int = 0) -> tuple[dict, object]:
+    cfg = en.TrainConfig(steps=warmup + steps + profile, rank=32, alpha=32.0, targets="all attention",
                          mixed_precision="bf16", checkpoint_every=0, learning_rate=1e-4, caption_dropout=0.3)
     plan = plan_for_training(root, str(cache), cfg, budget_gib, batch_size=batch, compiled=compiled)
     predict = make_predict(memory_plan=plan, compile_blocks=compiled)
@@ -78,16 +148,29 @@ def engine_run(root, cache: Path, batch: int, steps: int, warmup: int, dev, comp
         padded.append(en.TEXT_LENGTHS in inputs.text)
         return predict(r, inputs)
 
+    prof = _profiler() if profile else None
+
+    def on_step(rec):
+        hist.append(rec)
+        if prof is not None and len(hist) == warmup + steps:
+            prof.start()  # the profiled steps come after the timed ones
+
     t0 = time.perf_counter()
     _NoFinalSave(root, watch, CachedLatents(cache), cfg, run_dir, device=dev, batch_size=batch,
-                 callbacks=en.Callbacks(on_step=hist.append)).train()
+                 callbacks=en.Callbacks(on_step=on_step)).train()
     wall = time.perf_counter() - t0
-    times = [h["s_per_step"] for h in hist[warmup:]]
+    times = [h["s_per_step"] for h in hist[warmup:warmup + steps]]
     rec = {"stack": "ours (engine)", **stats(times), "s_per_clip": round(stats(times)["s_per_step"] / batch, 4),
            "first_steps_s": [round(h["s_per_step"], 2) for h in hist[:warmup]], "wall_s": round(wall, 1),
            "steps_with_padded_captions": sum(padded), "forwards": len(padded),
            "cudagraphs": bool(getattr(predict, "used_cudagraphs", False)), "plan": plan.summary(),
            "steps_s": [round(t, 4) for t in times]}
+    if prof is not None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        prof.stop()
+        rec["profile"] = dict(phase_breakdown(prof.events(), profile), steps=profile,
+                              kernels=kernel_categories(prof.key_averages()))
     predict.release()
     return rec, predict
 
@@ -102,6 +185,7 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=0, help="blocks of the full-size layout (0: all)")
     ap.add_argument("--eager", action="store_true", help="eager blocks (the CPU check of this script)")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--profile", type=int, default=0, help="profiled steps after the timed ones (0: none)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     dev = torch.device(a.device)
@@ -120,7 +204,8 @@ def main(argv=None) -> int:
     for batch in (int(b) for b in a.batches.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             cache = write_cache(Path(tmp) / "cache", a.shape, width, max(2 * batch, 3))
-            eng, predict = engine_run(root, cache, batch, a.steps, a.warmup, dev, compiled, budget, Path(tmp) / "run")
+            eng, predict = engine_run(root, cache, batch, a.steps, a.warmup, dev, compiled, budget, Path(tmp) / "run",
+                                      profile=a.profile)
         # the bare step in the same process: same blocks (compiled for this shape), a fresh LoRA
         lora, opt = _lora_and_opt(root, dev)
         inp = step_inputs(width, W, H, F, 24.0, dev, gen, batch=batch)
@@ -136,9 +221,20 @@ def main(argv=None) -> int:
                 sync()
                 if i >= a.warmup:
                     times.append(time.perf_counter() - t0)
+        bare_profile = None
+        if a.profile:
+            with _profiler() as prof:
+                for _ in range(a.profile):
+                    with torch.profiler.record_function(PHASE_PREFIX + "step"):
+                        _step(bare_predict, root, inp, lora, opt)
+                        sync()
+            bare_profile = dict(phase_breakdown(prof.events(), a.profile), steps=a.profile,
+                                kernels=kernel_categories(prof.key_averages()))
         lora.detach()
         bare = {"stack": "ours (bare step)", **stats(times), "s_per_clip": round(stats(times)["s_per_step"] / batch, 4),
                 "cudagraphs": bool(getattr(bare_predict, "used_cudagraphs", False))}
+        if bare_profile is not None:
+            bare["profile"] = bare_profile
         bare_predict.release()
         common = {"model": a.variant, "shape": a.shape, "batch": batch, "gpu": gpu, "layers": a.layers or "all",
                   "compiled": compiled, "torch": torch.__version__}

@@ -128,7 +128,8 @@ def add_ratios(records: list[dict]) -> None:
     """``ratio_to_resident``: each budgeted run of ours against the whole-card run of the same
     model, shape and compute path in the same process (the ratio the issue's targets use)."""
     def key(r):
-        return r["model"], r["shape"], r.get("mode", "t2v"), r.get("fp8_compute", False), r.get("batch", 1)
+        return (r["model"], r["shape"], r.get("mode", "t2v"), r.get("fp8_compute", False), r.get("batch", 1),
+                r.get("lora_groups", True))
 
     base = {key(r): r["s_per_step"]
             for r in records if r.get("stack") == "ours" and r.get("budget_gib") is None and not r.get("error")}
@@ -305,9 +306,9 @@ def _free_gib(dev) -> float:
     return total / 2**30
 
 
-def _lora_and_opt(root, dev, seed=0):
+def _lora_and_opt(root, dev, seed=0, group=True):
     lora = LoRASet.for_model(root, LoRASpec(rank=32, alpha=32, preset="all attention"), seed=seed).to(dev)
-    lora.attach(root)
+    lora.attach(root, group=group)  # group: the projection groups the Train node's LoRA gets
     opt = torch.optim.AdamW(list(lora.parameters()), lr=1e-4, fused=True)
     return lora, opt
 
@@ -465,7 +466,8 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
 
             enable_fp8_compute(root)
             torch._dynamo.reset()
-        lora, opt = _lora_and_opt(root, dev)
+        lora_groups = bool(run.get("lora_groups", True))
+        lora, opt = _lora_and_opt(root, dev, group=lora_groups)
         transfer = run.get("transfer", "bf16")
         host_gib = run.get("host_gib")
         plan = make_plan(root, inp, budget, compiled, lora, transfer, run.get("offload", True),
@@ -599,7 +601,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                "host_activation_gib": round(host_act, 2), "pinned_after_release_gib": round(pinned_left, 2), "host_buffer_allocs": host_allocs, "expected_peak_gib": round(plan.expected_peak_gib, 2),
                "first_step_s": round(t_first, 1), "fwd_tflop": round(flops[key] / 1e12, 2),
                "params_b": round(n_params / 1e9, 2), **token_counts(inp),
-               "lora": "rank 32, all attention", "batch": batch,
+               "lora": "rank 32, all attention", "lora_groups": lora_groups, "batch": batch,
                "s_per_sample": round(s / batch, 4) if times else None,
                "steps_timed": len(times), "steps_s": [round(t, 4) for t in times],
                "gc_ms_per_step": round(gc_ms / len(times), 1) if times else None,
@@ -803,8 +805,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default="ltx-2.0,ltx-2.3")
     ap.add_argument("--runs", default="768x512x121:none,512x512x33:none,768x512x121:24,768x512x121:16",
-                    help="shape:budget[:eager][:nocal][:fp8][:nooff][:offs][:fp8c][:cg|:nocg][:ic|:ic2|:ext][:host<G>][:b<N>][:cpu] "
-                         "for LTX-2.0 (host<G>: G GiB of host memory for activations; b<N>: N samples a step; cpu: "
+                    help="shape:budget[:eager][:nocal][:fp8][:nooff][:offs][:fp8c][:cg|:nocg][:ic|:ic2|:ext][:host<G>][:b<N>][:cpu][:nogroup] "
+                         "for LTX-2.0 (nogroup: every LoRA adapter through its own layer's hook, no projection groups; host<G>: G GiB of host memory for activations; b<N>: N samples a step; cpu: "
                          "streamed blocks start in host memory as ComfyUI leaves them) "
                          "(ic: IC-LoRA v2v with a full-size reference, ic2: half-size, ext: video extension from 8 "
                          "latent frames; see BENCH_MODES; cg: CUDA-graph replay at any bucket size)")
@@ -864,6 +866,8 @@ def parse_runs(spec: str) -> list[dict]:
                      "host_gib": next((float(o[4:]) for o in parts[2:] if o.startswith("host") and o[4:]), None),
                      # :cpu: streamed blocks start in host memory, as ComfyUI leaves them
                      "cpu_origin": "cpu" in parts[2:],
+                     # :nogroup: the LoRA without projection groups (each adapter through its hook)
+                     "lora_groups": "nogroup" not in parts[2:],
                      # :b<N>: N samples per step (one bucket)
                      "batch": next((int(o[1:]) for o in parts[2:] if o.startswith("b") and o[1:].isdigit()), 1),
                      "mode": run_mode(parts[2:])})

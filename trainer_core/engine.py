@@ -873,6 +873,12 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
 
 
+def _phase(name: str):
+    """A named range of the training step in a torch.profiler trace (``ltx2.data``, ``.inputs``,
+    ``.forward``, ``.backward``, ``.optimizer``, ``.readback``; bench_engine_step.py reads them)."""
+    return torch.profiler.record_function(name)
+
+
 class QuietGC:
     """Keeps Python's cyclic garbage collector out of the training steps.
 
@@ -1155,9 +1161,12 @@ class Trainer:
                         # sequence parallel: every rank runs the same batch, so the same LoRA dropout draws
                         torch.manual_seed(dropout_seed(cfg.seed, step, micro,
                                                        js[0] if dist.exact else (0 if dist.sp else dist.rank)))
-                        items = [self.data.get(batch[j]) for j in js]
-                        inputs = self.sample_inputs(items, js, step, micro, dtype)
-                        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                        with _phase("ltx2.data"):
+                            items = [self.data.get(batch[j]) for j in js]
+                        with _phase("ltx2.inputs"):
+                            inputs = self.sample_inputs(items, js, step, micro, dtype)
+                        with _phase("ltx2.forward"), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                                     enabled=use_bf16):
                             v_pred, a_pred = self.predict(self.root, inputs)
                         lv, la = step_losses(inputs, v_pred, a_pred)  # per sample [B], the mode's masked MSE
                         if lv is not None:
@@ -1168,7 +1177,8 @@ class Trainer:
                             counts[1] += la.numel()
                         # this share's part of the global batch mean (× 1 for a whole batch)
                         loss = ob.combine_losses(lv, la, cfg.audio_weight) * (len(js) / n) / cfg.grad_accum
-                        loss.backward()
+                        with _phase("ltx2.backward"):
+                            loss.backward()
                         acc[0] += loss.detach().to(acc_dtype)
                         if dist.active or dist.exact:
                             had = [h or p.grad is not None for h, p in zip(had, params)]
@@ -1193,13 +1203,14 @@ class Trainer:
                 elif dist.active:
                     set_grads(params, dist.all_reduce_sum(flat_grads(params)), had)
                 del per_micro
-                if cfg.max_grad_norm > 0:
-                    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                else:
-                    gnorm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                with torch.no_grad():
+                with _phase("ltx2.optimizer"):
+                    if cfg.max_grad_norm > 0:
+                        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    else:
+                        gnorm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                with torch.no_grad(), _phase("ltx2.readback"):
                     wmax = torch.stack(torch._foreach_norm(params, float("inf"))).max()
                     # the one read-back of the step
                     loss_sum, v_sum, a_sum, gnorm_f, wmax_f = torch.cat(

@@ -4,6 +4,8 @@ Adapters attach with forward hooks, so they work on any module tree with the che
 names — ComfyUI's own LTX-2 model (whose Linear layers cast and patch weights their own way)
 or trainer_core's plain-torch tree — and leave the base weights untouched: the hook adds
 ``B(A(dropout(x))) · alpha / rank`` to the layer's output. Detaching removes the hooks.
+The training forward computes the adapters of an attention's q/k/v layers (which read one
+input) together instead (:class:`ProjectionGroup`); every other forward uses the hooks.
 
 File format (what ComfyUI's stock LoRA loaders and Lightricks' tools read)::
 
@@ -142,6 +144,72 @@ class LoRASpec:
     patterns: tuple[str, ...] = ()
 
 
+GROUP_ATTR = "_ltx2_lora_groups"  # on an attention module while a LoRASet is attached: {"qkv"/"kv": group}
+
+
+def _plain_forward(m: nn.Module) -> bool:
+    """The layer can be computed by its ``forward`` alone: nothing hooks it but one LoRA
+    adapter (FSDP2's gathers, for one, are pre-hooks: such a layer is never grouped)."""
+    return not m._forward_pre_hooks and len(m._forward_hooks) == 1
+
+
+class ProjectionGroup:
+    """LoRA adapters on layers that read one input — an attention's q, k and v, or the k and v
+    of a cross-attention — computed as one down-projection (their A matrices stacked) and, when
+    ranks and widths match, one batched up-projection: 2 products instead of 2 per layer, and
+    the input read once. Each layer's result is the same as its own adapter's (only the
+    order of float sums inside the products can differ). Used by the training forward
+    (``trainer_core.ltx2.forward.attention``), which computes the layers' frozen outputs through
+    their ``forward`` (so the per-layer hooks don't add the adapters twice); any other forward
+    of the model (ComfyUI's, when validation samples) goes through the hooks as before.
+    Adapters with dropout are never grouped (each layer draws its own mask)."""
+
+    def __init__(self, layers: list[nn.Module], adapters: list[LoRAAdapter]):
+        self.layers, self.adapters = layers, adapters
+        ranks = {ad.rank for ad in adapters}
+        widths = {ad.lora_B.shape[0] for ad in adapters}
+        scales = {ad.scale for ad in adapters}
+        self.batched_up = len(ranks) == 1 and len(widths) == 1
+        self.scale = scales.pop() if len(scales) == 1 else None
+        self.splits = [ad.rank for ad in adapters]
+
+    def usable(self) -> bool:
+        return all(_plain_forward(m) for m in self.layers)
+
+    def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each layer's output with its adapter added (as the hooks would give it)."""
+        dt = x.dtype if not torch.is_autocast_enabled(x.device.type) else torch.get_autocast_dtype(x.device.type)
+        ads = self.adapters
+        h = torch.nn.functional.linear(x.to(dt), torch.cat([ad.lora_A for ad in ads]).to(dt))
+        if self.batched_up:
+            n, r = len(ads), ads[0].rank
+            hs = h.unflatten(-1, (n, r)).movedim(-2, 0)  # [n, ..., r]
+            bs = torch.stack([ad.lora_B for ad in ads]).to(dt)  # [n, out, r]
+            ups = torch.matmul(hs.flatten(1, -2), bs.transpose(1, 2))  # [n, M, out]
+            ups = ups.unflatten(1, x.shape[:-1]).unbind(0)
+            if self.scale is not None:
+                deltas = [u * self.scale for u in ups]
+            else:
+                deltas = [u * ad.scale for u, ad in zip(ups, ads)]
+        else:
+            deltas = [torch.nn.functional.linear(hi, ad.lora_B.to(dt)) * ad.scale
+                      for hi, ad in zip(h.split(self.splits, dim=-1), ads)]
+        outs = []
+        for m, d in zip(self.layers, deltas):
+            base = m.forward(x)
+            outs.append(base + d.to(base.dtype))
+        return outs
+
+
+def projection_group(attn: nn.Module, key: str) -> Optional[ProjectionGroup]:
+    """The attached LoRA's group ``key`` ("qkv": one input for q, k, v; "kv": the context for
+    k, v) of attention module ``attn``, when it can be used now; else None (the layers' own
+    hooks then apply each adapter)."""
+    groups = attn.__dict__.get(GROUP_ATTR)
+    g = groups.get(key) if groups else None
+    return g if g is not None and g.usable() else None
+
+
 class LoRASet(nn.Module):
     """All adapters of one LoRA, keyed by module name, attachable to a module tree."""
 
@@ -157,6 +225,7 @@ class LoRASet(nn.Module):
                                                             alphas.get(n, alpha), dropout)
                                        for n in self.names})
         self._handles: list = []
+        self._grouped: list = []
 
     @classmethod
     def for_model(cls, root: nn.Module, spec: LoRASpec, seed: int = 0) -> "LoRASet":
@@ -172,8 +241,10 @@ class LoRASet(nn.Module):
     def adapter(self, name: str) -> LoRAAdapter:
         return self.adapters[_key(name)]
 
-    def attach(self, root: nn.Module) -> "LoRASet":
-        """Hook every adapter onto its layer under ``root`` (detaching any earlier hooks)."""
+    def attach(self, root: nn.Module, group: bool = True) -> "LoRASet":
+        """Hook every adapter onto its layer under ``root`` (detaching any earlier hooks).
+        With ``group``, attention modules whose q/k/v (and k/v) layers all carry adapters also
+        get their :class:`ProjectionGroup` s, which the training forward uses."""
         self.detach()
         mods = dict(root.named_modules())
         missing = [n for n in self.names if n not in mods]
@@ -186,12 +257,39 @@ class LoRASet(nn.Module):
                 return out + ad(args[0]).to(out.dtype)
 
             self._handles.append(mods[n].register_forward_hook(hook))
+        if group:
+            self._attach_groups(mods)
         return self
+
+    def _attach_groups(self, mods: dict[str, nn.Module]) -> None:
+        have = set(self.names)
+        for parent in sorted({n.rsplit(".", 1)[0] for n in self.names if n.endswith((".to_q", ".to_k", ".to_v"))}):
+            groups = {}
+            for key, projs in (("qkv", ("to_q", "to_k", "to_v")), ("kv", ("to_k", "to_v"))):
+                names = [f"{parent}.{p}" for p in projs]
+                if not all(n in have for n in names):
+                    continue
+                ads = [self.adapter(n) for n in names]
+                layers = [mods[n] for n in names]
+                if any(not isinstance(ad.dropout, nn.Identity) for ad in ads) or not all(map(_plain_forward, layers)):
+                    continue
+                groups[key] = ProjectionGroup(layers, ads)
+            if groups:
+                mods[parent].__dict__[GROUP_ATTR] = groups
+                self._grouped.append(mods[parent])
+
+    @property
+    def grouped(self) -> int:
+        """How many attention modules have projection groups now."""
+        return len(self._grouped)
 
     def detach(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
+        for m in getattr(self, "_grouped", []):
+            m.__dict__.pop(GROUP_ATTR, None)
+        self._grouped = []
 
     @property
     def attached(self) -> bool:

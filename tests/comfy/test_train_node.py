@@ -452,7 +452,10 @@ def test_cancel_between_checkpoints_saves_the_step_and_resumes_bit_exact(comfy, 
             fired.append(max(seen))  # now inside the step after it
             mm.interrupt_current_processing()  # the next ComfyUI op raises
 
-    layer = model.model.diffusion_model.transformer_blocks[0].attn1.to_q
+    # (the out-projection: a foreign hook on to_q would keep that attention's q/k/v adapters out
+    # of their projection group in the first run only, and the float sums would differ from the
+    # uninterrupted run's)
+    layer = model.model.diffusion_model.transformer_blocks[0].attn1.to_out[0]
     handle = layer.register_forward_pre_hook(in_forward) if how == "in_layer" else None
     cu.set_progress_bar_global_hook(hook)
     try:

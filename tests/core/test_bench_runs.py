@@ -31,6 +31,17 @@ def test_run_options_parse():
     assert host["cpu_origin"] and not batch["cpu_origin"] and not whole["cpu_origin"]
     assert host["host_gib"] == 32.0 and host["offload_streamed"] and host["batch"] == 1
     assert batch["batch"] == 2 and batch["cudagraphs"] is True and batch["host_gib"] is None
+    (plain,) = b.parse_runs("512x512x33:none:nogroup")
+    assert not plain["lora_groups"] and whole["lora_groups"] and batch["lora_groups"]
+
+
+def test_ratios_pair_runs_with_and_without_projection_groups_apart():
+    b = _bench()
+    rec = dict(stack="ours", model="m", shape="s", batch=1)
+    recs = [dict(rec, budget_gib=None, s_per_step=1.0), dict(rec, budget_gib=None, s_per_step=2.0, lora_groups=False),
+            dict(rec, budget_gib=24.0, s_per_step=3.0, lora_groups=False)]
+    b.add_ratios(recs)
+    assert [r["ratio_to_resident"] for r in recs] == [1.0, 1.0, 1.5]
 
 
 def test_gc_summary_splits_collections_by_place_and_generation():
@@ -96,3 +107,36 @@ def test_bench_plans_as_the_train_node_plans(tmp_path):
             assert (mine.modes, mine.streamed) == (node.modes, node.streamed), (batch, budget)
             assert mine.expected_peak_gib == node.expected_peak_gib
     assert node.expected_peak_gib > plan_for_training(root, str(cache), tc, 1.0).expected_peak_gib
+
+
+def test_engine_profile_splits_a_step_into_cpu_time_and_gpu_idle():
+    """bench_engine_step's breakdown on events laid out by hand (ms; the profiler's are µs): two
+    steps of 100 ms, each with a 10 ms data range and a 60 ms forward; kernels and a copy busy
+    the GPU for 45 ms of each."""
+    from types import SimpleNamespace as NS
+
+    sys.path.insert(0, str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location("bench_engine_step", REPO / "bench" / "bench_engine_step.py")
+    e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e)
+    import torch
+
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+
+    def ev(name, dev, a, b):
+        return NS(name=name, device_type=dev, time_range=NS(start=a * 1000, end=b * 1000))
+
+    events = []
+    for t in (0, 100):
+        events += [ev("ltx2.data", cpu, t, t + 10), ev("ltx2.forward", cpu, t + 10, t + 70),
+                   ev("ltx2.forward", cuda, t + 10, t + 70),  # its GPU-side copy: not a kernel
+                   ev("sm90_gemm", cuda, t + 20, t + 50), ev("triton_fused", cuda, t + 40, t + 60),  # overlap
+                   ev("Memcpy HtoD", cuda, t + 95, t + 100)]  # between the ranges
+    events.append(ev("ltx2.readback", cpu, 190, 200))
+    out = e.phase_breakdown(events, 2)
+    assert out["step_ms"] == 100 and out["gpu_busy_ms"] == 45
+    assert out["phases"]["data"] == {"cpu_ms": 10, "gpu_idle_ms": 10}
+    assert out["phases"]["forward"] == {"cpu_ms": 60, "gpu_idle_ms": 20}
+    assert out["phases"]["readback"] == {"cpu_ms": 5, "gpu_idle_ms": 2.5}  # a copy busies half of it
+    assert out["phases"]["between"] == {"cpu_ms": 25, "gpu_idle_ms": 22.5} and out["gpu_idle_ms"] == 55
+    assert e.phase_breakdown([ev("sm90_gemm", cuda, 0, 1)], 1) == {}

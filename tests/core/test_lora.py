@@ -121,3 +121,94 @@ def test_file_round_trip_format_and_metadata(tmp_path):
     w0 = lora.adapter(n0).delta_weight()
     assert torch.allclose(back.adapter(n0).delta_weight(), w0, rtol=2e-2, atol=2e-2)
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temp file
+
+
+# ----------------------------------------------------------------------------- projection groups
+
+def _grouped_tiny(**spec):
+    torch.manual_seed(0)
+    m = Tiny()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    lora = LoRASet.for_model(m, LoRASpec(**{"rank": 3, "alpha": 6, "preset": "all attention", **spec}), seed=1)
+    with torch.no_grad():
+        for n in lora.names:
+            lora.adapter(n).lora_B.normal_(std=0.5)
+    return m, lora.attach(m)
+
+
+def _through_group(attn, x, key):
+    from trainer_core.lora import projection_group
+
+    g = projection_group(attn, key)
+    assert g is not None
+    return g.outputs(x)
+
+
+@pytest.mark.parametrize("key", ["qkv", "kv"])
+def test_a_projection_group_gives_each_layers_hooked_output_and_gradients(key):
+    m, lora = _grouped_tiny()
+    attn = m.transformer_blocks[1].audio_to_video_attn
+    layers = [attn.to_q, attn.to_k, attn.to_v][3 - len(key):]
+    assert lora.grouped == 12  # every attention of both blocks
+    x = torch.randn(2, 5, 8)
+    got = _through_group(attn, x, key)
+    ads = [lora.adapter(f"transformer_blocks.1.audio_to_video_attn.{p}") for p in ("to_q", "to_k", "to_v")][3 - len(key):]
+    w = [torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(i)) for i in range(len(got))]
+    sum((o * wi).sum() for o, wi in zip(got, w)).backward()
+    g_got = [torch.cat([ad.lora_A.grad.flatten(), ad.lora_B.grad.flatten()]) for ad in ads]
+    lora.zero_grad(set_to_none=True)
+    ref = [lin(x) for lin in layers]  # each layer through its own hook
+    sum((o * wi).sum() for o, wi in zip(ref, w)).backward()
+    g_ref = [torch.cat([ad.lora_A.grad.flatten(), ad.lora_B.grad.flatten()]) for ad in ads]
+    for a, b in zip(got, ref):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+    for a, b in zip(g_got, g_ref):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    # the adapters really change the outputs (the comparison is not between two base outputs)
+    assert not torch.allclose(ref[0], layers[0].forward(x), atol=1e-3)
+
+
+def test_mixed_ranks_and_scales_group_without_the_batched_up_projection():
+    from trainer_core.lora import ProjectionGroup
+
+    m, lora = _grouped_tiny()
+    attn = m.transformer_blocks[0].attn1
+    names = [f"transformer_blocks.0.attn1.{p}" for p in ("to_q", "to_k", "to_v")]
+    shapes = {n: (8, 8) for n in names}
+    s = LoRASet(shapes, 2, 2.0, ranks={names[1]: 5}, alphas={names[2]: 7.0})
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for n in s.names:
+            s.adapter(n).lora_A.normal_(generator=g)
+            s.adapter(n).lora_B.normal_(generator=g)
+    lora.detach()
+    s.attach(m)
+    group = attn.__dict__["_ltx2_lora_groups"]["qkv"]
+    assert isinstance(group, ProjectionGroup) and not group.batched_up and group.scale is None
+    x = torch.randn(4, 8)
+    for a, b in zip(_through_group(attn, x, "qkv"), (attn.to_q(x), attn.to_k(x), attn.to_v(x))):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_no_groups_with_dropout_or_other_hooks_and_none_after_detach():
+    _, lora = _grouped_tiny(dropout=0.1)
+    assert lora.grouped == 0  # each layer draws its own dropout mask
+    m, lora = _grouped_tiny()
+    attn = m.transformer_blocks[0].attn1
+    assert lora.attach(m, group=False).grouped == 0
+    # a layer someone else hooks (FSDP2 gathers its weight in a pre-hook) is not grouped at attach …
+    h = attn.to_k.register_forward_pre_hook(lambda mod, args: None)
+    lora.attach(m)
+    assert "qkv" not in attn.__dict__.get("_ltx2_lora_groups", {}) and lora.grouped == 11
+    h.remove()
+    # … nor used when the hook comes after attach: each layer's own hook applies then
+    lora.attach(m)
+    from trainer_core.lora import projection_group
+
+    assert projection_group(attn, "qkv") is not None
+    h = attn.to_v.register_forward_pre_hook(lambda mod, args: None)
+    assert projection_group(attn, "qkv") is None and projection_group(attn, "kv") is None
+    h.remove()
+    lora.detach()
+    assert lora.grouped == 0 and not any("_ltx2_lora_groups" in mod.__dict__ for mod in m.modules())

@@ -143,8 +143,13 @@ def test_compiled_blocks_trace_the_same_computation():
     assert max(_rel(got[n], ref[n]) for n in ref) < 1e-5
 
 
-def test_gradients_match_finite_differences():
-    """The forward's own autograd is right (not just self-consistent): a LoRA-B direction
+@pytest.mark.parametrize("name,which", [
+    ("transformer_blocks.1.audio_to_video_attn.to_q", "lora_B"),  # a layer's own hook
+    ("transformer_blocks.0.attn1.to_k", "lora_A"),  # q/k/v projection group: stacked down-projection
+    ("transformer_blocks.1.video_to_audio_attn.to_v", "lora_B"),  # k/v group: batched up-projection
+])
+def test_gradients_match_finite_differences(name, which):
+    """The forward's own autograd is right (not just self-consistent): a LoRA direction
     derivative agrees with central differences in float64."""
     c = tiny_config("2.3")
     root = build_tree(c, seed=4).double()
@@ -153,22 +158,52 @@ def test_gradients_match_finite_differences():
     inp = StepInputs(*(ModalityInput(m.tokens.double(), m.sigma.double(), m.noised, m.grid) for m in (inp.video, inp.audio)),
                      {"context": inp.text["context"].double()}, inp.fps, inp.mode)
     predict = make_predict(checkpointing=True)
-    name = "transformer_blocks.1.audio_to_video_attn.to_q"
-    ad = lora.adapter(name)
+    assert lora.grouped == 6 * c.num_layers
+    w = getattr(lora.adapter(name), which)
     lora.zero_grad(set_to_none=True)
     _loss(inp, *predict(root, inp)).backward()
-    d = torch.randn(ad.lora_B.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
-    analytic = (ad.lora_B.grad * d).sum().item()
+    d = torch.randn(w.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    analytic = (w.grad * d).sum().item()
     eps = 1e-6
     with torch.no_grad():
-        base = ad.lora_B.clone()
-        ad.lora_B.copy_(base + eps * d)
+        base = w.clone()
+        w.copy_(base + eps * d)
         up = _loss(inp, *predict(root, inp)).item()
-        ad.lora_B.copy_(base - eps * d)
+        w.copy_(base - eps * d)
         down = _loss(inp, *predict(root, inp)).item()
-        ad.lora_B.copy_(base)
+        w.copy_(base)
     numeric = (up - down) / (2 * eps)
     assert abs(analytic - numeric) <= 1e-6 * max(1.0, abs(numeric)), (analytic, numeric)
+
+
+@pytest.mark.parametrize("variant", ["2.0", "2.3", "2.5"])
+def test_projection_groups_give_the_per_layer_forward(variant, monkeypatch):
+    """The training forward with the LoRA's projection groups (one down-projection for the
+    layers that read one input) equals the forward through each layer's hook: outputs and
+    every adapter's gradient; and it does go through the groups (fewer adapter calls)."""
+    from trainer_core import lora as lora_mod
+
+    c = tiny_config(variant)
+    root = build_tree(c, seed=2)
+    lora = _random_lora(root, "all attention")
+    inp = step_inputs(c, "text_to_audio_video", seed=3)
+    calls = []
+    real = lora_mod.LoRAAdapter.forward
+    monkeypatch.setattr(lora_mod.LoRAAdapter, "forward", lambda self, x: calls.append(1) or real(self, x))
+    results = {}
+    for grouped in (True, False):
+        lora.attach(root, group=grouped)
+        assert (lora.grouped > 0) == grouped
+        calls.clear()
+        v, a = make_predict(checkpointing=True)(root, inp)
+        results[grouped] = (v.detach(), a.detach(), len(calls))
+        results[grouped] += (_lora_grads(root, lora, make_predict(checkpointing=True), inp),)
+    (vg, ag, ng, gg), (vr, ar, nr, gr) = results[True], results[False]
+    assert _rel(vg, vr) < 1e-6 and _rel(ag, ar) < 1e-6
+    assert set(gg) == set(gr) == set(lora.names)
+    assert max(_rel(gg[n], gr[n]) for n in gr) < 1e-5
+    # per block: 6 attentions × 4 adapters by hook; grouped: the 6 out-projections and the 4 cross-attention queries
+    assert nr == 24 * c.num_layers and ng == 10 * c.num_layers
 
 
 def test_inference_mode_weights_and_inputs():

@@ -87,6 +87,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..lora import projection_group
 from .config import LTX2Config
 
 AUDIO_SAMPLE_RATE = 16000
@@ -340,6 +341,24 @@ def _sdpa_order():
     return _SDPA_ORDER
 
 
+def _qkv(attn: nn.Module, x: torch.Tensor, context: Optional[torch.Tensor]):
+    """The q, k, v projections (before the norms), with an attached LoRA's adapters: through
+    its projection groups where it has them (one down-projection for the layers that share an
+    input, see trainer_core.lora.ProjectionGroup), else through each layer's hook."""
+    if context is None:
+        g = projection_group(attn, "qkv")
+        if g is not None:
+            return tuple(g.outputs(x))
+        ctx = x
+    else:
+        ctx = context
+    g = projection_group(attn, "kv")
+    if g is not None:
+        k, v = g.outputs(ctx)
+        return attn.to_q(x), k, v
+    return attn.to_q(x), attn.to_k(ctx), attn.to_v(ctx)
+
+
 def attention(attn: nn.Module, x: torch.Tensor, context: Optional[torch.Tensor] = None,
               pe: Optional[Rope] = None, k_pe: Optional[Rope] = None,
               mask: Optional[torch.Tensor] = None, sp: Any = None) -> torch.Tensor:
@@ -347,10 +366,8 @@ def attention(attn: nn.Module, x: torch.Tensor, context: Optional[torch.Tensor] 
     ``sp``: a sequence-parallel :class:`~trainer_core.distributed.Dist` — ``x`` is this rank's
     slice of the tokens and the self-attention runs over the whole sequence (Ulysses)."""
     heads = attn.heads
-    ctx = x if context is None else context
-    q = attn.q_norm(attn.to_q(x))
-    k = attn.k_norm(attn.to_k(ctx))
-    v = attn.to_v(ctx)
+    q, k, v = _qkv(attn, x, context)
+    q, k = attn.q_norm(q), attn.k_norm(k)
     if pe is not None:
         q = apply_rope(q, pe, heads)
         k = apply_rope(k, pe if k_pe is None else k_pe, heads)
