@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, NoReturn, Optional, Protocol
 
 import torch
 
@@ -1218,12 +1218,10 @@ class Trainer:
                 if not math.isfinite(loss_sum):
                     # found after the update (which is why the step reads back once): the LoRA in memory
                     # is spoilt, the run stops, and it resumes from the last checkpoint on disk
-                    ck = self._checkpoint_if_any(ckpts)
-                    raise TrainingStopped(
+                    self._stop(step, "nan", lambda where: (
                         f"loss became {loss_sum} at step {step + 1}: training stopped. Likely causes: the "
                         f"learning rate ({cfg.learning_rate:g}) is too high, or a cached latent is corrupt; "
-                        f"lower the learning rate or re-encode the cache, then resume from {ck or 'the start'}",
-                        step, ck, reason="nan")
+                        f"lower the learning rate or re-encode the cache, then resume from {where}"))
                 step += 1
                 quiet.tick()
                 quiet.settle()  # the first step built what stays: out of the collector's way
@@ -1239,7 +1237,7 @@ class Trainer:
                 rec["lora_max"] = wmax_f
                 history.append(rec)
                 done = (step, epoch, pos)
-                self._check_divergence(history, step, ckpts)
+                self._check_divergence(history, step)
                 if self.cb.on_step and dist.is_main:
                     self.cb.on_step(dict(rec, steps=cfg.steps, smoothed=smoothed(history)))
                 if self.cb.on_validate and dist.is_main and self.cb.validate_every > 0 \
@@ -1307,35 +1305,39 @@ class Trainer:
         self._emit("checkpoint", {"step": step, "path": str(path)})
         return str(path)
 
-    def _checkpoint_if_any(self, ckpts) -> Optional[str]:
+    def _checkpoint_if_any(self) -> Optional[str]:
         existing = list_checkpoints(self.run_dir)
         return str(existing[-1]) if existing else None
+
+    def _stop(self, step: int, reason: str, message: Callable[[str], str]) -> NoReturn:
+        """Stop a run that went wrong: it resumes from the last checkpoint on disk, which
+        ``message`` is given the name of ("the start" when there is none)."""
+        ck = self._checkpoint_if_any()
+        raise TrainingStopped(message(ck or "the start"), step, ck, reason=reason)
 
     # LoRA weights beyond this are runaway (Adam moves each weight by about the learning rate
     # per step: a healthy run stays within a few units)
     MAX_LORA_WEIGHT = 50.0
 
-    def _check_divergence(self, history, step, ckpts) -> None:
+    def _check_divergence(self, history, step) -> None:
         cfg = self.cfg
         h = history[-1]
         if cfg.divergence_factor <= 0:
             return
         if not math.isfinite(h["lora_max"]) or h["lora_max"] > self.MAX_LORA_WEIGHT:
-            ck = self._checkpoint_if_any(ckpts)
-            raise TrainingStopped(
+            self._stop(step, "diverged", lambda where: (
                 f"LoRA weights ran away at step {step}: the largest is {h['lora_max']:.4g} (healthy runs stay under "
                 f"a few units). The learning rate ({cfg.learning_rate:g}) is far too high; lower it (1e-4 is "
-                f"typical) and resume from {ck or 'the start'}", step, ck, reason="diverged")
+                f"typical) and resume from {where}"))
         norms = [x.get("grad_norm") for x in history]
         if len(norms) >= 4 and all(v is not None for v in norms[-3:]):
             ref = max(v for v in norms[:-3] if v is not None) if any(v is not None for v in norms[:-3]) else 0.0
             if ref > 0 and all(v <= 1e-7 * ref for v in norms[-3:]):
-                ck = self._checkpoint_if_any(ckpts)
-                raise TrainingStopped(
+                self._stop(step, "diverged", lambda where: (
                     f"the gradient vanished at step {step}: its norm fell from {ref:.3g} to {norms[-1]:.3g} for three "
                     f"steps, so training no longer changes the LoRA. Usually the learning rate "
                     f"({cfg.learning_rate:g}) was too high and the model saturated; lower it and resume from "
-                    f"{ck or 'the start'}", step, ck, reason="diverged")
+                    f"{where}"))
         n = len(history)
         if n < 8:
             return
@@ -1346,12 +1348,10 @@ class Trainer:
         base = min(early[len(early) // 2], first)
         recent = sorted(x["loss"] for x in history[-5:])[2]
         if base > 0 and recent > cfg.divergence_factor * base:
-            ck = self._checkpoint_if_any(ckpts)
-            raise TrainingStopped(
+            self._stop(step, "diverged", lambda where: (
                 f"loss diverged at step {step}: {recent:.4g} is over {cfg.divergence_factor:g}× the early "
                 f"median {base:.4g}. Likely cause: the learning rate ({cfg.learning_rate:g}) is too high "
-                f"for rank {cfg.rank}; lower it (e.g. halve it) and resume from {ck or 'the start'}",
-                step, ck, reason="diverged")
+                f"for rank {cfg.rank}; lower it (e.g. halve it) and resume from {where}"))
 
 
 class _StopRequested(Exception):
