@@ -54,9 +54,9 @@ def kernel_kind(name: str, avg_us: float) -> str:
 
 
 def is_annotation(name: str) -> bool:
-    """A profiler range shown on the GPU timeline (the optimizer's step, a compiled region),
-    which spans kernels counted on their own."""
-    return "#" in name or name.startswith(("Torch-Compiled Region", "CompiledFunction", "autograd::"))
+    """A profiler range shown on the GPU timeline (the optimizer's step, a compiled region, the
+    engine's ``ltx2.*`` ranges), which spans kernels counted on their own."""
+    return "#" in name or name.startswith(("Torch-Compiled Region", "CompiledFunction", "autograd::", "ltx2."))
 
 
 def kernel_categories(ka) -> dict:

@@ -102,6 +102,11 @@ def resolve_targets(root: nn.Module, preset: Optional[str] = None, patterns: Ite
     return names
 
 
+def _adapter_dtype(x: torch.Tensor) -> torch.dtype:
+    """What an adapter computes in: autocast's dtype where autocast is on, else the input's."""
+    return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+
+
 class LoRAAdapter(nn.Module):
     def __init__(self, in_features: int, out_features: int, rank: int, alpha: float, dropout: float = 0.0):
         super().__init__()
@@ -123,7 +128,7 @@ class LoRAAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.dropout(x)
-        dt = x.dtype if not torch.is_autocast_enabled(x.device.type) else torch.get_autocast_dtype(x.device.type)
+        dt = _adapter_dtype(x)
         h = torch.nn.functional.linear(h.to(dt), self.lora_A.to(dt))
         return torch.nn.functional.linear(h, self.lora_B.to(dt)) * self.scale
 
@@ -156,8 +161,8 @@ def _plain_forward(m: nn.Module) -> bool:
 class ProjectionGroup:
     """LoRA adapters on layers that read one input — an attention's q, k and v, or the k and v
     of a cross-attention — computed as one down-projection (their A matrices stacked) and, when
-    ranks and widths match, one batched up-projection: 2 products instead of 2 per layer, and
-    the input read once. Each layer's result is the same as its own adapter's (only the
+    ranks and widths match, one batched up-projection: two products for the group instead of
+    two per layer, and the input read once. Each layer's result is the same as its own adapter's (only the
     order of float sums inside the products can differ). Used by the training forward
     (``trainer_core.ltx2.forward.attention``), which computes the layers' frozen outputs through
     their ``forward`` (so the per-layer hooks don't add the adapters twice); any other forward
@@ -178,7 +183,7 @@ class ProjectionGroup:
 
     def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each layer's output with its adapter added (as the hooks would give it)."""
-        dt = x.dtype if not torch.is_autocast_enabled(x.device.type) else torch.get_autocast_dtype(x.device.type)
+        dt = _adapter_dtype(x)
         ads = self.adapters
         h = torch.nn.functional.linear(x.to(dt), torch.cat([ad.lora_A for ad in ads]).to(dt))
         if self.batched_up:

@@ -78,6 +78,7 @@ def test_profile_kernel_kinds():
     assert k("void at::native::vectorized_elementwise_kernel<4>", 3.0) == "other"
     assert p.is_annotation("Optimizer.step#AdamW.step") and p.is_annotation("Torch-Compiled Region: 0/1")
     assert not p.is_annotation("nvjet_sm90_tst_64x16_64x16_4x1_v_bz_NNT")
+    assert p.is_annotation("ltx2.forward")  # the engine's named ranges span kernels too
 
 
 def test_bench_plans_as_the_train_node_plans(tmp_path):

@@ -428,8 +428,10 @@ def sigma_levels(u: torch.Tensor, batch: int) -> torch.Tensor:
     mode's case — or the next power of two above a larger count. The modulation tables (and
     with them the compiled blocks' input shapes) then stay the same from step to step, where
     the count alone would change with each draw of first-frame conditioning and make
-    torch.compile build the blocks again (measured on an H200, 19B at 512×512×33: a second
-    step of 99 s). The padded levels are never indexed."""
+    torch.compile build the blocks again (dynamo compiles with static shapes). On an H200, 19B
+    at 512×512×33, nothing recompiles after the first step with the padding; the long second
+    step of a CUDA-graph run (60–70 s) is the graphs being recorded, not a rebuild
+    (bench/results/engine_step_H200_round6_logs.txt). The padded levels are never indexed."""
     n = int(u.numel())
     size = 2 * max(batch, 1)
     if n > size:
