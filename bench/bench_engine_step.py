@@ -17,6 +17,12 @@ caption 16). The run's final checkpoint is not written (3 GB of LoRA and optimiz
 where the engine's step goes: CPU time and GPU idle time in each of the engine's ranges
 (``ltx2.data``, ``.inputs``, ``.forward``, ``.backward``, ``.optimizer``, ``.readback``; what
 falls between them is ``between``), GPU busy time a step, and the kernels by kind.
+
+``--read-each-step`` runs the engine a second time in the same process, reading each step's
+numbers at its end (``Trainer.pipelined`` False: the loop before round 7), beside the default
+that reads them during the next step. ``--sync-log`` writes where the host waited for the GPU
+in the timed steps (``host_waits_in_timed_steps``: file:line and count, from CUDA's sync debug
+mode): a pipelined step should wait once, for the numbers of the step before.
 """
 from __future__ import annotations
 
@@ -135,12 +141,52 @@ class _NoFinalSave(en.Trainer):
         return ""
 
 
+class _ReadEachStep(_NoFinalSave):
+    """The engine reading each step's numbers at its end (the loop before ``pipelined``)."""
+
+    pipelined = False
+
+
+class SyncLog:
+    """Where the host waited for the GPU during some steps: CUDA's sync debug mode ("warn")
+    turns every synchronizing call into a warning, counted here by the file and line of
+    the Python code that made it."""
+
+    def __init__(self):
+        self.sites: dict[str, int] = {}
+        self._cw = None
+
+    def start(self):
+        import warnings
+
+        self._cw = warnings.catch_warnings(record=True)
+        self._log = self._cw.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def stop(self):
+        if self._cw is None:
+            return
+        torch.cuda.set_sync_debug_mode("default")
+        self._cw.__exit__(None, None, None)
+        for w in self._log:
+            if "synchroniz" in str(w.message):
+                key = f"{Path(w.filename).name}:{w.lineno}"
+                self.sites[key] = self.sites.get(key, 0) + 1
+        self._cw = None
+
+
 def engine_run(root, cache: Path, batch: int, steps: int, warmup: int, dev, compiled: bool, budget_gib: float,
-               run_dir: Path, profile: int = 0) -> tuple[dict, object]:
+               run_dir: Path, profile: int = 0, pipelined: bool = True, sync_log: bool = False,
+               predict=None) -> tuple[dict, object]:
+    """One engine run; ``predict``: an earlier run's (its compiled blocks kept: no second
+    compile in the same process, only the CUDA graphs recorded again for the new LoRA)."""
     cfg = en.TrainConfig(steps=warmup + steps + profile, rank=32, alpha=32.0, targets="all attention",
                          mixed_precision="bf16", checkpoint_every=0, learning_rate=1e-4, caption_dropout=0.3)
-    plan = plan_for_training(root, str(cache), cfg, budget_gib, batch_size=batch, compiled=compiled)
-    predict = make_predict(memory_plan=plan, compile_blocks=compiled)
+    if predict is None:
+        plan = plan_for_training(root, str(cache), cfg, budget_gib, batch_size=batch, compiled=compiled)
+        predict = make_predict(memory_plan=plan, compile_blocks=compiled)
+    plan = predict.memory_plan
     hist = []
     padded = []
 
@@ -149,22 +195,36 @@ def engine_run(root, cache: Path, batch: int, steps: int, warmup: int, dev, comp
         return predict(r, inputs)
 
     prof = _profiler() if profile else None
+    syncs = SyncLog() if sync_log and dev.type == "cuda" else None
 
-    def on_step(rec):
-        hist.append(rec)
-        if prof is not None and len(hist) == warmup + steps:
-            prof.start()  # the profiled steps come after the timed ones
+    tops = [0]
+
+    def at_step_start():  # (the engine asks should_stop at the top of every step)
+        tops[0] += 1
+        if syncs is not None and tops[0] == warmup + 1:
+            syncs.start()  # the timed steps' waits for the GPU
+        if tops[0] == warmup + steps + 1:
+            if syncs is not None:
+                syncs.stop()
+            if prof is not None:
+                prof.start()  # the profiled steps come after the timed ones
+        return False
 
     t0 = time.perf_counter()
-    _NoFinalSave(root, watch, CachedLatents(cache), cfg, run_dir, device=dev, batch_size=batch,
-                 callbacks=en.Callbacks(on_step=on_step)).train()
+    trainer = _NoFinalSave if pipelined else _ReadEachStep
+    trainer(root, watch, CachedLatents(cache), cfg, run_dir, device=dev, batch_size=batch,
+            callbacks=en.Callbacks(on_step=hist.append, should_stop=at_step_start)).train()
     wall = time.perf_counter() - t0
+    if syncs is not None:
+        syncs.stop()
     times = [h["s_per_step"] for h in hist[warmup:warmup + steps]]
     rec = {"stack": "ours (engine)", **stats(times), "s_per_clip": round(stats(times)["s_per_step"] / batch, 4),
            "first_steps_s": [round(h["s_per_step"], 2) for h in hist[:warmup]], "wall_s": round(wall, 1),
            "steps_with_padded_captions": sum(padded), "forwards": len(padded),
            "cudagraphs": bool(getattr(predict, "used_cudagraphs", False)), "plan": plan.summary(),
-           "steps_s": [round(t, 4) for t in times]}
+           "steps_s": [round(t, 4) for t in times], "pipelined": pipelined}
+    if syncs is not None:
+        rec["host_waits_in_timed_steps"] = dict(sorted(syncs.sites.items()))
     if prof is not None:
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -186,6 +246,10 @@ def main(argv=None) -> int:
     ap.add_argument("--eager", action="store_true", help="eager blocks (the CPU check of this script)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--profile", type=int, default=0, help="profiled steps after the timed ones (0: none)")
+    ap.add_argument("--read-each-step", action="store_true",
+                    help="also run the engine reading each step at its end (Trainer.pipelined False), same process")
+    ap.add_argument("--sync-log", action="store_true",
+                    help="count where the host waited for the GPU in the engine's timed steps (CUDA sync debug mode)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     dev = torch.device(a.device)
@@ -204,8 +268,13 @@ def main(argv=None) -> int:
     for batch in (int(b) for b in a.batches.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             cache = write_cache(Path(tmp) / "cache", a.shape, width, max(2 * batch, 3))
+            extra, p0 = [], None
+            if a.read_each_step:  # first, so the pipelined run below is the one the bare step follows
+                each, p0 = engine_run(root, cache, batch, a.steps, a.warmup, dev, compiled, budget,
+                                      Path(tmp) / "run_each", pipelined=False, sync_log=a.sync_log)
+                extra.append(each)
             eng, predict = engine_run(root, cache, batch, a.steps, a.warmup, dev, compiled, budget, Path(tmp) / "run",
-                                      profile=a.profile)
+                                      profile=a.profile, sync_log=a.sync_log, predict=p0)
         # the bare step in the same process: same blocks (compiled for this shape), a fresh LoRA
         lora, opt = _lora_and_opt(root, dev)
         inp = step_inputs(width, W, H, F, 24.0, dev, gen, batch=batch)
@@ -238,12 +307,13 @@ def main(argv=None) -> int:
         bare_predict.release()
         common = {"model": a.variant, "shape": a.shape, "batch": batch, "gpu": gpu, "layers": a.layers or "all",
                   "compiled": compiled, "torch": torch.__version__}
-        for r in (eng, bare):
+        for r in (*extra, eng, bare):
             r.update(common)
-        eng["engine_over_bare_s"] = round(eng["s_per_step"] - bare["s_per_step"], 4)
-        records += [eng, bare]
-        print(json.dumps(eng), flush=True)
-        print(json.dumps(bare), flush=True)
+            if r is not bare:
+                r["engine_over_bare_s"] = round(r["s_per_step"] - bare["s_per_step"], 4)
+        records += [*extra, eng, bare]
+        for r in (*extra, eng, bare):
+            print(json.dumps(r), flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(records, indent=1))  # after every batch: a cut-off run keeps what it measured
         del lora, opt, inp

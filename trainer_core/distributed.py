@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -107,7 +108,8 @@ class Dist:
         try:
             return fn()
         except Exception as e:  # DistBackendError, DistNetworkError, RuntimeError from gloo/NCCL
-            dead = self.dead_ranks()
+            # (a killed peer's socket can close before its process is reaped: give it a moment)
+            dead = self.dead_ranks(wait_s=3.0)
             who = (", ".join(f"rank {r}" for r in dead) + (" is" if len(dead) == 1 else " are") + " gone") if dead \
                 else "no rank's process is gone (one hangs or the network failed)"
             raise RankFailure(f"{what} failed on rank {self.rank}: {who} ({type(e).__name__}: {str(e)[:160]})",
@@ -151,16 +153,17 @@ class Dist:
 
             self._guard("a barrier", lambda: td.barrier())
 
-    def dead_ranks(self) -> list[int]:
-        """Ranks on this host whose process has exited (gone or a zombie)."""
+    def dead_ranks(self, wait_s: float = 0.0) -> list[int]:
+        """Ranks on this host whose process has exited (gone or a zombie); with ``wait_s``,
+        asked again every 0.1 s for that long while none has."""
         host = socket.gethostname()
-        dead = []
-        for r, peer in enumerate(self.peers):
-            if r == self.rank or not peer or peer[0] != host:
-                continue
-            if not _alive(int(peer[1])):
-                dead.append(r)
-        return dead
+        deadline = time.monotonic() + wait_s
+        while True:
+            dead = [r for r, peer in enumerate(self.peers)
+                    if r != self.rank and peer and peer[0] == host and not _alive(int(peer[1]))]
+            if dead or time.monotonic() >= deadline:
+                return dead
+            time.sleep(0.1)
 
     def close(self) -> None:
         if self.initialized_here:

@@ -393,7 +393,7 @@ def build_step_inputs(items: list[LatentItem], mode, cfg: TrainConfig, gen: torc
         missing = [it.key for it in items if it.video is None]
         if missing:
             raise ValueError(f"{missing[0]} has no video latents; mode {mode.name} needs video")
-        x = torch.stack([it.video for it in items]).to(device)
+        x = ob.to_device(torch.stack([it.video for it in items]), device)
         _, _, F, H, W = x.shape
         latents["video"], grids["video"] = video_to_tokens(x).to(dtype), (F, H, W)
         if mode.needs("video", "mask"):
@@ -403,14 +403,15 @@ def build_step_inputs(items: list[LatentItem], mode, cfg: TrainConfig, gen: torc
         if mode.needs("video", "reference"):
             r = _stack_needed(items, "reference", mode.name, "a reference video",
                               "pair the clips in Load Clips (clip.reference.mp4, the reference_video column or a "
-                              "reference folder)").to(device)
+                              "reference folder)")
+            r = ob.to_device(r, device)
             refs["video"] = md.VideoRef(video_to_tokens(r).to(dtype), tuple(r.shape[2:]), items[0].fps)
     if mode.needs_audio:
         missing = [it.key for it in items if it.audio is None]
         if missing:
             raise ValueError(f"{missing[0]} has no audio latents; mode {mode.name} needs audio — "
                              "mute training (video_only) or drop clips without sound")
-        a = torch.stack([it.audio for it in items]).to(device)
+        a = ob.to_device(torch.stack([it.audio for it in items]), device)
         latents["audio"], grids["audio"] = audio_to_tokens(a).to(dtype), (a.shape[2],)
         if mode.needs("audio", "mask"):
             masks["audio"] = _stack_needed(items, "audio_mask", mode.name, "an audio mask",
@@ -419,7 +420,7 @@ def build_step_inputs(items: list[LatentItem], mode, cfg: TrainConfig, gen: torc
         if mode.needs("audio", "reference"):
             r = _stack_needed(items, "reference_audio", mode.name, "reference audio",
                               "pair the clips with references that have sound (or clip.reference_audio.wav)")
-            refs["audio"] = audio_to_tokens(r.to(device)).to(dtype)
+            refs["audio"] = audio_to_tokens(ob.to_device(r, device)).to(dtype)
     mi = md.prepare(mode, latents, grids, gen, masks=masks or None, references=refs or None, config=config,
                     fps=float(items[0].fps), sampler=cfg.sigma_sampler,
                     audio_reference_at=cfg.audio_reference_positions)
@@ -461,9 +462,9 @@ def stack_texts(texts: list[dict], device=None) -> dict:
             vals = [torch.nn.functional.pad(v, (0, 0, 0, top - v.shape[0])) for v in vals]
         out[k] = torch.stack(vals)
         if device is not None:
-            out[k] = out[k].to(device)
+            out[k] = ob.to_device(out[k], device)
     if lengths is not None:
-        out[TEXT_LENGTHS] = torch.tensor(lengths, dtype=torch.int64, device=device)
+        out[TEXT_LENGTHS] = torch.tensor(lengths, dtype=torch.int64)  # host memory: the forward reads them as ints
     return out
 
 
@@ -481,7 +482,7 @@ def pad_batch_texts(parts: list) -> list:
     for p, c in zip(parts, ctxs):
         lens = p.text.get(TEXT_LENGTHS)
         if lens is None:
-            lens = torch.full((c.shape[0],), c.shape[1], dtype=torch.int64, device=c.device)
+            lens = torch.full((c.shape[0],), c.shape[1], dtype=torch.int64)
         text = dict(p.text, context=torch.nn.functional.pad(c, (0, 0, 0, top - c.shape[1])), **{TEXT_LENGTHS: lens})
         out.append(replace(p, text=text))
     return out
@@ -502,8 +503,17 @@ def step_losses(inputs: StepInputs, v_pred, a_pred) -> tuple[Optional[torch.Tens
 # ----------------------------------------------------------------------------- optim
 
 def make_optimizer(params, cfg: TrainConfig):
+    """The run's optimizer over the LoRA's ``params``. AdamW on a CUDA device is PyTorch's
+    fused kernel: one launch over every tensor, where the default (foreach) loops in Python
+    over the 2,304 tensors of a 19B all-attention LoRA — at batch 1 the GPU waited on that
+    loop (bench/results/engine_step_H200_round6.json). The same update to rounding (tested
+    against the default on the CPU, where PyTorch has the fused kernel too); a checkpoint
+    of one resumes in the other."""
+    params = list(params)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.learning_rate, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        fused = bool(params) and all(p.device.type == "cuda" for p in params)
+        return torch.optim.AdamW(params, lr=cfg.learning_rate, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                                 fused=fused or None)
     if cfg.optimizer == "adamw8bit":
         try:
             import bitsandbytes as bnb
@@ -864,6 +874,19 @@ def optimizer_offloaded(opt):
             st[k] = st[k].to(dev)
 
 
+class _Pending:
+    """A step whose optimizer update is queued and whose numbers are on their way to host
+    memory: (the step count after it, epoch, position, learning rate, video / audio sample
+    counts, the host tensor of loss sum, video sum, audio sum, gradient norm, largest LoRA
+    weight, and the CUDA event after its copy, None off CUDA)."""
+
+    __slots__ = ("step", "epoch", "pos", "lr", "counts", "host", "ready")
+
+    def __init__(self, step, epoch, pos, lr, counts, host, ready):
+        self.step, self.epoch, self.pos, self.lr, self.counts, self.host, self.ready = \
+            step, epoch, pos, lr, counts, host, ready
+
+
 @dataclass
 class TrainResult:
     lora: LoRASet
@@ -933,6 +956,12 @@ class QuietGC:
 
 
 class Trainer:
+    # Steps are queued back to back: a step's numbers (loss, gradient norm, largest weight)
+    # are read while the next step's forward and backward run, so the CPU never waits for
+    # the GPU between steps. Steps that validate, save a checkpoint or end the run are read
+    # at once. False: every step read at its end (the bench's comparison).
+    pipelined = True
+
     def __init__(self, root: torch.nn.Module, predict: Callable, data: LatentSource, cfg: TrainConfig,
                  run_dir: str | Path, device: torch.device | str = "cpu", callbacks: Optional[Callbacks] = None,
                  batch_size: int = 1, dist=None):
@@ -1134,15 +1163,57 @@ class Trainer:
         acc_dtype = torch.float32 if self.device.type == "mps" else torch.float64  # (MPS has no float64)
         quiet = QuietGC()
         done = (step, epoch, pos)  # the state after the last finished step (what a cancel saves)
+        pending: Optional[_Pending] = None  # a step queued whose numbers have not been read yet
+
+        def settle() -> Optional[dict]:
+            """Read the queued step's numbers and record it (NaN and divergence stop the run)."""
+            nonlocal pending, done, t_last
+            pk, pending = pending, None
+            if pk is None:
+                return None
+            if pk.ready is not None:
+                pk.ready.synchronize()
+            loss_sum, v_sum, a_sum, gnorm_f, wmax_f = pk.host.tolist()
+            if not math.isfinite(loss_sum):
+                # found after the update (which is why the step reads back once): the LoRA in memory
+                # is spoilt, the run stops, and it resumes from the last checkpoint on disk
+                self._stop(pk.step - 1, "nan", lambda where: (
+                    f"loss became {loss_sum} at step {pk.step}: training stopped. Likely causes: the "
+                    f"learning rate ({cfg.learning_rate:g}) is too high, or a cached latent is corrupt; "
+                    f"lower the learning rate or re-encode the cache, then resume from {where}"))
+            quiet.tick()
+            quiet.settle()  # the first step built what stays: out of the collector's way
+            now = time.perf_counter()
+            rec = {"step": pk.step, "loss": loss_sum, "lr": pk.lr, "s_per_step": now - t_last}
+            t_last = now
+            if pk.counts[0]:
+                rec["loss_video"] = v_sum / pk.counts[0]
+            if pk.counts[1]:
+                rec["loss_audio"] = a_sum / pk.counts[1]
+            rec["grad_norm"] = gnorm_f
+            rec["lora_max"] = wmax_f
+            history.append(rec)
+            done = (pk.step, pk.epoch, pk.pos)
+            self._check_divergence(history, pk.step)
+            return rec
+
+        def finish() -> None:
+            """``settle`` and tell the progress callback."""
+            rec = settle()
+            if rec is not None and self.cb.on_step and dist.is_main:
+                self.cb.on_step(dict(rec, steps=cfg.steps, smoothed=smoothed(history)))
+
         try:
             while step < cfg.steps:
                 if dist.any(bool(self.cb.should_stop and self.cb.should_stop())):
+                    finish()  # the last step's numbers and progress first: it is the one saved
                     raise _StopRequested()
                 for g in opt.param_groups:
                     g["lr"] = cfg.learning_rate * lr_factor(step, cfg)
                 # the step's loss and per-stream loss sums stay on the device (float64, summed as
-                # Python floats would be) until the optimizer step is queued: read back once, at the
-                # end, so the GPU never waits on the CPU between forward, backward and the optimizer
+                # Python floats would be) until the optimizer step is queued: read back once, during
+                # the next step (``pipelined``), so the GPU never waits on the CPU inside a step or
+                # between two
                 acc = torch.zeros(3, dtype=acc_dtype, device=self.device)  # loss, video sum, audio sum
                 counts = [0, 0]  # video samples, audio samples
                 per_micro = []  # exact reduction: this rank's per-sample flat gradients, per micro-batch
@@ -1188,6 +1259,9 @@ class Trainer:
                                 p.grad = None
                         del items, inputs, v_pred, a_pred, lv, la, loss
                     per_micro.append(leaves)
+                # the last step's numbers, read while this step's forward and backward are queued
+                # (before its optimizer step, so a stop there saves the LoRA of the step it names)
+                finish()
                 if dist.active and not dist.sp:  # (sequence parallel: every rank computed the same loss)
                     tot = dist.all_reduce_sum(torch.tensor([*acc.tolist(), *counts, *map(float, had)],
                                                            dtype=torch.float64)).tolist()
@@ -1212,39 +1286,26 @@ class Trainer:
                     opt.zero_grad(set_to_none=True)
                 with torch.no_grad(), _phase("ltx2.readback"):
                     wmax = torch.stack(torch._foreach_norm(params, float("inf"))).max()
-                    # the one read-back of the step
-                    loss_sum, v_sum, a_sum, gnorm_f, wmax_f = torch.cat(
-                        [acc.to(wmax.device), torch.stack([gnorm.to(wmax.device, acc_dtype), wmax.to(acc_dtype)])]).tolist()
-                if not math.isfinite(loss_sum):
-                    # found after the update (which is why the step reads back once): the LoRA in memory
-                    # is spoilt, the run stops, and it resumes from the last checkpoint on disk
-                    self._stop(step, "nan", lambda where: (
-                        f"loss became {loss_sum} at step {step + 1}: training stopped. Likely causes: the "
-                        f"learning rate ({cfg.learning_rate:g}) is too high, or a cached latent is corrupt; "
-                        f"lower the learning rate or re-encode the cache, then resume from {where}"))
+                    # the one read-back of the step, queued: copied to host memory behind the
+                    # optimizer step and read at the next step's optimizer (or now, below)
+                    vals = torch.cat([acc.to(wmax.device),
+                                      torch.stack([gnorm.to(wmax.device, acc_dtype), wmax.to(acc_dtype)])])
+                    host = vals.to("cpu", non_blocking=vals.is_cuda)
+                    ready = None
+                    if vals.is_cuda:
+                        ready = torch.cuda.Event()
+                        ready.record()
                 step += 1
-                quiet.tick()
-                quiet.settle()  # the first step built what stays: out of the collector's way
-                now = time.perf_counter()
-                rec = {"step": step, "loss": loss_sum, "lr": opt.param_groups[0]["lr"],
-                       "s_per_step": now - t_last}
-                t_last = now
-                if counts[0]:
-                    rec["loss_video"] = v_sum / counts[0]
-                if counts[1]:
-                    rec["loss_audio"] = a_sum / counts[1]
-                rec["grad_norm"] = gnorm_f
-                rec["lora_max"] = wmax_f
-                history.append(rec)
-                done = (step, epoch, pos)
-                self._check_divergence(history, step)
-                if self.cb.on_step and dist.is_main:
-                    self.cb.on_step(dict(rec, steps=cfg.steps, smoothed=smoothed(history)))
-                if self.cb.on_validate and dist.is_main and self.cb.validate_every > 0 \
-                        and step % self.cb.validate_every == 0:
+                pending = _Pending(step, epoch, pos, opt.param_groups[0]["lr"], list(counts), host, ready)
+                validate_now = bool(self.cb.on_validate and dist.is_main and self.cb.validate_every > 0
+                                    and step % self.cb.validate_every == 0)
+                save_now = cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < cfg.steps
+                if not self.pipelined or validate_now or save_now or step >= cfg.steps:
+                    finish()  # these need the LoRA of this step: no later step queued before them
+                if validate_now:
                     self.cb.on_validate(step, opt)
                     quiet.tick(full=True)  # what sampling left in cycles (GPU tensors too) goes now
-                if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                if save_now:
                     self._checkpoint(lora, opt, step, epoch, pos, history, ckpts)
             # the end is a checkpoint too: queue again with more steps to continue
             if not ckpts or not ckpts[-1].endswith(f"step_{step:06d}.safetensors"):
@@ -1258,6 +1319,7 @@ class Trainer:
         except RankFailure as e:
             # another rank died (or hangs): the lowest surviving rank saves the last finished
             # step — the LoRA and optimizer are the same on every rank — and every survivor stops
+            settle()
             opt.zero_grad(set_to_none=True)
             _drop_frames(e)
             s, ep, ps = done
@@ -1275,6 +1337,7 @@ class Trainer:
             stop = isinstance(e, (_StopRequested, KeyboardInterrupt)) or bool(self.cb.is_interrupt and self.cb.is_interrupt(e))
             if not stop and not (self.cb.should_stop and _safe_call(self.cb.should_stop)):
                 raise
+            settle()  # a step whose numbers were still on their way is finished: it is saved
             # cancelled: drop what the unfinished step built (its activations live in the
             # exception's frames), save the last finished step, and say how to go on
             opt.zero_grad(set_to_none=True)

@@ -457,8 +457,8 @@ def build(mode: TrainingMode, latents: dict, draws: Draws, grids: dict, *, masks
         d = getattr(draws, key)
         apply = list(d.apply)
         if s.role == GENERATED:
-            sig = d.sigma.to(x0.device, torch.float32)
-            eps = d.eps.to(x0.device, torch.float32)
+            sig = ob.to_device(d.sigma, x0.device, torch.float32)
+            eps = ob.to_device(d.eps, x0.device, torch.float32)
             x0f = x0.float()
             sv = sig.view(B, 1, 1)
             x_t = (1 - sv) * x0f + sv * eps
@@ -469,7 +469,7 @@ def build(mode: TrainingMode, latents: dict, draws: Draws, grids: dict, *, masks
                 if c.intrinsic:
                     a = apply.pop(0).cpu()
                     cond |= _cond_mask(c, grid, B, N, masks, key, scale) & a[:, None]
-            cond = cond.to(x0.device)
+            cond = ob.to_device(cond, x0.device)
             x_t = torch.where(cond[..., None], x0f, x_t)
             sig_tok = torch.where(cond, torch.zeros_like(sig_tok), sig_tok)
             si = StreamInputs(x_t.to(x0.dtype), sig_tok, grid, target, ~cond, sig)
@@ -495,7 +495,7 @@ def build(mode: TrainingMode, latents: dict, draws: Draws, grids: dict, *, masks
             if si.ref_tokens is not None:  # a second reference condition goes in front again
                 toks = torch.cat([toks, si.ref_tokens], 1)
                 pos = torch.cat([pos, si.ref_positions], 2)
-            si.ref_tokens, si.ref_positions = toks.to(x0.device), pos
+            si.ref_tokens, si.ref_positions = ob.to_device(toks, x0.device), pos
         res[key] = si
     return ModeInputs(res["video"], res["audio"])
 

@@ -79,6 +79,15 @@ def shift_for_tokens(n_tokens: int, min_tokens: int = 1024, max_tokens: int = 40
     return min_shift + slope * (n_tokens - min_tokens)
 
 
+
+def to_device(t: torch.Tensor, device, dtype=None) -> torch.Tensor:
+    """``t.to(device, dtype)`` without waiting for the GPU: a copy from host memory to a CUDA
+    device is queued (``non_blocking``: CUDA stages pageable memory before the call returns,
+    so the host tensor may go right after), where a blocking copy would first wait for
+    everything queued on the stream — the previous step's backward and optimizer."""
+    dev = torch.device(device) if device is not None else t.device
+    return t.to(dev, dtype, non_blocking=dev.type == "cuda" and t.device.type == "cpu")
+
 # standard-normal quantiles used to stretch the logit-normal onto [0, 1]
 _Q999 = 3.0902
 _Q005 = -2.5758
@@ -132,8 +141,9 @@ def noise_modality(x0: torch.Tensor, role: str, generator: torch.Generator, samp
     if role == CONDITION:
         z = torch.zeros(B, N, dtype=x0.dtype, device=x0.device)
         return Noised(x0, z, None, None, torch.zeros(B, dtype=x0.dtype, device=x0.device))
-    sig = sample_sigmas(B, n_tokens_for_shift or N, generator, kind=sampler).to(x0.device, torch.float32)
-    eps = torch.randn(x0.shape, generator=generator, device=generator.device, dtype=torch.float32).to(x0.device)
+    sig = to_device(sample_sigmas(B, n_tokens_for_shift or N, generator, kind=sampler), x0.device, torch.float32)
+    eps = to_device(torch.randn(x0.shape, generator=generator, device=generator.device, dtype=torch.float32),
+                    x0.device)
     x0f = x0.float()
     sig_tok = sig[:, None].expand(B, N)
     mask = torch.ones(B, N, dtype=torch.bool, device=x0.device)
@@ -157,7 +167,7 @@ def first_frame_mask(batch: int, frames: int, height: int, width: int, prob: flo
     m = torch.zeros(batch, frames * per_frame, dtype=torch.bool)
     m[:, :per_frame] = True
     m &= apply.cpu()[:, None]
-    return m.to(device) if device is not None else m
+    return to_device(m, device) if device is not None else m
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:

@@ -6,7 +6,9 @@ checkpoint rotation, schedules, optimizers.
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,7 +172,7 @@ def test_a_step_reads_the_device_back_once(tmp_path, monkeypatch):
 
         def wrapper(self, *a, **k):
             f = sys._getframe(1)
-            if f.f_code.co_filename.endswith("engine.py") and f.f_code.co_name == "train":
+            if f.f_code.co_filename.endswith("engine.py") and f.f_code.co_name in ("train", "settle"):
                 reads.append(name)
             return orig(self, *a, **k)
         return wrapper
@@ -184,6 +186,65 @@ def test_a_step_reads_the_device_back_once(tmp_path, monkeypatch):
     assert len(hist) == 3 and all(math.isfinite(h["loss"]) and h["grad_norm"] > 0 and h["lora_max"] > 0
                                   for h in hist)
     assert all("loss_video" in h and "loss_audio" in h for h in hist)
+
+
+def test_steps_are_read_one_step_late_with_the_same_run(tmp_path):
+    """Pipelined (the default): a step's numbers reach the progress callback while the next
+    step's forward and backward are queued, so the CPU does not wait for the GPU between
+    steps. The run is the same as reading each step at its end (same history, same LoRA);
+    steps that validate, save a checkpoint or end the run are read at once, so validation
+    sees its own step's LoRA and numbers."""
+    calls = {"n": 0}
+
+    def counting(root, inputs):
+        calls["n"] += 1
+        return toy_predict(root, inputs)
+
+    runs = {}
+    for pipelined in (True, False):
+        calls["n"] = 0
+        seen, validated = [], []
+        cls = type("T", (en.Trainer,), {"pipelined": pipelined})
+        cb = en.Callbacks(on_step=lambda r: seen.append((r["step"], calls["n"])),
+                          on_validate=lambda step, opt: validated.append((step, calls["n"], len(seen))),
+                          validate_every=3)
+        res = cls(ToyRoot(), counting, ToySource(n=4), cfg(steps=7, checkpoint_every=5), tmp_path / str(pipelined),
+                  callbacks=cb).train()
+        runs[pipelined] = (res, seen, validated)
+    (rp, seen_p, val_p), (rs, seen_s, val_s) = runs[True], runs[False]
+    assert seen_s == [(k, k) for k in range(1, 8)]  # read at the end of each step
+    # pipelined: step k is told after step k + 1's forward; steps 3, 5 (validate, checkpoint), 6
+    # (validate) and 7 (the last) at once
+    assert seen_p == [(1, 2), (2, 3), (3, 3), (4, 5), (5, 5), (6, 6), (7, 7)], seen_p
+    assert val_p == val_s == [(3, 3, 3), (6, 6, 6)]
+    drop = ("s_per_step",)
+    assert [{k: v for k, v in h.items() if k not in drop} for h in rp.history] == \
+        [{k: v for k, v in h.items() if k not in drop} for h in rs.history]
+    a, b = lora_tensors(rp), lora_tensors(rs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [Path(c).name for c in rp.checkpoints] == [Path(c).name for c in rs.checkpoints] == \
+        ["step_000005.safetensors", "step_000007.safetensors"]
+
+
+def test_a_stop_between_steps_saves_the_step_still_being_read(tmp_path):
+    """A cancel that comes while a step's numbers are still on their way saves that step,
+    with its record: the checkpoint names the LoRA it holds."""
+    seen = []
+    stop = {"now": False}
+
+    def on_step(r):
+        seen.append(r["step"])
+        stop["now"] = r["step"] >= 2
+
+    cb = en.Callbacks(on_step=on_step, should_stop=lambda: stop["now"])
+    with pytest.raises(en.TrainingStopped) as e:
+        en.Trainer(ToyRoot(), toy_predict, ToySource(n=4), cfg(steps=9), tmp_path, callbacks=cb).train()
+    assert e.value.reason == "cancelled"
+    # step 3 was queued when step 2 was read; the stop is seen at step 4's start, after step 3
+    # is read: the checkpoint is step 3's, with three records
+    assert seen == [1, 2, 3] and e.value.step == 3
+    tensors, meta = en.read_checkpoint(Path(e.value.checkpoint))
+    assert int(meta["step"]) == 3 and len(json.loads(meta["history"])) == 3
 
 
 def test_divergence_stops(tmp_path):
@@ -382,3 +443,29 @@ def test_validation_garbage_is_collected_before_training_goes_on(tmp_path):
     assert all(r() is None for r in refs)
     # on_step runs before validation; by the next step the previous validation's cycle is gone
     assert alive_after == [0, 0, 0, 0, 0, 0], alive_after
+
+
+def test_fused_adamw_is_the_default_update():
+    """make_optimizer takes PyTorch's fused AdamW on a CUDA device (one launch for every LoRA
+    tensor); its update is the default AdamW's to rounding — checked here on the CPU, where
+    PyTorch has the fused kernel too — over 20 steps with weight decay and uneven shapes."""
+    c = cfg(weight_decay=0.01, betas=(0.9, 0.99))
+    g = torch.Generator().manual_seed(0)
+    shapes = [(32, 4), (4, 48), (7,), (3, 5, 2)]
+    init = [torch.randn(s, generator=g) for s in shapes]
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(20)]
+    out = []
+    for fused in (None, True):
+        ps = [torch.nn.Parameter(t.clone()) for t in init]
+        opt = torch.optim.AdamW(ps, lr=c.learning_rate, betas=tuple(c.betas), weight_decay=c.weight_decay, fused=fused)
+        for gs in grads:
+            for p_, g_ in zip(ps, gs):
+                p_.grad = g_.clone()
+            opt.step()
+        out.append([p_.detach() for p_ in ps])
+    for a, b, t in zip(*out, init):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert (a - t).abs().max() > c.learning_rate  # the steps moved every tensor
+    mine = en.make_optimizer([torch.nn.Parameter(t.clone()) for t in init], c)
+    assert mine.defaults["fused"] is None  # CPU parameters: the default (foreach) AdamW
+    assert mine.defaults["weight_decay"] == 0.01 and tuple(mine.defaults["betas"]) == (0.9, 0.99)

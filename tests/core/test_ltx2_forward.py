@@ -394,6 +394,44 @@ def test_block_inputs_keep_their_shapes_whatever_the_conditioning_draw(monkeypat
     assert fw.sigma_levels(torch.arange(5.0), 2).shape == (8,)  # more levels than 2·B: a power of two
 
 
+def test_sigma_levels_on_device_equal_unique():
+    """The GPU's σ table (no read-back: a sort and a scatter into 2·B slots) is torch.unique's
+    padded table and index, for batches with and without conditioning tokens (σ = 0) and
+    with equal σ in two samples; more distinct values than slots give NaN levels (never a
+    wrong table), with every index inside the table. Every mode preset's σ fits: at most
+    its σ and 0 per sample."""
+    from trainer_core import modes as md
+    from trainer_core.ltx2 import forward as fw
+
+    g = torch.Generator().manual_seed(4)
+    for B in (1, 2, 3, 4):
+        for trial in range(20):
+            sig = torch.rand(B, generator=g)
+            if trial % 5 == 0 and B > 1:
+                sig[1] = sig[0]
+            tok = sig[:, None].expand(B, 37).clone()
+            tok[torch.rand(B, 37, generator=g) < (0.3 if trial % 2 else 0.0)] = 0
+            flat = tok.reshape(-1) * 1000
+            u, inv = torch.unique(flat, return_inverse=True)
+            levels, index = fw.levels_on_device(flat, 2 * B)
+            assert torch.equal(levels, fw.sigma_levels(u, B)) and torch.equal(index, inv)
+    levels, index = fw.levels_on_device(torch.arange(5.0), 4)
+    assert torch.isnan(levels).all() and int(index.max()) < 4
+    for name, mode in md.PRESETS.items():
+        B = 3
+        latents = {"video": torch.randn(B, 2 * 2 * 3, 128), "audio": torch.randn(B, 5, 128)}
+        grids = {"video": (2, 2, 3), "audio": (5,)}
+        refs = {"video": md.VideoRef(torch.randn(B, 12, 128), (2, 2, 3), 24.0), "audio": torch.randn(B, 5, 128)}
+        masks = {"video": torch.rand(B, 12) < 0.5, "audio": torch.rand(B, 5) < 0.5}
+        mi = md.prepare(md.resolve(name, extension_frames=1) if "extension" in name else mode,
+                        {k: v for k, v in latents.items() if getattr(mode, k) is not None}, grids,
+                        torch.Generator().manual_seed(1), masks=masks, references=refs, config=tiny_config("2.0"),
+                        fps=24.0, sampler="uniform")
+        for si in (mi.video, mi.audio):
+            if si is not None:
+                assert torch.unique(si.sigma).numel() <= 2 * B, name
+
+
 def test_config_parsing():
     c = tiny_config("2.3")
     assert c.variant == "2.3" and c.apply_gated_attention and c.cross_attention_adaln

@@ -441,12 +441,45 @@ def sigma_levels(u: torch.Tensor, batch: int) -> torch.Tensor:
     return u
 
 
+def levels_on_device(flat: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sigma_levels(torch.unique(flat), ...)`` and its inverse index, computed without
+    reading the count back: a sort, the first of each run of equal values scattered into
+    ``size`` slots (the rest copies of the first level). ``torch.unique`` on a GPU waits for
+    everything queued before it (its output size comes back to the host), which kept the
+    CPU from queueing a step while the GPU still ran the last. Returns (levels [size],
+    index into them, like ``flat``). More than ``size`` distinct values make every level NaN:
+    a wrong table never trains silently (every mode's σ takes at most two values a sample,
+    its σ and 0, checked for each mode preset by the tests)."""
+    s, order = torch.sort(flat)
+    new = torch.ones_like(s, dtype=torch.bool)
+    new[1:] = s[1:] != s[:-1]
+    group = torch.cumsum(new, 0) - 1
+    group = group.clamp(max=size - 1)  # (only an overflow has more: its levels become NaN below)
+    index = torch.empty_like(group).scatter_(0, order, group)
+    levels = s[:1].expand(size).clone()
+    levels.scatter_(0, group, s)  # equal values per slot: any write order
+    overflow = new.sum() > size
+    return torch.where(overflow, torch.full_like(levels, float("nan")), levels), index
+
+
+def sigma_table(sigma_scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distinct σ levels, padded by :func:`sigma_levels`; each token's index into them) of
+    σ [B, N]. On a GPU without a read-back (:func:`levels_on_device`, 2·B levels: every
+    mode's case); elsewhere ``torch.unique``, exact for any count."""
+    flat = sigma_scaled.reshape(-1)
+    batch = sigma_scaled.shape[0]
+    if flat.is_cuda:
+        u, inv = levels_on_device(flat, 2 * max(batch, 1))
+    else:
+        u, inv = torch.unique(flat, return_inverse=True)
+        u = sigma_levels(u, batch)
+    return u, inv.view(sigma_scaled.shape)
+
+
 def _per_token_mod(mod: nn.Module, sigma_scaled: torch.Tensor, dtype, params: int):
     """(Mod of the block modulation, Mod-like (values, index) of the embedding) for σ [B, N]."""
-    u, inv = torch.unique(sigma_scaled.reshape(-1), return_inverse=True)
-    u = sigma_levels(u, sigma_scaled.shape[0])
+    u, index = sigma_table(sigma_scaled)
     values, emb = adaln(mod, u, dtype)
-    index = inv.view(sigma_scaled.shape)
     return Mod(values, index, params), Mod(emb, index, 1)
 
 
