@@ -23,6 +23,11 @@ numbers at its end (``Trainer.pipelined`` False: the loop before round 7), besid
 that reads them during the next step. ``--sync-log`` writes where the host waited for the GPU
 in the timed steps (``host_waits_in_timed_steps``: file:line and count, from CUDA's sync debug
 mode): a pipelined step should wait once, for the numbers of the step before.
+
+The bare step is timed one step at a time (a wait for the GPU before and after each, as
+``bench_train_step`` times it) and, on CUDA, also as the same number of steps queued back to
+back with one wait at the end (``queued_s_per_step``): the GPU's own rate, which a pipelined
+engine can reach.
 """
 from __future__ import annotations
 
@@ -181,7 +186,9 @@ def engine_run(root, cache: Path, batch: int, steps: int, warmup: int, dev, comp
                predict=None) -> tuple[dict, object]:
     """One engine run; ``predict``: an earlier run's (its compiled blocks kept: no second
     compile in the same process, only the CUDA graphs recorded again for the new LoRA)."""
-    cfg = en.TrainConfig(steps=warmup + steps + profile, rank=32, alpha=32.0, targets="all attention",
+    # one untimed step at the end: the run's end (its last read, the loop's exit) stays out of
+    # the timed and profiled steps
+    cfg = en.TrainConfig(steps=warmup + steps + profile + 1, rank=32, alpha=32.0, targets="all attention",
                          mixed_precision="bf16", checkpoint_every=0, learning_rate=1e-4, caption_dropout=0.3)
     if predict is None:
         plan = plan_for_training(root, str(cache), cfg, budget_gib, batch_size=batch, compiled=compiled)
@@ -208,6 +215,10 @@ def engine_run(root, cache: Path, batch: int, steps: int, warmup: int, dev, comp
                 syncs.stop()
             if prof is not None:
                 prof.start()  # the profiled steps come after the timed ones
+        if prof is not None and tops[0] == warmup + steps + profile + 1:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            prof.stop()  # (before the untimed last step)
         return False
 
     t0 = time.perf_counter()
@@ -226,9 +237,6 @@ def engine_run(root, cache: Path, batch: int, steps: int, warmup: int, dev, comp
     if syncs is not None:
         rec["host_waits_in_timed_steps"] = dict(sorted(syncs.sites.items()))
     if prof is not None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        prof.stop()
         rec["profile"] = dict(phase_breakdown(prof.events(), profile), steps=profile,
                               kernels=kernel_categories(prof.key_averages()))
     predict.release()
@@ -290,6 +298,14 @@ def main(argv=None) -> int:
                 sync()
                 if i >= a.warmup:
                     times.append(time.perf_counter() - t0)
+        queued = None
+        if dev.type == "cuda":  # the same steps back to back, one wait at the end (the engine's rhythm)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(a.steps):
+                _step(bare_predict, root, inp, lora, opt)
+            torch.cuda.synchronize()
+            queued = round((time.perf_counter() - t0) / a.steps, 4)
         bare_profile = None
         if a.profile:
             with _profiler() as prof:
@@ -302,6 +318,8 @@ def main(argv=None) -> int:
         lora.detach()
         bare = {"stack": "ours (bare step)", **stats(times), "s_per_clip": round(stats(times)["s_per_step"] / batch, 4),
                 "cudagraphs": bool(getattr(bare_predict, "used_cudagraphs", False))}
+        if queued is not None:
+            bare["queued_s_per_step"] = queued
         if bare_profile is not None:
             bare["profile"] = bare_profile
         bare_predict.release()

@@ -878,13 +878,15 @@ class _Pending:
     """A step whose optimizer update is queued and whose numbers are on their way to host
     memory: (the step count after it, epoch, position, learning rate, video / audio sample
     counts, the host tensor of loss sum, video sum, audio sum, gradient norm, largest LoRA
-    weight, and the CUDA event after its copy, None off CUDA)."""
+    weight, the CUDA event after its copy (None off CUDA), and the clock when it was queued:
+    a step's time runs from one step's queueing to the next, the same rhythm whenever its
+    numbers are read)."""
 
-    __slots__ = ("step", "epoch", "pos", "lr", "counts", "host", "ready")
+    __slots__ = ("step", "epoch", "pos", "lr", "counts", "host", "ready", "queued_at")
 
-    def __init__(self, step, epoch, pos, lr, counts, host, ready):
-        self.step, self.epoch, self.pos, self.lr, self.counts, self.host, self.ready = \
-            step, epoch, pos, lr, counts, host, ready
+    def __init__(self, step, epoch, pos, lr, counts, host, ready, queued_at):
+        self.step, self.epoch, self.pos, self.lr, self.counts, self.host, self.ready, self.queued_at = \
+            step, epoch, pos, lr, counts, host, ready, queued_at
 
 
 @dataclass
@@ -1183,9 +1185,8 @@ class Trainer:
                     f"lower the learning rate or re-encode the cache, then resume from {where}"))
             quiet.tick()
             quiet.settle()  # the first step built what stays: out of the collector's way
-            now = time.perf_counter()
-            rec = {"step": pk.step, "loss": loss_sum, "lr": pk.lr, "s_per_step": now - t_last}
-            t_last = now
+            rec = {"step": pk.step, "loss": loss_sum, "lr": pk.lr, "s_per_step": pk.queued_at - t_last}
+            t_last = pk.queued_at
             if pk.counts[0]:
                 rec["loss_video"] = v_sum / pk.counts[0]
             if pk.counts[1]:
@@ -1296,7 +1297,8 @@ class Trainer:
                         ready = torch.cuda.Event()
                         ready.record()
                 step += 1
-                pending = _Pending(step, epoch, pos, opt.param_groups[0]["lr"], list(counts), host, ready)
+                pending = _Pending(step, epoch, pos, opt.param_groups[0]["lr"], list(counts), host, ready,
+                                   time.perf_counter())
                 validate_now = bool(self.cb.on_validate and dist.is_main and self.cb.validate_every > 0
                                     and step % self.cb.validate_every == 0)
                 save_now = cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < cfg.steps

@@ -141,3 +141,35 @@ def test_engine_profile_splits_a_step_into_cpu_time_and_gpu_idle():
     assert out["phases"]["readback"] == {"cpu_ms": 5, "gpu_idle_ms": 2.5}  # a copy busies half of it
     assert out["phases"]["between"] == {"cpu_ms": 25, "gpu_idle_ms": 22.5} and out["gpu_idle_ms"] == 55
     assert e.phase_breakdown([ev("sm90_gemm", cuda, 0, 1)], 1) == {}
+
+
+def test_engine_run_times_the_steps_it_names(tmp_path):
+    """bench_engine_step's engine run on the tiny tree (CPU, eager): pipelined and read at
+    each step alike, ``steps`` timed steps after ``warmup``, ``profile`` profiled ones and one
+    untimed step at the end (a pipelined run reads its last step at once: its time is no
+    step's); the profile names each of the engine's ranges."""
+    import torch
+
+    from trainer_core.ltx2 import LTX2Config, build_tree
+    from trainer_core.tiny_checkpoint import text_context_width, tiny_config
+
+    sys.path.insert(0, str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location("bench_engine_step", REPO / "bench" / "bench_engine_step.py")
+    e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e)
+    cfg = tiny_config("ltx-2.0")
+    root = build_tree(LTX2Config.from_metadata({"config": cfg}), seed=0)
+    cache = e.write_cache(tmp_path / "cache", "64x64x9", text_context_width(cfg, processed=False), 3)
+    dev = torch.device("cpu")
+    recs = []
+    for pipelined in (False, True):
+        rec, predict = e.engine_run(root, cache, 1, 3, 2, dev, False, 1.0, tmp_path / f"run{pipelined}",
+                                    profile=2 if pipelined else 0, pipelined=pipelined)
+        recs.append(rec)
+        assert rec["pipelined"] is pipelined and len(rec["steps_s"]) == 3 and len(rec["first_steps_s"]) == 2
+        assert rec["forwards"] == 2 + 3 + (2 if pipelined else 0) + 1
+        assert all(t > 0 for t in rec["steps_s"]) and rec["cudagraphs"] is False
+    prof = recs[1]["profile"]
+    assert prof["steps"] == 2 and prof["step_ms"] > 0
+    assert {"data", "inputs", "forward", "backward", "optimizer", "readback"} <= set(prof["phases"])
+    assert "profile" not in recs[0]
