@@ -22,12 +22,13 @@ falls between them is ``between``), GPU busy time a step, and the kernels by kin
 numbers at its end (``Trainer.pipelined`` False: the loop before round 7), beside the default
 that reads them during the next step. ``--sync-log`` writes where the host waited for the GPU
 in the timed steps (``host_waits_in_timed_steps``: file:line and count, from CUDA's sync debug
-mode): a pipelined step should wait once, for the numbers of the step before.
+mode; a pipelined step's one wait, for the numbers of the step before, is a CUDA event's,
+which that mode does not report).
 
 The bare step is timed one step at a time (a wait for the GPU before and after each, as
 ``bench_train_step`` times it) and, on CUDA, also as the same number of steps queued back to
-back with one wait at the end (``queued_s_per_step``): the GPU's own rate, which a pipelined
-engine can reach.
+back with one wait at the end (``queued_s_per_step``): the rate with no wait between
+steps, the pipelined engine's rhythm without its own work.
 """
 from __future__ import annotations
 

@@ -874,19 +874,22 @@ def optimizer_offloaded(opt):
             st[k] = st[k].to(dev)
 
 
+@dataclass(slots=True)
 class _Pending:
     """A step whose optimizer update is queued and whose numbers are on their way to host
-    memory: (the step count after it, epoch, position, learning rate, video / audio sample
-    counts, the host tensor of loss sum, video sum, audio sum, gradient norm, largest LoRA
-    weight, the CUDA event after its copy (None off CUDA), and the clock when it was queued:
-    a step's time runs from one step's queueing to the next, the same rhythm whenever its
-    numbers are read)."""
+    memory. ``host``: loss sum, video sum, audio sum, gradient norm, largest LoRA weight;
+    ``ready``: the CUDA event after its copy (None off CUDA); ``queued_at``: the clock when it
+    was queued — a step's time runs from one step's queueing to the next, the same rhythm
+    whenever its numbers are read."""
 
-    __slots__ = ("step", "epoch", "pos", "lr", "counts", "host", "ready", "queued_at")
-
-    def __init__(self, step, epoch, pos, lr, counts, host, ready, queued_at):
-        self.step, self.epoch, self.pos, self.lr, self.counts, self.host, self.ready, self.queued_at = \
-            step, epoch, pos, lr, counts, host, ready, queued_at
+    step: int  # the step count after it
+    epoch: int
+    pos: int
+    lr: float
+    counts: list  # video, audio samples
+    host: torch.Tensor
+    ready: Optional[torch.cuda.Event]
+    queued_at: float
 
 
 @dataclass
@@ -1288,7 +1291,7 @@ class Trainer:
                 with torch.no_grad(), _phase("ltx2.readback"):
                     wmax = torch.stack(torch._foreach_norm(params, float("inf"))).max()
                     # the one read-back of the step, queued: copied to host memory behind the
-                    # optimizer step and read at the next step's optimizer (or now, below)
+                    # optimizer step and read before the next step's optimizer step (or now, below)
                     vals = torch.cat([acc.to(wmax.device),
                                       torch.stack([gnorm.to(wmax.device, acc_dtype), wmax.to(acc_dtype)])])
                     host = vals.to("cpu", non_blocking=vals.is_cuda)

@@ -79,7 +79,6 @@ def shift_for_tokens(n_tokens: int, min_tokens: int = 1024, max_tokens: int = 40
     return min_shift + slope * (n_tokens - min_tokens)
 
 
-
 def to_device(t: torch.Tensor, device, dtype=None) -> torch.Tensor:
     """``t.to(device, dtype)`` without waiting for the GPU: a copy from host memory to a CUDA
     device is queued (``non_blocking``: CUDA stages pageable memory before the call returns,
@@ -87,6 +86,7 @@ def to_device(t: torch.Tensor, device, dtype=None) -> torch.Tensor:
     everything queued on the stream — the previous step's backward and optimizer."""
     dev = torch.device(device) if device is not None else t.device
     return t.to(dev, dtype, non_blocking=dev.type == "cuda" and t.device.type == "cpu")
+
 
 # standard-normal quantiles used to stretch the logit-normal onto [0, 1]
 _Q999 = 3.0902

@@ -146,8 +146,8 @@ def test_engine_profile_splits_a_step_into_cpu_time_and_gpu_idle():
 def test_engine_run_times_the_steps_it_names(tmp_path):
     """bench_engine_step's engine run on the tiny tree (CPU, eager): pipelined and read at
     each step alike, ``steps`` timed steps after ``warmup``, ``profile`` profiled ones and one
-    untimed step at the end (a pipelined run reads its last step at once: its time is no
-    step's); the profile names each of the engine's ranges."""
+    untimed step at the end (the run's end stays out of the timed and profiled steps); the
+    profile names each of the engine's ranges."""
     import torch
 
     from trainer_core.ltx2 import LTX2Config, build_tree

@@ -422,6 +422,12 @@ class Mod:
         return m[self.index].unbind(dim=2)  # [B, N, k, D] -> k × [B, N, D]
 
 
+def sigma_slots(batch: int) -> int:
+    """The σ table's size for a batch: 2·B — each sample's σ and 0 for its conditioning
+    tokens, which is every mode's case."""
+    return 2 * max(batch, 1)
+
+
 def sigma_levels(u: torch.Tensor, batch: int) -> torch.Tensor:
     """The distinct σ of a batch, padded (with copies of the first) to a size that depends on
     the batch alone: 2·B — each sample's σ and 0 for its conditioning tokens, which is every
@@ -433,7 +439,7 @@ def sigma_levels(u: torch.Tensor, batch: int) -> torch.Tensor:
     step of a CUDA-graph run (60–70 s) is the graphs being recorded, not a rebuild
     (bench/results/engine_step_H200_round6_logs.txt). The padded levels are never indexed."""
     n = int(u.numel())
-    size = 2 * max(batch, 1)
+    size = sigma_slots(batch)
     if n > size:
         size = 1 << (n - 1).bit_length()
     if n < size:
@@ -469,7 +475,7 @@ def sigma_table(sigma_scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     flat = sigma_scaled.reshape(-1)
     batch = sigma_scaled.shape[0]
     if flat.is_cuda:
-        u, inv = levels_on_device(flat, 2 * max(batch, 1))
+        u, inv = levels_on_device(flat, sigma_slots(batch))
     else:
         u, inv = torch.unique(flat, return_inverse=True)
         u = sigma_levels(u, batch)
