@@ -18,6 +18,9 @@ where the engine's step goes: CPU time and GPU idle time in each of the engine's
 (``ltx2.data``, ``.inputs``, ``.forward``, ``.backward``, ``.optimizer``, ``.readback``; what
 falls between them is ``between``), GPU busy time a step, and the kernels by kind.
 
+``--per-tensor`` runs the engine once more with per-tensor AdamW (``Trainer.flat`` False:
+the loop before round 8, the LoRA's 2,304 tensors not in one buffer).
+
 ``--read-each-step`` runs the engine a second time in the same process, reading each step's
 numbers at its end (``Trainer.pipelined`` False: the loop before round 7), beside the default
 that reads them during the next step. ``--sync-log`` writes where the host waited for the GPU
@@ -184,7 +187,7 @@ class SyncLog:
 
 def engine_run(root, cache: Path, batch: int, steps: int, warmup: int, dev, compiled: bool, budget_gib: float,
                run_dir: Path, profile: int = 0, pipelined: bool = True, sync_log: bool = False,
-               predict=None) -> tuple[dict, object]:
+               predict=None, flat: bool = True) -> tuple[dict, object]:
     """One engine run; ``predict``: an earlier run's (its compiled blocks kept: no second
     compile in the same process, only the CUDA graphs recorded again for the new LoRA)."""
     # one untimed step at the end: the run's end (its last read, the loop's exit) stays out of
@@ -224,8 +227,12 @@ def engine_run(root, cache: Path, batch: int, steps: int, warmup: int, dev, comp
 
     t0 = time.perf_counter()
     trainer = _NoFinalSave if pipelined else _ReadEachStep
-    trainer(root, watch, CachedLatents(cache), cfg, run_dir, device=dev, batch_size=batch,
-            callbacks=en.Callbacks(on_step=hist.append, should_stop=at_step_start)).train()
+    if not flat:
+        trainer = type("_PerTensor", (trainer,), {"flat": False})
+    res = trainer(root, watch, CachedLatents(cache), cfg, run_dir, device=dev, batch_size=batch,
+                  callbacks=en.Callbacks(on_step=hist.append, should_stop=at_step_start)).train()
+    # where the LoRA's tensors lived: one buffer (flat) or one allocation each
+    storages = len({p.untyped_storage().data_ptr() for p in res.lora.parameters()})
     wall = time.perf_counter() - t0
     if syncs is not None:
         syncs.stop()
@@ -234,7 +241,8 @@ def engine_run(root, cache: Path, batch: int, steps: int, warmup: int, dev, comp
            "first_steps_s": [round(h["s_per_step"], 2) for h in hist[:warmup]], "wall_s": round(wall, 1),
            "steps_with_padded_captions": sum(padded), "forwards": len(padded),
            "cudagraphs": bool(getattr(predict, "used_cudagraphs", False)), "plan": plan.summary(),
-           "steps_s": [round(t, 4) for t in times], "pipelined": pipelined}
+           "steps_s": [round(t, 4) for t in times], "pipelined": pipelined, "flat_lora": flat,
+           "lora_tensors": len(list(res.lora.parameters())), "lora_storages": storages}
     if syncs is not None:
         rec["host_waits_in_timed_steps"] = dict(sorted(syncs.sites.items()))
     if prof is not None:
@@ -242,6 +250,53 @@ def engine_run(root, cache: Path, batch: int, steps: int, warmup: int, dev, comp
                               kernels=kernel_categories(prof.key_averages()))
     predict.release()
     return rec, predict
+
+
+def bare_run(root, predict, width: int, shape: tuple, batch: int, steps: int, warmup: int, dev, compiled: bool,
+             gen, profile: int = 0) -> dict:
+    """The bare step in the same process: the same blocks (compiled for this shape), a fresh LoRA."""
+    W, H, F = shape
+    lora, opt = _lora_and_opt(root, dev)
+    inp = step_inputs(width, W, H, F, 24.0, dev, gen, batch=batch)
+    bare_predict = make_predict(memory_plan=predict.memory_plan, compile_blocks=compiled)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    if dev.type == "cuda":
+        times = timed_steps(lambda: _step(bare_predict, root, inp, lora, opt), steps, warmup)
+    else:
+        times = []
+        for i in range(warmup + steps):
+            t0 = time.perf_counter()
+            _step(bare_predict, root, inp, lora, opt)
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    queued = None
+    if dev.type == "cuda":  # the same steps back to back, one wait at the end (the engine's rhythm)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            _step(bare_predict, root, inp, lora, opt)
+        torch.cuda.synchronize()
+        queued = round((time.perf_counter() - t0) / steps, 4)
+    bare_profile = None
+    if profile:
+        with _profiler() as prof:
+            for _ in range(profile):
+                with torch.profiler.record_function(PHASE_PREFIX + "step"):
+                    _step(bare_predict, root, inp, lora, opt)
+                    sync()
+        bare_profile = dict(phase_breakdown(prof.events(), profile), steps=profile,
+                            kernels=kernel_categories(prof.key_averages()))
+    lora.detach()
+    bare = {"stack": "ours (bare step)", **stats(times), "s_per_clip": round(stats(times)["s_per_step"] / batch, 4),
+            "cudagraphs": bool(getattr(bare_predict, "used_cudagraphs", False))}
+    if queued is not None:
+        bare["queued_s_per_step"] = queued
+    if bare_profile is not None:
+        bare["profile"] = bare_profile
+    bare_predict.release()
+    del lora, opt, inp
+    return bare
 
 
 def main(argv=None) -> int:
@@ -257,6 +312,10 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", type=int, default=0, help="profiled steps after the timed ones (0: none)")
     ap.add_argument("--read-each-step", action="store_true",
                     help="also run the engine reading each step at its end (Trainer.pipelined False), same process")
+    ap.add_argument("--per-tensor", action="store_true",
+                    help="also run the engine with per-tensor AdamW (Trainer.flat False: the LoRA not in one buffer), "
+                         "same process")
+    ap.add_argument("--no-bare", action="store_true", help="leave the bare step out (engine runs only)")
     ap.add_argument("--sync-log", action="store_true",
                     help="count where the host waited for the GPU in the engine's timed steps (CUDA sync debug mode)")
     ap.add_argument("--out", default=None)
@@ -278,64 +337,30 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             cache = write_cache(Path(tmp) / "cache", a.shape, width, max(2 * batch, 3))
             extra, p0 = [], None
-            if a.read_each_step:  # first, so the pipelined run below is the one the bare step follows
+            if a.per_tensor:  # the comparisons first, so the default run below is the one the bare step follows
                 each, p0 = engine_run(root, cache, batch, a.steps, a.warmup, dev, compiled, budget,
-                                      Path(tmp) / "run_each", pipelined=False, sync_log=a.sync_log)
+                                      Path(tmp) / "run_per_tensor", sync_log=a.sync_log, flat=False)
+                extra.append(each)
+            if a.read_each_step:
+                each, p0 = engine_run(root, cache, batch, a.steps, a.warmup, dev, compiled, budget,
+                                      Path(tmp) / "run_each", pipelined=False, sync_log=a.sync_log, predict=p0)
                 extra.append(each)
             eng, predict = engine_run(root, cache, batch, a.steps, a.warmup, dev, compiled, budget, Path(tmp) / "run",
                                       profile=a.profile, sync_log=a.sync_log, predict=p0)
-        # the bare step in the same process: same blocks (compiled for this shape), a fresh LoRA
-        lora, opt = _lora_and_opt(root, dev)
-        inp = step_inputs(width, W, H, F, 24.0, dev, gen, batch=batch)
-        bare_predict = make_predict(memory_plan=predict.memory_plan, compile_blocks=compiled)
-        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-        if dev.type == "cuda":
-            times = timed_steps(lambda: _step(bare_predict, root, inp, lora, opt), a.steps, a.warmup)
-        else:
-            times = []
-            for i in range(a.warmup + a.steps):
-                t0 = time.perf_counter()
-                _step(bare_predict, root, inp, lora, opt)
-                sync()
-                if i >= a.warmup:
-                    times.append(time.perf_counter() - t0)
-        queued = None
-        if dev.type == "cuda":  # the same steps back to back, one wait at the end (the engine's rhythm)
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(a.steps):
-                _step(bare_predict, root, inp, lora, opt)
-            torch.cuda.synchronize()
-            queued = round((time.perf_counter() - t0) / a.steps, 4)
-        bare_profile = None
-        if a.profile:
-            with _profiler() as prof:
-                for _ in range(a.profile):
-                    with torch.profiler.record_function(PHASE_PREFIX + "step"):
-                        _step(bare_predict, root, inp, lora, opt)
-                        sync()
-            bare_profile = dict(phase_breakdown(prof.events(), a.profile), steps=a.profile,
-                                kernels=kernel_categories(prof.key_averages()))
-        lora.detach()
-        bare = {"stack": "ours (bare step)", **stats(times), "s_per_clip": round(stats(times)["s_per_step"] / batch, 4),
-                "cudagraphs": bool(getattr(bare_predict, "used_cudagraphs", False))}
-        if queued is not None:
-            bare["queued_s_per_step"] = queued
-        if bare_profile is not None:
-            bare["profile"] = bare_profile
-        bare_predict.release()
+        bare = None if a.no_bare else bare_run(root, predict, width, (W, H, F), batch, a.steps, a.warmup, dev,
+                                               compiled, gen, a.profile)
         common = {"model": a.variant, "shape": a.shape, "batch": batch, "gpu": gpu, "layers": a.layers or "all",
                   "compiled": compiled, "torch": torch.__version__}
-        for r in (*extra, eng, bare):
+        runs = [*extra, eng, *([bare] if bare is not None else [])]
+        for r in runs:
             r.update(common)
-            if r is not bare:
+            if bare is not None and r is not bare:
                 r["engine_over_bare_s"] = round(r["s_per_step"] - bare["s_per_step"], 4)
-        records += [*extra, eng, bare]
-        for r in (*extra, eng, bare):
+        records += runs
+        for r in runs:
             print(json.dumps(r), flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(records, indent=1))  # after every batch: a cut-off run keeps what it measured
-        del lora, opt, inp
         if dev.type == "cuda":
             torch._dynamo.reset()  # (bench_train_step imports torch._dynamo)
             torch.cuda.empty_cache()

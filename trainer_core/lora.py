@@ -304,8 +304,8 @@ class LoRASet(nn.Module):
         sd = {}
         for n in self.names:
             ad = self.adapter(n)
-            sd[f"{PREFIX}{n}.lora_A.weight"] = ad.lora_A.detach().to("cpu", dtype).contiguous()
-            sd[f"{PREFIX}{n}.lora_B.weight"] = ad.lora_B.detach().to("cpu", dtype).contiguous()
+            sd[f"{PREFIX}{n}.lora_A.weight"] = ad.lora_A.detach().to("cpu", dtype, copy=True)
+            sd[f"{PREFIX}{n}.lora_B.weight"] = ad.lora_B.detach().to("cpu", dtype, copy=True)
             sd[f"{PREFIX}{n}.alpha"] = torch.tensor(ad.alpha, dtype=dtype)
         return sd
 

@@ -145,7 +145,7 @@ def test_engine_profile_splits_a_step_into_cpu_time_and_gpu_idle():
 
 def test_engine_run_times_the_steps_it_names(tmp_path):
     """bench_engine_step's engine run on the tiny tree (CPU, eager): pipelined and read at
-    each step alike, ``steps`` timed steps after ``warmup``, ``profile`` profiled ones and one
+    each step, the LoRA in one buffer and per tensor, alike: ``steps`` timed steps after ``warmup``, ``profile`` profiled ones and one
     untimed step at the end (the run's end stays out of the timed and profiled steps); the
     profile names each of the engine's ranges."""
     import torch
@@ -162,14 +162,17 @@ def test_engine_run_times_the_steps_it_names(tmp_path):
     cache = e.write_cache(tmp_path / "cache", "64x64x9", text_context_width(cfg, processed=False), 3)
     dev = torch.device("cpu")
     recs = []
-    for pipelined in (False, True):
-        rec, predict = e.engine_run(root, cache, 1, 3, 2, dev, False, 1.0, tmp_path / f"run{pipelined}",
-                                    profile=2 if pipelined else 0, pipelined=pipelined)
+    for pipelined, flat in ((False, True), (True, False), (True, True)):
+        rec, predict = e.engine_run(root, cache, 1, 3, 2, dev, False, 1.0, tmp_path / f"run{pipelined}{flat}",
+                                    profile=2 if pipelined and flat else 0, pipelined=pipelined, flat=flat)
         recs.append(rec)
         assert rec["pipelined"] is pipelined and len(rec["steps_s"]) == 3 and len(rec["first_steps_s"]) == 2
-        assert rec["forwards"] == 2 + 3 + (2 if pipelined else 0) + 1
+        assert rec["forwards"] == 2 + 3 + (2 if pipelined and flat else 0) + 1
         assert all(t > 0 for t in rec["steps_s"]) and rec["cudagraphs"] is False
-    prof = recs[1]["profile"]
+        # the LoRA in one buffer, or its tensors each in their own allocation (--per-tensor)
+        assert rec["flat_lora"] is flat and rec["lora_tensors"] > 2
+        assert rec["lora_storages"] == (1 if flat else rec["lora_tensors"])
+    prof = recs[2]["profile"]
     assert prof["steps"] == 2 and prof["step_ms"] > 0
     assert {"data", "inputs", "forward", "backward", "optimizer", "readback"} <= set(prof["phases"])
     assert "profile" not in recs[0]
