@@ -47,7 +47,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train_step import _lora_and_opt, _step, build_full, stats, step_inputs, timed_steps  # noqa: E402
+from bench_train_step import (  # noqa: E402
+    _lora_and_opt, _step, build_full, set_inductor_options, stats, step_inputs, timed_steps)
 from profile_step import is_annotation, kernel_categories  # noqa: E402
 from trainer_core import engine as en  # noqa: E402
 from trainer_core.cache import CachedLatents, LatentCache  # noqa: E402
@@ -316,10 +317,14 @@ def main(argv=None) -> int:
                     help="also run the engine with per-tensor AdamW (Trainer.flat False: the LoRA not in one buffer), "
                          "same process")
     ap.add_argument("--no-bare", action="store_true", help="leave the bare step out (engine runs only)")
+    ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                    help="a torch._inductor.config option for every compile of this process (repeatable), "
+                         "e.g. combo_kernels=true; recorded as `inductor`")
     ap.add_argument("--sync-log", action="store_true",
                     help="count where the host waited for the GPU in the engine's timed steps (CUDA sync debug mode)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
+    inductor = set_inductor_options(a.inductor)
     dev = torch.device(a.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: this benchmark runs on a GPU")
@@ -350,7 +355,7 @@ def main(argv=None) -> int:
         bare = None if a.no_bare else bare_run(root, predict, width, (W, H, F), batch, a.steps, a.warmup, dev,
                                                compiled, gen, a.profile)
         common = {"model": a.variant, "shape": a.shape, "batch": batch, "gpu": gpu, "layers": a.layers or "all",
-                  "compiled": compiled, "torch": torch.__version__}
+                  "compiled": compiled, "torch": torch.__version__, "inductor": inductor}
         runs = [*extra, eng, *([bare] if bare is not None else [])]
         for r in runs:
             r.update(common)

@@ -114,6 +114,32 @@ def vram_peak(allocated_gib: float, reserved_gib: float, cudagraphs: bool) -> tu
     return allocated_gib, "allocated"
 
 
+def set_inductor_options(pairs: list[str]) -> dict:
+    """Set ``torch._inductor.config`` options from ``KEY=VALUE`` pairs (``--inductor``), e.g.
+    ``combo_kernels=true`` or ``triton.cudagraph_trees=false``, before anything compiles: the
+    settings the next measurements try, written into the records as they were set. The value
+    is JSON (true, 3, "max-autotune"), else a plain string. An unknown key is refused."""
+    import torch._inductor.config as icfg
+
+    done = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SystemExit(f"--inductor {pair!r}: give KEY=VALUE")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        obj, *path = key.split(".")
+        owner, name = (icfg, key) if not path else (getattr(icfg, obj, None), ".".join(path))
+        if owner is None or "." in name or not hasattr(owner, name):
+            raise SystemExit(f"--inductor {key}: torch._inductor.config has no such option")
+        setattr(owner, name, value)
+        done[key] = value
+    return done
+
+
 def stats(times: list[float]) -> dict:
     """min / median / max / mean of the timed steps (median: the figure that counts; mean: what
     a long run takes per step, stalls included)."""
@@ -148,6 +174,8 @@ def add_ratios(records: list[dict]) -> None:
 def emit(rec: dict) -> None:
     """Print a record and rewrite the output file with every record so far (a run cut short
     by a time limit keeps what it measured)."""
+    if _SINK.get("inductor"):
+        rec.setdefault("inductor", _SINK["inductor"])
     print(json.dumps(rec), flush=True)
     _SINK["records"].append(rec)
     add_ratios(_SINK["records"])
@@ -818,8 +846,12 @@ def main(argv=None) -> int:
                     "(ic, ic2, ext; comma list; empty = none)")
     ap.add_argument("--parse-only", action="store_true", help="print the parsed runs and official specs as JSON, run nothing")
     ap.add_argument("--skip-ours", action="store_true")
+    ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                    help="a torch._inductor.config option for every compile of this process (repeatable), "
+                         "e.g. combo_kernels=true; recorded as `inductor`")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
+    _SINK["inductor"] = set_inductor_options(a.inductor)
     runs = parse_runs(a.runs)
     runs_22b = parse_runs(a.runs_22b) if a.runs_22b else runs[:1]
     official = official_specs(a.official)

@@ -176,3 +176,20 @@ def test_engine_run_times_the_steps_it_names(tmp_path):
     assert prof["steps"] == 2 and prof["step_ms"] > 0
     assert {"data", "inputs", "forward", "backward", "optimizer", "readback"} <= set(prof["phases"])
     assert "profile" not in recs[0]
+
+
+def test_inductor_options_are_set_recorded_and_checked():
+    """``--inductor KEY=VALUE``: JSON values (or plain strings) set on torch._inductor.config,
+    dotted keys into its sections, what was set returned for the record; unknown keys and
+    pairs without a value are refused before anything runs."""
+    import pytest
+    import torch._inductor.config as icfg
+
+    b = _bench()
+    with icfg.patch({"combo_kernels": False, "triton.cudagraph_trees": True}):
+        done = b.set_inductor_options(["combo_kernels=true", "triton.cudagraph_trees=false"])
+        assert done == {"combo_kernels": True, "triton.cudagraph_trees": False}
+        assert icfg.combo_kernels is True and icfg.triton.cudagraph_trees is False
+    for bad in (["no_such_option=1"], ["triton.no_such=1"], ["combo_kernels"], ["=1"]):
+        with pytest.raises(SystemExit):
+            b.set_inductor_options(bad)
