@@ -7,7 +7,9 @@ those lists (the ``ltx2.optimizer`` and ``ltx2.readback`` ranges of
 makes the tensors that get gradients views into one float32 buffer. After each backward their
 gradients are copied into a second buffer with one multi-tensor copy (its memory held only
 until the optimizer step, as the per-tensor gradients' was). Clipping, the norms and
-AdamW then run over one tensor each: the same arithmetic, element by element.
+AdamW then run over one tensor each: the same arithmetic, element by element. Measured
+(``engine_step_H200_round8.json``): the optimizer range fell from 68 ms of CPU a step to
+1–11 ms, the read-back's from 27 to 0.7; on a fast host the batch-1 step is now the GPU's.
 
 What stays as it was:
 
@@ -68,7 +70,7 @@ class FlatAdamW:
         dev = self.on[0].device
         n = sum(_padded(p.numel()) for p in self.on)
         data = torch.zeros(n, dtype=torch.float32, device=dev)  # (the padding stays 0: AdamW keeps it 0)
-        grad = torch.zeros(n, dtype=torch.float32, device=dev)
+        grad = torch.empty(n, dtype=torch.float32, device=dev)  # (zeroed at each gather)
         first = next((i for i, ok in enumerate(live) if ok and i in states), None)
         moments = {k: torch.zeros(n, dtype=torch.float32, device=dev) for k in STATE_KEYS} if first is not None else None
         self.spans: dict[int, tuple[int, int]] = {}
