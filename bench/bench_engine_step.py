@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_train_step import (  # noqa: E402
-    _lora_and_opt, _step, build_full, set_inductor_options, stats, step_inputs, timed_steps)
+    _lora_and_opt, _step, add_inductor_option, build_full, set_inductor_options, stats, step_inputs, timed_steps)
 from profile_step import is_annotation, kernel_categories  # noqa: E402
 from trainer_core import engine as en  # noqa: E402
 from trainer_core.cache import CachedLatents, LatentCache  # noqa: E402
@@ -151,12 +151,6 @@ class _NoFinalSave(en.Trainer):
         return ""
 
 
-class _ReadEachStep(_NoFinalSave):
-    """The engine reading each step's numbers at its end (the loop before ``pipelined``)."""
-
-    pipelined = False
-
-
 class SyncLog:
     """Where the host waited for the GPU during some steps: CUDA's sync debug mode ("warn")
     turns every synchronizing call into a warning, counted here by the file and line of
@@ -227,14 +221,14 @@ def engine_run(root, cache: Path, batch: int, steps: int, warmup: int, dev, comp
         return False
 
     t0 = time.perf_counter()
-    trainer = _NoFinalSave if pipelined else _ReadEachStep
-    if not flat:
-        trainer = type("_PerTensor", (trainer,), {"flat": False})
+    # pipelined False: each step read at its end (the loop before round 7); flat False:
+    # per-tensor AdamW (before round 8)
+    trainer = type("_Run", (_NoFinalSave,), {"pipelined": pipelined, "flat": flat})
     res = trainer(root, watch, CachedLatents(cache), cfg, run_dir, device=dev, batch_size=batch,
                   callbacks=en.Callbacks(on_step=hist.append, should_stop=at_step_start)).train()
+    wall = time.perf_counter() - t0
     # where the LoRA's tensors lived: one buffer (flat) or one allocation each
     storages = len({p.untyped_storage().data_ptr() for p in res.lora.parameters()})
-    wall = time.perf_counter() - t0
     if syncs is not None:
         syncs.stop()
     times = [h["s_per_step"] for h in hist[warmup:warmup + steps]]
@@ -261,16 +255,7 @@ def bare_run(root, predict, width: int, shape: tuple, batch: int, steps: int, wa
     inp = step_inputs(width, W, H, F, 24.0, dev, gen, batch=batch)
     bare_predict = make_predict(memory_plan=predict.memory_plan, compile_blocks=compiled)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    if dev.type == "cuda":
-        times = timed_steps(lambda: _step(bare_predict, root, inp, lora, opt), steps, warmup)
-    else:
-        times = []
-        for i in range(warmup + steps):
-            t0 = time.perf_counter()
-            _step(bare_predict, root, inp, lora, opt)
-            sync()
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
+    times = timed_steps(lambda: _step(bare_predict, root, inp, lora, opt), steps, warmup, cuda=dev.type == "cuda")
     queued = None
     if dev.type == "cuda":  # the same steps back to back, one wait at the end (the engine's rhythm)
         torch.cuda.synchronize()
@@ -296,7 +281,6 @@ def bare_run(root, predict, width: int, shape: tuple, batch: int, steps: int, wa
     if bare_profile is not None:
         bare["profile"] = bare_profile
     bare_predict.release()
-    del lora, opt, inp
     return bare
 
 
@@ -317,9 +301,7 @@ def main(argv=None) -> int:
                     help="also run the engine with per-tensor AdamW (Trainer.flat False: the LoRA not in one buffer), "
                          "same process")
     ap.add_argument("--no-bare", action="store_true", help="leave the bare step out (engine runs only)")
-    ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
-                    help="a torch._inductor.config option for every compile of this process (repeatable), "
-                         "e.g. combo_kernels=true; recorded as `inductor`")
+    add_inductor_option(ap)
     ap.add_argument("--sync-log", action="store_true",
                     help="count where the host waited for the GPU in the engine's timed steps (CUDA sync debug mode)")
     ap.add_argument("--out", default=None)

@@ -114,6 +114,13 @@ def vram_peak(allocated_gib: float, reserved_gib: float, cudagraphs: bool) -> tu
     return allocated_gib, "allocated"
 
 
+def add_inductor_option(ap) -> None:
+    """The ``--inductor KEY=VALUE`` option of the step benches (see :func:`set_inductor_options`)."""
+    ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                    help="a torch._inductor.config option for every compile of this process (repeatable), "
+                         "e.g. combo_kernels=true; recorded as `inductor`")
+
+
 def set_inductor_options(pairs: list[str]) -> dict:
     """Set ``torch._inductor.config`` options from ``KEY=VALUE`` pairs (``--inductor``), e.g.
     ``combo_kernels=true`` or ``triton.cudagraph_trees=false``, before anything compiles: the
@@ -131,9 +138,11 @@ def set_inductor_options(pairs: list[str]) -> dict:
             value = json.loads(raw)
         except ValueError:
             value = raw
-        obj, *path = key.split(".")
-        owner, name = (icfg, key) if not path else (getattr(icfg, obj, None), ".".join(path))
-        if owner is None or "." in name or not hasattr(owner, name):
+        *sections, name = key.split(".")
+        owner = icfg
+        for sec in sections:
+            owner = getattr(owner, sec, None)
+        if owner is None or not hasattr(owner, name):
             raise SystemExit(f"--inductor {key}: torch._inductor.config has no such option")
         setattr(owner, name, value)
         done[key] = value
@@ -314,17 +323,19 @@ def build_full(variant: str, dev, num_layers=None):
     return root, cfg
 
 
-def timed_steps(step, steps: int, warmup: int) -> list[float]:
-    """Seconds of each step after ``warmup`` untimed ones (peak memory counted from there)."""
+def timed_steps(step, steps: int, warmup: int, cuda: bool = True) -> list[float]:
+    """Seconds of each step after ``warmup`` untimed ones (on CUDA: a wait for the GPU before
+    and after each, peak memory counted from there; ``cuda`` False: the CPU dry runs)."""
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     times = []
     for i in range(warmup + steps):
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         step()
-        torch.cuda.synchronize()
+        sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-        if i == warmup - 1:
+        if cuda and i == warmup - 1:
             torch.cuda.reset_peak_memory_stats()
     return times
 
@@ -846,9 +857,7 @@ def main(argv=None) -> int:
                     "(ic, ic2, ext; comma list; empty = none)")
     ap.add_argument("--parse-only", action="store_true", help="print the parsed runs and official specs as JSON, run nothing")
     ap.add_argument("--skip-ours", action="store_true")
-    ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
-                    help="a torch._inductor.config option for every compile of this process (repeatable), "
-                         "e.g. combo_kernels=true; recorded as `inductor`")
+    add_inductor_option(ap)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     _SINK["inductor"] = set_inductor_options(a.inductor)

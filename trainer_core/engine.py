@@ -1125,7 +1125,7 @@ class Trainer:
 
     def train(self, resume_from: Optional[str | Path | LoadedCheckpoint] = None) -> TrainResult:
         from .distributed import RankFailure, dropout_seed, exact_reduce, flat_grads, set_grads
-        from .flat import FlatAdamW, flat_fits
+        from .flat import FlatAdamW, flat_fits, largest_weight
 
         cfg = self.cfg
         dist = self.dist
@@ -1301,7 +1301,7 @@ class Trainer:
                     opt.step()
                     opt.zero_grad(set_to_none=True)
                 with torch.no_grad(), _phase("ltx2.readback"):
-                    wmax = opt.largest() if flat else torch.stack(torch._foreach_norm(params, float("inf"))).max()
+                    wmax = opt.largest() if flat else largest_weight(params)
                     # the one read-back of the step, queued: copied to host memory behind the
                     # optimizer step and read before the next step's optimizer step (or now, below)
                     vals = torch.cat([acc.to(wmax.device),
@@ -1371,7 +1371,7 @@ class Trainer:
             quiet.release()
             lora.detach()
             if isinstance(opt, FlatAdamW):
-                opt.release()
+                opt.zero_grad()  # (its gradient buffer goes with the gradients)
         return TrainResult(lora=lora, history=history, steps_done=step, checkpoints=ckpts, notes=notes)
 
     def _checkpoint(self, lora, opt, step, epoch, pos, history, ckpts, write: Optional[bool] = None) -> str:

@@ -41,6 +41,11 @@ def _padded(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
+def largest_weight(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The largest |value| over ``tensors``, on their device (no wait for it)."""
+    return torch.stack(torch._foreach_norm(tensors, float("inf"))).max()
+
+
 def flat_fits(params: list[torch.Tensor], optimizer: str) -> bool:
     """Can these tensors share one buffer under this optimizer? It must be plain AdamW (8-bit
     AdamW quantizes per tensor and keeps small tensors in 32 bits, so one buffer would change
@@ -137,8 +142,7 @@ class FlatAdamW:
 
     def _measure_dead(self) -> None:
         with torch.no_grad():
-            self._dead_max = (torch.stack(torch._foreach_norm(self.dead, float("inf"))).amax().to(self.param.device)
-                              if self.dead else None)
+            self._dead_max = largest_weight(self.dead).to(self.param.device) if self.dead else None
 
     def _fall_back(self) -> None:
         """From now on per-tensor AdamW over every tensor, with the state held so far (the
@@ -200,14 +204,10 @@ class FlatAdamW:
         self.param.grad = None
         self._grad.untyped_storage().resize_(0)
 
-    def release(self) -> None:
-        """At the run's end (the same as :meth:`zero_grad`)."""
-        self.zero_grad()
-
     def largest(self) -> torch.Tensor:
         """The largest |weight| over every tensor of the LoRA, on the device, without a wait."""
         if self.fallback is not None:
-            return torch.stack(torch._foreach_norm(self.params, float("inf"))).max()
+            return largest_weight(self.params)
         m = self.param.detach().abs().amax()
         return m if self._dead_max is None else torch.maximum(m, self._dead_max)
 

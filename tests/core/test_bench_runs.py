@@ -193,3 +193,11 @@ def test_inductor_options_are_set_recorded_and_checked():
     for bad in (["no_such_option=1"], ["triton.no_such=1"], ["combo_kernels"], ["=1"]):
         with pytest.raises(SystemExit):
             b.set_inductor_options(bad)
+
+
+def test_timed_steps_times_the_steps_after_warmup_off_cuda():
+    """``timed_steps(cuda=False)`` (the CPU dry runs): every step runs, the warm-up ones untimed."""
+    b = _bench()
+    calls = []
+    times = b.timed_steps(lambda: calls.append(1), 3, 2, cuda=False)
+    assert len(calls) == 5 and len(times) == 3 and all(t >= 0 for t in times)

@@ -430,8 +430,7 @@ def sigma_slots(batch: int) -> int:
 
 def sigma_levels(u: torch.Tensor, batch: int) -> torch.Tensor:
     """The distinct σ of a batch, padded (with copies of the first) to a size that depends on
-    the batch alone: 2·B — each sample's σ and 0 for its conditioning tokens, which is every
-    mode's case — or the next power of two above a larger count. The modulation tables (and
+    the batch alone: :func:`sigma_slots`, or the next power of two above a larger count. The modulation tables (and
     with them the compiled blocks' input shapes) then stay the same from step to step, where
     the count alone would change with each draw of first-frame conditioning and make
     torch.compile build the blocks again (dynamo compiles with static shapes). On an H200, 19B
