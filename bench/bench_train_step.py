@@ -164,7 +164,7 @@ def add_ratios(records: list[dict]) -> None:
     model, shape and compute path in the same process (the ratio the issue's targets use)."""
     def key(r):
         return (r["model"], r["shape"], r.get("mode", "t2v"), r.get("fp8_compute", False), r.get("batch", 1),
-                r.get("lora_groups", True))
+                r.get("lora_groups", True), r.get("activation_budget_asked"))
 
     base = {key(r): r["s_per_step"]
             for r in records if r.get("stack") == "ours" and r.get("budget_gib") is None and not r.get("error")}
@@ -407,10 +407,12 @@ def calibrate(root, inp, dev, k: int = 8) -> dict:
 
     n = len(root.transformer_blocks)
     peaks = []
-    for keep in (0, k):
+    for keep, ab in ((0, memory.DEFAULT_ACTIVATION_BUDGET), (k, memory.DEFAULT_ACTIVATION_BUDGET),
+                     (k, memory.FULLSAVE_BUDGET)):
+        torch._dynamo.reset()  # each activation budget partitions the blocks anew
         lora, opt = _lora_and_opt(root, dev)
         modes = ["keep" if i < keep else "full" for i in range(n)]
-        predict = make_predict(memory_plan=MemoryPlan(modes), compile_blocks=True)
+        predict = make_predict(memory_plan=MemoryPlan(modes, activation_budget=ab), compile_blocks=True)
         _step(predict, root, inp, lora, opt)  # compile + warm
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -423,8 +425,12 @@ def calibrate(root, inp, dev, k: int = 8) -> dict:
         torch.cuda.empty_cache()
     tokens = sum(step_tokens(inp))
     per_block = (peaks[1] - peaks[0]) / k + memory.FULL_B_PER_TOKEN * tokens
+    per_block_full = (peaks[2] - peaks[0]) / k + memory.FULL_B_PER_TOKEN * tokens
     memory.KEEP_COMPILED_B_PER_TOKEN = int(per_block / tokens * 1.05)
+    memory.KEEP_FULLSAVE_B_PER_TOKEN = int(per_block_full / tokens * 1.05)
     rec = {"keep_block_gib": round(per_block / 2**30, 3), "keep_b_per_token": memory.KEEP_COMPILED_B_PER_TOKEN,
+           "keep_full_save_block_gib": round(per_block_full / 2**30, 3),
+           "keep_full_save_b_per_token": memory.KEEP_FULLSAVE_B_PER_TOKEN,
            "peak_all_full_gib": round(peaks[0] / 2**30, 2)}
     print(json.dumps({"calibration": rec}), flush=True)
     return rec
@@ -532,7 +538,9 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                 root.transformer_blocks[i].to("cpu")
             torch.cuda.empty_cache()
             host_start = HostPeak.rss() / 2**30
-        predict = make_predict(memory_plan=plan, compile_blocks=compiled, cudagraphs=run.get("cudagraphs"))
+        ab = run.get("activation_budget")
+        predict = make_predict(memory_plan=plan, compile_blocks=compiled, cudagraphs=run.get("cudagraphs"),
+                               **({} if ab is None else {"activation_budget": ab}))
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -593,6 +601,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         host_act = predict.offloader.host_bytes() / 2**30 if predict.offloader is not None else 0.0
         host_allocs = predict.offloader.host_allocs if predict.offloader is not None else 0
         used_cg = bool(getattr(predict, "used_cudagraphs", False))
+        ab_used = getattr(predict, "activation_budget", None)
         vram = vram_peak(peak, peak_reserved, used_cg)
         rel = HostPeak().__enter__()
         predict.release()
@@ -641,6 +650,8 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                "first_step_s": round(t_first, 1), "fwd_tflop": round(flops[key] / 1e12, 2),
                "params_b": round(n_params / 1e9, 2), **token_counts(inp),
                "lora": "rank 32, all attention", "lora_groups": lora_groups, "batch": batch,
+               "activation_budget": ab_used, "activation_budget_asked": run.get("activation_budget"),
+               "plan_activation_budget": plan.activation_budget,
                "s_per_sample": round(s / batch, 4) if times else None,
                "steps_timed": len(times), "steps_s": [round(t, 4) for t in times],
                "gc_ms_per_step": round(gc_ms / len(times), 1) if times else None,
@@ -844,8 +855,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default="ltx-2.0,ltx-2.3")
     ap.add_argument("--runs", default="768x512x121:none,512x512x33:none,768x512x121:24,768x512x121:16",
-                    help="shape:budget[:eager][:nocal][:fp8][:nooff][:offs][:fp8c][:cg|:nocg][:ic|:ic2|:ext][:host<G>][:b<N>][:cpu][:nogroup] "
-                         "for LTX-2.0 (nogroup: every LoRA adapter through its own layer's hook, no projection groups; host<G>: G GiB of host memory for activations; b<N>: N samples a step; cpu: "
+                    help="shape:budget[:eager][:nocal][:fp8][:nooff][:offs][:fp8c][:cg|:nocg][:ic|:ic2|:ext][:host<G>][:b<N>][:ab<X>][:cpu][:nogroup] "
+                         "for LTX-2.0 (nogroup: every LoRA adapter through its own layer's hook, no projection groups; host<G>: G GiB of host memory for activations; b<N>: N samples a step; ab<X>: the compiled blocks' activation memory budget; cpu: "
                          "streamed blocks start in host memory as ComfyUI leaves them) "
                          "(ic: IC-LoRA v2v with a full-size reference, ic2: half-size, ext: video extension from 8 "
                          "latent frames; see BENCH_MODES; cg: CUDA-graph replay at any bucket size)")
@@ -911,6 +922,8 @@ def parse_runs(spec: str) -> list[dict]:
                      "lora_groups": "nogroup" not in parts[2:],
                      # :b<N>: N samples per step (one bucket)
                      "batch": next((int(o[1:]) for o in parts[2:] if o.startswith("b") and o[1:].isdigit()), 1),
+                     # :ab<X>: the compiled blocks' activation memory budget X (default: make_predict's)
+                     "activation_budget": next((float(o[2:]) for o in parts[2:] if o.startswith("ab") and o[2:]), None),
                      "mode": run_mode(parts[2:])})
     return runs
 

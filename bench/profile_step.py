@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -92,6 +93,7 @@ def main() -> int:
     ap.add_argument("--out", default="/tmp/prof")
     ap.add_argument("--profile", default="eager_ckpt")
     ap.add_argument("--no-trace", action="store_true", help="skip the Chrome trace (large at full size)")
+    ap.add_argument("--steps", type=int, default=4, help="timed steps per variant (after 2 warm-up steps)")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,11 +120,10 @@ def main() -> int:
 
             dynamo.reset()
             icfg.cpp_wrapper = "cppwrap" in var
-            import torch._functorch.config as fcfg
-
-            fcfg.activation_memory_budget = 1.0
-            if "_amb" in var:
-                fcfg.activation_memory_budget = int(var.split("_amb")[1][:2]) / 100
+            # _amb<NN>: the compiled blocks' activation memory budget NN/100 (make_predict's
+            # own default otherwise; _amb100: the partitioner's default, save what it must)
+            m_amb = re.search(r"_amb(\d+)", var)
+            amb = {"activation_budget": int(m_amb.group(1)) / 100} if m_amb else {}
             parts = var.split("_")
             comp = var.startswith("compiled") or parts[0] == "cg"
             # cg_*: compiled blocks replayed as CUDA graphs, as make_predict does for small buckets
@@ -133,14 +134,14 @@ def main() -> int:
             if "fp8" in var:  # fp8 compute of the frozen block linears
                 enable_fp8_compute(root)
             pred = make_predict(checkpointing=("nockpt" not in var and "keep" not in var), compile_blocks=comp,
-                                cudagraphs=cg if comp else None)
+                                cudagraphs=cg if comp else None, **amb)
             if not use_lora:
                 root.patchify_proj.weight.requires_grad_(False)
                 inp.video.tokens.requires_grad_(True)  # something must need a gradient
             torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             try:
-                s = timed(lambda: one_step(pred, root, inp, params if use_lora else [], opt))
+                s = timed(lambda: one_step(pred, root, inp, params if use_lora else [], opt), n=a.steps)
             except torch.OutOfMemoryError as e:
                 results.append({"shape": shape, "variant": var, "error": f"OOM {e}"[:200]})
                 torch.cuda.empty_cache()
@@ -148,6 +149,7 @@ def main() -> int:
             finally:
                 inp.video.tokens.requires_grad_(False)
             rec = {"shape": shape, "variant": var, "layers": a.layers, "s_per_step": round(s, 4),
+                   "activation_budget": amb.get("activation_budget"),
                    "s_per_step_per_block": round(s / a.layers, 5), "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                    "wall_incl_warmup": round(time.perf_counter() - t0, 1)}
             if var in profiled:

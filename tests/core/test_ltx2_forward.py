@@ -576,3 +576,47 @@ def test_tree_keys_equal_tiny_checkpoint(tmp_path, variant):
     inp = step_inputs(c, "text_to_audio_video")
     v, a = make_predict(checkpointing=True)(root, inp)
     assert torch.isfinite(v).all() and torch.isfinite(a).all()
+
+
+def test_compiled_blocks_take_the_plans_activation_budget():
+    """make_predict hands the memory plan's activation budget to AOTAutograd's partitioner
+    while the blocks compile (1.0 for a full-save plan, 0.7 otherwise; an explicit argument
+    wins), and what the budget changes — which activations are saved and which recomputed —
+    leaves the LoRA gradients as they were."""
+    import torch._functorch.config as fcfg
+
+    from trainer_core.ltx2.memory import MemoryPlan
+
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.append(fcfg.activation_memory_budget)
+        from torch._dynamo.backends.common import aot_autograd
+        from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+        from functorch.compile import make_boxed_func
+
+        return aot_autograd(fw_compiler=lambda g, _: make_boxed_func(g), bw_compiler=lambda g, _: make_boxed_func(g),
+                            partition_fn=min_cut_rematerialization_partition)(gm, example_inputs)
+
+    c = tiny_config("2.0")
+    root = build_tree(c, seed=2)
+    lora = _random_lora(root, "all attention")
+    inp = step_inputs(c, "text_to_audio_video", seed=3)
+    n = len(root.transformer_blocks)
+    ref = _lora_grads(root, lora, make_predict(memory_plan=MemoryPlan(["keep"] * n)), inp)
+    grads = {}
+    for name, plan, kw in (("full", MemoryPlan(["keep"] * n, activation_budget=1.0), {}),
+                           ("explicit", MemoryPlan(["keep"] * n, activation_budget=1.0), {"activation_budget": 0.5})):
+        torch._dynamo.reset()
+        seen.clear()
+        pred = make_predict(memory_plan=plan, compile_blocks={"backend": backend}, **kw)
+        grads[name] = _lora_grads(root, lora, pred, inp)
+        want = {"full": 1.0, "explicit": 0.5}[name]
+        assert seen and set(seen) == {want}, (name, seen)
+        assert pred.activation_budget == want
+    torch._dynamo.reset()
+    assert make_predict().activation_budget == 0.7  # what a plan-less or an ordinary plan's predict patches
+    assert make_predict(memory_plan=MemoryPlan(["keep"] * n)).activation_budget == 0.7
+    for name, g in grads.items():
+        assert max(_rel(g[k], ref[k]) for k in ref) < 1e-5, name

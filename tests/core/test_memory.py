@@ -537,3 +537,44 @@ def test_plans_under_cuda_malloc_async_tell_the_user_what_the_pool_may_add():
     assert allocator_note("native", streamed) is None
     assert allocator_note("cudaMallocAsync", resident) is None
     assert allocator_note("cudaMallocAsync", unlimited) is None
+
+
+def test_plans_save_every_activation_where_the_whole_plan_fits_so():
+    """Compiled blocks: where every weight is resident and every block can keep all its
+    activations with nothing recomputed (AOTAutograd's budget 1.0) inside the headroom, that
+    is the plan; a tighter budget gets the memory-saving 0.7 and the plan it had before. The
+    step-time model counts the full-save plan's faster blocks."""
+    from trainer_core.ltx2.memory import (DEFAULT_ACTIVATION_BUDGET, FULLSAVE_COMPUTE, FULLSAVE_HEADROOM,
+                                          KEEP_FULLSAVE_B_PER_TOKEN, StepSpeed, predict_step_s)
+
+    blocks = [torch.nn.Identity()] * 48
+    tokens = 6144 + 126
+    kw = dict(other_bytes=int(1.2e9), video_tokens=6144, audio_tokens=126, trainable_bytes=int(0.3e9),
+              block_bytes=[int(0.8e9)] * 48)
+    roomy = plan_memory(blocks, budget_gib=137, compiled=True, **kw)
+    assert roomy.activation_budget == 1.0 and roomy.modes == ["keep"] * 48 and not roomy.streamed
+    assert roomy.expected_peak_gib * GIB >= 48 * KEEP_FULLSAVE_B_PER_TOKEN * tokens
+    assert roomy.expected_peak_gib <= FULLSAVE_HEADROOM * 137
+    assert "save every activation" in roomy.summary() and roomy.to_dict()["activation_budget"] == 1.0
+    unlimited = plan_memory(blocks, budget_gib=None, compiled=True, **kw)
+    assert unlimited.activation_budget == 1.0 and unlimited.modes == ["keep"] * 48
+    # 80 GiB: all blocks keep at 0.7 (as before this plan existed), not at 1.0
+    h100 = plan_memory(blocks, budget_gib=79, compiled=True, **kw)
+    assert h100.activation_budget == DEFAULT_ACTIVATION_BUDGET and "save every" not in h100.summary()
+    assert h100.modes.count("keep") > 0 and h100.expected_peak_gib <= 79
+    # just over the full-save peak, but inside the headroom's margin: still 0.7
+    edge = plan_memory(blocks, budget_gib=roomy.expected_peak_gib / FULLSAVE_HEADROOM - 0.5, compiled=True, **kw)
+    assert edge.activation_budget == DEFAULT_ACTIVATION_BUDGET
+    # eager blocks: the budget means nothing there
+    eager = plan_memory(blocks, budget_gib=137, compiled=False, **kw)
+    assert eager.activation_budget == DEFAULT_ACTIVATION_BUDGET
+    # the model: the same all-keep plan at 1.0 predicts FULLSAVE_COMPUTE of the compute at 0.7
+    sp = StepSpeed(700.0, 55.0, "test")
+    blk = [torch.nn.Linear(64, 64)] * 4
+    fast = MemoryPlan(["keep"] * 4, activation_budget=1.0)
+    slow = MemoryPlan(["keep"] * 4)
+    t_fast, t_slow = (predict_step_s(p, blk, 6144, 126, sp) for p in (fast, slow))
+    assert t_fast < t_slow
+    from trainer_core.ltx2.memory import BACKWARD_FACTOR, BLOCK_OVERHEAD_S
+    overhead = (1 + BACKWARD_FACTOR) * 4 * BLOCK_OVERHEAD_S
+    assert (t_fast - overhead) == pytest.approx(FULLSAVE_COMPUTE * (t_slow - overhead), rel=1e-9)

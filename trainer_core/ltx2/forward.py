@@ -989,7 +989,7 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
                  fix_inference_weights: bool = True, rope_cache_size: int = 8,
                  config: Optional[LTX2Config] = None, compile_blocks: Any = False,
                  memory_plan: Any = None, cudagraphs: Optional[bool] = None,
-                 activation_budget: float = 0.7, cudagraph_max_tokens: int = 4096,
+                 activation_budget: Optional[float] = None, cudagraph_max_tokens: int = 4096,
                  offload_min_bytes: int = 1 << 20, sp: Any = None) -> Callable:
     """The engine's ``predict(root, inputs) -> (video_pred, audio_pred)``.
 
@@ -1016,7 +1016,9 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
     activation_budget: for compiled blocks, AOTAutograd's activation memory budget (share of
         the save-everything memory a kept block may use; the partitioner recomputes the
         cheapest ops, elementwise work first). 0.7 halves a kept block's memory at full size
-        for ~the same speed (H100: 0.60 vs 1.35 GiB/block at 768×512×121, 21.8 vs 20.5 ms).
+        for a slower block (H200, 768×512×121: 0.67 against 1.51 GiB/block at 1.0, 7.5 % slower).
+        None: the memory plan's (``MemoryPlan.activation_budget``: 1.0 where the whole plan
+        fits so), else 0.7.
     memory_plan: a :class:`~trainer_core.ltx2.memory.MemoryPlan`: per-block keep/recompute
         (overrides ``checkpointing``) and the blocks whose weights stream from host memory
         (the streamer is set up on the first call, on the inputs' device, and exposed as
@@ -1033,6 +1035,10 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
     ``text["context_lengths"]`` [B] for captions padded to a batch's longest); ``fps``.
     """
     cache = RopeCache(rope_cache_size)
+    if activation_budget is None:
+        from .memory import DEFAULT_ACTIVATION_BUDGET
+
+        activation_budget = getattr(memory_plan, "activation_budget", None) or DEFAULT_ACTIVATION_BUDGET
     block_fn = cg_fn = None
     if compile_blocks and sp is not None and sp.active:
         raise ValueError("sequence parallel runs eager blocks: its all-to-alls are not traced by torch.compile; "
@@ -1147,6 +1153,7 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
     predict.checkpointing = checkpointing  # type: ignore[attr-defined]
     predict.rope_cache = cache  # type: ignore[attr-defined]
     predict.memory_plan = memory_plan  # type: ignore[attr-defined]
+    predict.activation_budget = float(activation_budget)  # type: ignore[attr-defined]
     predict.streamer = None  # type: ignore[attr-defined]
     predict.offloader = None  # type: ignore[attr-defined]
     predict.release = release  # type: ignore[attr-defined]

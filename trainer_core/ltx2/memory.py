@@ -44,6 +44,16 @@ GIB = 2 ** 30
 # recomputation + backward on top of that. Audio tokens (≤ a few hundred) are counted in.
 KEEP_EAGER_B_PER_TOKEN = 196_000
 KEEP_COMPILED_B_PER_TOKEN = 121_000  # compiled block, activation budget 0.7: 0.67 GiB/block at 6270 tokens
+# The compiled block with AOTAutograd's activation budget at 1.0 (the partitioner's default:
+# nothing recomputed for memory's sake) where the whole plan fits: H200, 19B, 8 blocks,
+# 768×512×121: +0.84 GiB/block (1.51 GiB) and 7.5 % less step time than at 0.7 (21.05 against
+# 19.46 ms a block, fixed costs included); 512×512×33 with CUDA graphs 4.6 % less
+# (bench/results/profile_activation_budget_H200.json). The constant has 5 % of margin.
+KEEP_FULLSAVE_B_PER_TOKEN = 270_000
+FULLSAVE_BUDGET = 1.0
+DEFAULT_ACTIVATION_BUDGET = 0.7  # plans that must save memory: half the memory, ~8 % slower
+FULLSAVE_COMPUTE = 0.93  # the step-time model's compute at FULLSAVE_BUDGET, against 0.7's
+FULLSAVE_HEADROOM = 0.9  # a full-save plan must fit in this share of the budget (CUDA-graph pools, fragmentation)
 FULL_B_PER_TOKEN = 4096 * 2 + 512  # the block's input (bf16 video stream; audio rides along)
 WORK_B_PER_TOKEN = 260_000
 # For choosing how many streamed blocks also keep their activations in host memory: the
@@ -106,6 +116,10 @@ class MemoryPlan:
     transfer: str = "bf16"  # how streamed weights travel: "bf16" (exact) or "fp8" (half the bytes)
     predicted_step_s: Optional[float] = None  # set by predict_step_s() from a calibrated StepSpeed
     speed: Optional["StepSpeed"] = None
+    # AOTAutograd's activation memory budget for compiled "keep" blocks: 0.7 recomputes cheap
+    # elementwise work in backward to halve a kept block's memory; 1.0 (chosen where the whole
+    # plan fits that way) saves it instead and runs faster
+    activation_budget: float = DEFAULT_ACTIVATION_BUDGET
 
     def summary(self) -> str:
         n = len(self.modes)
@@ -119,6 +133,8 @@ class MemoryPlan:
                          + (" as fp8 (per-row scales)" if self.transfer == "fp8" else ""))
         else:
             parts.append("all weights resident")
+        if self.activation_budget >= FULLSAVE_BUDGET and keep:
+            parts.append("kept blocks save every activation (nothing recomputed)")
         b = f"budget {self.budget_gib:.1f} GiB" if self.budget_gib else "no budget"
         text = f"memory plan ({b}): " + "; ".join(parts) + f"; expected peak ≈ {self.expected_peak_gib:.1f} GiB"
         if self.predicted_step_s is not None and self.speed is not None:
@@ -129,6 +145,7 @@ class MemoryPlan:
     def to_dict(self) -> dict:
         return {"modes": self.modes, "streamed": self.streamed, "budget_gib": self.budget_gib,
                 "expected_peak_gib": round(self.expected_peak_gib, 2), "notes": self.notes, "transfer": self.transfer,
+                "activation_budget": self.activation_budget,
                 "predicted_step_s": None if self.predicted_step_s is None else round(self.predicted_step_s, 3)}
 
 
@@ -148,6 +165,12 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
     need, then spends what is left on ``keep`` blocks (spread evenly), everything else
     recomputes. ``transfer="fp8"``: streamed weights travel as fp8 (each slot then also holds
     an fp8 staging copy: 1.5 slots' worth per slot).
+
+    Compiled blocks: where every weight stays resident and every block keeps all of its
+    activations with nothing recomputed (``KEEP_FULLSAVE_B_PER_TOKEN``, AOTAutograd's
+    activation budget 1.0) within ``FULLSAVE_HEADROOM`` of the budget — or with no budget —
+    that is the plan (``activation_budget`` 1.0, ~7 % faster at full size); every other plan
+    keeps the memory-saving budget 0.7 and is chosen as below.
 
     ``offload``: blocks that would recompute may keep their activations in host memory
     instead ("offload"): copied out after their forward while the forward computes (or while
@@ -171,11 +194,18 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
     full_b = FULL_B_PER_TOKEN * tokens
     work_b = WORK_B_PER_TOKEN * tokens
     fixed = other_bytes + trainable_bytes + work_b + RESERVE_BYTES
+    # compiled blocks: where every block keeps its activations with nothing recomputed and
+    # every weight resident, that is the plan (the fastest there is)
+    full_save = fixed + sum(sizes) + n * KEEP_FULLSAVE_B_PER_TOKEN * tokens
     if budget_gib is None:
         modes = ["keep" if allow_keep else "full"] * n
+        if compiled and allow_keep:
+            return MemoryPlan(modes, [], None, full_save / GIB, [], activation_budget=FULLSAVE_BUDGET)
         peak = fixed + sum(sizes) + n * (keep_b if allow_keep else full_b)
         return MemoryPlan(modes, [], None, peak / GIB, [])
     budget = budget_gib * GIB
+    if compiled and allow_keep and full_save <= FULLSAVE_HEADROOM * budget:
+        return MemoryPlan(["keep"] * n, [], float(budget_gib), full_save / GIB, [], activation_budget=FULLSAVE_BUDGET)
     blk = max(sizes) if sizes else 0
     slot = int(blk * 1.5) if transfer == "fp8" else blk  # one device slot (+ fp8 staging)
     extra = max(1, keep_b - full_b)
@@ -388,6 +418,8 @@ def predict_step_s(plan: MemoryPlan, blocks: Sequence[nn.Module] | nn.Module, vi
     blocks = list(blocks)
     n = len(blocks)
     rate = speed.tflops * 1e12 * STEP_EFFICIENCY
+    if plan.activation_budget >= FULLSAVE_BUDGET:
+        rate /= FULLSAVE_COMPUTE  # nothing recomputed inside the kept blocks
     cf = [block_flops(b, video_tokens, audio_tokens, text_tokens) / rate + BLOCK_OVERHEAD_S for b in blocks]
     sizes = list(block_bytes) if block_bytes is not None else [module_bytes(b) for b in blocks]
     link = speed.link_gbps * 1e9
