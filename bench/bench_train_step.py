@@ -164,7 +164,7 @@ def add_ratios(records: list[dict]) -> None:
     model, shape and compute path in the same process (the ratio the issue's targets use)."""
     def key(r):
         return (r["model"], r["shape"], r.get("mode", "t2v"), r.get("fp8_compute", False), r.get("batch", 1),
-                r.get("lora_groups", True), r.get("activation_budget_asked"))
+                r.get("lora_groups", True), r.get("activation_budget_asked"), r.get("save_attention", False))
 
     base = {key(r): r["s_per_step"]
             for r in records if r.get("stack") == "ours" and r.get("budget_gib") is None and not r.get("error")}
@@ -540,6 +540,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
             host_start = HostPeak.rss() / 2**30
         ab = run.get("activation_budget")
         predict = make_predict(memory_plan=plan, compile_blocks=compiled, cudagraphs=run.get("cudagraphs"),
+                               save_attention=bool(run.get("save_attention")),
                                **({} if ab is None else {"activation_budget": ab}))
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -602,6 +603,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         host_allocs = predict.offloader.host_allocs if predict.offloader is not None else 0
         used_cg = bool(getattr(predict, "used_cudagraphs", False))
         ab_used = getattr(predict, "activation_budget", None)
+        sa_used = bool(getattr(predict, "save_attention", False)) and (ab_used or 1.0) < 1.0
         vram = vram_peak(peak, peak_reserved, used_cg)
         rel = HostPeak().__enter__()
         predict.release()
@@ -651,7 +653,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
                "params_b": round(n_params / 1e9, 2), **token_counts(inp),
                "lora": "rank 32, all attention", "lora_groups": lora_groups, "batch": batch,
                "activation_budget": ab_used, "activation_budget_asked": run.get("activation_budget"),
-               "plan_activation_budget": plan.activation_budget,
+               "plan_activation_budget": plan.activation_budget, "save_attention": sa_used,
                "s_per_sample": round(s / batch, 4) if times else None,
                "steps_timed": len(times), "steps_s": [round(t, 4) for t in times],
                "gc_ms_per_step": round(gc_ms / len(times), 1) if times else None,
@@ -855,8 +857,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default="ltx-2.0,ltx-2.3")
     ap.add_argument("--runs", default="768x512x121:none,512x512x33:none,768x512x121:24,768x512x121:16",
-                    help="shape:budget[:eager][:nocal][:fp8][:nooff][:offs][:fp8c][:cg|:nocg][:ic|:ic2|:ext][:host<G>][:b<N>][:ab<X>][:cpu][:nogroup] "
-                         "for LTX-2.0 (nogroup: every LoRA adapter through its own layer's hook, no projection groups; host<G>: G GiB of host memory for activations; b<N>: N samples a step; ab<X>: the compiled blocks' activation memory budget; cpu: "
+                    help="shape:budget[:eager][:nocal][:fp8][:nooff][:offs][:fp8c][:cg|:nocg][:ic|:ic2|:ext][:host<G>][:b<N>][:ab<X>][:sa][:cpu][:nogroup] "
+                         "for LTX-2.0 (nogroup: every LoRA adapter through its own layer's hook, no projection groups; host<G>: G GiB of host memory for activations; b<N>: N samples a step; ab<X>: the compiled blocks' activation memory budget; sa: under a budget below 1.0 they save attention outputs; cpu: "
                          "streamed blocks start in host memory as ComfyUI leaves them) "
                          "(ic: IC-LoRA v2v with a full-size reference, ic2: half-size, ext: video extension from 8 "
                          "latent frames; see BENCH_MODES; cg: CUDA-graph replay at any bucket size)")
@@ -924,6 +926,8 @@ def parse_runs(spec: str) -> list[dict]:
                      "batch": next((int(o[1:]) for o in parts[2:] if o.startswith("b") and o[1:].isdigit()), 1),
                      # :ab<X>: the compiled blocks' activation memory budget X (default: make_predict's)
                      "activation_budget": next((float(o[2:]) for o in parts[2:] if o.startswith("ab") and o[2:]), None),
+                     # :sa: compiled blocks under a budget below 1.0 save their attention outputs
+                     "save_attention": "sa" in parts[2:],
                      "mode": run_mode(parts[2:])})
     return runs
 

@@ -89,7 +89,7 @@ def main() -> int:
     ap.add_argument("--variant", default="ltx-2.0")
     ap.add_argument("--shapes", default="768x512x121,512x512x33")
     ap.add_argument("--variants", default="eager_ckpt,eager_nockpt,eager_ckpt_nolora,compiled_ckpt",
-                    help="eager|compiled|cg (compiled + CUDA graphs) _ckpt|_nockpt [_nolora] [_fp8] [_amb<NN>]")
+                    help="eager|compiled|cg (compiled + CUDA graphs) _ckpt|_nockpt [_nolora] [_fp8] [_amb<NN>] [_sa: save attention outputs under a budget]")
     ap.add_argument("--out", default="/tmp/prof")
     ap.add_argument("--profile", default="eager_ckpt")
     ap.add_argument("--no-trace", action="store_true", help="skip the Chrome trace (large at full size)")
@@ -134,7 +134,7 @@ def main() -> int:
             if "fp8" in var:  # fp8 compute of the frozen block linears
                 enable_fp8_compute(root)
             pred = make_predict(checkpointing=("nockpt" not in var and "keep" not in var), compile_blocks=comp,
-                                cudagraphs=cg if comp else None, **amb)
+                                cudagraphs=cg if comp else None, save_attention="_sa" in var, **amb)
             if not use_lora:
                 root.patchify_proj.weight.requires_grad_(False)
                 inp.video.tokens.requires_grad_(True)  # something must need a gradient

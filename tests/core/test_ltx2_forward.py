@@ -578,26 +578,50 @@ def test_tree_keys_equal_tiny_checkpoint(tmp_path, variant):
     assert torch.isfinite(v).all() and torch.isfinite(a).all()
 
 
-def test_compiled_blocks_take_the_plans_activation_budget():
-    """make_predict hands the memory plan's activation budget to AOTAutograd's partitioner
-    while the blocks compile (1.0 for a full-save plan, 0.7 otherwise; an explicit argument
-    wins), and what the budget changes — which activations are saved and which recomputed —
-    leaves the LoRA gradients as they were."""
+def _partition_probe():
+    """A compile backend that partitions as inductor does (its joint-graph post pass, when
+    one is configured, then AOTAutograd's min-cut partitioner under the configured budget)
+    without generating code, and records the activation budget of each partition and, per
+    backward graph, the attention forwards it runs again and the bytes the forward saves for
+    it."""
     import torch._functorch.config as fcfg
+    import torch._inductor.config as icfg
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
 
-    from trainer_core.ltx2.memory import MemoryPlan
+    from trainer_core.ltx2.forward import _is_attention_forward
 
-    seen = []
+    seen, budgets = [], []
+
+    def partition(joint, inputs, **kw):
+        budgets.append(fcfg.activation_memory_budget)  # (the backward compiles later, outside predict)
+        if icfg.joint_custom_post_pass is not None:
+            icfg.joint_custom_post_pass(joint.graph)
+        return min_cut_rematerialization_partition(joint, inputs, **kw)
+
+    def bw(g, _):
+        saved = sum(n.meta["val"].numel() * n.meta["val"].element_size() for n in g.graph.nodes
+                    if n.op == "placeholder" and not n.name.startswith("tangents")
+                    and isinstance(n.meta.get("val"), torch.Tensor))
+        seen.append((sum(_is_attention_forward(n) for n in g.graph.nodes), saved))
+        return make_boxed_func(g)
 
     def backend(gm, example_inputs):
-        seen.append(fcfg.activation_memory_budget)
-        from torch._dynamo.backends.common import aot_autograd
-        from torch._functorch.partitioners import min_cut_rematerialization_partition
+        return aot_autograd(fw_compiler=lambda g, _: make_boxed_func(g), bw_compiler=bw,
+                            partition_fn=partition)(gm, example_inputs)
 
-        from functorch.compile import make_boxed_func
+    return backend, seen, budgets
 
-        return aot_autograd(fw_compiler=lambda g, _: make_boxed_func(g), bw_compiler=lambda g, _: make_boxed_func(g),
-                            partition_fn=min_cut_rematerialization_partition)(gm, example_inputs)
+
+def test_compiled_blocks_take_the_plans_activation_budget_and_can_save_attention():
+    """make_predict hands the memory plan's activation budget to AOTAutograd's partitioner
+    while the blocks compile (1.0 for a full-save plan, 0.7 otherwise; an explicit argument
+    wins). Under 0.7 the partitioner recomputes attention forwards in backward (PyTorch does
+    not count cuDNN's or the CPU's attention as compute-intensive): with ``save_attention``
+    the backward runs none and the blocks still save less than at 1.0. Whatever is saved or
+    recomputed, the LoRA gradients stay the eager ones."""
+    from trainer_core.ltx2.memory import MemoryPlan
 
     c = tiny_config("2.0")
     root = build_tree(c, seed=2)
@@ -605,18 +629,24 @@ def test_compiled_blocks_take_the_plans_activation_budget():
     inp = step_inputs(c, "text_to_audio_video", seed=3)
     n = len(root.transformer_blocks)
     ref = _lora_grads(root, lora, make_predict(memory_plan=MemoryPlan(["keep"] * n)), inp)
-    grads = {}
-    for name, plan, kw in (("full", MemoryPlan(["keep"] * n, activation_budget=1.0), {}),
-                           ("explicit", MemoryPlan(["keep"] * n, activation_budget=1.0), {"activation_budget": 0.5})):
+    runs = {}
+    for name, ab, sa in (("lean", 0.7, False), ("lean+attention", 0.7, True), ("full", 1.0, True)):
         torch._dynamo.reset()
-        seen.clear()
-        pred = make_predict(memory_plan=plan, compile_blocks={"backend": backend}, **kw)
-        grads[name] = _lora_grads(root, lora, pred, inp)
-        want = {"full": 1.0, "explicit": 0.5}[name]
-        assert seen and set(seen) == {want}, (name, seen)
-        assert pred.activation_budget == want
+        backend, seen, budgets = _partition_probe()
+        pred = make_predict(memory_plan=MemoryPlan(["keep"] * n, activation_budget=ab), save_attention=sa,
+                            compile_blocks={"backend": backend})
+        got = _lora_grads(root, lora, pred, inp)
+        assert max(_rel(got[k], ref[k]) for k in ref) < 1e-5, name
+        assert seen, name
+        assert set(budgets) == {ab}, (name, budgets)
+        assert pred.activation_budget == ab and pred.save_attention == sa
+        runs[name] = (sum(a for a, _ in seen), sum(b for _, b in seen))
     torch._dynamo.reset()
-    assert make_predict().activation_budget == 0.7  # what a plan-less or an ordinary plan's predict patches
+    # the plan's budget unless one is given; a plan-less predict (and an ordinary plan's) 0.7
+    assert make_predict(memory_plan=MemoryPlan(["keep"] * n, activation_budget=1.0),
+                        activation_budget=0.5).activation_budget == 0.5
+    assert make_predict().activation_budget == 0.7
     assert make_predict(memory_plan=MemoryPlan(["keep"] * n)).activation_budget == 0.7
-    for name, g in grads.items():
-        assert max(_rel(g[k], ref[k]) for k in ref) < 1e-5, name
+    assert runs["lean"][0] > 0  # the waste this option exists for, reproduced on the CPU
+    assert runs["lean+attention"][0] == 0 and runs["full"][0] == 0
+    assert runs["lean"][1] < runs["lean+attention"][1] < runs["full"][1], runs

@@ -985,12 +985,60 @@ def _reference_of(stream) -> Optional[tuple]:
     return _normal(ref[0]), ref[1]
 
 
+def _is_attention_forward(node) -> bool:
+    """An attention kernel's forward in an aten graph: SDPA's backend ops (cuDNN, flash,
+    memory-efficient, the CPU's flash) and the flash/efficient forwards themselves."""
+    if node.op != "call_function":
+        return False
+    name = getattr(getattr(node.target, "overloadpacket", None), "__name__", "") or str(node.target)
+    return ("_scaled_dot_product_" in name or name in ("_flash_attention_forward", "_efficient_attention_forward")) \
+        and "backward" not in name
+
+
+def mark_attention_saved(graph) -> int:
+    """Tag every attention forward of a joint forward + backward graph as MUST_SAVE for
+    AOTAutograd's partitioner, so that a memory budget below 1.0 never recomputes it in
+    backward. (PyTorch's list of compute-intensive ops has the flash and memory-efficient
+    attentions but not the cuDNN one nor the CPU's, and the budget's solver then treats them
+    as cheap to recompute: on an H200 at 768×512×121, budget 0.7 ran the video self-attention
+    forward again in most blocks' backward.) Returns how many nodes were tagged."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    n = 0
+    for node in graph.nodes:
+        if _is_attention_forward(node):
+            node.meta["recompute"] = CheckpointPolicy.MUST_SAVE
+            n += 1
+    return n
+
+
+def _attention_saving_pass():
+    """``mark_attention_saved`` as an inductor joint-graph pass (cacheable: it has a uuid),
+    chained after any pass already configured."""
+    import torch._inductor.config as icfg
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    prior = icfg.joint_custom_post_pass
+
+    class _SaveAttention(CustomGraphPass):
+        def __call__(self, graph) -> None:
+            if prior is not None:
+                prior(graph)
+            mark_attention_saved(graph)
+
+        def uuid(self):
+            base = prior.uuid() if prior is not None and hasattr(prior, "uuid") else None
+            return ("ltx2-save-attention-v1", base)
+
+    return _SaveAttention()
+
+
 def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = None,
                  fix_inference_weights: bool = True, rope_cache_size: int = 8,
                  config: Optional[LTX2Config] = None, compile_blocks: Any = False,
                  memory_plan: Any = None, cudagraphs: Optional[bool] = None,
                  activation_budget: Optional[float] = None, cudagraph_max_tokens: int = 4096,
-                 offload_min_bytes: int = 1 << 20, sp: Any = None) -> Callable:
+                 offload_min_bytes: int = 1 << 20, sp: Any = None, save_attention: bool = False) -> Callable:
     """The engine's ``predict(root, inputs) -> (video_pred, audio_pred)``.
 
     checkpointing: per-block activation checkpointing (recompute each block in backward).
@@ -1019,6 +1067,11 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
         for a slower block (H200, 768×512×121: 0.67 against 1.51 GiB/block at 1.0, 7.5 % slower).
         None: the memory plan's (``MemoryPlan.activation_budget``: 1.0 where the whole plan
         fits so), else 0.7.
+    save_attention: with a budget below 1.0, the compiled blocks save their attention
+        outputs instead of recomputing the attention forward in backward
+        (:func:`mark_attention_saved`, an inductor joint-graph pass). Off by default: the
+        memory it adds to a kept block and the time it saves are not measured on a GPU yet,
+        so no plan counts it (``bench_train_step`` ``:sa``).
     memory_plan: a :class:`~trainer_core.ltx2.memory.MemoryPlan`: per-block keep/recompute
         (overrides ``checkpointing``) and the blocks whose weights stream from host memory
         (the streamer is set up on the first call, on the inputs' device, and exposed as
@@ -1122,6 +1175,10 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
                 import torch._functorch.config as fcfg
 
                 budget = fcfg.patch(activation_memory_budget=float(activation_budget))
+                if save_attention and activation_budget < 1.0:
+                    import torch._inductor.config as icfg
+
+                    budget = _both(budget, icfg.patch(joint_custom_post_pass=_attention_saving_pass()))
             with torch.autocast(ref.device.type, enabled=False) if plain else contextlib.nullcontext(), budget:
                 return forward_av(root, vid, aud, context=ctx, fps=float(inputs.fps), checkpointing=checkpointing,
                                   dtype=cd, config=c, unprocessed_text=unproc, rope_cache=cache,
@@ -1154,6 +1211,7 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
     predict.rope_cache = cache  # type: ignore[attr-defined]
     predict.memory_plan = memory_plan  # type: ignore[attr-defined]
     predict.activation_budget = float(activation_budget)  # type: ignore[attr-defined]
+    predict.save_attention = bool(save_attention)  # type: ignore[attr-defined]
     predict.streamer = None  # type: ignore[attr-defined]
     predict.offloader = None  # type: ignore[attr-defined]
     predict.release = release  # type: ignore[attr-defined]
@@ -1162,6 +1220,12 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
 
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+@contextlib.contextmanager
+def _both(a, b):
+    with a, b:
+        yield
 
 
 def _compute_dtype(root: nn.Module, tokens: torch.Tensor, dtype: Optional[torch.dtype]) -> tuple[torch.dtype, bool]:
@@ -1183,5 +1247,5 @@ def _compute_dtype(root: nn.Module, tokens: torch.Tensor, dtype: Optional[torch.
     return (dtype or (w if w in _FLOATS else torch.float32)), False
 
 
-__all__ = ["make_predict", "forward_av", "prepare_text", "ensure_trainable_weights", "find_inference_tensors",
-           "InferenceWeightsError", "block_forward", "RopeCache"]
+__all__ = ["make_predict", "mark_attention_saved", "forward_av", "prepare_text", "ensure_trainable_weights",
+           "find_inference_tensors", "InferenceWeightsError", "block_forward", "RopeCache"]
