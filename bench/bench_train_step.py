@@ -603,7 +603,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
         host_allocs = predict.offloader.host_allocs if predict.offloader is not None else 0
         used_cg = bool(getattr(predict, "used_cudagraphs", False))
         ab_used = getattr(predict, "activation_budget", None)
-        sa_used = bool(getattr(predict, "save_attention", False)) and (ab_used or 1.0) < 1.0
+        sa_used = bool(getattr(predict, "attention_saved", False))
         vram = vram_peak(peak, peak_reserved, used_cg)
         rel = HostPeak().__enter__()
         predict.release()

@@ -1170,16 +1170,17 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
                     fn = cg_fn
                     torch.compiler.cudagraph_mark_step_begin()
             predict.used_cudagraphs = fn is not None and fn is cg_fn  # type: ignore[attr-defined]
-            budget = contextlib.nullcontext()
-            if fn is not None:
-                import torch._functorch.config as fcfg
+            with contextlib.ExitStack() as scope:
+                if plain:
+                    scope.enter_context(torch.autocast(ref.device.type, enabled=False))
+                if fn is not None:  # what the blocks compile under, should they compile now
+                    import torch._functorch.config as fcfg
 
-                budget = fcfg.patch(activation_memory_budget=float(activation_budget))
-                if save_attention and activation_budget < 1.0:
-                    import torch._inductor.config as icfg
+                    scope.enter_context(fcfg.patch(activation_memory_budget=float(activation_budget)))
+                    if attention_pass is not None:
+                        import torch._inductor.config as icfg
 
-                    budget = _both(budget, icfg.patch(joint_custom_post_pass=_attention_saving_pass()))
-            with torch.autocast(ref.device.type, enabled=False) if plain else contextlib.nullcontext(), budget:
+                        scope.enter_context(icfg.patch(joint_custom_post_pass=attention_pass))
                 return forward_av(root, vid, aud, context=ctx, fps=float(inputs.fps), checkpointing=checkpointing,
                                   dtype=cd, config=c, unprocessed_text=unproc, rope_cache=cache,
                                   block_fn=fn, modes=modes, streamer=state["streamer"],
@@ -1189,6 +1190,8 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
                                   context_lengths=text.get("context_lengths"))
 
     state: dict[str, Any] = {"streamer": None, "offloader": None, "modes": None}
+    # built once: a joint-graph pass for inductor, when attention must be saved under a budget
+    attention_pass = _attention_saving_pass() if compile_blocks and save_attention and activation_budget < 1.0 else None
 
     def release() -> None:
         from .memory import free_pinned_cache
@@ -1212,6 +1215,7 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
     predict.memory_plan = memory_plan  # type: ignore[attr-defined]
     predict.activation_budget = float(activation_budget)  # type: ignore[attr-defined]
     predict.save_attention = bool(save_attention)  # type: ignore[attr-defined]
+    predict.attention_saved = attention_pass is not None  # type: ignore[attr-defined]  (asked, compiled, budget < 1.0)
     predict.streamer = None  # type: ignore[attr-defined]
     predict.offloader = None  # type: ignore[attr-defined]
     predict.release = release  # type: ignore[attr-defined]
@@ -1220,12 +1224,6 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
 
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-
-
-@contextlib.contextmanager
-def _both(a, b):
-    with a, b:
-        yield
 
 
 def _compute_dtype(root: nn.Module, tokens: torch.Tensor, dtype: Optional[torch.dtype]) -> tuple[torch.dtype, bool]:

@@ -121,6 +121,11 @@ class MemoryPlan:
     # plan fits that way) saves it instead and runs faster
     activation_budget: float = DEFAULT_ACTIVATION_BUDGET
 
+    @property
+    def saves_everything(self) -> bool:
+        """Kept blocks compile at the full-save budget (nothing recomputed inside them)."""
+        return self.activation_budget >= FULLSAVE_BUDGET
+
     def summary(self) -> str:
         n = len(self.modes)
         keep = self.modes.count("keep")
@@ -133,7 +138,7 @@ class MemoryPlan:
                          + (" as fp8 (per-row scales)" if self.transfer == "fp8" else ""))
         else:
             parts.append("all weights resident")
-        if self.activation_budget >= FULLSAVE_BUDGET and keep:
+        if self.saves_everything and keep:
             parts.append("kept blocks save every activation (nothing recomputed)")
         b = f"budget {self.budget_gib:.1f} GiB" if self.budget_gib else "no budget"
         text = f"memory plan ({b}): " + "; ".join(parts) + f"; expected peak ≈ {self.expected_peak_gib:.1f} GiB"
@@ -197,15 +202,14 @@ def plan_memory(blocks: Sequence[nn.Module] | nn.Module, other_bytes: int, video
     # compiled blocks: where every block keeps its activations with nothing recomputed and
     # every weight resident, that is the plan (the fastest there is)
     full_save = fixed + sum(sizes) + n * KEEP_FULLSAVE_B_PER_TOKEN * tokens
+    if compiled and allow_keep and (budget_gib is None or full_save <= FULLSAVE_HEADROOM * budget_gib * GIB):
+        return MemoryPlan(["keep"] * n, [], None if budget_gib is None else float(budget_gib), full_save / GIB, [],
+                          activation_budget=FULLSAVE_BUDGET)
     if budget_gib is None:
         modes = ["keep" if allow_keep else "full"] * n
-        if compiled and allow_keep:
-            return MemoryPlan(modes, [], None, full_save / GIB, [], activation_budget=FULLSAVE_BUDGET)
         peak = fixed + sum(sizes) + n * (keep_b if allow_keep else full_b)
         return MemoryPlan(modes, [], None, peak / GIB, [])
     budget = budget_gib * GIB
-    if compiled and allow_keep and full_save <= FULLSAVE_HEADROOM * budget:
-        return MemoryPlan(["keep"] * n, [], float(budget_gib), full_save / GIB, [], activation_budget=FULLSAVE_BUDGET)
     blk = max(sizes) if sizes else 0
     slot = int(blk * 1.5) if transfer == "fp8" else blk  # one device slot (+ fp8 staging)
     extra = max(1, keep_b - full_b)
@@ -418,7 +422,7 @@ def predict_step_s(plan: MemoryPlan, blocks: Sequence[nn.Module] | nn.Module, vi
     blocks = list(blocks)
     n = len(blocks)
     rate = speed.tflops * 1e12 * STEP_EFFICIENCY
-    if plan.activation_budget >= FULLSAVE_BUDGET:
+    if plan.saves_everything:
         rate /= FULLSAVE_COMPUTE  # nothing recomputed inside the kept blocks
     cf = [block_flops(b, video_tokens, audio_tokens, text_tokens) / rate + BLOCK_OVERHEAD_S for b in blocks]
     sizes = list(block_bytes) if block_bytes is not None else [module_bytes(b) for b in blocks]
