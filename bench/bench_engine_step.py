@@ -138,6 +138,54 @@ def phase_breakdown(events, steps: int) -> dict:
     return out
 
 
+def idle_by_host_op(events, steps: int, top: int = 15, phase: str = "") -> dict:
+    """What the host was doing while the GPU idled: each gap between merged kernel intervals
+    inside the engine's ranges (or only ``ltx2.<phase>``) is charged to the deepest CPU event
+    running at its midpoint (the most recently started one still open; with its parent's name),
+    summed per name and step, largest first."""
+    import heapq
+
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    windows, kernels, host = [], [], []
+    for e in events:
+        tr = e.time_range
+        if e.name.startswith(PHASE_PREFIX) and e.device_type == cpu and (not phase or e.name == PHASE_PREFIX + phase):
+            windows.append((tr.start, tr.end))
+        if e.device_type == cuda:
+            if not is_annotation(e.name):
+                kernels.append((tr.start, tr.end))
+        elif e.device_type == cpu:
+            host.append((tr.start, tr.end, e.name))
+    if not windows or not kernels:
+        return {}
+    busy = _merge(kernels)
+    gaps = [(a, b) for w0, w1 in _merge(windows)
+            for a, b in ((max(w0, x[1]), min(w1, y[0])) for x, y in zip(busy, busy[1:])) if b > a]
+    host.sort()
+    heap: list = []  # (-start, end, name, parent) of events begun before the midpoint
+    out: dict = {}
+    j = 0
+    for a, b in sorted(gaps, key=lambda g: g[0] + g[1]):
+        mid = (a + b) / 2
+        while j < len(host) and host[j][0] <= mid:
+            s0, e0, name = host[j]
+            heapq.heappush(heap, (-s0, e0, name))
+            j += 1
+        while heap and heap[0][1] <= mid:
+            heapq.heappop(heap)
+        name = heap[0][2] if heap else "(no host op)"
+        if heap:  # the parent: the next open event below it
+            rest = [h for h in heapq.nsmallest(8, heap)[1:] if h[1] > mid]
+            if rest:
+                name = f"{rest[0][2][:60]} > {name}"
+        c = out.setdefault(name[:140], [0.0, 0])
+        c[0] += b - a
+        c[1] += 1
+    ranked = sorted(out.items(), key=lambda kv: -kv[1][0])[:top]
+    return {"idle_ms_per_step": round(sum(b - a for a, b in gaps) / steps / 1000, 2),
+            "by_host_op": [(k, round(v[0] / steps / 1000, 2), round(v[1] / steps, 1)) for k, v in ranked]}
+
+
 def _profiler():
     from torch.profiler import ProfilerActivity, profile
 
@@ -204,9 +252,19 @@ def engine_run(root, cache: Path, batch: int, steps: int, warmup: int, dev, comp
     syncs = SyncLog() if sync_log and dev.type == "cuda" else None
 
     tops = [0]
+    mem: dict = {}
 
     def at_step_start():  # (the engine asks should_stop at the top of every step)
         tops[0] += 1
+        if tops[0] == warmup + 1 and dev.type == "cuda":
+            # between two steps: what stays allocated (weights, LoRA, optimizer state; the
+            # flat gradient buffer is freed after each optimizer step), then the timed steps' peak
+            torch.cuda.synchronize()
+            mem["allocated_between_steps_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
+            torch.cuda.reset_peak_memory_stats()
+        if tops[0] == warmup + steps + 1 and dev.type == "cuda":
+            mem["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            mem["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
         if syncs is not None and tops[0] == warmup + 1:
             syncs.start()  # the timed steps' waits for the GPU
         if tops[0] == warmup + steps + 1:
@@ -237,12 +295,14 @@ def engine_run(root, cache: Path, batch: int, steps: int, warmup: int, dev, comp
            "steps_with_padded_captions": sum(padded), "forwards": len(padded),
            "cudagraphs": bool(getattr(predict, "used_cudagraphs", False)), "plan": plan.summary(),
            "steps_s": [round(t, 4) for t in times], "pipelined": pipelined, "flat_lora": flat,
-           "lora_tensors": len(list(res.lora.parameters())), "lora_storages": storages}
+           "lora_tensors": len(list(res.lora.parameters())), "lora_storages": storages, **mem}
     if syncs is not None:
         rec["host_waits_in_timed_steps"] = dict(sorted(syncs.sites.items()))
     if prof is not None:
-        rec["profile"] = dict(phase_breakdown(prof.events(), profile), steps=profile,
-                              kernels=kernel_categories(prof.key_averages()))
+        ev = prof.events()
+        rec["profile"] = dict(phase_breakdown(ev, profile), steps=profile,
+                              kernels=kernel_categories(prof.key_averages()),
+                              idle=idle_by_host_op(ev, profile), idle_forward=idle_by_host_op(ev, profile, phase="forward"))
     predict.release()
     return rec, predict
 

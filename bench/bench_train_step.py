@@ -540,7 +540,7 @@ def bench(variant: str, runs: list[dict], steps: int, warmup: int, equality: boo
             host_start = HostPeak.rss() / 2**30
         ab = run.get("activation_budget")
         predict = make_predict(memory_plan=plan, compile_blocks=compiled, cudagraphs=run.get("cudagraphs"),
-                               save_attention=bool(run.get("save_attention")),
+                               save_attention=run.get("save_attention"),
                                **({} if ab is None else {"activation_budget": ab}))
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -926,8 +926,9 @@ def parse_runs(spec: str) -> list[dict]:
                      "batch": next((int(o[1:]) for o in parts[2:] if o.startswith("b") and o[1:].isdigit()), 1),
                      # :ab<X>: the compiled blocks' activation memory budget X (default: make_predict's)
                      "activation_budget": next((float(o[2:]) for o in parts[2:] if o.startswith("ab") and o[2:]), None),
-                     # :sa: compiled blocks under a budget below 1.0 save their attention outputs
-                     "save_attention": "sa" in parts[2:],
+                     # :sa: compiled blocks under a budget below 1.0 save their attention outputs;
+                     # :nosa: they do not (default: what the plan chose)
+                     "save_attention": True if "sa" in parts[2:] else (False if "nosa" in parts[2:] else None),
                      "mode": run_mode(parts[2:])})
     return runs
 

@@ -6,12 +6,28 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _bench():
+def _load(name: str):
+    """A bench script as a module (bench/ on the path for its own imports)."""
     sys.path.insert(0, str(REPO / "bench"))
-    spec = importlib.util.spec_from_file_location("bench_train_step", REPO / "bench" / "bench_train_step.py")
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _bench():
+    return _load("bench_train_step")
+
+
+def _engine_bench():
+    return _load("bench_engine_step")
+
+
+def _event(name, dev, a, b):
+    """A profiler event as bench_engine_step reads it, its range given in ms (the profiler's are µs)."""
+    from types import SimpleNamespace as NS
+
+    return NS(name=name, device_type=dev, time_range=NS(start=a * 1000, end=b * 1000))
 
 
 def test_run_options_parse():
@@ -65,10 +81,7 @@ def test_vram_peak_counts_cuda_graph_pools():
 
 
 def test_profile_kernel_kinds():
-    sys.path.insert(0, str(REPO / "bench"))
-    spec = importlib.util.spec_from_file_location("profile_step", REPO / "bench" / "profile_step.py")
-    p = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(p)
+    p = _load("profile_step")
     k = p.kernel_kind
     assert k("nvjet_sm90_tst_320x128_64x3_1x2_h_bz_coopB_NNT", 45.7) == "matmul_large"
     assert k("nvjet_sm90_tst_64x16_64x16_4x1_v_bz_NNT", 4.4) == "matmul_small"
@@ -114,19 +127,11 @@ def test_engine_profile_splits_a_step_into_cpu_time_and_gpu_idle():
     """bench_engine_step's breakdown on events laid out by hand (ms; the profiler's are µs): two
     steps of 100 ms, each with a 10 ms data range and a 60 ms forward; kernels and a copy busy
     the GPU for 45 ms of each."""
-    from types import SimpleNamespace as NS
-
-    sys.path.insert(0, str(REPO / "bench"))
-    spec = importlib.util.spec_from_file_location("bench_engine_step", REPO / "bench" / "bench_engine_step.py")
-    e = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(e)
+    e = _engine_bench()
     import torch
 
     cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
-
-    def ev(name, dev, a, b):
-        return NS(name=name, device_type=dev, time_range=NS(start=a * 1000, end=b * 1000))
-
+    ev = _event
     events = []
     for t in (0, 100):
         events += [ev("ltx2.data", cpu, t, t + 10), ev("ltx2.forward", cpu, t + 10, t + 70),
@@ -143,6 +148,28 @@ def test_engine_profile_splits_a_step_into_cpu_time_and_gpu_idle():
     assert e.phase_breakdown([ev("sm90_gemm", cuda, 0, 1)], 1) == {}
 
 
+def test_gpu_idle_is_charged_to_the_host_op_running_in_each_gap():
+    """bench_engine_step's idle attribution on events laid out by hand (ms): one 100 ms
+    forward; kernels at 0-20, 30-50 and 90-100; the host in a compiled region (5-60) that
+    calls a guard check (22-29), then in the optimizer (60-95): the 10 ms gap goes to the
+    guard check under its region, the 40 ms gap to the optimizer; ``phase`` narrows the window."""
+    e = _engine_bench()
+    import torch
+
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    ev = _event
+    events = [ev("ltx2.forward", cpu, 0, 60), ev("ltx2.optimizer", cpu, 60, 100),
+              ev("Torch-Compiled Region: 0/0", cpu, 5, 60), ev("guards", cpu, 22, 29), ev("adamw", cpu, 60, 95),
+              ev("gemm", cuda, 0, 20), ev("gemm", cuda, 30, 50), ev("gemm", cuda, 90, 100)]
+    out = e.idle_by_host_op(events, 1)
+    assert out["idle_ms_per_step"] == 50
+    assert out["by_host_op"][0] == ("ltx2.optimizer > adamw", 40, 1)
+    assert out["by_host_op"][1] == ("Torch-Compiled Region: 0/0 > guards", 10, 1)
+    fwd = e.idle_by_host_op(events, 1, phase="forward")
+    assert fwd["idle_ms_per_step"] == 20 and fwd["by_host_op"][0][1] == 10  # 20-30 in, 50-60 of the next gap
+    assert e.idle_by_host_op([ev("gemm", cuda, 0, 1)], 1) == {}
+
+
 def test_engine_run_times_the_steps_it_names(tmp_path):
     """bench_engine_step's engine run on the tiny tree (CPU, eager): pipelined and read at
     each step, the LoRA in one buffer and per tensor, alike: ``steps`` timed steps after ``warmup``, ``profile`` profiled ones and one
@@ -153,10 +180,7 @@ def test_engine_run_times_the_steps_it_names(tmp_path):
     from trainer_core.ltx2 import LTX2Config, build_tree
     from trainer_core.tiny_checkpoint import text_context_width, tiny_config
 
-    sys.path.insert(0, str(REPO / "bench"))
-    spec = importlib.util.spec_from_file_location("bench_engine_step", REPO / "bench" / "bench_engine_step.py")
-    e = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(e)
+    e = _engine_bench()
     cfg = tiny_config("ltx-2.0")
     root = build_tree(LTX2Config.from_metadata({"config": cfg}), seed=0)
     cache = e.write_cache(tmp_path / "cache", "64x64x9", text_context_width(cfg, processed=False), 3)

@@ -619,7 +619,8 @@ def test_compiled_blocks_take_the_plans_activation_budget_and_can_save_attention
     while the blocks compile (1.0 for a full-save plan, 0.7 otherwise; an explicit argument
     wins). Under 0.7 the partitioner recomputes attention forwards in backward (PyTorch does
     not count cuDNN's or the CPU's attention as compute-intensive): with ``save_attention``
-    the backward runs none and the blocks still save less than at 1.0. Whatever is saved or
+    the backward runs none and the blocks still save less than at 1.0 (the plan's
+    ``save_attention`` turns it on unless the argument says otherwise). Whatever is saved or
     recomputed, the LoRA gradients stay the eager ones."""
     from trainer_core.ltx2.memory import MemoryPlan
 
@@ -647,6 +648,15 @@ def test_compiled_blocks_take_the_plans_activation_budget_and_can_save_attention
                         activation_budget=0.5).activation_budget == 0.5
     assert make_predict().activation_budget == 0.7
     assert make_predict(memory_plan=MemoryPlan(["keep"] * n)).activation_budget == 0.7
+    # save_attention: the plan's unless one is given; only compiled blocks under a budget below 1.0
+    def saved(plan, **kw):
+        return make_predict(memory_plan=plan, **kw).attention_saved
+
+    assert saved(MemoryPlan(["keep"] * n, save_attention=True), compile_blocks=True)
+    assert not saved(MemoryPlan(["keep"] * n, save_attention=True), compile_blocks=True, save_attention=False)
+    assert not saved(MemoryPlan(["keep"] * n), compile_blocks=True)
+    assert not saved(MemoryPlan(["keep"] * n, save_attention=True))  # eager blocks
+    assert not saved(MemoryPlan(["keep"] * n, activation_budget=1.0, save_attention=True), compile_blocks=True)
     assert runs["lean"][0] > 0  # the waste this option exists for, reproduced on the CPU
     assert runs["lean+attention"][0] == 0 and runs["full"][0] == 0
     assert runs["lean"][1] < runs["lean+attention"][1] < runs["full"][1], runs

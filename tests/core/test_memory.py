@@ -539,6 +539,11 @@ def test_plans_under_cuda_malloc_async_tell_the_user_what_the_pool_may_add():
     assert allocator_note("cudaMallocAsync", unlimited) is None
 
 
+# the 19B layout at 768×512×121 as plan_memory sees it (48 blocks of 0.8 GB, A+V tokens)
+FULL_SIZE_PLAN_ARGS = dict(other_bytes=int(1.2e9), video_tokens=6144, audio_tokens=126, trainable_bytes=int(0.3e9),
+                           block_bytes=[int(0.8e9)] * 48)
+
+
 def test_plans_save_every_activation_where_the_whole_plan_fits_so():
     """Compiled blocks: where every weight is resident and every block can keep all its
     activations with nothing recomputed (AOTAutograd's budget 1.0) inside the headroom, that
@@ -549,8 +554,7 @@ def test_plans_save_every_activation_where_the_whole_plan_fits_so():
 
     blocks = [torch.nn.Identity()] * 48
     tokens = 6144 + 126
-    kw = dict(other_bytes=int(1.2e9), video_tokens=6144, audio_tokens=126, trainable_bytes=int(0.3e9),
-              block_bytes=[int(0.8e9)] * 48)
+    kw = FULL_SIZE_PLAN_ARGS
     roomy = plan_memory(blocks, budget_gib=137, compiled=True, **kw)
     assert roomy.activation_budget == 1.0 and roomy.modes == ["keep"] * 48 and not roomy.streamed
     assert roomy.expected_peak_gib * GIB >= 48 * KEEP_FULLSAVE_B_PER_TOKEN * tokens
@@ -578,3 +582,41 @@ def test_plans_save_every_activation_where_the_whole_plan_fits_so():
     from trainer_core.ltx2.memory import BACKWARD_FACTOR, BLOCK_OVERHEAD_S
     overhead = (1 + BACKWARD_FACTOR) * 4 * BLOCK_OVERHEAD_S
     assert (t_fast - overhead) == pytest.approx(FULLSAVE_COMPUTE * (t_slow - overhead), rel=1e-9)
+
+
+def test_plans_below_the_full_save_budget_save_attention_outputs_where_they_fit():
+    """Between the 0.7 plan and the full-save one, compiled kept blocks also save their
+    attention outputs (measured as fast as full-save at 768×512×121 for a sixth of a kept
+    block's activations): the expected peak counts them, the plan says so, and the step-time
+    model counts the faster kept blocks. Not where the extra does not fit, not for eager blocks,
+    and never where blocks offload (their saved tensors would cross the host link)."""
+    from trainer_core.ltx2.memory import (BACKWARD_FACTOR, BLOCK_OVERHEAD_S, KEEP_ATTENTION_B_PER_TOKEN,
+                                          SAVE_ATTENTION_COMPUTE, StepSpeed, predict_step_s)
+
+    blocks = [torch.nn.Identity()] * 48
+    tokens = 6144 + 126
+    kw = FULL_SIZE_PLAN_ARGS
+    mid = plan_memory(blocks, budget_gib=100, compiled=True, **kw)
+    assert mid.save_attention and mid.activation_budget == 0.7 and mid.modes == ["keep"] * 48
+    assert "save their attention outputs" in mid.summary() and mid.to_dict()["save_attention"] is True
+    # 79 GiB: the 0.7 plan fits, its attention outputs do not
+    tight = plan_memory(blocks, budget_gib=79, compiled=True, **kw)
+    assert not tight.save_attention and tight.modes == ["keep"] * 48 and "attention" not in tight.summary()
+    extra = 48 * KEEP_ATTENTION_B_PER_TOKEN * tokens / GIB
+    assert mid.expected_peak_gib == pytest.approx(tight.expected_peak_gib + extra, abs=1e-6)
+    assert tight.expected_peak_gib + extra > 79 and mid.expected_peak_gib <= 100
+    # where blocks offload, or stream, the plan does not save them; nor for eager blocks
+    for p in (plan_memory(blocks, budget_gib=64, compiled=True, **kw),
+              plan_memory(blocks, budget_gib=24, compiled=True, **kw)):
+        assert "offload" in p.modes and not p.save_attention
+    assert not plan_memory(blocks, budget_gib=100, compiled=False, **kw).save_attention
+    # the model: kept blocks at SAVE_ATTENTION_COMPUTE of 0.7's compute; recomputed ones not
+    sp = StepSpeed(700.0, 55.0, "test")
+    blk = [torch.nn.Linear(64, 64)] * 4
+    t_sa, t_plain = (predict_step_s(MemoryPlan(["keep"] * 4, save_attention=s), blk, 6144, 126, sp)
+                     for s in (True, False))
+    overhead = (1 + BACKWARD_FACTOR) * 4 * BLOCK_OVERHEAD_S
+    assert (t_sa - overhead) == pytest.approx(SAVE_ATTENTION_COMPUTE * (t_plain - overhead), rel=1e-9)
+    mixed = [predict_step_s(MemoryPlan(["keep", "full", "full", "full"], save_attention=s), blk, 6144, 126, sp)
+             for s in (True, False)]
+    assert t_plain - t_sa > mixed[1] - mixed[0] > 0  # only the one kept block is faster
