@@ -71,22 +71,28 @@ def prepare_training_model(model, cfg, cache_dir=None, batch_size: int = 1) -> t
     if cache_dir is not None:
         from ..trainer_core.run import plan_for_training
 
-        if not cfg.grad_checkpointing:
-            plan = MemoryPlan(["keep"] * len(root.transformer_blocks))
-        else:
-            budget = float(cfg.vram_budget_gb or 0.0)
-            if budget <= 0:
-                budget = max(1.0, mm.get_free_memory(device) / GIB - 1.0)
-            from ..trainer_core.ltx2.memory import calibrate_speed
+        budget = float(cfg.vram_budget_gb or 0.0)
+        if budget <= 0:
+            budget = max(1.0, mm.get_free_memory(device) / GIB - 1.0)
+        from ..trainer_core.ltx2.memory import calibrate_speed
 
-            plan = plan_for_training(root, cache_dir, cfg, budget, compiled=compiled, batch_size=batch_size,
-                                     speed=calibrate_speed(device) if device.type == "cuda" else None)
-            if device.type == "cuda":
-                from ..trainer_core.ltx2.memory import allocator_note
+        plan = plan_for_training(root, cache_dir, cfg, budget, compiled=compiled, batch_size=batch_size,
+                                 speed=calibrate_speed(device) if device.type == "cuda" else None)
+        if not cfg.grad_checkpointing and (plan.streamed or any(m != "keep" for m in plan.modes)):
+            # asked to keep everything: every block keeps its activations and every weight
+            # stays on the card, beyond what the budget's plan would do (where that plan keeps
+            # everything anyway it stays, with its faster saving of activations)
+            plan = MemoryPlan(["keep"] * len(root.transformer_blocks), budget_gib=plan.budget_gib,
+                              notes=[f"gradient checkpointing is off: every block keeps its activations and every "
+                                     f"weight stays on the card, more than the plan for {plan.budget_gib:.1f} GiB "
+                                     f"would ({plan.modes.count('keep')} blocks keeping, {len(plan.streamed)} "
+                                     "streaming); a run that does not fit stops with out of memory"])
+        if device.type == "cuda":
+            from ..trainer_core.ltx2.memory import allocator_note
 
-                note = allocator_note(torch.cuda.get_allocator_backend(), plan)
-                if note:
-                    plan.notes.append(note)
+            note = allocator_note(torch.cuda.get_allocator_backend(), plan)
+            if note:
+                plan.notes.append(note)
         base["budget_gib"] = plan.budget_gib
         base["memory_plan"] = plan.summary() + ("; " + "; ".join(plan.notes) if plan.notes else "")
         if quantized:

@@ -514,7 +514,9 @@ class TrainingOptions(io.ComfyNode):
                 io.Boolean.Input("gradient_checkpointing", default=True,
                                  tooltip="On: a memory plan recomputes blocks in backward only where the VRAM "
                                          "budget needs it (and streams weights when they don't fit). Off: keep "
-                                         "every block's activations (fastest, most memory)."),
+                                         "every block's activations and every weight on the card, whatever the "
+                                         "budget (most memory; where the budget allows it anyway the plan is the "
+                                         "same as with it on)."),
                 io.Float.Input("vram_budget_gb", default=0.0, min=0.0, max=1024.0, step=0.5,
                                tooltip="GPU memory training may use, in GB. 0 = automatic: what ComfyUI reports "
                                        "free once the other models are unloaded. When the 19B/22B weights don't "

@@ -7,6 +7,7 @@ conditioning stands in for Gemma 3 12B at its own boundary, with the true layout
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -225,6 +226,32 @@ def test_vram_budget_streams_and_gives_the_same_lora(comfy, tiny_model, tmp_path
     assert "blocks stream their weights" in text_b
     _assert_same_lora(comfy, a, b)
     _assert_weights_back(root, before)
+
+
+def test_gradient_checkpointing_off_keeps_every_block_whatever_the_budget(comfy, tiny_model, tmp_path):
+    """Training Options' gradient_checkpointing off: where the budget's plan keeps every block
+    anyway that plan is used as it is (on a large GPU its faster saving of activations comes
+    with it); under a budget whose plan would stream and recompute, every block still keeps its
+    activations with every weight resident, and the plan line says so. The LoRA is the same."""
+    variant, model = tiny_model
+    cache = _cache(tmp_path / "cache", variant)
+    tag = variant.replace(".", "")
+    on = _train(comfy, model, cache, f"ckon{tag}", steps=4, checkpoint_every=0)
+    off = _train(comfy, model, cache, f"ckoff{tag}", steps=4, checkpoint_every=0, gradient_checkpointing=False)
+    tight = _train(comfy, model, cache, f"cktight{tag}", steps=4, checkpoint_every=0, gradient_checkpointing=False,
+                   vram_budget_gb=0.001)
+
+    def plan_line(r):  # (the automatic budget follows the free memory of the moment)
+        line = next(line for line in r.ui["text"][0].splitlines() if "memory plan" in line)
+        return re.sub(r"budget [0-9.]+ GiB", "budget", line)
+
+    n = len(model.model.diffusion_model.transformer_blocks)
+    assert plan_line(off) == plan_line(on) and f"{n}/{n} blocks keep" in plan_line(on)
+    t = plan_line(tight)
+    assert f"{n}/{n} blocks keep" in t and "all weights resident" in t and "stream their" not in t, t
+    assert "gradient checkpointing is off" in t and "streaming" in t
+    _assert_same_lora(comfy, on, tight)
+    _assert_same_lora(comfy, on, off)
 
 
 def test_batch_size_trains_batches_of_one_bucket_and_plans_for_them(comfy, tiny_model, tmp_path):

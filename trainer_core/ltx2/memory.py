@@ -155,7 +155,9 @@ class MemoryPlan:
         elif self.save_attention and keep:
             parts.append("kept blocks save their attention outputs (not recomputed in backward)")
         b = f"budget {self.budget_gib:.1f} GiB" if self.budget_gib else "no budget"
-        text = f"memory plan ({b}): " + "; ".join(parts) + f"; expected peak ≈ {self.expected_peak_gib:.1f} GiB"
+        text = f"memory plan ({b}): " + "; ".join(parts)
+        if self.expected_peak_gib > 0:  # (a plan made by hand has no estimate)
+            text += f"; expected peak ≈ {self.expected_peak_gib:.1f} GiB"
         if self.predicted_step_s is not None and self.speed is not None:
             text += (f"; predicted step ≈ {self.predicted_step_s:.2f} s (this GPU: {self.speed.tflops:.0f} TFLOP/s, "
                      f"{self.speed.link_gbps:.0f} GB/s host link)")
