@@ -50,7 +50,7 @@ def prepare_training_model(model, cfg, cache_dir=None, batch_size: int = 1) -> t
     import comfy.model_management as mm
 
     from ..trainer_core.ltx2 import ensure_trainable_weights, make_predict
-    from ..trainer_core.ltx2.memory import GIB, MemoryPlan
+    from ..trainer_core.ltx2.memory import GIB
 
     base = model_variant(model)
     mm.unload_all_models()  # text encoder, VAEs, captioner: training needs the memory
@@ -69,7 +69,7 @@ def prepare_training_model(model, cfg, cache_dir=None, batch_size: int = 1) -> t
         compiled = False  # quantized weights (fp8 checkpoint) train eagerly unless compile is forced on
     plan = None
     if cache_dir is not None:
-        from ..trainer_core.run import plan_for_training
+        from ..trainer_core.run import plan_for_training, without_checkpointing
 
         budget = float(cfg.vram_budget_gb or 0.0)
         if budget <= 0:
@@ -78,15 +78,8 @@ def prepare_training_model(model, cfg, cache_dir=None, batch_size: int = 1) -> t
 
         plan = plan_for_training(root, cache_dir, cfg, budget, compiled=compiled, batch_size=batch_size,
                                  speed=calibrate_speed(device) if device.type == "cuda" else None)
-        if not cfg.grad_checkpointing and (plan.streamed or any(m != "keep" for m in plan.modes)):
-            # asked to keep everything: every block keeps its activations and every weight
-            # stays on the card, beyond what the budget's plan would do (where that plan keeps
-            # everything anyway it stays, with its faster saving of activations)
-            plan = MemoryPlan(["keep"] * len(root.transformer_blocks), budget_gib=plan.budget_gib,
-                              notes=[f"gradient checkpointing is off: every block keeps its activations and every "
-                                     f"weight stays on the card, more than the plan for {plan.budget_gib:.1f} GiB "
-                                     f"would ({plan.modes.count('keep')} blocks keeping, {len(plan.streamed)} "
-                                     "streaming); a run that does not fit stops with out of memory"])
+        if not cfg.grad_checkpointing:
+            plan = without_checkpointing(plan)
         if device.type == "cuda":
             from ..trainer_core.ltx2.memory import allocator_note
 

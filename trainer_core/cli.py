@@ -23,6 +23,11 @@ batch B would (--reduce exact: bit for bit on CPU). Only rank 0 prints and write
 checkpoint resumes on any number of processes that divides the global batch. A process that
 dies stops the others with the last finished step saved, naming its rank (exit code 4).
 
+On a GPU each process trains as the Train node trains one: compiled blocks under the memory
+plan for its share of the global batch (the settings' vram_budget_gb, else what the GPU has
+free; printed as a note) — unless the frozen base is sharded or the video tokens split, which
+run eager blocks, checkpointed as the settings say.
+
 --strategy fsdp2 shards the frozen blocks over the processes; --strategy sp (or fsdp2+sp, with
 the sharding) splits each clip's video tokens over them instead of the batch, for clips one
 GPU cannot hold: every process runs the whole global batch (default 1) on 1/N of the video
@@ -90,13 +95,49 @@ def _train(args) -> int:
     return _run(args, doc, cfg, lora)
 
 
+def _predict_for(cfg, root, cache: str, device, dist, *, sp: bool, sharded: bool, batch_size: int, say):
+    """The block function of a headless run. On a GPU (or with a VRAM budget in the settings)
+    and unless the base is sharded or the video tokens split: the Train node's memory plan for
+    this process's share of the global batch, with compiled blocks on CUDA (the settings'
+    ``compile_blocks``, or ``LTX2_TRAINER_COMPILE``) — the same step one GPU trains with in
+    ComfyUI. The weights are already on the device here, so a plan that would stream them
+    falls back to eager blocks recomputed in backward (FSDP2 shards them instead). Otherwise
+    (CPU, FSDP2, sequence parallel): eager blocks, checkpointed as the settings say."""
+    import torch
+
+    from .ltx2 import make_predict
+    from .ltx2.memory import GIB, calibrate_speed
+    from .run import plan_for_training, without_checkpointing
+
+    cuda = device.type == "cuda"
+    if sp or sharded or not (cuda or cfg.vram_budget_gb > 0):
+        return make_predict(checkpointing=cfg.grad_checkpointing, sp=dist if sp else None)
+    choice = os.environ.get("LTX2_TRAINER_COMPILE", cfg.compile_blocks or "auto").strip().lower()
+    compiled = choice == "on" or (choice == "auto" and cuda)
+    budget = float(cfg.vram_budget_gb or 0.0)
+    if budget <= 0:  # what is free, plus the weights this process has already put there
+        budget = max(1.0, (torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_allocated(device)) / GIB - 1.0)
+    share = 1 if dist.exact else -(-batch_size // max(1, dist.world))
+    plan = plan_for_training(root, cache, cfg, budget, batch_size=share, compiled=compiled,
+                             speed=calibrate_speed(device) if cuda else None)
+    if not cfg.grad_checkpointing:
+        plan = without_checkpointing(plan)
+    elif plan.streamed:
+        say(f"note: the weights do not fit in the {plan.budget_gib:.1f} GiB budget beside the activations and the "
+            "weights are loaded whole here: every block recomputes in backward (--strategy fsdp2 shards the frozen "
+            "blocks over the processes instead)", flush=True)
+        return make_predict(checkpointing=True, compile_blocks=compiled)
+    say("note: " + plan.summary() + ("; " + "; ".join(plan.notes) if plan.notes else ""), flush=True)
+    return make_predict(memory_plan=plan, compile_blocks=compiled)
+
+
 def _run(args, doc, cfg, lora) -> int:
     import torch
 
     from .cache import CacheError
     from .engine import Callbacks, CheckpointError, TrainingStopped
     from .lora import LoRAError
-    from .ltx2 import load_tree_from_checkpoint, make_predict, read_checkpoint_config
+    from .ltx2 import load_tree_from_checkpoint, read_checkpoint_config
     from .run import run_training
 
     from . import distributed as D
@@ -123,7 +164,9 @@ def _run(args, doc, cfg, lora) -> int:
     if sp and main:
         print(f"note: sequence parallel: each of the {dist.world} processes runs 1/{dist.world} of the video tokens "
               "(the audio and text run whole on every process)", flush=True)
-    predict = make_predict(checkpointing=cfg.grad_checkpointing, sp=dist if sp else None)
+    predict = _predict_for(cfg, root, doc["cache"], device, dist, sp=sp,
+                           sharded=args.strategy in ("fsdp2", "fsdp2+sp") and dist.active,
+                           batch_size=batch_size, say=print if main else (lambda *a, **k: None))
     run_dir = Path(args.run_dir or doc.get("run_dir") or Path(args.settings).parent)
 
     def on_step(rec):

@@ -188,6 +188,23 @@ def plan_for_training(root: torch.nn.Module, cache_dir: str, cfg: TrainConfig, b
     return plan
 
 
+def without_checkpointing(plan):
+    """The plan for a run with gradient checkpointing off: ``plan`` itself where it keeps every
+    block's activations with every weight resident anyway (its faster saving of activations
+    with it), else every block keeping them and every weight on the device whatever the budget,
+    saying what the budget's plan would have done."""
+    from .ltx2.memory import MemoryPlan
+
+    if not plan.streamed and all(m == "keep" for m in plan.modes):
+        return plan
+    budget = f"{plan.budget_gib:.1f} GiB" if plan.budget_gib else "the budget"
+    return MemoryPlan(["keep"] * len(plan.modes), budget_gib=plan.budget_gib,
+                      notes=[f"gradient checkpointing is off: every block keeps its activations and every weight "
+                             f"stays on the card, more than the plan for {budget} would "
+                             f"({plan.modes.count('keep')} blocks keeping, {len(plan.streamed)} streaming); "
+                             "a run that does not fit stops with out of memory"])
+
+
 def plan_for_tokens(root: torch.nn.Module, video_tokens: int, audio_tokens: int, budget_gib: Optional[float], *,
                     lora_params: int, optimizer: str = "adamw", compiled: bool = False, transfer: str = "bf16",
                     offload: bool = True, offload_streamed: bool = False, host_budget_bytes: Optional[int] = None,

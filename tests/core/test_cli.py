@@ -94,3 +94,52 @@ def test_cli_starts_from_an_init_lora(tmp_path, capsys):
     got, meta = load_lora(tmp_path / "out.safetensors")
     assert {k for k in got if k.endswith("lora_A.weight")} == {k for k in sd if k.endswith("lora_A.weight")}
     assert meta["rank"] == "3" and meta["alpha"] == "3.0" and "Lightricks' loader ignores .alpha" in meta["alpha_note"]
+
+
+def test_cli_trains_under_the_memory_plan_the_train_node_makes(tmp_path, capsys):
+    """Headless runs with a VRAM budget (on a GPU: always) plan memory as the Train node does,
+    for the process's share of the global batch, and say so; a plan that would stream weights
+    the process has loaded whole falls back to recomputing every block. The LoRA equals the
+    plan-less run's (every block checkpointed): the plan changes what is saved, not what is learnt."""
+    from types import SimpleNamespace as NS
+
+    from trainer_core.ltx2 import load_tree_from_checkpoint
+
+    def run(tag, **train):
+        ckpt = _setup(tmp_path / tag, **train)
+        rc = cli.main(["train", str(tmp_path / tag / "settings.yaml"), "--checkpoint", str(ckpt), "--device", "cpu",
+                       "--dtype", "fp32"])
+        out = capsys.readouterr().out
+        assert rc == 0, out
+        return out, load_lora(tmp_path / tag / "out.safetensors")[0]
+
+    plain_out, plain = run("plain")
+    assert "memory plan" not in plain_out
+    roomy_out, roomy = run("roomy", vram_budget_gb=64.0)
+    assert "note: memory plan (budget 64.0 GiB)" in roomy_out and "blocks keep activations" in roomy_out
+    tight_out, tight = run("tight", vram_budget_gb=1e-4)
+    assert "weights do not fit in the 0.0 GiB budget" in tight_out and "--strategy fsdp2" in tight_out
+    keep_out, keep = run("keep", vram_budget_gb=1e-4, grad_checkpointing=False)
+    assert "gradient checkpointing is off: every block keeps" in keep_out and "all weights resident" in keep_out
+    for got in (roomy, tight, keep):
+        assert got.keys() == plain.keys()
+        for k in plain:
+            assert torch.allclose(got[k], plain[k], rtol=1e-5, atol=1e-7), k
+    # data parallel: the plan is made for this process's share of the global batch
+    ckpt = _setup(tmp_path / "share", vram_budget_gb=64.0)
+    root = load_tree_from_checkpoint(ckpt, dtype=torch.float32)
+    from trainer_core.engine import TrainConfig
+    from trainer_core.run import read_settings
+
+    doc = read_settings(tmp_path / "share" / "settings.yaml")
+    cfg = TrainConfig.from_dict(dict(doc["train"]))
+    said = []
+    pred = cli._predict_for(cfg, root, doc["cache"], torch.device("cpu"), NS(exact=False, world=2), sp=False,
+                            sharded=False, batch_size=4, say=lambda *a, **k: said.append(a[0]))
+    assert pred.memory_plan is not None and "planned for batches of 2 clips" in said[0]
+    exact = cli._predict_for(cfg, root, doc["cache"], torch.device("cpu"), NS(exact=True, world=2), sp=False,
+                             sharded=False, batch_size=4, say=lambda *a, **k: None)
+    assert "batches of" not in exact.memory_plan.summary() + " ".join(exact.memory_plan.notes)
+    # sharded base or split tokens: no plan
+    assert cli._predict_for(cfg, root, doc["cache"], torch.device("cpu"), NS(exact=False, world=2), sp=False,
+                            sharded=True, batch_size=4, say=said.append).memory_plan is None
