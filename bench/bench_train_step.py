@@ -678,8 +678,6 @@ def fp8_checks(root, cfg, dev, shape, model, gpu, toy_steps=200, toy_layers=8, t
     and one step's LoRA gradients at ``shape`` (same LoRA, same inputs); (2) a LoRA trained
     ``toy_steps`` steps on a fixed toy target (the first ``toy_layers`` blocks, ``toy_shape``),
     bf16 against fp8 from the same init: final loss and LoRA weights."""
-    from trainer_core.ltx2.fp8 import disable_fp8_compute, enable_fp8_compute
-
     width = text_context_width(cfg, processed=False)
     if full:
         _fp8_full_check(root, width, dev, shape, model, gpu)

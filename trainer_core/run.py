@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import torch
 
 from .cache import CachedLatents
-from .engine import Callbacks, TrainConfig, Trainer, TrainResult, list_checkpoints, load_resume_checkpoint
+from .engine import Callbacks, TrainConfig, Trainer, TrainResult, load_resume_checkpoint
 from .fsutil import atomic_write_text, clean_temp_files
 from .lora import save_lora
 
