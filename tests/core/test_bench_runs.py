@@ -225,3 +225,21 @@ def test_timed_steps_times_the_steps_after_warmup_off_cuda():
     calls = []
     times = b.timed_steps(lambda: calls.append(1), 3, 2, cuda=False)
     assert len(calls) == 5 and len(times) == 3 and all(t >= 0 for t in times)
+
+
+def test_step_graph_bench_captures_the_bare_step_on_cpu():
+    """bench_step_graph's CPU dry run: the function the whole-step CUDA graph records (sync-free
+    clipping, AdamW fused and capturable with a tensor learning rate on a GPU) trains the LoRA
+    that bench_train_step's bare step trains, update for update from the same start; a different
+    learning rate in it would show."""
+    from types import SimpleNamespace as NS
+
+    g = _load("bench_step_graph")
+    args = NS(cpu=True, tiny=True, variant="ltx-2.0", shape="64x64x9", layers=0, steps=2, warmup=1)
+    blocks, graph = g.run(args)
+    assert blocks["variant"] == "blocks" and graph["variant"] == "step_graph" and graph["captured"] is False
+    assert blocks["updates"] == graph["updates"] == 3
+    assert blocks["lora_moved"] > 0 and graph["lora_moved"] > 0
+    assert graph["lora_max_rel_diff"] == 0.0
+    g.LR = 2e-4  # the graph's optimizer only: the comparison sees it
+    assert g.run(args)[1]["lora_max_rel_diff"] > 1e-3
