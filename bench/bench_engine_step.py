@@ -162,7 +162,7 @@ def idle_by_host_op(events, steps: int, top: int = 15, phase: str = "") -> dict:
     gaps = [(a, b) for w0, w1 in _merge(windows)
             for a, b in ((max(w0, x[1]), min(w1, y[0])) for x, y in zip(busy, busy[1:])) if b > a]
     host.sort()
-    heap: list = []  # (-start, end, name, parent) of events begun before the midpoint
+    heap: list = []  # (-start, end, name) of the events begun before the midpoint (ended ones popped lazily)
     out: dict = {}
     j = 0
     for a, b in sorted(gaps, key=lambda g: g[0] + g[1]):

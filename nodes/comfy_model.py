@@ -56,17 +56,13 @@ def prepare_training_model(model, cfg, cache_dir=None, batch_size: int = 1) -> t
     mm.unload_all_models()  # text encoder, VAEs, captioner: training needs the memory
     mm.soft_empty_cache()
     device = mm.get_torch_device()
-    import os
-
-    choice = os.environ.get("LTX2_TRAINER_COMPILE", cfg.compile_blocks or "auto").strip().lower()
-    compiled = choice == "on" or (choice == "auto" and device.type == "cuda")
     mp = model.clone()
     root = mp.model.diffusion_model
     from ..trainer_core.ltx2.memory import is_quantized
+    from ..trainer_core.run import compiles_blocks
 
     quantized = any(is_quantized(p) for p in root.parameters())
-    if quantized and choice == "auto":
-        compiled = False  # quantized weights (fp8 checkpoint) train eagerly unless compile is forced on
+    compiled = compiles_blocks(cfg, device.type, quantized)
     plan = None
     if cache_dir is not None:
         from ..trainer_core.run import plan_for_training, without_checkpointing
@@ -87,7 +83,7 @@ def prepare_training_model(model, cfg, cache_dir=None, batch_size: int = 1) -> t
             if note:
                 plan.notes.append(note)
         base["budget_gib"] = plan.budget_gib
-        base["memory_plan"] = plan.summary() + ("; " + "; ".join(plan.notes) if plan.notes else "")
+        base["memory_plan"] = plan.report()
         if quantized:
             base["memory_plan"] += ("; fp8 checkpoint: its quantized weights stay quantized"
                                     + ("" if compiled else ", blocks run eagerly (LTX2_TRAINER_COMPILE=on to compile)"))

@@ -101,19 +101,18 @@ def _predict_for(cfg, root, cache: str, device, dist, *, sp: bool, sharded: bool
     this process's share of the global batch, with compiled blocks on CUDA (the settings'
     ``compile_blocks``, or ``LTX2_TRAINER_COMPILE``) — the same step one GPU trains with in
     ComfyUI. The weights are already on the device here, so a plan that would stream them
-    falls back to eager blocks recomputed in backward (FSDP2 shards them instead). Otherwise
+    falls back to every block recomputed in backward (FSDP2 shards them instead). Otherwise
     (CPU, FSDP2, sequence parallel): eager blocks, checkpointed as the settings say."""
     import torch
 
     from .ltx2 import make_predict
     from .ltx2.memory import GIB, calibrate_speed
-    from .run import plan_for_training, without_checkpointing
+    from .run import compiles_blocks, plan_for_training, without_checkpointing
 
     cuda = device.type == "cuda"
     if sp or sharded or not (cuda or cfg.vram_budget_gb > 0):
         return make_predict(checkpointing=cfg.grad_checkpointing, sp=dist if sp else None)
-    choice = os.environ.get("LTX2_TRAINER_COMPILE", cfg.compile_blocks or "auto").strip().lower()
-    compiled = choice == "on" or (choice == "auto" and cuda)
+    compiled = compiles_blocks(cfg, device.type)
     budget = float(cfg.vram_budget_gb or 0.0)
     if budget <= 0:  # what is free, plus the weights this process has already put there
         budget = max(1.0, (torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_allocated(device)) / GIB - 1.0)
@@ -127,7 +126,7 @@ def _predict_for(cfg, root, cache: str, device, dist, *, sp: bool, sharded: bool
             "weights are loaded whole here: every block recomputes in backward (--strategy fsdp2 shards the frozen "
             "blocks over the processes instead)", flush=True)
         return make_predict(checkpointing=True, compile_blocks=compiled)
-    say("note: " + plan.summary() + ("; " + "; ".join(plan.notes) if plan.notes else ""), flush=True)
+    say("note: " + plan.report(), flush=True)
     return make_predict(memory_plan=plan, compile_blocks=compiled)
 
 

@@ -188,6 +188,16 @@ def plan_for_training(root: torch.nn.Module, cache_dir: str, cfg: TrainConfig, b
     return plan
 
 
+def compiles_blocks(cfg: TrainConfig, device_type: str, quantized: bool = False) -> bool:
+    """Whether a run compiles its blocks: ``LTX2_TRAINER_COMPILE`` over the settings'
+    ``compile_blocks`` — on, off, or auto (on CUDA, unless the weights are quantized: an fp8
+    checkpoint trains eagerly unless compile is forced on)."""
+    import os
+
+    choice = os.environ.get("LTX2_TRAINER_COMPILE", cfg.compile_blocks or "auto").strip().lower()
+    return choice == "on" or (choice == "auto" and device_type == "cuda" and not quantized)
+
+
 def without_checkpointing(plan):
     """The plan for a run with gradient checkpointing off: ``plan`` itself where it keeps every
     block's activations with every weight resident anyway (its faster saving of activations

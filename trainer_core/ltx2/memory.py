@@ -163,6 +163,10 @@ class MemoryPlan:
                      f"{self.speed.link_gbps:.0f} GB/s host link)")
         return text
 
+    def report(self) -> str:
+        """The summary with the plan's notes: the line the Train node and headless runs print."""
+        return self.summary() + ("; " + "; ".join(self.notes) if self.notes else "")
+
     def to_dict(self) -> dict:
         return {"modes": self.modes, "streamed": self.streamed, "budget_gib": self.budget_gib,
                 "expected_peak_gib": round(self.expected_peak_gib, 2), "notes": self.notes, "transfer": self.transfer,
