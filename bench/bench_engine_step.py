@@ -21,6 +21,10 @@ falls between them is ``between``), GPU busy time a step, and the kernels by kin
 ``--per-tensor`` runs the engine once more with per-tensor AdamW (``Trainer.flat`` False:
 the loop before round 8, the LoRA's 2,304 tensors not in one buffer).
 
+``--step-graph`` runs the engine once more after the default run, with the whole step as one
+CUDA graph (``Trainer.step_graph``: trainer_core.step_graph; its record says how many steps
+were captured, replayed and run eagerly, and any notice of why the graph went off).
+
 ``--read-each-step`` runs the engine a second time in the same process, reading each step's
 numbers at its end (``Trainer.pipelined`` False: the loop before round 7), beside the default
 that reads them during the next step. ``--sync-log`` writes where the host waited for the GPU
@@ -230,7 +234,7 @@ class SyncLog:
 
 def engine_run(root, cache: Path, batch: int, steps: int, warmup: int, dev, compiled: bool, budget_gib: float,
                run_dir: Path, profile: int = 0, pipelined: bool = True, sync_log: bool = False,
-               predict=None, flat: bool = True) -> tuple[dict, object]:
+               predict=None, flat: bool = True, step_graph: bool = False) -> tuple[dict, object]:
     """One engine run; ``predict``: an earlier run's (its compiled blocks kept: no second
     compile in the same process, only the CUDA graphs recorded again for the new LoRA)."""
     # one untimed step at the end: the run's end (its last read, the loop's exit) stays out of
@@ -244,9 +248,14 @@ def engine_run(root, cache: Path, batch: int, steps: int, warmup: int, dev, comp
     hist = []
     padded = []
 
-    def watch(r, inputs):
+    def watch(r, inputs, block_graphs=None):
         padded.append(en.TEXT_LENGTHS in inputs.text)
-        return predict(r, inputs)
+        return predict(r, inputs, block_graphs=block_graphs)
+
+    # what the engine asks of the forward it is given (the whole-step graph's conditions)
+    watch.whole_step_graphs = getattr(predict, "whole_step_graphs", False)
+    watch.connected_inputs = getattr(predict, "connected_inputs", None)
+    watch.memory_plan = predict.memory_plan
 
     prof = _profiler() if profile else None
     syncs = SyncLog() if sync_log and dev.type == "cuda" else None
@@ -281,9 +290,12 @@ def engine_run(root, cache: Path, batch: int, steps: int, warmup: int, dev, comp
     t0 = time.perf_counter()
     # pipelined False: each step read at its end (the loop before round 7); flat False:
     # per-tensor AdamW (before round 8)
-    trainer = type("_Run", (_NoFinalSave,), {"pipelined": pipelined, "flat": flat})
-    res = trainer(root, watch, CachedLatents(cache), cfg, run_dir, device=dev, batch_size=batch,
-                  callbacks=en.Callbacks(on_step=hist.append, should_stop=at_step_start)).train()
+    trainer = type("_Run", (_NoFinalSave,), {"pipelined": pipelined, "flat": flat, "step_graph": step_graph})
+    notices = []
+    tr = trainer(root, watch, CachedLatents(cache), cfg, run_dir, device=dev, batch_size=batch,
+                 callbacks=en.Callbacks(on_step=hist.append, should_stop=at_step_start,
+                                        on_event=lambda n, p: notices.append(p.get("message")) if n == "notice" else None))
+    res = tr.train()
     wall = time.perf_counter() - t0
     # where the LoRA's tensors lived: one buffer (flat) or one allocation each
     storages = len({p.untyped_storage().data_ptr() for p in res.lora.parameters()})
@@ -296,6 +308,10 @@ def engine_run(root, cache: Path, batch: int, steps: int, warmup: int, dev, comp
            "cudagraphs": bool(getattr(predict, "used_cudagraphs", False)), "plan": plan.summary(),
            "steps_s": [round(t, 4) for t in times], "pipelined": pipelined, "flat_lora": flat,
            "lora_tensors": len(list(res.lora.parameters())), "lora_storages": storages, **mem}
+    if step_graph:
+        state = getattr(tr, "step_graph_state", None)
+        rec["step_graph"] = state.report() if state is not None else None
+        rec["notices"] = [n for n in notices if n]
     if syncs is not None:
         rec["host_waits_in_timed_steps"] = dict(sorted(syncs.sites.items()))
     if prof is not None:
@@ -361,6 +377,9 @@ def main(argv=None) -> int:
                     help="also run the engine with per-tensor AdamW (Trainer.flat False: the LoRA not in one buffer), "
                          "same process")
     ap.add_argument("--no-bare", action="store_true", help="leave the bare step out (engine runs only)")
+    ap.add_argument("--step-graph", action="store_true",
+                    help="also run the engine with the whole step as one CUDA graph (Trainer.step_graph, "
+                         "LTX2_TRAINER_STEP_GRAPH), same process, after the default run")
     add_inductor_option(ap)
     ap.add_argument("--sync-log", action="store_true",
                     help="count where the host waited for the GPU in the engine's timed steps (CUDA sync debug mode)")
@@ -394,6 +413,10 @@ def main(argv=None) -> int:
                 extra.append(each)
             eng, predict = engine_run(root, cache, batch, a.steps, a.warmup, dev, compiled, budget, Path(tmp) / "run",
                                       profile=a.profile, sync_log=a.sync_log, predict=p0)
+            if a.step_graph:  # the same forward (its compiled blocks kept), the step captured whole
+                graphed, _ = engine_run(root, cache, batch, a.steps, a.warmup, dev, compiled, budget,
+                                        Path(tmp) / "run_graph", predict=predict, step_graph=True)
+                extra.append(graphed)
         bare = None if a.no_bare else bare_run(root, predict, width, (W, H, F), batch, a.steps, a.warmup, dev,
                                                compiled, gen, a.profile)
         common = {"model": a.variant, "shape": a.shape, "batch": batch, "gpu": gpu, "layers": a.layers or "all",

@@ -1,4 +1,4 @@
-"""GPU benchmark (a prototype, not measured yet): the whole training step — forward, loss,
+"""GPU benchmark: the whole training step — forward, loss,
 backward, clipping, AdamW — captured once as one CUDA graph and replayed, against the same
 step with each block replayed as its own CUDA graph (what the Train node runs for small
 buckets), in the same process, on the full-size layout (random weights, rank-32 attention
@@ -11,12 +11,16 @@ per block. The captured step follows PyTorch's whole-network capture: three warm
 a side stream (they compile the blocks and count as training steps), gradients unset before
 the capture so that the graph's backward writes them fresh on every replay, AdamW fused and
 capturable with its learning rate a tensor, clipping without a host sync. The inputs stay
-where the capture saw them (a real run would copy each step's latents into them).
+where the capture saw them; the engine's graph step (trainer_core/step_graph.py, timed by
+``bench_engine_step.py --step-graph``) copies each step's inputs into them.
 
 Records ``s_per_step`` / ``s_min`` / ``s_max`` of both, their peak memory, and how far the
 two LoRAs are apart after the same number of updates from the same start
-(``lora_max_rel_diff``; ``lora_moved``: how far each moved from that start); a capture that
-fails records its error instead.
+(``lora_max_rel_diff``: the largest element's difference; ``lora_delta_rel``: the updates'
+difference in Frobenius norm, relative to the bare step's update; ``lora_moved``: how far each
+moved from that start), each update's loss (``losses``, ``loss_max_rel_diff``) and, with
+``--noise-floor``, the same two for a second run of the bare step (``blocks_again``): how far
+two runs of one step drift apart in bf16. A capture that fails records its error instead.
 
     python bench/bench_step_graph.py --shape 512x512x33 --steps 20 --warmup 3 --out /tmp/graph.json
     python bench/bench_step_graph.py --cpu --tiny --steps 3     # the CPU dry run (no capture)
@@ -85,6 +89,7 @@ class StepGraph:
         self.graph = None
         self.loss = None
         self.updates = 0
+        self.losses = []  # each update's loss (device tensors: read once at the end)
         if not capture:
             return
         side = torch.cuda.Stream()
@@ -92,7 +97,7 @@ class StepGraph:
         with torch.cuda.stream(side):
             for _ in range(warmup):
                 opt.zero_grad(set_to_none=True)
-                captured_step(*self.args, cuda=True)
+                self.losses.append(captured_step(*self.args, cuda=True))
                 self.updates += 1
         torch.cuda.current_stream().wait_stream(side)
         opt.zero_grad(set_to_none=True)  # the graph's backward then writes each gradient fresh
@@ -106,6 +111,7 @@ class StepGraph:
         else:
             self.loss = eager_step(*self.args, cuda=False)
         self.updates += 1
+        self.losses.append(self.loss.clone())  # (the captured loss is overwritten by the next replay)
         return self.loss
 
 
@@ -116,6 +122,16 @@ def rel_diff(xs, ys) -> float:
     for x, y in zip(xs, ys):
         worst = max(worst, float((x.float() - y.float()).abs().max()) / max(1e-12, float(y.float().abs().max())))
     return worst
+
+
+@torch.no_grad()
+def delta_rel(moved, start, ref_moved) -> float:
+    """How far one run's LoRA update (``moved`` - ``start``) is from the reference run's, in
+    Frobenius norm over every tensor, relative to the reference update's norm: the noise of bf16
+    kernels shows as a small fraction, a step that trains something else as order one."""
+    num = sum(float(((m.float() - r.float()) ** 2).sum()) for m, r in zip(moved, ref_moved))
+    den = sum(float(((r.float() - s0.float()) ** 2).sum()) for r, s0 in zip(ref_moved, start))
+    return (num / max(den, 1e-30)) ** 0.5
 
 
 def run(args) -> list[dict]:
@@ -134,10 +150,15 @@ def run(args) -> list[dict]:
     plan = MemoryPlan(["keep"] * n, activation_budget=1.0)
     records = []
     loras = {}
-    for name in ("blocks", "step_graph"):
+    losses = {}
+    start = None
+    # blocks_again: the bare step a second time from the same start, the noise floor of the
+    # comparison (bf16 kernels with atomics are not bitwise repeatable)
+    names = ("blocks", "step_graph") + (("blocks_again",) if getattr(args, "noise_floor", False) else ())
+    for name in names:
         lora, bare_opt = _lora_and_opt(root, dev, seed=0)  # the same start for both
         params = list(lora.parameters())
-        start = [p.detach().clone() for p in params]
+        start = [p.detach().clone() for p in params]  # (the same for every variant: seed 0)
         compiled = bool(cuda)
         if cuda:
             torch._dynamo.reset()  # each variant compiles its own blocks (and the first one's graphs go)
@@ -147,15 +168,17 @@ def run(args) -> list[dict]:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         try:
-            if name == "blocks":  # each block its own graph (automatic for small buckets), the bare step
+            if name != "step_graph":  # each block its own graph (automatic for small buckets), the bare step
                 predict = make_predict(memory_plan=plan, compile_blocks=compiled)
                 updates = [0]
+                run_losses = []
 
                 def step():
-                    _step(predict, root, inp, lora, bare_opt)
+                    run_losses.append(_step(predict, root, inp, lora, bare_opt))
                     updates[0] += 1
                 times = timed_steps(step, args.steps, args.warmup, cuda=cuda)
                 rec["updates"] = updates[0]
+                losses[name] = [float(x) for x in run_losses]
                 rec["cudagraphs"] = bool(getattr(predict, "used_cudagraphs", False))
             else:
                 predict = make_predict(memory_plan=plan, compile_blocks=compiled, cudagraphs=False)
@@ -164,10 +187,12 @@ def run(args) -> list[dict]:
                 times = timed_steps(g.replay, args.steps, 0 if cuda else args.warmup, cuda=cuda)
                 rec["updates"] = g.updates
                 rec["captured"] = g.graph is not None
+                losses[name] = [float(x) for x in g.losses]
         except Exception as e:  # a capture that fails says why (the record is the finding)
             rec["error"] = f"{type(e).__name__}: {e}"[:600]
             lora.detach()
             records.append(rec)
+            print(json.dumps(rec), flush=True)  # each variant as it ends (a later one may not)
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.empty_cache()
@@ -178,13 +203,22 @@ def run(args) -> list[dict]:
         lora.detach()
         loras[name] = lora
         rec["lora_moved"] = rel_diff(start, [p.detach() for p in params])  # training changed it (≠ 0)
+        rec["losses"] = [float(f"{x:.6g}") for x in losses.get(name, [])]
         records.append(rec)
+        print(json.dumps(rec), flush=True)  # each variant as it ends (a later one may not)
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
-    if len(loras) == 2 and records[0].get("updates") == records[1].get("updates"):
-        records[1]["lora_max_rel_diff"] = rel_diff(list(loras["step_graph"].parameters()),
-                                                   list(loras["blocks"].parameters()))
+    ref = loras.get("blocks")
+    for rec in records[1:]:
+        other = loras.get(rec["variant"])
+        if ref is None or other is None or rec.get("updates") != records[0].get("updates"):
+            continue
+        mine, theirs = list(other.parameters()), list(ref.parameters())
+        rec["lora_max_rel_diff"] = rel_diff(mine, theirs)
+        rec["lora_delta_rel"] = delta_rel(mine, start, theirs)
+        a, b = losses[rec["variant"]], losses["blocks"]
+        rec["loss_max_rel_diff"] = max((abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b)), default=None)
     return records
 
 
@@ -197,11 +231,14 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--cpu", action="store_true", help="the CPU dry run: no compile, no capture")
     ap.add_argument("--tiny", action="store_true", help="the tiny checkpoint's layout")
+    ap.add_argument("--noise-floor", action="store_true",
+                    help="run the bare step a second time (blocks_again): how far two runs of the same step drift")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     records = run(args)
-    for r in records:
-        print(json.dumps(r), flush=True)
+    for r in records[1:]:  # the comparisons, known once every variant has run
+        print(json.dumps({k: r.get(k) for k in ("variant", "s_per_step", "lora_max_rel_diff", "lora_delta_rel",
+                                                "loss_max_rel_diff")}), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(records, indent=1))
     return 1 if args.cpu and any("error" in r for r in records) else 0  # (on a GPU the error is the finding)

@@ -554,7 +554,12 @@ def _flatten_optimizer(opt) -> tuple[dict[str, torch.Tensor], dict]:
             return {"__list__": [walk(v, f"{name}.{i}") for i, v in enumerate(obj)], "tuple": isinstance(obj, tuple)}
         return obj
 
-    return tensors, walk(opt.state_dict(), "opt")
+    sd = opt.state_dict()
+    for g in sd.get("param_groups", []):  # a capturable optimizer's tensor learning rate: saved as a number
+        for k, v in list(g.items()):
+            if torch.is_tensor(v) and v.numel() == 1:
+                g[k] = float(v)
+    return tensors, walk(sd, "opt")
 
 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta) -> dict:
@@ -971,6 +976,10 @@ class Trainer:
     # shown which they are (trainer_core.flat): clipping, norms and AdamW are one operation
     # each. False: per-tensor AdamW throughout (the bench's comparison).
     flat = True
+    # The whole step as one CUDA graph where the run allows it (trainer_core.step_graph:
+    # one process, one micro-batch a step, plain AdamW, no LoRA dropout, every block keeping
+    # its activations on the card); asked for with LTX2_TRAINER_STEP_GRAPH=1 (run.step_graph_wanted).
+    step_graph = False
 
     def __init__(self, root: torch.nn.Module, predict: Callable, data: LatentSource, cfg: TrainConfig,
                  run_dir: str | Path, device: torch.device | str = "cpu", callbacks: Optional[Callbacks] = None,
@@ -1098,6 +1107,28 @@ class Trainer:
                              "LTX-2 variant: run Encode Latents again with this model's text encoder, or train "
                              "the model the cache was made for") from e
 
+    def step_graph_blockers(self) -> list[str]:
+        """Why this run cannot step as one CUDA graph (empty: it can)."""
+        cfg, why = self.cfg, []
+        if self.device.type != "cuda":
+            why.append("it runs on the CPU" if self.device.type == "cpu" else f"it runs on {self.device.type}")
+        if self.dist.active or self.dist.exact:
+            why.append("it runs on several processes")
+        if cfg.grad_accum != 1:
+            why.append("it accumulates gradients over several micro-batches")
+        if cfg.optimizer != "adamw":
+            why.append(f"its optimizer is {cfg.optimizer}")
+        if cfg.dropout > 0:
+            why.append("its LoRA dropout would draw the same mask at every replay")
+        if not getattr(self.predict, "whole_step_graphs", False):
+            why.append("its forward cannot leave out its per-block graphs")
+        plan = getattr(self.predict, "memory_plan", None)
+        if plan is not None and (plan.streamed or any(m != "keep" for m in plan.modes)):
+            why.append("its memory plan recomputes, offloads or streams blocks")
+        elif plan is None and getattr(self.predict, "checkpointing", False):
+            why.append("it recomputes blocks in backward")
+        return why
+
     def build_lora(self) -> tuple[LoRASet, str, list[str]]:
         """The run's adapters: from the init LoRA file when the settings name one (its modules,
         rank and alpha), else fresh ones on the settings' targets. Returns (lora, the init
@@ -1126,6 +1157,7 @@ class Trainer:
     def train(self, resume_from: Optional[str | Path | LoadedCheckpoint] = None) -> TrainResult:
         from .distributed import RankFailure, dropout_seed, exact_reduce, flat_grads, set_grads
         from .flat import FlatAdamW, flat_fits, largest_weight
+        from .step_graph import StepGraph, graph_optimizer, set_lr, tensor_lr
 
         cfg = self.cfg
         dist = self.dist
@@ -1152,12 +1184,26 @@ class Trainer:
             for n in check_resume(ck, fingerprint, cfg):
                 notes.append(n)
                 self._emit("notice", {"message": n})
-        opt = make_optimizer(params, cfg)
-        flatten = self.flat and flat_fits(params, cfg.optimizer)  # one buffer after the first backward
+        graphed = False
+        if self.step_graph:
+            blockers = self.step_graph_blockers()
+            test_cpu = blockers == ["it runs on the CPU"] and self.step_graph == "cpu"  # (the tests' dry run)
+            graphed = not blockers or test_cpu
+            if not graphed:
+                n = "the whole-step CUDA graph is off for this run: " + "; ".join(blockers)
+                notes.append(n)
+                self._emit("notice", {"message": n})
+        if graphed:
+            opt = graph_optimizer(params, cfg.learning_rate, cfg.betas, cfg.weight_decay, self.device)
+        else:
+            opt = make_optimizer(params, cfg)
+        flatten = self.flat and not graphed and flat_fits(params, cfg.optimizer)  # one buffer after the first backward
         if resume_from is not None:
             try:
                 lora.load_state_dict({k[5:]: v for k, v in ck.tensors.items() if k.startswith("lora.")})
                 opt.load_state_dict(_unflatten_optimizer(ck.tensors, json.loads(ck.meta["optimizer"])))
+                if graphed:
+                    tensor_lr(opt, self.device)
             except (KeyError, RuntimeError, ValueError) as e:
                 raise CheckpointError(f"cannot resume from {ck.path.name}: its LoRA or optimizer state does not fit "
                                       f"this run ({type(e).__name__}: {e}); give the LoRA a new name or set resume "
@@ -1176,6 +1222,36 @@ class Trainer:
         quiet = QuietGC()
         done = (step, epoch, pos)  # the state after the last finished step (what a cancel saves)
         pending: Optional[_Pending] = None  # a step queued whose numbers have not been read yet
+        sg: Optional[StepGraph] = None
+        if graphed:
+            def graph_body(si) -> torch.Tensor:
+                """The whole step on ``si`` (what the graph records): its numbers as one tensor."""
+                opt.zero_grad(set_to_none=True)  # (a no-op but after a capture that failed part-way)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    v_pred, a_pred = self.predict(self.root, si, block_graphs=False)
+                lv, la = step_losses(si, v_pred, a_pred)
+                zero = torch.zeros((), dtype=acc_dtype, device=self.device)
+                sums = [lv.detach().sum().to(acc_dtype) if lv is not None else zero,
+                        la.detach().sum().to(acc_dtype) if la is not None else zero]
+                loss = ob.combine_losses(lv, la, cfg.audio_weight)
+                loss.backward()
+                if cfg.max_grad_norm > 0:
+                    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
+                else:
+                    gnorm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+                opt.step()
+                opt.zero_grad(set_to_none=True)  # (a replay writes them afresh)
+                with torch.no_grad():
+                    wmax = largest_weight(params)
+                    return torch.stack([loss.detach().to(acc_dtype), *sums, gnorm.to(acc_dtype), wmax.to(acc_dtype)])
+
+            def watched() -> list:
+                return ([*self.root.parameters(), *self.root.buffers(), *params]
+                        + [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
+                        + [g["lr"] for g in opt.param_groups if torch.is_tensor(g["lr"])])
+
+            sg = StepGraph(graph_body, watched, capture=self.device.type == "cuda")
+            self.step_graph_state = sg
 
         def settle() -> Optional[dict]:
             """Read the queued step's numbers and record it (NaN and divergence stop the run)."""
@@ -1219,8 +1295,8 @@ class Trainer:
                 if dist.any(bool(self.cb.should_stop and self.cb.should_stop())):
                     finish()  # the last step's numbers and progress first: it is the one saved
                     raise _StopRequested()
-                for g in opt.param_groups:
-                    g["lr"] = cfg.learning_rate * lr_factor(step, cfg)
+                lr_now = cfg.learning_rate * lr_factor(step, cfg)
+                set_lr(opt, lr_now)
                 # the step's loss and per-stream loss sums stay on the device (float64, summed as
                 # Python floats would be) until the optimizer step is queued: read back once, during
                 # the next step (``pipelined``), so the GPU never waits on the CPU inside a step or
@@ -1247,6 +1323,18 @@ class Trainer:
                             items = [self.data.get(batch[j]) for j in js]
                         with _phase("ltx2.inputs"):
                             inputs = self.sample_inputs(items, js, step, micro, dtype)
+                        if sg is not None:  # the whole step, one graph (one micro-batch, one process)
+                            connect = getattr(self.predict, "connected_inputs", None)
+                            if connect is not None:  # captions of any length: one shape after the connectors
+                                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                                    inputs = connect(self.root, inputs)
+                            mi = inputs.inputs
+                            counts[0] += len(js) if mi.video is not None and mi.video.target is not None else 0
+                            counts[1] += len(js) if mi.audio is not None and mi.audio.target is not None else 0
+                            with _phase("ltx2.step_graph"):  # (the last step's numbers read just before)
+                                graph_vals = sg.step(inputs, before=finish)
+                            del items, inputs, mi
+                            continue
                         with _phase("ltx2.forward"), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                                      enabled=use_bf16):
                             v_pred, a_pred = self.predict(self.root, inputs)
@@ -1273,46 +1361,59 @@ class Trainer:
                 # the last step's numbers, read while this step's forward and backward are queued
                 # (before its optimizer step, so a stop there saves the LoRA of the step it names)
                 finish()
-                if dist.active and not dist.sp:  # (sequence parallel: every rank computed the same loss)
-                    tot = dist.all_reduce_sum(torch.tensor([*acc.tolist(), *counts, *map(float, had)],
-                                                           dtype=torch.float64)).tolist()
-                    acc, counts = torch.tensor(tot[:3], dtype=acc_dtype), tot[3:5]
-                    had = [v > 0 for v in tot[5:]]
-                if dist.exact:
-                    size = sum(p.numel() for p in params)
-                    set_grads(params, exact_reduce(dist, per_micro, self.batch_size // dist.world, size,
-                                                   params[0].device), had)
-                elif dist.active and dist.sp:
-                    # sequence parallel: each rank's gradient is world × its share (trainer_core.distributed)
-                    set_grads(params, dist.all_reduce_sum(flat_grads(params)) / dist.world, had)
-                elif dist.active:
-                    set_grads(params, dist.all_reduce_sum(flat_grads(params)), had)
-                del per_micro
-                if flatten:
-                    flatten = False
-                    opt = FlatAdamW.adopt(opt, params) or opt
-                flat = isinstance(opt, FlatAdamW)
-                with _phase("ltx2.optimizer"):
-                    grads = opt.grad_tensors() if flat else params  # (flat: gathered into the buffer)
-                    if cfg.max_grad_norm > 0:
-                        gnorm = torch.nn.utils.clip_grad_norm_(grads, cfg.max_grad_norm)
-                    else:
-                        gnorm = torch.nn.utils.get_total_norm([p.grad for p in grads if p.grad is not None])
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                with torch.no_grad(), _phase("ltx2.readback"):
-                    wmax = opt.largest() if flat else largest_weight(params)
-                    # the one read-back of the step, queued: copied to host memory behind the
-                    # optimizer step and read before the next step's optimizer step (or now, below)
-                    vals = torch.cat([acc.to(wmax.device),
-                                      torch.stack([gnorm.to(wmax.device, acc_dtype), wmax.to(acc_dtype)])])
-                    host = vals.to("cpu", non_blocking=vals.is_cuda)
-                    ready = None
-                    if vals.is_cuda:
-                        ready = torch.cuda.Event()
-                        ready.record()
+                if sg is not None:
+                    for n in sg.notes:
+                        notes.append(n)
+                        self._emit("notice", {"message": n})
+                    sg.notes.clear()
+                    with torch.no_grad():
+                        host = graph_vals.to("cpu", non_blocking=graph_vals.is_cuda)
+                        ready = None
+                        if graph_vals.is_cuda:
+                            ready = torch.cuda.Event()
+                            ready.record()
+                    del graph_vals
+                else:  # the plain step: reduce across ranks, then the optimizer
+                    if dist.active and not dist.sp:  # (sequence parallel: every rank computed the same loss)
+                        tot = dist.all_reduce_sum(torch.tensor([*acc.tolist(), *counts, *map(float, had)],
+                                                               dtype=torch.float64)).tolist()
+                        acc, counts = torch.tensor(tot[:3], dtype=acc_dtype), tot[3:5]
+                        had = [v > 0 for v in tot[5:]]
+                    if dist.exact:
+                        size = sum(p.numel() for p in params)
+                        set_grads(params, exact_reduce(dist, per_micro, self.batch_size // dist.world, size,
+                                                       params[0].device), had)
+                    elif dist.active and dist.sp:
+                        # sequence parallel: each rank's gradient is world × its share (trainer_core.distributed)
+                        set_grads(params, dist.all_reduce_sum(flat_grads(params)) / dist.world, had)
+                    elif dist.active:
+                        set_grads(params, dist.all_reduce_sum(flat_grads(params)), had)
+                    del per_micro
+                    if flatten:
+                        flatten = False
+                        opt = FlatAdamW.adopt(opt, params) or opt
+                    flat = isinstance(opt, FlatAdamW)
+                    with _phase("ltx2.optimizer"):
+                        grads = opt.grad_tensors() if flat else params  # (flat: gathered into the buffer)
+                        if cfg.max_grad_norm > 0:
+                            gnorm = torch.nn.utils.clip_grad_norm_(grads, cfg.max_grad_norm)
+                        else:
+                            gnorm = torch.nn.utils.get_total_norm([p.grad for p in grads if p.grad is not None])
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
+                    with torch.no_grad(), _phase("ltx2.readback"):
+                        wmax = opt.largest() if flat else largest_weight(params)
+                        # the one read-back of the step, queued: copied to host memory behind the
+                        # optimizer step and read before the next step's optimizer step (or now, below)
+                        vals = torch.cat([acc.to(wmax.device),
+                                          torch.stack([gnorm.to(wmax.device, acc_dtype), wmax.to(acc_dtype)])])
+                        host = vals.to("cpu", non_blocking=vals.is_cuda)
+                        ready = None
+                        if vals.is_cuda:
+                            ready = torch.cuda.Event()
+                            ready.record()
                 step += 1
-                pending = _Pending(step, epoch, pos, opt.param_groups[0]["lr"], list(counts), host, ready,
+                pending = _Pending(step, epoch, pos, lr_now, list(counts), host, ready,
                                    time.perf_counter())
                 validate_now = bool(self.cb.on_validate and dist.is_main and self.cb.validate_every > 0
                                     and step % self.cb.validate_every == 0)
@@ -1320,6 +1421,8 @@ class Trainer:
                 if not self.pipelined or validate_now or save_now or step >= cfg.steps:
                     finish()  # these need the LoRA of this step: no later step queued before them
                 if validate_now:
+                    if sg is not None:
+                        sg.drop()  # its memory to the previews (the next step captures again)
                     self.cb.on_validate(step, opt)
                     quiet.tick(full=True)  # what sampling left in cycles (GPU tensors too) goes now
                 if save_now:
@@ -1369,6 +1472,8 @@ class Trainer:
             raise err from None
         finally:
             quiet.release()
+            if sg is not None:
+                sg.drop()
             lora.detach()
             if isinstance(opt, FlatAdamW):
                 opt.zero_grad()  # (its gradient buffer goes with the gradients)

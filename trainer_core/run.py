@@ -70,10 +70,11 @@ def clean_leftovers(run_dir: Path, lora_path: Optional[str | Path] = None) -> li
 def run_training(root: torch.nn.Module, predict: Callable, cache_dir: str, cfg: TrainConfig, run_dir: str | Path,
                  lora_path: Optional[str | Path], *, device="cpu", callbacks: Optional[Callbacks] = None,
                  resume: Optional[str] = None, base: Optional[dict] = None, batch_size: int = 1,
-                 dist=None) -> RunOutcome:
+                 dist=None, step_graph: Optional[bool] = None) -> RunOutcome:
     """``dist``: this process's place in a multi-process run (trainer_core.distributed); only
     its rank 0 writes the run folder and the LoRA and reports (every rank gets ``should_stop``). ``batch_size`` is
-    the global batch (over all ranks)."""
+    the global batch (over all ranks). ``step_graph``: step as one CUDA graph where the run allows it
+    (trainer_core.step_graph); None: as ``LTX2_TRAINER_STEP_GRAPH`` says (:func:`step_graph_wanted`)."""
     from .distributed import LOCAL
     from .plots import loss_curve
 
@@ -98,6 +99,7 @@ def run_training(root: torch.nn.Module, predict: Callable, cache_dir: str, cfg: 
     ck = load_resume_checkpoint(run_dir, resume)
     trainer = Trainer(root, predict, data, cfg, run_dir, device=device, callbacks=callbacks,
                       batch_size=batch_size, dist=dist)
+    trainer.step_graph = step_graph_wanted() if step_graph is None else bool(step_graph)
     if callbacks is not None and callbacks.on_event:
         for n in early_notes:
             callbacks.on_event("notice", {"message": n})
@@ -196,6 +198,15 @@ def compiles_blocks(cfg: TrainConfig, device_type: str, quantized: bool = False)
 
     choice = os.environ.get("LTX2_TRAINER_COMPILE", cfg.compile_blocks or "auto").strip().lower()
     return choice == "on" or (choice == "auto" and device_type == "cuda" and not quantized)
+
+
+def step_graph_wanted() -> bool:
+    """``LTX2_TRAINER_STEP_GRAPH=1`` (on, true, yes): runs that allow it step as one CUDA graph
+    (trainer_core.step_graph). Off by default until the engine's graph step has been measured on
+    a GPU (the benchmark's has: bench/bench_step_graph.py)."""
+    import os
+
+    return os.environ.get("LTX2_TRAINER_STEP_GRAPH", "").strip().lower() in ("1", "on", "true", "yes")
 
 
 def without_checkpointing(plan):

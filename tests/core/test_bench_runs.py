@@ -196,6 +196,14 @@ def test_engine_run_times_the_steps_it_names(tmp_path):
         # the LoRA in one buffer, or its tensors each in their own allocation (--per-tensor)
         assert rec["flat_lora"] is flat and rec["lora_tensors"] > 2
         assert rec["lora_storages"] == (1 if flat else rec["lora_tensors"])
+    # --step-graph on the CPU: the dry run of the whole-step graph (captions of 256, 200, 144 and
+    # 16 tokens through the connectors first: one signature), and as a GPU run would ask for it
+    # (a budget where every block keeps its activations: the graph's condition)
+    rec, keep = e.engine_run(root, cache, 1, 3, 2, dev, False, 100.0, tmp_path / "graph", step_graph="cpu")
+    assert rec["step_graph"] == {"captures": 1, "replays": 4, "eager_steps": 2, "off": None}
+    assert any("one CUDA graph" in n for n in rec["notices"]) and len(rec["steps_s"]) == 3
+    rec, _ = e.engine_run(root, cache, 1, 3, 2, dev, False, 100.0, tmp_path / "graph2", predict=keep, step_graph=True)
+    assert rec["step_graph"] is None and any("it runs on the CPU" in n for n in rec["notices"])
     prof = recs[2]["profile"]
     assert prof["steps"] == 2 and prof["step_ms"] > 0
     assert {"data", "inputs", "forward", "backward", "optimizer", "readback"} <= set(prof["phases"])
@@ -240,6 +248,9 @@ def test_step_graph_bench_captures_the_bare_step_on_cpu():
     assert blocks["variant"] == "blocks" and graph["variant"] == "step_graph" and graph["captured"] is False
     assert blocks["updates"] == graph["updates"] == 3
     assert blocks["lora_moved"] > 0 and graph["lora_moved"] > 0
-    assert graph["lora_max_rel_diff"] == 0.0
+    assert graph["lora_max_rel_diff"] == 0.0 and graph["lora_delta_rel"] == 0.0
+    assert graph["losses"] == blocks["losses"] and len(graph["losses"]) == 3 and graph["loss_max_rel_diff"] == 0.0
     g.LR = 2e-4  # the graph's optimizer only: the comparison sees it
-    assert g.run(args)[1]["lora_max_rel_diff"] > 1e-3
+    moved = g.run(args)[1]
+    assert moved["lora_max_rel_diff"] > 1e-3 and moved["lora_delta_rel"] > 0.5  # twice the step: ≈ 1
+    assert moved["losses"][0] == blocks["losses"][0] and moved["loss_max_rel_diff"] > 0

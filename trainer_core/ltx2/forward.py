@@ -76,6 +76,7 @@ This module never imports ComfyUI.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -495,32 +496,28 @@ def _per_sample_mod(mod: nn.Module, t: torch.Tensor, dtype, params: int) -> Mod:
 
 # ============================================================================ text
 
-def prepare_text(root: nn.Module, c: LTX2Config, context: torch.Tensor, dtype: torch.dtype,
+def connect_text(root: nn.Module, c: LTX2Config, context: torch.Tensor, dtype: torch.dtype,
                  unprocessed: bool = True, connectors_grad: Optional[bool] = None,
-                 lengths: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The text encoder's cached output [B, L, D] -> (video context, audio context) as the
-    blocks' text cross-attention sees them (ComfyUI's ``preprocess_text_embeds`` followed by
-    the model's context preparation). The connectors are frozen: they run under no_grad
-    unless a forward hook (a LoRA) sits on one of their modules.
-
-    ``lengths`` [B]: the real tokens of each sample of a batch padded to its longest caption
-    (:func:`trainer_core.engine.stack_texts`). Each sample is then prepared on its own tokens
-    — the connectors put their learnable registers after them, to the same length for every
-    caption of up to 1024 tokens — so the batch gets exactly what each sample gets alone."""
+                 lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The text encoder's cached output [B, L, D] through the model's connectors (and, for
+    LTX-2.3 and later, the caption projection before them): the text as a cache written after
+    the connectors holds it, [B, T, video + audio width], T the same for every caption of up to
+    1024 tokens. A context that already is that (``unprocessed`` False) comes back as it is.
+    ``lengths``: see :func:`prepare_text`."""
     if lengths is not None:
         lens = [int(v) for v in lengths.reshape(-1).tolist()]
         if len(lens) != context.shape[0]:
             raise ValueError(f"{len(lens)} text lengths for a batch of {context.shape[0]}")
         if any(n != context.shape[1] for n in lens):
-            parts = [prepare_text(root, c, context[i:i + 1, :n], dtype, unprocessed, connectors_grad)
+            parts = [connect_text(root, c, context[i:i + 1, :n], dtype, unprocessed, connectors_grad)
                      for i, n in enumerate(lens)]
-            if len({p[0].shape[1] for p in parts}) > 1:
+            if len({p.shape[1] for p in parts}) > 1:
                 raise ValueError(
                     f"captions of {', '.join(map(str, lens))} tokens cannot share a batch: their prepared text "
-                    f"has different lengths ({', '.join(str(p[0].shape[1]) for p in parts)} tokens; captions "
+                    f"has different lengths ({', '.join(str(p.shape[1]) for p in parts)} tokens; captions "
                     f"over {CONNECTOR_MIN_TOKENS} tokens, or text cached after the connectors). Shorten those "
                     "captions or train with batch size 1")
-            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            return torch.cat(parts)
     context = context.to(dtype)
     if connectors_grad is None:
         connectors_grad = _has_hooks(root.video_embeddings_connector) or _has_hooks(root.audio_embeddings_connector)
@@ -548,6 +545,23 @@ def prepare_text(root: nn.Module, c: LTX2Config, context: torch.Tensor, dtype: t
             cv = connector(root.video_embeddings_connector, c, cv)
             ca = connector(root.audio_embeddings_connector, c, ca)
         context = torch.cat([cv, ca], dim=-1)
+    return context
+
+
+def prepare_text(root: nn.Module, c: LTX2Config, context: torch.Tensor, dtype: torch.dtype,
+                 unprocessed: bool = True, connectors_grad: Optional[bool] = None,
+                 lengths: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text encoder's cached output [B, L, D] -> (video context, audio context) as the
+    blocks' text cross-attention sees them (ComfyUI's ``preprocess_text_embeds`` followed by
+    the model's context preparation: :func:`connect_text`, then the caption projections of
+    LTX-2.0). The connectors are frozen: they run under no_grad unless a forward hook (a
+    LoRA) sits on one of their modules.
+
+    ``lengths`` [B]: the real tokens of each sample of a batch padded to its longest caption
+    (:func:`trainer_core.engine.stack_texts`). Each sample is then prepared on its own tokens
+    — the connectors put their learnable registers after them, to the same length for every
+    caption of up to 1024 tokens — so the batch gets exactly what each sample gets alone."""
+    context = connect_text(root, c, context, dtype, unprocessed, connectors_grad, lengths).to(dtype)
     vdim = c.caption_channels if not c.caption_proj_before_connector else c.inner_dim
     adim = c.caption_channels if not c.caption_proj_before_connector else c.audio_inner_dim
     if context.shape[-1] != vdim + adim:
@@ -1114,7 +1128,10 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
             cg_fn = torch.compile(block_forward, dynamic=False, mode="reduce-overhead",
                                   **{k: v for k, v in kw.items() if k != "mode"})
 
-    def predict(root: nn.Module, inputs) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def predict(root: nn.Module, inputs, block_graphs: Optional[bool] = None
+                ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        # block_graphs False: no per-block CUDA graphs this call, whatever ``cudagraphs`` says
+        # (the engine's whole-step graph captures the compiled blocks themselves)
         with torch.inference_mode(False), torch.enable_grad():
             # ComfyUI may (re)load weights inside inference mode at any time: check every call
             # (a scan of the parameter list; nothing is copied unless something must be).
@@ -1165,7 +1182,7 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
                         min_bytes=offload_min_bytes, streamer=state["streamer"])
                     predict.offloader = state["offloader"]  # type: ignore[attr-defined]
             fn = block_fn
-            if cg_fn is not None and ref.is_cuda and state["streamer"] is None:
+            if cg_fn is not None and ref.is_cuda and state["streamer"] is None and block_graphs is not False:
                 all_keep = (all(m == "keep" for m in modes) if modes is not None else not checkpointing)
                 small = inputs.video is None or inputs.video.tokens.shape[1] <= cudagraph_max_tokens
                 if cudagraphs or (cudagraphs is None and all_keep and small):
@@ -1190,6 +1207,29 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
                                   video_reference=_reference_of(inputs.video),
                                   audio_reference=_reference_of(inputs.audio), sp=sp,
                                   context_lengths=text.get("context_lengths"))
+
+    def connected_inputs(root: nn.Module, inputs):
+        """``inputs`` with their text already through the frozen connectors (as a cache written
+        after them would hold it): one shape for every caption of up to 1024 tokens, so that a
+        whole-step CUDA graph (trainer_core.step_graph) serves captions of any length. The
+        same inputs back where a LoRA sits on the connectors (they then train) or the text
+        is already processed."""
+        text = inputs.text
+        if "context" not in text or (_has_hooks(root.video_embeddings_connector)
+                                     or _has_hooks(root.audio_embeddings_connector)):
+            return inputs
+        unproc = text.get("unprocessed_ltxav_embeds", True)
+        unproc = bool(unproc.flatten()[0]) if torch.is_tensor(unproc) else bool(unproc)
+        if not unproc:
+            return inputs
+        with torch.inference_mode(False), torch.no_grad(), contextlib.ExitStack() as scope:
+            c = config or LTX2Config.from_module(root)
+            ref = (inputs.video or inputs.audio).tokens
+            cd, plain = _compute_dtype(root, ref, dtype)
+            if plain:
+                scope.enter_context(torch.autocast(ref.device.type, enabled=False))
+            ctx = connect_text(root, c, _normal(text["context"]), cd, True, False, lengths=text.get("context_lengths"))
+        return dataclasses.replace(inputs, text={"context": ctx, "unprocessed_ltxav_embeds": False})
 
     state: dict[str, Any] = {"streamer": None, "offloader": None, "modes": None}
     # built once: a joint-graph pass for inductor, when attention must be saved under a budget
@@ -1222,6 +1262,8 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
     predict.offloader = None  # type: ignore[attr-defined]
     predict.release = release  # type: ignore[attr-defined]
     predict.used_cudagraphs = False  # type: ignore[attr-defined]  (set by each call)
+    predict.whole_step_graphs = True  # type: ignore[attr-defined]  (takes block_graphs: trainer_core.step_graph)
+    predict.connected_inputs = connected_inputs  # type: ignore[attr-defined]
     return predict
 
 
