@@ -67,7 +67,10 @@ def test_a_16_frame_dissolve_is_cut_by_the_dissolve_detector(dissolve):
     a = scenes.analyze_scenes(info, detector="dissolve")
     assert len(a.cuts) == len(dissolve.dissolves) == 2, (a.cuts, dissolve.dissolves)
     for c, (first, last) in zip(a.cuts, dissolve.dissolves):
-        assert first <= c <= last + 1e-6, (c, first, last)  # inside the dissolve
+        # inside the dissolve, or on the first clean frame after it: a blend's per-frame changes
+        # are all alike, so the largest can fall on its last step (seen once, in a fresh-clone CI
+        # run: a cut at 4.32 s for a dissolve of 3.68–4.28 s; not reproduced in 7 runs since)
+        assert first <= c <= last + 1 / dissolve.fps + 1e-6, (c, first, last)
     cs = scenes.split_scenes(ClipSet(root="/", clips=[info]), detector="dissolve", min_len=1.0, max_len=0)
     assert len(cs.segments) == 3
 
