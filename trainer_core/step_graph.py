@@ -22,11 +22,14 @@ How a step runs under :class:`StepGraph`:
   The LoRA, the optimizer's moments and the learning rate live outside the graph, where the
   capture saw them; the loss, the per-stream sums, the gradient norm and the largest weight
   come back as one tensor, read later as the plain loop reads them.
-- A second signature (another bucket, another caption length) drops the graph and the rest
-  of the run steps eagerly: two graphs would each hold a whole step's activations. So does
-  a moved tensor (the model's or the optimizer's: weights reloaded, state offloaded) after
-  the warm-up is redone. :meth:`drop` frees the graph's memory (before sampling previews,
-  which need that memory; the next step captures again).
+- One graph at a time, for the signature seen most often: two would each hold a whole step's
+  activations. A step of another shape (an epoch's last, smaller batch; a clip without
+  sound) frees the graph, runs eagerly, and the next step of the graph's shape captures it
+  again. Where that happens more than once every 20 steps (several buckets), the graph goes
+  off for the rest of the run, with a notice. A moved tensor (the model's or the
+  optimizer's: weights reloaded, state offloaded) frees it too, and so does :meth:`drop`
+  before sampling previews (they need that memory). After a drop, one eager step comes
+  before the next capture.
 - Where the capture itself fails (an operation that waits for the host inside the step),
   the step runs eagerly, the graph is off for the run, and ``notes`` says why.
 
@@ -155,8 +158,10 @@ class StepGraph:
                  capture: bool, warmup: int = WARMUP):
         self.body, self.watched = body, watched
         self.capture, self.warmup = capture, max(1, int(warmup))
-        self.signature: Optional[tuple] = None
-        self.seen = 0  # steps of the current signature so far
+        self.signature: Optional[tuple] = None  # the graph's: the shape seen most often
+        self.counts: dict[tuple, int] = {}  # steps of each signature
+        self.eager_runs: dict[tuple, int] = {}  # eager steps of each signature (its compile, its warm-up)
+        self.settled = False  # an eager step since the last drop (the allocator and libraries settled)
         self.static = None  # the captured inputs
         self.static_tensors: list[torch.Tensor] = []
         self.graph = None
@@ -164,19 +169,26 @@ class StepGraph:
         self.pointers: Optional[tuple] = None
         self.off: Optional[str] = None  # why the graph is off for the rest of the run
         self.notes: list[str] = []
+        self.steps = 0
         self.captures = 0
         self.replays = 0
         self.eager = 0
+        self.drops = 0  # graphs freed for a step of another shape
 
     def _pointers(self) -> tuple:
         return tuple(t.data_ptr() for t in self.watched())
 
+    def ready(self) -> bool:
+        """A captured step is waiting for replays (on the CPU: the copied inputs are)."""
+        return self.graph is not None or (not self.capture and self.static is not None)
+
     def drop(self) -> None:
-        """Free the graph and its memory (the next step of the signature warms up again)."""
+        """Free the graph and its memory. The next step of its shape runs eagerly, the one
+        after is captured again."""
         self.graph = self.out = self.static = None
         self.static_tensors = []
         self.pointers = None
-        self.seen = 0
+        self.settled = False
         if self.capture and torch.cuda.is_available():
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
@@ -189,22 +201,35 @@ class StepGraph:
     def step(self, inputs, before: Optional[Callable[[], Any]] = None) -> torch.Tensor:
         """One training step on ``inputs``; returns the step's numbers (a device tensor).
         ``before()`` runs once the checks are done, just before the step is queued (the engine
-        reads the last step's numbers there: after it, the LoRA in memory is this step's)."""
+        reads the last step's numbers there: after it, the LoRA in memory is this step's).
+
+        The graph holds the signature seen most often. A step of another shape (the last,
+        smaller batch of an epoch; a clip without sound) frees the graph and runs eagerly, and
+        the next step of the graph's shape captures again. Should that happen more than
+        once every 20 steps (after the first few), one graph does not suit the run: it goes off."""
         before = before or (lambda: None)
         if self.off is not None:
             before()
             self.eager += 1
             return self.body(inputs)
-        tensors, signature = flatten_inputs(inputs, "cuda" if self.capture else "cpu")
-        if self.signature is None:
-            self.signature = signature
-        elif signature != self.signature:
-            self._turn_off("the steps' inputs differ in shape (several buckets or caption lengths): one graph "
-                           "would be needed for each, each holding a whole step's activations")
+        tensors, sig = flatten_inputs(inputs, "cuda" if self.capture else "cpu")
+        self.steps += 1
+        self.counts[sig] = self.counts.get(sig, 0) + 1
+        if self.signature is None or (sig != self.signature and self.counts[sig] > self.counts[self.signature]):
+            if self.ready():
+                self.drop()  # another shape has become the run's most common
+            self.signature = sig
+        if sig != self.signature:  # a step of another shape: eagerly, with the graph's memory
+            if self.ready():
+                self.drop()
+                self.drops += 1
+                if self.drops > max(2, self.steps // 20):
+                    self._turn_off(f"the steps' inputs change shape too often for one graph ({self.drops} times in "
+                                   f"{self.steps} steps: several buckets, or batches of several sizes), and each "
+                                   "graph would hold a whole step's activations")
             before()
-            self.eager += 1
-            return self.body(inputs)
-        if self.graph is not None or (not self.capture and self.static is not None):
+            return self._eager(inputs, sig)
+        if self.ready():
             if self._pointers() != self.pointers:  # weights or optimizer state moved since the capture
                 self.drop()
             else:
@@ -214,11 +239,15 @@ class StepGraph:
                         dst.copy_(src, non_blocking=True)
                 return self._replay()
         before()
-        self.seen += 1
-        if self.seen <= self.warmup:
-            self.eager += 1
-            return self._warm(inputs)
+        if not self.settled or self.eager_runs.get(sig, 0) < self.warmup:
+            return self._eager(inputs, sig)
         return self._record(inputs)
+
+    def _eager(self, inputs, sig) -> torch.Tensor:
+        self.eager += 1
+        self.eager_runs[sig] = self.eager_runs.get(sig, 0) + 1
+        self.settled = True
+        return self._warm(inputs)
 
     def _warm(self, inputs) -> torch.Tensor:
         if not self.capture:
@@ -266,4 +295,5 @@ class StepGraph:
         return self.out.clone()  # (the next replay overwrites ``out``)
 
     def report(self) -> dict:
-        return {"captures": self.captures, "replays": self.replays, "eager_steps": self.eager, "off": self.off}
+        return {"captures": self.captures, "replays": self.replays, "eager_steps": self.eager, "off": self.off,
+                "dropped_for_other_shapes": self.drops}

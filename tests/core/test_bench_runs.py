@@ -200,7 +200,7 @@ def test_engine_run_times_the_steps_it_names(tmp_path):
     # 16 tokens through the connectors first: one signature), and as a GPU run would ask for it
     # (a budget where every block keeps its activations: the graph's condition)
     rec, keep = e.engine_run(root, cache, 1, 3, 2, dev, False, 100.0, tmp_path / "graph", step_graph="cpu")
-    assert rec["step_graph"] == {"captures": 1, "replays": 4, "eager_steps": 2, "off": None}
+    assert rec["step_graph"] == {"captures": 1, "replays": 4, "eager_steps": 2, "off": None, "dropped_for_other_shapes": 0}
     assert any("one CUDA graph" in n for n in rec["notices"]) and len(rec["steps_s"]) == 3
     rec, _ = e.engine_run(root, cache, 1, 3, 2, dev, False, 100.0, tmp_path / "graph2", predict=keep, step_graph=True)
     assert rec["step_graph"] is None and any("it runs on the CPU" in n for n in rec["notices"])
