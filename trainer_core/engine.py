@@ -1107,7 +1107,7 @@ class Trainer:
                              "LTX-2 variant: run Encode Latents again with this model's text encoder, or train "
                              "the model the cache was made for") from e
 
-    def step_graph_blockers(self) -> list[str]:
+    def step_graph_blockers(self, lora: Optional[LoRASet] = None) -> list[str]:
         """Why this run cannot step as one CUDA graph (empty: it can)."""
         cfg, why = self.cfg, []
         if self.device.type != "cuda":
@@ -1127,6 +1127,8 @@ class Trainer:
             why.append("its memory plan recomputes, offloads or streams blocks")
         elif plan is None and getattr(self.predict, "checkpointing", False):
             why.append("it recomputes blocks in backward")
+        if lora is not None and any("embeddings_connector" in k for k in lora.adapters):
+            why.append("its LoRA trains the text connectors (captions of each length would need their own graph)")
         return why
 
     def build_lora(self) -> tuple[LoRASet, str, list[str]]:
@@ -1186,7 +1188,7 @@ class Trainer:
                 self._emit("notice", {"message": n})
         graphed = False
         if self.step_graph:
-            blockers = self.step_graph_blockers()
+            blockers = self.step_graph_blockers(lora)
             test_cpu = blockers == ["it runs on the CPU"] and self.step_graph == "cpu"  # (the tests' dry run)
             graphed = not blockers or test_cpu
             if not graphed:

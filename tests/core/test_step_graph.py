@@ -297,3 +297,17 @@ def test_host_numbers_in_the_inputs_are_part_of_the_signature():
     sig = sgm.flatten_inputs(a, "cuda")[1]
     assert sgm.flatten_inputs(b, "cuda")[1] == sig and sgm.flatten_inputs(c, "cuda")[1] != sig
     assert sgm.flatten_inputs(a)[1] == sgm.flatten_inputs(c)[1]
+
+
+def test_a_lora_on_the_text_connectors_keeps_the_plain_step(tmp_path):
+    """A LoRA that trains the connectors needs them inside the step, where each caption length
+    is its own shape: the run says so and steps as the plain loop does."""
+    from tests.core.test_mode_training import PairedSource, _cfg, _root
+    from trainer_core.ltx2 import make_predict
+
+    cfg_ = _cfg("text_to_audio_video", "", steps=2, target_patterns=r"video_embeddings_connector\..*attn1\.to_q")
+    tr = en.Trainer(_root(), make_predict(checkpointing=False), PairedSource(n=1), cfg_, tmp_path)
+    tr.step_graph = "cpu"
+    res = tr.train()
+    assert not hasattr(tr, "step_graph_state")
+    assert any("trains the text connectors" in n for n in res.notes)

@@ -1150,8 +1150,7 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
                 raise ValueError(f"the cached text conditioning has no 'context' tensor (keys: {sorted(text)}); "
                                  "re-encode the captions with the LTX-2 text encoder")
             ctx = _normal(text["context"])
-            unproc = text.get("unprocessed_ltxav_embeds", True)
-            unproc = bool(unproc.flatten()[0]) if torch.is_tensor(unproc) else bool(unproc)
+            unproc = _unprocessed(text)
             ref = (inputs.video or inputs.audio).tokens
             cd, plain = _compute_dtype(root, ref, dtype)
             vid = aud = None
@@ -1218,9 +1217,7 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
         if "context" not in text or (_has_hooks(root.video_embeddings_connector)
                                      or _has_hooks(root.audio_embeddings_connector)):
             return inputs
-        unproc = text.get("unprocessed_ltxav_embeds", True)
-        unproc = bool(unproc.flatten()[0]) if torch.is_tensor(unproc) else bool(unproc)
-        if not unproc:
+        if not _unprocessed(text):
             return inputs
         with torch.inference_mode(False), torch.no_grad(), contextlib.ExitStack() as scope:
             c = config or LTX2Config.from_module(root)
@@ -1268,6 +1265,13 @@ def make_predict(*, checkpointing: bool = True, dtype: Optional[torch.dtype] = N
 
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _unprocessed(text: dict) -> bool:
+    """Is the cached text the encoder's output, still to go through the connectors (the cache's
+    ``unprocessed_ltxav_embeds``, a flag or a tensor holding one; True when absent)?"""
+    flag = text.get("unprocessed_ltxav_embeds", True)
+    return bool(flag.flatten()[0]) if torch.is_tensor(flag) else bool(flag)
 
 
 def _compute_dtype(root: nn.Module, tokens: torch.Tensor, dtype: Optional[torch.dtype]) -> tuple[torch.dtype, bool]:
