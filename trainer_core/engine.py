@@ -488,16 +488,31 @@ def pad_batch_texts(parts: list) -> list:
     return out
 
 
+def learned_streams(inputs: StepInputs) -> tuple[bool, bool]:
+    """(video, audio): which modalities this step learns (has a target for)."""
+    mi = inputs.inputs
+    return (mi.video is not None and mi.video.target is not None,
+            mi.audio is not None and mi.audio.target is not None)
+
+
 def step_losses(inputs: StepInputs, v_pred, a_pred) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Per-sample [B] video and audio losses of a step (ModeInputs' masked MSE over the target
     tokens; reference tokens carry none), None for a modality not learned."""
     mi = inputs.inputs
-    lv = la = None
-    if mi.video is not None and mi.video.target is not None:
-        lv = mi.video.loss(v_pred)
-    if mi.audio is not None and mi.audio.target is not None:
-        la = mi.audio.loss(a_pred)
-    return lv, la
+    video, audio = learned_streams(inputs)
+    return (mi.video.loss(v_pred) if video else None), (mi.audio.loss(a_pred) if audio else None)
+
+
+def clip_and_step(opt, grads, max_grad_norm: float) -> torch.Tensor:
+    """Clip the gradients of ``grads`` to ``max_grad_norm`` (0: measure only), step the
+    optimizer and unset the gradients; the norm before clipping, on the device (no wait)."""
+    if max_grad_norm > 0:
+        gnorm = torch.nn.utils.clip_grad_norm_(grads, max_grad_norm)
+    else:
+        gnorm = torch.nn.utils.get_total_norm([p.grad for p in grads if p.grad is not None])
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return gnorm
 
 
 # ----------------------------------------------------------------------------- optim
@@ -1237,12 +1252,7 @@ class Trainer:
                         la.detach().sum().to(acc_dtype) if la is not None else zero]
                 loss = ob.combine_losses(lv, la, cfg.audio_weight)
                 loss.backward()
-                if cfg.max_grad_norm > 0:
-                    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
-                else:
-                    gnorm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-                opt.step()
-                opt.zero_grad(set_to_none=True)  # (a replay writes them afresh)
+                gnorm = clip_and_step(opt, params, cfg.max_grad_norm)  # (gradients unset: a replay writes them afresh)
                 with torch.no_grad():
                     wmax = largest_weight(params)
                     return torch.stack([loss.detach().to(acc_dtype), *sums, gnorm.to(acc_dtype), wmax.to(acc_dtype)])
@@ -1330,12 +1340,12 @@ class Trainer:
                             if connect is not None:  # captions of any length: one shape after the connectors
                                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
                                     inputs = connect(self.root, inputs)
-                            mi = inputs.inputs
-                            counts[0] += len(js) if mi.video is not None and mi.video.target is not None else 0
-                            counts[1] += len(js) if mi.audio is not None and mi.audio.target is not None else 0
+                            video, audio = learned_streams(inputs)
+                            counts[0] += len(js) if video else 0
+                            counts[1] += len(js) if audio else 0
                             with _phase("ltx2.step_graph"):  # (the last step's numbers read just before)
                                 graph_vals = sg.step(inputs, before=finish)
-                            del items, inputs, mi
+                            del items, inputs
                             continue
                         with _phase("ltx2.forward"), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                                      enabled=use_bf16):
@@ -1397,12 +1407,7 @@ class Trainer:
                     flat = isinstance(opt, FlatAdamW)
                     with _phase("ltx2.optimizer"):
                         grads = opt.grad_tensors() if flat else params  # (flat: gathered into the buffer)
-                        if cfg.max_grad_norm > 0:
-                            gnorm = torch.nn.utils.clip_grad_norm_(grads, cfg.max_grad_norm)
-                        else:
-                            gnorm = torch.nn.utils.get_total_norm([p.grad for p in grads if p.grad is not None])
-                        opt.step()
-                        opt.zero_grad(set_to_none=True)
+                        gnorm = clip_and_step(opt, grads, cfg.max_grad_norm)
                     with torch.no_grad(), _phase("ltx2.readback"):
                         wmax = opt.largest() if flat else largest_weight(params)
                         # the one read-back of the step, queued: copied to host memory behind the

@@ -266,8 +266,8 @@ class StepGraph:
         if not self.capture:  # the CPU: the same path, nothing recorded
             self._captured()
             return self._replay()
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()  # what the eager steps cached goes back, for the graph's own pool
+        # (entering the capture waits for the device and empties the cache: what the eager
+        # steps cached goes back, for the graph's own pool)
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
